@@ -1,0 +1,1 @@
+"""Periodic and offline evaluators (sample grids, loss per t, FID, digits metrics)."""

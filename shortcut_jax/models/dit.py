@@ -1,0 +1,325 @@
+"""Diffusion Transformer (DiT) conditioned on time, step-size level and label.
+
+Faithful to the original shortcut-models DiT: the parameter tree (module and parameter names,
+shapes, initialisers) is identical, so its released checkpoints load one to one, and the compute
+dtype of every layer is the original's (bfloat16 by default, with the second Dense of each
+timestep embedder, the conditioning sum and the softmax in float32).
+
+Deliberate additions, all off by default except where noted:
+  * attention through `jax.nn.dot_product_attention` with an explicit scale, so a fused kernel
+    (`attention_impl='cudnn'`) can be used on GPUs; the default `'xla'` is the plain XLA path.
+    It rounds the softmax probabilities to the compute dtype before multiplying by v, so in
+    bfloat16 it differs from the original by a few bf16 ulps; `attention_impl='einsum'` keeps
+    the original's arithmetic (float32 probabilities) and reproduces it bit for bit.
+  * `attention_scale='sqrt'` for new models (1/sqrt(head_dim)); the original scales by
+    1/head_dim (`'original'`, the default, needed by its checkpoints).
+  * `remat=True` rematerialises every block in the backward pass (less memory, ~30% more FLOPs).
+  * non-square inputs (the original asserts square images).
+"""
+
+import functools
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shortcut_jax.models.velocity_model import VelocityModel
+
+Array = Any
+Dtype = Any
+
+# Named sizes (DiT paper): hidden size, depth, heads; mlp_ratio 4 everywhere.
+_SIZES = {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}
+DIT_PRESETS = {
+    f"DiT-{name}/{patch}": dict(hidden_size=h, depth=d, num_heads=n, patch_size=patch, mlp_ratio=4.0)
+    for name, (h, d, n) in _SIZES.items() for patch in (2, 4, 8)
+}
+
+ATTENTION_IMPLS = ("xla", "cudnn", "auto", "einsum")
+ATTENTION_SCALES = ("original", "sqrt")
+
+
+def xavier_uniform_torch_style(key, shape, dtype=jnp.float32):
+  """Xavier-uniform with PyTorch's fans: fan_out of a conv kernel is its output channels only.
+
+  The original initialises Dense kernels [in, out] and patch-embedding conv kernels
+  [k, k, in, out] this way (flax's own xavier would multiply fan_out by k*k).
+  """
+  if len(shape) == 2:
+    fan_in, fan_out = shape
+  elif len(shape) == 4:
+    fan_in, fan_out = shape[0] * shape[1] * shape[2], shape[3]
+  else:
+    raise ValueError(f"xavier_uniform_torch_style: unsupported kernel shape {shape}")
+  limit = math.sqrt(6.0 / (fan_in + fan_out))
+  return jax.random.uniform(key, shape, dtype, -1.0, 1.0) * limit
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+  """[sin(p f), cos(p f)] with f_j = 10000^(-j / (dim/2)); positions any shape -> (..., dim)."""
+  freqs = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+  angles = positions.reshape(-1)[:, None] * freqs[None]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_2d_position_embedding(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """Fixed 2-D sin-cos embedding, [grid_h * grid_w, dim], tokens in row-major order.
+
+  As in the original (MAE convention): the first half of the channels encodes the column
+  (width) coordinate, the second half the row coordinate.
+  """
+  if dim % 4:
+    raise ValueError(f"hidden_size must be divisible by 4 for the 2-D position embedding, got {dim}")
+  rows, cols = np.meshgrid(np.arange(grid_h, dtype=np.float64), np.arange(grid_w, dtype=np.float64),
+                           indexing="ij")
+  emb = np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
+  return emb.astype(np.float32)
+
+
+def modulate(x, shift, scale):
+  return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class TimestepEmbedder(nn.Module):
+  """Sinusoidal features of a scalar (time in [0, 1], or the raw step-size level) -> MLP."""
+  hidden_size: int
+  dtype: Dtype
+  frequency_embedding_size: int = 256
+
+  @nn.compact
+  def __call__(self, t):
+    half = self.frequency_embedding_size // 2
+    freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = t.astype(jnp.float32)[:, None] * freqs[None]
+    x = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1).astype(self.dtype)
+    init = nn.initializers.normal(0.02)
+    x = nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="Dense_0")(x)
+    x = nn.silu(x)
+    # The original leaves this layer's dtype unset, so it computes in float32.
+    return nn.Dense(self.hidden_size, kernel_init=init, name="Dense_1")(x)
+
+
+class LabelEmbedder(nn.Module):
+  """A table of num_classes + 1 rows; the last row is the null (unconditional) label."""
+  num_classes: int
+  hidden_size: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, labels):
+    table = nn.Embed(self.num_classes + 1, self.hidden_size,
+                     embedding_init=nn.initializers.normal(0.02), dtype=self.dtype, name="Embed_0")
+    return table(labels)
+
+
+class PatchEmbed(nn.Module):
+  """Conv with kernel = stride = patch size, flattened to tokens [B, h*w, hidden]."""
+  patch_size: int
+  hidden_size: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x):
+    p = (self.patch_size, self.patch_size)
+    x = nn.Conv(self.hidden_size, p, p, padding="VALID", kernel_init=xavier_uniform_torch_style,
+                bias_init=nn.initializers.zeros, dtype=self.dtype, name="Conv_0")(x)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+def _dense(features, dtype, name, zero=False):
+  return nn.Dense(features, dtype=dtype, name=name, bias_init=nn.initializers.zeros,
+                  kernel_init=nn.initializers.zeros if zero else xavier_uniform_torch_style)
+
+
+class MlpBlock(nn.Module):
+  """Dense -> GELU (tanh approximation) -> dropout -> Dense -> dropout."""
+  mlp_dim: int
+  dtype: Dtype
+  dropout: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    out_dim = x.shape[-1]
+    x = _dense(self.mlp_dim, self.dtype, "Dense_0")(x)
+    x = nn.gelu(x, approximate=True)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = _dense(out_dim, self.dtype, "Dense_1")(x)
+    return nn.Dropout(self.dropout, deterministic=not train)(x)
+
+
+def _einsum_attention(q, k, v, scale):
+  """The original's attention: logits in the compute dtype, softmax and weights in float32."""
+  # Divide (as the original does) rather than multiply, so bf16 rounding is identical.
+  logits = jnp.einsum("bqhc,bkhc->bhqk", q / jnp.asarray(1.0 / scale, q.dtype), k)
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.einsum("bhqk,bkhc->bqhc", weights, v)
+
+
+class DiTBlock(nn.Module):
+  """Transformer block with adaLN-Zero conditioning."""
+  hidden_size: int
+  num_heads: int
+  mlp_ratio: float
+  dtype: Dtype
+  dropout: float = 0.0
+  attention_impl: str = "xla"
+  attention_scale: str = "original"
+
+  @nn.compact
+  def __call__(self, x, c, train: bool = False):
+    mod = _dense(6 * self.hidden_size, self.dtype, "Dense_0")(nn.silu(c))
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
+
+    h = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype)(x)
+    h = modulate(h, shift_msa, scale_msa)
+    head_dim = self.hidden_size // self.num_heads
+    heads = lambda a: a.reshape(a.shape[0], a.shape[1], self.num_heads, head_dim)
+    # The original creates the k, q, v projections in this order (Dense_1, Dense_2, Dense_3).
+    k = heads(_dense(self.hidden_size, self.dtype, "Dense_1")(h))
+    q = heads(_dense(self.hidden_size, self.dtype, "Dense_2")(h))
+    v = heads(_dense(self.hidden_size, self.dtype, "Dense_3")(h))
+    scale = 1.0 / head_dim if self.attention_scale == "original" else 1.0 / math.sqrt(head_dim)
+    if self.attention_impl == "einsum":
+      y = _einsum_attention(q, k, v, scale)
+    else:
+      impl = None if self.attention_impl == "auto" else self.attention_impl
+      y = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation=impl)
+    y = y.reshape(x.shape)
+    x = x + gate_msa[:, None] * _dense(self.hidden_size, self.dtype, "Dense_4")(y)
+
+    h = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype)(x)
+    h = modulate(h, shift_mlp, scale_mlp)
+    h = MlpBlock(int(self.hidden_size * self.mlp_ratio), self.dtype, self.dropout, name="MlpBlock_0")(
+        h, train)
+    return x + gate_mlp[:, None] * h
+
+
+class FinalLayer(nn.Module):
+  """adaLN (zero-initialised) -> LayerNorm -> modulate -> Dense to patch pixels (zero-initialised)."""
+  patch_size: int
+  out_channels: int
+  hidden_size: int
+  dtype: Dtype
+
+  @nn.compact
+  def __call__(self, x, c):
+    mod = _dense(2 * self.hidden_size, self.dtype, "Dense_0", zero=True)(nn.silu(c))
+    shift, scale = jnp.split(mod, 2, axis=-1)
+    x = nn.LayerNorm(epsilon=1e-6, use_bias=False, use_scale=False, dtype=self.dtype)(x)
+    x = modulate(x, shift, scale)
+    return _dense(self.patch_size ** 2 * self.out_channels, self.dtype, "Dense_1", zero=True)(x)
+
+
+class DiT(nn.Module):
+  """DiT velocity network v(x, t, level, label).
+
+  Constructor arguments are the original's (plus the additions in the module docstring).
+  Call as `DiT(...).apply({'params': p}, x, t, dt, y, train=False)` with x [B, H, W, C],
+  t float [B] in [0, 1], dt [B] the step-size level (step 2^-dt), y int [B] labels
+  (`num_classes` = null label). Returns [B, H, W, out_channels] in the compute dtype.
+  """
+  patch_size: int
+  hidden_size: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+  out_channels: int
+  class_dropout_prob: float  # Unused by the network (labels are dropped by the objective); kept
+                             # so the original's constructor arguments work unchanged.
+  num_classes: int
+  ignore_dt: bool = False
+  dropout: float = 0.0
+  dtype: Dtype = jnp.bfloat16
+  attention_impl: str = "xla"
+  attention_scale: str = "original"
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, t, dt, y, train: bool = False):
+    batch, height, width, _ = x.shape
+    p = self.patch_size
+    if height % p or width % p:
+      raise ValueError(f"image size {height}x{width} is not divisible by patch_size {p}")
+    grid_h, grid_w = height // p, width // p
+    if self.ignore_dt:
+      dt = jnp.zeros_like(t)
+
+    x = PatchEmbed(p, self.hidden_size, self.dtype, name="PatchEmbed_0")(x)
+    pos = sincos_2d_position_embedding(self.hidden_size, grid_h, grid_w)
+    x = (x.astype(jnp.float32) + pos[None]).astype(self.dtype)
+    te = TimestepEmbedder(self.hidden_size, self.dtype, name="TimestepEmbedder_0")(t)
+    dte = TimestepEmbedder(self.hidden_size, self.dtype, name="TimestepEmbedder_1")(dt)
+    ye = LabelEmbedder(self.num_classes, self.hidden_size, self.dtype, name="LabelEmbedder_0")(y)
+    c = te + ye + dte  # float32: the timestep embedders' last layers compute in float32.
+
+    block_cls = nn.remat(DiTBlock, static_argnums=(3,)) if self.remat else DiTBlock
+    for i in range(self.depth):
+      x = block_cls(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.dropout,
+                    self.attention_impl, self.attention_scale, name=f"DiTBlock_{i}")(x, c, train)
+    x = FinalLayer(p, self.out_channels, self.hidden_size, self.dtype, name="FinalLayer_0")(x, c)
+    x = x.reshape(batch, grid_h, grid_w, p, p, self.out_channels)
+    x = jnp.einsum("bhwpqc->bhpwqc", x).reshape(batch, height, width, self.out_channels)
+
+    # The original learns an (unused) per-time log-variance table; it is kept only so that the
+    # parameter tree maps one to one onto its checkpoints. XLA removes the dead computation.
+    t_bucket = jnp.clip(jnp.floor(t * 256).astype(jnp.int32), 0, 255)
+    nn.Embed(256, 1, embedding_init=nn.initializers.zeros, name="Embed_0")(t_bucket)
+    return x
+
+
+def validate_dit_args(*, patch_size, hidden_size, num_heads, depth, mlp_ratio, image_size=None,
+                      attention_impl="xla", attention_scale="original", field_prefix="model."):
+  """Raises ValueError (naming the config field) for inconsistent DiT sizes, before compiling."""
+  errors = []
+  for name, value in (("patch_size", patch_size), ("hidden_size", hidden_size),
+                      ("num_heads", num_heads), ("depth", depth)):
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+      errors.append(f"{field_prefix}{name} must be a positive integer, got {value!r}")
+  if not errors:
+    if hidden_size % num_heads:
+      errors.append(f"{field_prefix}hidden_size ({hidden_size}) must be divisible by "
+                    f"{field_prefix}num_heads ({num_heads})")
+    if hidden_size % 4:
+      errors.append(f"{field_prefix}hidden_size ({hidden_size}) must be divisible by 4 "
+                    "(2-D sin-cos position embedding)")
+    if image_size is not None and image_size % patch_size:
+      errors.append(f"image size {image_size} must be divisible by {field_prefix}patch_size "
+                    f"({patch_size})")
+  if mlp_ratio <= 0:
+    errors.append(f"{field_prefix}mlp_ratio must be positive, got {mlp_ratio!r}")
+  if attention_impl not in ATTENTION_IMPLS:
+    errors.append(f"{field_prefix}attention_impl must be one of {ATTENTION_IMPLS}, got {attention_impl!r}")
+  if attention_scale not in ATTENTION_SCALES:
+    errors.append(f"{field_prefix}attention_scale must be one of {ATTENTION_SCALES}, "
+                  f"got {attention_scale!r}")
+  if errors:
+    raise ValueError("; ".join(errors))
+
+
+def velocity_model(module: DiT) -> VelocityModel:
+  """Wraps a DiT as a `VelocityModel` (cond dict -> label; float32 output).
+
+  A cond without `label` means unconditional: the null label is used.
+  """
+  def apply_fn(params, x, t, level, cond, train, rngs):
+    labels = cond.get("label")
+    if labels is None:
+      labels = jnp.full((x.shape[0],), module.num_classes, jnp.int32)
+    out = module.apply({"params": params}, x, t, level, labels, train=train, rngs=rngs)
+    return out.astype(jnp.float32)
+  return VelocityModel(apply_fn=apply_fn, num_classes=module.num_classes)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_init(module: DiT, shape):
+  return jax.jit(lambda rng: module.init(
+      {"params": rng}, jnp.zeros(shape, jnp.float32), jnp.zeros(shape[:1]), jnp.zeros(shape[:1]),
+      jnp.zeros(shape[:1], jnp.int32))["params"])
+
+
+def init_params(module: DiT, rng, image_shape, batch: int = 1):
+  """Initialises the parameters for images of shape (H, W, C)."""
+  return _cached_init(module, (batch, *image_shape))(rng)
