@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Creates .venv with the project and its dependencies (idempotent); meant to be sourced.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/python -c "import shortcut_jax, jax, flax, optax, orbax.checkpoint, tensorflow_datasets, clu, sklearn, pytest" 2>/dev/null; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.txt pytest
+  .venv/bin/pip install -q --no-deps -e .
+fi
+source .venv/bin/activate

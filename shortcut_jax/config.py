@@ -1,0 +1,200 @@
+"""The configuration schema: defaults for every field, the `:smoke` shrink, and validation.
+
+Experiment files in `configs/` start from `base_config()` and change what they need. Every value
+is checked by `validate(config)` before anything is compiled; errors name the field
+(`objective.bootstrap_every`, ...) so a typo on the command line is caught in a second.
+"""
+
+import math
+from typing import Optional
+
+import ml_collections
+
+from shortcut_jax.models.dit import validate_dit_args
+
+DTYPES = ("float32", "bfloat16", "float16")
+SCHEDULES = ("constant", "cosine")
+SHARDINGS = ("dp", "fsdp", "hybrid")
+DATASETS = ("digits", "celebahq256", "imagenet256", "lsun_church", "image_folder")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All fields with their defaults (the original's defaults where it has one)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 256  # Global batch size, summed over all devices and processes.
+  c.max_steps = 100_000
+  c.log_every = 100
+  c.eval_every = 5_000  # Default period for the evaluators below that leave `every` at -1.
+
+  c.model = ml_collections.ConfigDict(dict(
+      patch_size=2, hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0, dropout=0.0,
+      dtype="bfloat16",  # Compute dtype; parameters are always float32.
+      attention_impl="xla",  # 'xla' | 'cudnn' | 'auto' | 'einsum' (the original's arithmetic).
+      attention_scale="original",  # 'original' (1/head_dim) | 'sqrt' (1/sqrt(head_dim)).
+      remat=False,
+  ))
+  c.objective = ml_collections.ConfigDict(dict(
+      name="shortcut", denoise_timesteps=128, bootstrap_every=8, bootstrap_ema=True,
+      bootstrap_dt_bias=0, bootstrap_cfg=False, cfg_scale=1.5, class_dropout_prob=0.1,
+      faithful=False,  # True: the original's level assignment and key reuse, bit for bit.
+  ))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
+      ema_rate=0.999,
+  ))
+  c.data = ml_collections.ConfigDict(dict(
+      name="digits", image_size=16, num_classes=10,
+      data_dir=ml_collections.FieldReference(None, field_type=str),  # None: TFDS default.
+      folder=ml_collections.FieldReference(None, field_type=str),  # For name='image_folder'.
+  ))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1_000, max_to_keep=3, async_save=True))
+  # Scale-out: mesh axis sizes (-1 = all remaining devices) and the parameter sharding mode.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.sharding = "dp"
+  c.evals = ml_collections.ConfigDict(dict(
+      samples=dict(every=-1, steps=(1, 2, 4, 8, 16, 32, 64, 128), num_images=64, cfg_scale=1.5,
+                   use_ema=True),
+      loss_per_t=dict(every=-1, num_batches=2, num_bins=16),
+      validation=dict(every=-1, num_batches=4),
+  ))
+  return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks any config so a few steps run in seconds on a CPU (`--config=file.py:smoke`)."""
+  c.batch_size = 16
+  c.max_steps = 4
+  c.log_every = 2
+  c.eval_every = 4
+  c.model.update(patch_size=min(c.model.patch_size, 4), hidden_size=32, depth=1, num_heads=2,
+                 dtype="float32", remat=False)
+  c.objective.denoise_timesteps = 8
+  c.objective.bootstrap_every = 4
+  c.optim.warmup_steps = min(c.optim.warmup_steps, 2)
+  c.checkpoint.every_steps = 2
+  c.checkpoint.max_to_keep = 2
+  c.evals.samples.update(steps=(1, 2, 8), num_images=4)
+  c.evals.loss_per_t.update(num_batches=1, num_bins=4)
+  c.evals.validation.num_batches = 1
+  return c
+
+
+def finalize(c: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections.ConfigDict:
+  """Applies the `get_config(arg)` argument ('smoke' or None) and locks the config."""
+  if arg not in (None, "", "smoke"):
+    raise ValueError(f"unknown config argument {arg!r}: use ':smoke' or nothing")
+  if arg == "smoke":
+    apply_smoke(c)
+  c.lock()
+  return c
+
+
+def _is_power_of_two(n) -> bool:
+  return isinstance(n, int) and n >= 1 and (n & (n - 1)) == 0
+
+
+def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None) -> None:
+  """Checks every value; raises one ValueError listing all problems, each naming its field."""
+  from shortcut_jax import objectives  # Imported here: the registry imports model code.
+  errors = []
+
+  def check(ok, msg):
+    if not ok:
+      errors.append(msg)
+
+  for field in ("batch_size", "max_steps", "log_every"):
+    check(isinstance(c[field], int) and c[field] > 0, f"{field} must be a positive integer, got {c[field]!r}")
+  check(isinstance(c.eval_every, int) and c.eval_every >= 0, f"eval_every must be >= 0, got {c.eval_every!r}")
+
+  m = c.model
+  try:
+    validate_dit_args(patch_size=m.patch_size, hidden_size=m.hidden_size, num_heads=m.num_heads,
+                      depth=m.depth, mlp_ratio=m.mlp_ratio, image_size=c.data.image_size,
+                      attention_impl=m.attention_impl, attention_scale=m.attention_scale)
+  except ValueError as e:
+    errors.append(str(e))
+  check(m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}")
+  check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout!r}")
+
+  o = c.objective
+  try:
+    objective = objectives.get_objective(o.name)
+  except ValueError as e:
+    objective = None
+    errors.append(f"objective.name: {e}")
+  check(_is_power_of_two(o.denoise_timesteps),
+        f"objective.denoise_timesteps must be a power of two, got {o.denoise_timesteps!r}")
+  check(isinstance(o.bootstrap_every, int) and o.bootstrap_every >= 1,
+        f"objective.bootstrap_every must be a positive integer, got {o.bootstrap_every!r}")
+  if objective is not None and objective.name == "shortcut" and isinstance(o.bootstrap_every, int) \
+      and o.bootstrap_every >= 1:
+    check(c.batch_size % o.bootstrap_every == 0,
+          f"batch_size ({c.batch_size}) must be divisible by objective.bootstrap_every "
+          f"({o.bootstrap_every})")
+    check(c.batch_size // o.bootstrap_every >= 1,
+          f"batch_size ({c.batch_size}) is smaller than objective.bootstrap_every ({o.bootstrap_every})")
+  check(o.bootstrap_dt_bias in (0, 1), f"objective.bootstrap_dt_bias must be 0 or 1, got {o.bootstrap_dt_bias!r}")
+  check(0.0 <= o.class_dropout_prob <= 1.0,
+        f"objective.class_dropout_prob must be in [0, 1], got {o.class_dropout_prob!r}")
+  check(o.cfg_scale >= 0, f"objective.cfg_scale must be >= 0, got {o.cfg_scale!r}")
+
+  p = c.optim
+  check(p.lr > 0, f"optim.lr must be positive, got {p.lr!r}")
+  check(0 <= p.b1 < 1 and 0 <= p.b2 < 1, f"optim.b1 and optim.b2 must be in [0, 1), got {p.b1!r}, {p.b2!r}")
+  check(p.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {p.weight_decay!r}")
+  check(isinstance(p.warmup_steps, int) and p.warmup_steps >= 0,
+        f"optim.warmup_steps must be a non-negative integer, got {p.warmup_steps!r}")
+  check(p.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got {p.schedule!r}")
+  if p.schedule == "cosine" and isinstance(p.warmup_steps, int):
+    check(p.warmup_steps < c.max_steps,
+          f"optim.warmup_steps ({p.warmup_steps}) must be below max_steps ({c.max_steps}) for a cosine schedule")
+  check(0 <= p.ema_rate < 1, f"optim.ema_rate must be in [0, 1), got {p.ema_rate!r}")
+
+  d = c.data
+  check(d.name in DATASETS, f"data.name must be one of {DATASETS}, got {d.name!r}")
+  check(isinstance(d.image_size, int) and d.image_size > 0,
+        f"data.image_size must be a positive integer, got {d.image_size!r}")
+  check(isinstance(d.num_classes, int) and d.num_classes >= 1,
+        f"data.num_classes must be >= 1 (use 1 with objective.class_dropout_prob=1 for an "
+        f"unconditional model), got {d.num_classes!r}")
+  if d.name == "image_folder":
+    check(bool(d.folder), "data.folder must be set when data.name='image_folder'")
+
+  check(isinstance(c.checkpoint.every_steps, int) and c.checkpoint.every_steps > 0,
+        f"checkpoint.every_steps must be a positive integer, got {c.checkpoint.every_steps!r}")
+  check(isinstance(c.checkpoint.max_to_keep, int) and c.checkpoint.max_to_keep > 0,
+        f"checkpoint.max_to_keep must be a positive integer, got {c.checkpoint.max_to_keep!r}")
+
+  check(c.sharding in SHARDINGS, f"sharding must be one of {SHARDINGS}, got {c.sharding!r}")
+  for axis in ("data", "fsdp"):
+    size = c.mesh[axis]
+    check(isinstance(size, int) and (size == -1 or size >= 1),
+          f"mesh.{axis} must be -1 (fill) or a positive integer, got {size!r}")
+  if device_count is not None:
+    check(c.batch_size % device_count == 0,
+          f"batch_size ({c.batch_size}) must be divisible by the device count ({device_count})")
+
+  for name, ev in c.evals.items():
+    if "every" in ev:
+      check(isinstance(ev.every, int) and ev.every >= -1, f"evals.{name}.every must be -1, 0 or positive")
+    if "steps" in ev:
+      bad = [n for n in ev.steps if not (isinstance(n, int) and 1 <= n)]
+      check(not bad, f"evals.{name}.steps must be positive integers, got {tuple(ev.steps)!r}")
+      if not bad and _is_power_of_two(o.denoise_timesteps):
+        check(max(ev.steps) <= o.denoise_timesteps,
+              f"evals.{name}.steps: {max(ev.steps)} steps exceed objective.denoise_timesteps "
+              f"({o.denoise_timesteps})")
+
+  if errors:
+    raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def eval_period(c: ml_collections.ConfigDict, name: str) -> int:
+  """Steps between runs of evaluator `name` (0 = never; -1 in the config = `eval_every`)."""
+  every = c.evals[name].get("every", -1)
+  return c.eval_every if every == -1 else every
+
+
+def num_levels(c: ml_collections.ConfigDict) -> int:
+  return int(math.log2(c.objective.denoise_timesteps))

@@ -1,0 +1,93 @@
+"""Loss as a function of t for each step-size level (a PNG plot and per-level means).
+
+For the finest level L the loss is the flow-matching loss against v = x1 - (1 - 1e-5) x0. For a
+level k < L it is the self-consistency residual: the model's step of size d = 2^-k against the
+average of two of its own (EMA) half steps at level k + 1 — the quantity shortcut training
+drives to zero. Flow models (no level input) are evaluated at level L only.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shortcut_jax.data import pipeline
+from shortcut_jax.evaluators.base import Evaluator
+
+_EPS = 1e-5
+
+
+def _loss_fn(model, params, teacher_params, x1, x0, cond, t, level, finest):
+  """Per-sample losses for times t [B] and levels level [B] (one compile for every level)."""
+  a = 1.0 - _EPS
+  tb = t[:, None, None, None]
+  xt = (1 - a * tb) * x0 + tb * x1
+  pred = model(params, xt, t, level, cond)
+  d = 2.0 ** -level.astype(jnp.float32)
+  half = (d / 2)[:, None, None, None]
+  v1 = model(teacher_params, xt, t, level + 1, cond)
+  x_mid = jnp.clip(xt + half * v1, -4, 4)
+  v2 = model(teacher_params, x_mid, t + d / 2, level + 1, cond)
+  shortcut_target = jnp.clip((v1 + v2) / 2, -4, 4)
+  flow_target = x1 - a * x0
+  target = jnp.where((level == finest)[:, None, None, None], flow_target, shortcut_target)
+  return jnp.mean((pred - jax.lax.stop_gradient(target)) ** 2, axis=(1, 2, 3))
+
+
+class LossPerTEvaluator(Evaluator):
+  """Writes `workdir/plots/loss_per_t_<step>.png`; returns `loss_per_t/level_<k>` means."""
+
+  def __init__(self, exp, workdir, every, *, num_batches, num_bins):
+    super().__init__(exp, workdir, every)
+    self.num_batches, self.num_bins = num_batches, num_bins
+    self.finest = int(np.log2(exp.config.objective.denoise_timesteps))
+    self.levels = list(range(self.finest + 1)) if exp.objective.uses_level else [self.finest]
+    self._loss = jax.jit(lambda p, tp, x1, x0, cond, t, lv: _loss_fn(
+        exp.model, p, tp, x1, x0, cond, t, lv, self.finest))
+
+  def _times(self, level):
+    n = 2 ** level
+    return np.unique(np.floor(np.linspace(0, n - 1, min(self.num_bins, n)))) / n
+
+  def run(self, state, step):
+    c = self.exp.config
+    it = pipeline.make_dataset(c.data, split="test", global_batch_size=c.batch_size, seed=c.seed,
+                               train=False)
+    batches = [b for _, b in zip(range(self.num_batches), it)]
+    curves, results = {}, {}
+    for level in self.levels:
+      ts = self._times(level)
+      losses = np.zeros(len(ts))
+      for bi, batch in enumerate(batches):
+        x1 = jnp.asarray(batch["image"])
+        b = x1.shape[0]
+        x0 = jax.random.normal(jax.random.PRNGKey(bi), x1.shape)
+        cond = {"label": jnp.asarray(batch["label"])} if "label" in batch else {}
+        for i, t in enumerate(ts):
+          out = self._loss(state.params, state.ema_params, x1, x0, cond,
+                           jnp.full((b,), t, jnp.float32), jnp.full((b,), level, jnp.int32))
+          losses[i] += float(jnp.mean(out)) / len(batches)
+      curves[level] = (ts, losses)
+      results[f"loss_per_t/level_{level}"] = float(losses.mean())
+    if jax.process_index() == 0:
+      self._plot(curves, step)
+    return results
+
+  def _plot(self, curves, step):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for level, (ts, losses) in curves.items():
+      label = f"level {level} (d=1/{2 ** level})" + (" flow" if level == self.finest else "")
+      ax.plot(ts, losses, marker="o", markersize=3, label=label)
+    ax.set_xlabel("t (0 = noise, 1 = data)")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.set_title(f"loss per t, step {step}")
+    ax.legend(fontsize=6)
+    os.makedirs(os.path.join(self.workdir, "plots"), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(os.path.join(self.workdir, "plots", f"loss_per_t_{step}.png"), dpi=100)
+    plt.close(fig)

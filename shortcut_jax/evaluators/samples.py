@@ -1,0 +1,35 @@
+"""Sample grids (PNG) at every step budget, with and without classifier-free guidance."""
+
+import os
+
+import jax
+
+from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators.base import Evaluator
+
+
+class SampleGridEvaluator(Evaluator):
+  """Writes `workdir/samples/step_<k>/grid_<N>steps[_cfg<w>].png` for each N in `steps`."""
+
+  def __init__(self, exp, workdir, every, *, steps, num_images, cfg_scale, use_ema):
+    super().__init__(exp, workdir, every)
+    self.steps, self.num_images, self.cfg_scale, self.use_ema = steps, num_images, cfg_scale, use_ema
+
+  def run(self, state, step):
+    if jax.process_index() != 0:
+      return {}
+    params = state.ema_params if self.use_ema else state.params
+    out_dir = os.path.join(self.workdir, "samples", f"step_{step}")
+    os.makedirs(out_dir, exist_ok=True)
+    guidance = [None]
+    if self.cfg_scale and gen.is_conditional(self.exp.config):
+      guidance.append(self.cfg_scale)
+    cols = self.exp.config.data.num_classes if gen.is_conditional(self.exp.config) else None
+    for n in self.steps:
+      for w in guidance:
+        images, _ = gen.generate(self.exp, params, num_images=self.num_images, num_steps=n,
+                                 cfg_scale=w, seed=0)
+        name = f"grid_{n}steps" + ("" if w is None else f"_cfg{w:g}") + ".png"
+        upscale = max(1, 64 // self.exp.image_shape[0])
+        gen.save_png(os.path.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols), upscale)
+    return {}

@@ -1,0 +1,236 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Creates the train state (or resumes the latest checkpoint in the workdir), runs the jitted train
+step on batches from the input pipeline, logs metrics (TensorBoard, console, metrics.jsonl), runs
+the periodic evaluators and saves Orbax checkpoints. Stops cleanly on SIGTERM (saving first) and
+stops on a NaN/Inf metric without saving over the last good checkpoint.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from shortcut_jax import config as config_lib
+from shortcut_jax import objectives
+from shortcut_jax import train_state as train_state_lib
+from shortcut_jax import train_step as train_step_lib
+from shortcut_jax.checkpoints.manager import CheckpointManager
+from shortcut_jax.data import pipeline
+from shortcut_jax.models import dit as dit_lib
+from shortcut_jax.models.velocity_model import VelocityModel
+
+
+class NonFiniteMetricError(FloatingPointError):
+  """A logged metric became NaN or Inf; the run stops and the last good checkpoint stays."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Experiment:
+  """Everything built from a config that the train loop, evaluators and eval.py share."""
+  config: ml_collections.ConfigDict
+  image_shape: Tuple[int, int, int]
+  module: dit_lib.DiT
+  model: VelocityModel
+  objective: objectives.Objective
+  tx: Any
+  lr_schedule: Any
+
+  def init_state(self, rng) -> train_state_lib.TrainState:
+    """A fresh train state (pure: use under jit / eval_shape)."""
+    param_rng, state_rng = jax.random.split(rng)
+    shape = (1, *self.image_shape)
+    params = self.module.init({"params": param_rng}, jnp.zeros(shape), jnp.zeros((1,)),
+                              jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+    return train_state_lib.create_train_state(params, self.tx, state_rng)
+
+  def abstract_state(self):
+    return jax.eval_shape(self.init_state, jax.random.PRNGKey(0))
+
+
+def build_experiment(config: ml_collections.ConfigDict, image_shape=None) -> Experiment:
+  """Validates the config and builds model, objective and optimizer (no compilation)."""
+  config_lib.validate(config, device_count=jax.device_count())
+  if image_shape is None:
+    info = pipeline.dataset_info(config.data)
+    image_shape = (config.data.image_size, config.data.image_size, info["channels"])
+  objective = objectives.get_objective(config.objective.name)
+  m = config.model
+  module = dit_lib.DiT(
+      patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
+      mlp_ratio=m.mlp_ratio, out_channels=image_shape[-1],
+      class_dropout_prob=config.objective.class_dropout_prob, num_classes=config.data.num_classes,
+      ignore_dt=not objective.uses_level, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
+      attention_impl=m.attention_impl, attention_scale=m.attention_scale, remat=m.remat)
+  tx, lr_schedule = train_state_lib.make_optimizer(config.optim, config.max_steps)
+  return Experiment(config=config, image_shape=tuple(image_shape), module=module,
+                    model=dit_lib.velocity_model(module), objective=objective, tx=tx,
+                    lr_schedule=lr_schedule)
+
+
+def restore_or_init(exp: Experiment, ckpt: CheckpointManager) -> Tuple[Any, int]:
+  """The latest checkpoint in the workdir if any, else a fresh state. Returns (state, step)."""
+  abstract = exp.abstract_state()
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(abstract)
+    logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
+    return state, int(meta["step"])
+  state = jax.jit(exp.init_state)(jax.random.PRNGKey(exp.config.seed))
+  return state, 0
+
+
+class _JsonlWriter:
+  """Appends one JSON object per logged step to workdir/metrics.jsonl."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def write(self, step, scalars):
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+
+def check_finite(metrics: Dict[str, float], step: int) -> None:
+  bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
+  if bad:
+    raise NonFiniteMetricError(
+        f"metric {bad[0]} is {metrics[bad[0]]} at step {step}"
+        + (f" (also non-finite: {', '.join(bad[1:])})" if len(bad) > 1 else "")
+        + "; stopping without saving — the last good checkpoint is kept")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
+  """Trains (resuming from `workdir` if it holds a checkpoint) and evaluates periodically.
+
+  Returns:
+    The last logged training metrics.
+  """
+  from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
+  exp = build_experiment(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    save_config(config, workdir)
+
+  c = config.checkpoint
+  ckpt = CheckpointManager(workdir, every_steps=c.every_steps, max_to_keep=c.max_to_keep,
+                           async_save=c.async_save)
+  state, start_step = restore_or_init(exp, ckpt)
+  if start_step >= config.max_steps:
+    logging.info("step %d >= max_steps %d: nothing to train", start_step, config.max_steps)
+    ckpt.close()
+    return {}
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl")) if is_main else None
+  train_iter = pipeline.make_dataset(config.data, split="train", global_batch_size=config.batch_size,
+                                     seed=config.seed, train=True, start_step=start_step)
+  step_fn = train_step_lib.make_train_step(
+      exp.model, exp.objective, exp.tx, exp.lr_schedule, config.objective, config.optim.ema_rate)
+  evaluators = evaluators_lib.build_evaluators(exp, workdir)
+
+  stop = {"signal": None}
+  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  last_metrics, pending = {}, []
+  t_last, step_last = time.time(), start_step
+  step = start_step
+  try:
+    while step < config.max_steps:
+      batch = next(train_iter)
+      state, metrics = step_fn(state, batch)
+      step += 1
+      pending.append(metrics)
+      log_now = step % config.log_every == 0 or step == config.max_steps
+      save_due = step % c.every_steps == 0 or step == config.max_steps or stop["signal"]
+      if log_now or save_due:
+        # Every metric since the last check is inspected, so no NaN step is ever checkpointed.
+        fetched = jax.device_get(pending)
+        pending = []
+        for m in fetched:
+          check_finite(m, step)
+        last_metrics = {k: float(v) for k, v in fetched[-1].items()}
+      if log_now:
+        now = time.time()
+        steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, step
+        scalars = dict(last_metrics, **{"perf/steps_per_s": steps_per_s,
+                                        "perf/images_per_s": steps_per_s * config.batch_size})
+        writer.write_scalars(step, scalars)
+        if jsonl:
+          jsonl.write(step, scalars)
+        eta = (config.max_steps - step) / max(steps_per_s, 1e-9)
+        logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f images/s  ETA %s", step,
+                     config.max_steps, last_metrics.get("train/loss", float("nan")), steps_per_s,
+                     steps_per_s * config.batch_size, time.strftime("%H:%M:%S", time.gmtime(eta)))
+      for ev in evaluators:
+        if ev.due(step):
+          results = ev.run(state, step)
+          if results:
+            writer.write_scalars(step, results)
+            if jsonl:
+              jsonl.write(step, results)
+      if save_due:
+        ckpt.save(step, state, {"data_position": step, "image_shape": list(exp.image_shape)}, force=bool(stop["signal"]) or
+                  step == config.max_steps)
+      if stop["signal"]:
+        logging.warning("received signal %s: saved step %d, exiting", stop["signal"], step)
+        break
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    writer.flush()
+    ckpt.close()
+  return last_metrics
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a training run saved as workdir/config.json."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir? (pass --config "
+                            "to say which config the checkpoint was trained with)")
+  with open(path) as f:
+    raw = json.load(f)
+  config = config_lib.base_config()
+  config.update_from_flattened_dict(_flatten(raw))
+  return config
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def restore_experiment(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
+                       step: Optional[int] = None):
+  """Builds the experiment of a workdir and restores its latest (or `step`) checkpoint.
+
+  Returns:
+    (experiment, train_state, step).
+  """
+  config = config if config is not None else load_config(workdir)
+  ckpt = CheckpointManager(workdir, read_only=True)
+  meta = ckpt.read_meta(step)
+  exp = build_experiment(config, image_shape=tuple(meta["image_shape"]))
+  state, meta = ckpt.restore(exp.abstract_state(), step)
+  ckpt.close()
+  return exp, state, int(meta["step"])

@@ -1,0 +1,29 @@
+"""Trains a model: `python train.py --config=configs/digits_shortcut.py --workdir=workdirs/digits`.
+
+Any config field can be overridden, e.g. `--config.optim.lr=3e-4`; unknown fields are errors.
+Append `:smoke` to the config path for a seconds-long run on a CPU.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from shortcut_jax import distributed
+from shortcut_jax import trainer
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and metrics go here.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  distributed.initialize()
+  logging.info("config:\n%s", FLAGS.config)
+  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
