@@ -1,0 +1,1 @@
+"""TFDS builders of the package: `digits` (embedded) and the manual-download datasets."""

@@ -1,0 +1,166 @@
+"""`image_folder`: any folder of images as a TFDS dataset (`data.name='image_folder'`).
+
+Layouts (decided in this order):
+  1. `folder/train/...` and `folder/test/...` (or `val/`): those are the splits; inside each,
+     labels come from class sub-folders as in 2, or all images get label 0 as in 3.
+  2. `folder/<class>/.../*.png`: label = index of `<class>` in the sorted class-folder names;
+     every 10th image of each class (sorted by path) is held out as 'test'.
+  3. Images directly in `folder` (or only in folders without class meaning): one class,
+     label 0; every 10th image is held out as 'test'.
+
+Images are converted to RGB and centre-cropped/resized to `data.image_size` with PIL's
+antialiased bicubic filter when the dataset is built; unreadable files are skipped and their
+number is logged in one warning. The build lands in `data_dir/image_folder/<config>/`, where
+the config name carries a fingerprint of the folder path, the size and every file's name,
+size and modification time: an unchanged folder is reused, a changed one is built again.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from shortcut_jax.data import images
+from shortcut_jax.data.builders import base
+
+# Every HELD_OUT_EVERY-th image of each class (sorted by path) goes to the 'test' split.
+HELD_OUT_EVERY = 10
+_SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val", "validation")}
+
+
+@dataclasses.dataclass(eq=False)
+class ImageFolderConfig(tfds.core.BuilderConfig):
+  """Which folder, at which size, with which class names (resolved by `make_builder`)."""
+  folder: str = ""
+  image_size: int = 0
+  class_names: Tuple[str, ...] = ()
+  split_dirs: Tuple[Tuple[str, str], ...] = ()  # ((split, sub-folder), ...) for layout 1.
+
+
+def _split_dirs(folder: str) -> Dict[str, str]:
+  """`{'train': sub, 'test': sub}` when the folder has explicit split sub-folders, else {}."""
+  found = {}
+  for split, names in _SPLIT_FOLDERS.items():
+    for name in names:
+      if os.path.isdir(os.path.join(folder, name)):
+        found[split] = name
+        break
+  return found if "train" in found else {}
+
+
+def _class_names(roots: Sequence[str]) -> Tuple[str, ...]:
+  names = set()
+  for root in roots:
+    names.update(images.folder_class_names(root) or ())
+  return tuple(sorted(names))
+
+
+def _fingerprint(folder: str, image_size: int) -> str:
+  h = hashlib.sha256(f"{os.path.abspath(folder)}|{image_size}".encode())
+  for rel in images.list_images(folder):
+    st = os.stat(os.path.join(folder, rel))
+    h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
+  return h.hexdigest()[:12]
+
+
+def _items(root: str, class_names: Tuple[str, ...], prefix: str) -> Dict[int, List[Tuple[str, str, dict]]]:
+  """Items per label under `root` (label 0 for everything when there are no classes)."""
+  by_label: Dict[int, List[Tuple[str, str, dict]]] = {}
+  present = images.folder_class_names(root) if class_names else None
+  if class_names and present:
+    top = images.list_images(root, recursive=False)
+    if top:
+      logging.warning("image_folder: ignoring %d images at the top of %s (labels come from its "
+                      "class sub-folders)", len(top), root)
+    for name in present:
+      label = class_names.index(name)
+      sub = os.path.join(root, name)
+      by_label[label] = [(f"{prefix}/{name}/{rel}", os.path.join(sub, rel), {"label": label})
+                         for rel in images.list_images(sub)]
+  else:
+    by_label[0] = [(f"{prefix}/{rel}", os.path.join(root, rel), {"label": 0})
+                   for rel in images.list_images(root)]
+  return by_label
+
+
+class ImageFolder(base.OfflineBuilder, skip_registration=True):
+  """A folder of images (see the module docstring for layouts, labels and splits)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Centre crop + bicubic resize, RGB, labels from sub-folders."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    c = self.builder_config
+    num_classes = max(1, len(c.class_names))
+    return self.dataset_info_from_configs(
+        description=f"Images from {c.folder} at {c.image_size}x{c.image_size}.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(c.image_size, c.image_size, 3)),
+            "label": tfds.features.ClassLabel(
+                names=list(c.class_names) if c.class_names else None,
+                num_classes=None if c.class_names else num_classes),
+        }),
+        supervised_keys=("image", "label"),
+    )
+
+  def split_items(self) -> Dict[str, List[Tuple[str, str, dict]]]:
+    """`{split: [(key, path, features), ...]}` for the folder (splits may be missing if empty)."""
+    c = self.builder_config
+    splits: Dict[str, List[Tuple[str, str, dict]]] = {"train": [], "test": []}
+    if c.split_dirs:
+      for split, sub in c.split_dirs:
+        for items in _items(os.path.join(c.folder, sub), c.class_names, sub).values():
+          splits[split].extend(items)
+    else:
+      for items in _items(c.folder, c.class_names, "img").values():
+        for i, item in enumerate(items):
+          splits["test" if i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 else "train"].append(item)
+    if not splits["test"]:
+      logging.warning("image_folder %s: no 'test' split (fewer than %d images per class and no "
+                      "test/ folder)", c.folder, HELD_OUT_EVERY)
+    return {k: v for k, v in splits.items() if v}
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # The images are local.
+    return {split: self._generate_examples(items, split)
+            for split, items in self.split_items().items()}
+
+  def _generate_examples(self, items, split):
+    c = self.builder_config
+    yield from images.read_images_skipping_bad(items, c.image_size, "RGB",
+                                               what=f"images of split {split!r} in {c.folder}")
+
+
+def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None) -> ImageFolder:
+  """The (not yet prepared) builder for `folder` at `image_size`.
+
+  Args:
+    folder: the image folder (see the module docstring for layouts).
+    image_size: side of the stored square images.
+    data_dir: TFDS data directory (None: the TFDS default).
+
+  Returns:
+    An `ImageFolder` builder; call `download_and_prepare()` (a no-op once built).
+
+  Raises:
+    FileNotFoundError: `folder` does not exist or holds no images.
+  """
+  folder = os.path.abspath(os.path.expanduser(folder))
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"data.folder: {folder} is not a directory")
+  if not images.list_images(folder):
+    raise FileNotFoundError(f"data.folder: {folder} holds no image files "
+                            f"({', '.join(images.IMAGE_EXTENSIONS)})")
+  split_dirs = _split_dirs(folder)
+  roots = [os.path.join(folder, sub) for sub in split_dirs.values()] or [folder]
+  class_names = _class_names(roots)
+  slug = "".join(ch if ch.isalnum() else "_" for ch in os.path.basename(folder))[:40] or "root"
+  config = ImageFolderConfig(
+      name=f"{slug}_{image_size}px_{_fingerprint(folder, image_size)}",
+      description=f"{folder} at {image_size}x{image_size}",
+      folder=folder, image_size=image_size, class_names=class_names,
+      split_dirs=tuple(sorted(split_dirs.items())))
+  return ImageFolder(config=config, data_dir=data_dir)
