@@ -1,0 +1,298 @@
+"""Shortcut-model objective (Frans et al., "One Step Diffusion via Shortcut Models"), SPEC §3.
+
+The batch is split in two parts, bootstrap (self-consistency) part first:
+
+* Bootstrap part, B_b = B // bootstrap_every samples. A sample at level k (step d = 2^-k) gets t
+  on the grid of d, `t = randint(0, 2^k) / 2^k`, and the target the teacher (EMA weights when
+  `bootstrap_ema`, else the online weights; no gradient) makes with two half steps at level k+1:
+
+      v1 = s(x_t, t, k+1);  x' = clip(x_t + d/2 v1, -4, 4);  v2 = s(x', t + d/2, k+1)
+      target = clip((v1 + v2) / 2, -4, 4).
+
+  These samples keep their labels (no dropout). With `bootstrap_cfg` the samples at the finest
+  bootstrap level (L-1, whose teacher is the flow velocity at level L) get guided half-step
+  velocities `v_u + cfg_scale (v_c - v_u)`; the conditional and unconditional teacher calls are
+  one batched network call.
+* Flow part, the other B - B_b samples: flow-matching targets at level L = log2(M), labels dropped
+  to the null label with probability `class_dropout_prob`.
+
+With `cfg_scale == 0` every label is nulled first (unconditional training), as the original does.
+
+`faithful=True` reproduces the original's `get_targets` bit for bit, flaws included:
+  * the batch is first shuffled with its own key (the original's update step does this);
+  * level assignment: levels L-1, ..., 0 each repeated B_b // L times, padded with level 0, so
+    when B_b < L (e.g. batch 32, bootstrap_every 8) every bootstrap sample is at level 0 and only
+    one-step jumps are trained, from an untrained level-1 teacher; `bootstrap_dt_bias = 1` gives
+    levels L-1, ..., 2 each (B_b // 2) // L times, B_b // 4 each of levels 1 and 0, padded with 0;
+  * one key split in three (label, time, noise) and each of the time and noise keys used twice
+    (bootstrap and flow part), so the two parts' draws are correlated;
+  * the flow part takes the first B - B_b rows of the batch, so the first B_b images appear in
+    both parts and the last B_b images are never used;
+  * the CFG'd samples are the first B_b // L (resp. (B_b // 2) // L) bootstrap samples.
+
+The default (`faithful=False`) fixes these:
+  * level assignment: when B_b is at least the number of levels, every level gets at least one
+    sample and the counts follow the target distribution as closely as integers allow (largest
+    remainder; ties go to the coarser levels, whose jumps matter most for few-step sampling):
+    uniform over 0 .. L-1 for `bootstrap_dt_bias = 0` (B_b = 16, L = 7 -> 3, 3, 2, 2, 2, 2, 2 for
+    levels 0 .. 6), and a quarter each to levels 0 and 1 with the other half spread evenly over
+    levels 2 .. L-1 for `bootstrap_dt_bias = 1`. When B_b is smaller, a fixed set of levels
+    would leave some levels untrained forever, and each level is the teacher of the next coarser
+    one, so B_b distinct levels are drawn at random every step (with the same weights): every
+    level is trained over time and no level repeats within a step. Levels are ordered finest
+    first in both cases, as in the original.
+  * independent keys for every draw and no batch shuffle (the input pipeline shuffles);
+  * the flow part uses the rows the bootstrap part does not (B_b .. B-1), so every image is used
+    exactly once;
+  * CFG is applied to exactly the samples at the finest bootstrap level L-1 (the original's
+    intent: with its level assignment its `num_dt_cfg` first samples are those at level L-1).
+"""
+
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from shortcut_jax.models.velocity_model import cond_from_batch
+from shortcut_jax.objectives.base import TrainingTargets, register_objective
+from shortcut_jax.objectives.naive import (config_value, finest_level, flow_velocity,
+                                           interpolate, label_drop_ratio,
+                                           null_all_labels_if_unguided, permute_batch,
+                                           sample_source)
+
+Array = Any
+
+# Bound on the teacher's intermediate state and target, as in the original.
+TEACHER_CLIP = 4.0
+
+
+def faithful_levels(bootstrap_size: int, finest: int, dt_bias: int) -> Tuple[np.ndarray, int]:
+  """The original's bootstrap level assignment.
+
+  Args:
+    bootstrap_size: B_b, samples in the bootstrap part.
+    finest: L = log2(denoise_timesteps).
+    dt_bias: `bootstrap_dt_bias` (0 or 1).
+
+  Returns:
+    (levels int32 [B_b], number of leading samples that get CFG'd teacher velocities).
+  """
+  n, big_l = bootstrap_size, finest
+  if dt_bias == 0:
+    per_level = n // big_l
+    levels = np.repeat(big_l - 1 - np.arange(big_l), per_level)
+    num_cfg = per_level
+  else:
+    per_level = (n // 2) // big_l
+    levels = np.repeat(big_l - 1 - np.arange(max(big_l - 2, 0)), per_level)
+    levels = np.concatenate([levels, np.ones(n // 4, np.int64), np.zeros(n // 4, np.int64)])
+    num_cfg = per_level
+  levels = np.concatenate([levels, np.zeros(n - levels.shape[0], np.int64)])
+  return levels[:n].astype(np.int32), int(num_cfg)
+
+
+def level_weights(finest: int, dt_bias: int) -> np.ndarray:
+  """Target share of each bootstrap level 0 .. L-1 in the default mode."""
+  if finest < 1:
+    raise ValueError("the shortcut objective needs denoise_timesteps >= 2 (at least one "
+                     "bootstrap level below the finest)")
+  if dt_bias == 0 or finest == 1:
+    return np.full(finest, 1.0 / finest)
+  if finest == 2:
+    return np.array([0.5, 0.5])
+  rest = np.full(finest - 2, 0.5 / (finest - 2))
+  return np.concatenate([[0.25, 0.25], rest])
+
+
+def balanced_level_counts(n: int, weights: np.ndarray) -> np.ndarray:
+  """Integer counts per level summing to n, each >= 1 (needs n >= len(weights)), closest to n·w.
+
+  Largest-remainder rounding after giving every level one sample; ties favour coarse levels
+  (small index) when adding and fine levels lose first when removing.
+  """
+  num = len(weights)
+  if n < num:
+    raise ValueError(f"{n} samples cannot cover {num} levels")
+  ideal = n * np.asarray(weights, np.float64)
+  counts = np.maximum(np.floor(ideal), 1).astype(np.int64)
+  while counts.sum() > n:
+    excess = np.where(counts > 1, counts - ideal, -np.inf)
+    counts[num - 1 - int(np.argmax(excess[::-1]))] -= 1
+  while counts.sum() < n:
+    counts[int(np.argmax(ideal - counts))] += 1
+  return counts
+
+
+def _teacher_velocity(model, params, x, t, level, cond, num_cfg: int, cfg_mask: Optional[Array],
+                      cfg_scale: float):
+  """s(x, t, level), CFG-guided on the first `num_cfg` rows where `cfg_mask` (one batched call)."""
+  n = x.shape[0]
+  if num_cfg == 0:
+    return model(params, x, t, level, cond, train=False)
+  null = model.null_cond(cond)
+  cond_all = jax.tree.map(lambda c, u: jnp.concatenate([c, u[:num_cfg]], axis=0), cond, null)
+  out = model(params, jnp.concatenate([x, x[:num_cfg]], axis=0),
+              jnp.concatenate([t, t[:num_cfg]], axis=0),
+              jnp.concatenate([level, level[:num_cfg]], axis=0), cond_all, train=False)
+  v_cond, v_uncond = out[:n], out[n:]
+  v_guided = v_uncond + cfg_scale * (v_cond[:num_cfg] - v_uncond)
+  if cfg_mask is not None:
+    v_guided = jnp.where(cfg_mask.reshape((-1,) + (1,) * (x.ndim - 1)), v_guided,
+                         v_cond[:num_cfg])
+  return jnp.concatenate([v_guided, v_cond[num_cfg:]], axis=0)
+
+
+def bootstrap_targets(model, teacher_params, x_t, t, level, cond, *, num_cfg: int = 0,
+                      cfg_mask: Optional[Array] = None, cfg_scale: float = 0.0):
+  """Two teacher half steps at level+1 from (x_t, t): the self-consistency target for level.
+
+  Args:
+    model: the `VelocityModel`.
+    teacher_params: weights of the teacher (no gradient flows into them).
+    x_t: [n, H, W, C] inputs; t: float32 [n]; level: int32 [n]; cond: conditioning of the rows.
+    num_cfg: the first `num_cfg` rows get guided velocities (where `cfg_mask`, if given).
+    cfg_mask: optional bool [num_cfg].
+    cfg_scale: guidance weight w in v_u + w (v_c - v_u).
+
+  Returns:
+    (target, v1, v2), each like x_t.
+  """
+  level_f = level.astype(jnp.float32)
+  half = (1 / (2 ** level_f)) / 2
+  teacher_level = level + 1
+  velocity = lambda x, tt: jax.lax.stop_gradient(_teacher_velocity(
+      model, teacher_params, x, tt, teacher_level, cond, num_cfg, cfg_mask, cfg_scale))
+  v1 = velocity(x_t, t)
+  x_mid = jnp.clip(x_t + half.reshape((-1,) + (1,) * (x_t.ndim - 1)) * v1,
+                   -TEACHER_CLIP, TEACHER_CLIP)
+  v2 = velocity(x_mid, t + half)
+  target = jnp.clip((v1 + v2) / 2, -TEACHER_CLIP, TEACHER_CLIP)
+  return target, v1, v2
+
+
+def _rms(x):
+  return jnp.sqrt(jnp.mean(jnp.square(x))) if x.size else jnp.zeros((), jnp.float32)
+
+
+def _take(cond, sl):
+  return jax.tree.map(lambda c: c[sl], cond)
+
+
+@register_objective("shortcut", uses_level=True)
+def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingTargets:
+  """Shortcut-model targets: self-consistency part first, flow-matching part after.
+
+  Args:
+    model: the `VelocityModel` (called as the teacher for the bootstrap part).
+    params: online weights (teacher when `bootstrap_ema` is off).
+    ema_params: EMA weights (teacher when `bootstrap_ema` is on).
+    batch: dict with `image` float32 NHWC and optional conditioning keys.
+    rng: PRNG key for this batch.
+    config: objective config: `denoise_timesteps`, `bootstrap_every`, `bootstrap_ema`,
+      `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `class_dropout_prob`, `faithful`.
+
+  Returns:
+    TrainingTargets with groups `bootstrap` (first B // bootstrap_every rows) and `flow`.
+  """
+  m = int(config_value(config, "denoise_timesteps", 128))
+  big_l = finest_level(m)
+  every = int(config_value(config, "bootstrap_every", 8))
+  dt_bias = int(config_value(config, "bootstrap_dt_bias", 0))
+  use_cfg = bool(config_value(config, "bootstrap_cfg", False))
+  cfg_scale = float(config_value(config, "cfg_scale", 0.0))
+  p_drop = float(config_value(config, "class_dropout_prob", 0.0))
+  faithful = bool(config_value(config, "faithful", False))
+  teacher = ema_params if config_value(config, "bootstrap_ema", True) else params
+
+  if faithful:
+    perm_key, rng = jax.random.split(rng)
+    batch = permute_batch(batch, perm_key)
+  images = batch["image"]
+  b = images.shape[0]
+  b_boot = b // every
+  b_flow = b - b_boot
+  cond = null_all_labels_if_unguided(model, cond_from_batch(batch), config)
+
+  if faithful:
+    label_key, time_key, noise_key = jax.random.split(rng, 3)
+    # The original reuses the time and noise keys for the flow part.
+    boot_time_key, boot_noise_key = time_key, noise_key
+    flow_time_key, flow_noise_key = time_key, noise_key
+    levels_np, num_cfg = faithful_levels(b_boot, big_l, dt_bias)
+    boot_level = jnp.asarray(levels_np)
+    cfg_mask = None
+  else:
+    (label_key, boot_time_key, boot_noise_key, flow_time_key, flow_noise_key,
+     level_key) = jax.random.split(rng, 6)
+    weights = level_weights(big_l, dt_bias)
+    cfg_mask = None
+    if b_boot == 0:
+      boot_level, num_cfg = jnp.zeros((0,), jnp.int32), 0
+    elif b_boot >= big_l:
+      counts = balanced_level_counts(b_boot, weights)
+      levels_np = np.repeat(np.arange(big_l)[::-1], counts[::-1]).astype(np.int32)
+      boot_level = jnp.asarray(levels_np)
+      num_cfg = int(counts[big_l - 1])
+    else:
+      drawn = jax.random.choice(level_key, big_l, (b_boot,), replace=False, p=jnp.asarray(weights))
+      boot_level = jnp.sort(drawn)[::-1].astype(jnp.int32)
+      # Sorted finest first with distinct levels: level L-1, if drawn, is row 0.
+      num_cfg = min(1, b_boot)
+      cfg_mask = boot_level[:num_cfg] == big_l - 1
+  if not use_cfg:
+    num_cfg, cfg_mask = 0, None
+
+  # Bootstrap part.
+  x1_boot = images[:b_boot]
+  cond_boot = _take(cond, slice(0, b_boot))
+  grid = jnp.asarray(2, jnp.int32) ** boot_level
+  boot_t = (jax.random.randint(boot_time_key, (b_boot,), 0, grid).astype(jnp.float32)
+            / jnp.power(2.0, boot_level.astype(jnp.float32)))
+  x0_boot = sample_source(boot_noise_key, x1_boot.shape)
+  boot_x = interpolate(x0_boot, x1_boot, boot_t)
+  if b_boot:
+    boot_target, v1, v2 = bootstrap_targets(model, teacher, boot_x, boot_t, boot_level, cond_boot,
+                                            num_cfg=num_cfg, cfg_mask=cfg_mask,
+                                            cfg_scale=cfg_scale)
+  else:
+    boot_target = v1 = v2 = jnp.zeros_like(boot_x)
+
+  # Flow part.
+  if faithful:
+    drop = jax.random.bernoulli(label_key, p_drop, (b,))
+    cond_dropped = model.drop_cond(cond, drop)
+    dropped_ratio = label_drop_ratio(model, cond_dropped, drop)
+    flow_t = jax.random.randint(flow_time_key, (b,), 0, m).astype(jnp.float32) / m
+    x0 = sample_source(flow_noise_key, images.shape)
+    flow_x, flow_v = interpolate(x0, images, flow_t), flow_velocity(x0, images)
+    rows = slice(0, b_flow)
+    flow_x, flow_v, flow_t = flow_x[rows], flow_v[rows], flow_t[rows]
+    cond_flow = _take(cond_dropped, rows)
+  else:
+    rows = slice(b_boot, b)
+    drop = jax.random.bernoulli(label_key, p_drop, (b_flow,))
+    cond_flow = model.drop_cond(_take(cond, rows), drop)
+    dropped_ratio = label_drop_ratio(model, cond_flow, drop)
+    flow_t = jax.random.randint(flow_time_key, (b_flow,), 0, m).astype(jnp.float32) / m
+    x1 = images[rows]
+    x0 = sample_source(flow_noise_key, x1.shape)
+    flow_x, flow_v = interpolate(x0, x1, flow_t), flow_velocity(x0, x1)
+
+  level = jnp.concatenate([boot_level, jnp.full((b_flow,), big_l, jnp.int32)])
+  is_boot = jnp.arange(b) < b_boot
+  return TrainingTargets(
+      x=jnp.concatenate([boot_x, flow_x], axis=0),
+      t=jnp.concatenate([boot_t, flow_t], axis=0),
+      level=level,
+      cond=jax.tree.map(lambda u, v: jnp.concatenate([u, v], axis=0), cond_boot, cond_flow),
+      target=jnp.concatenate([boot_target, flow_v], axis=0),
+      groups={"flow": (~is_boot).astype(jnp.float32), "bootstrap": is_boot.astype(jnp.float32)},
+      metrics={
+          "dropped_ratio": dropped_ratio,
+          "bootstrap_ratio": jnp.mean((level != big_l).astype(jnp.float32)),
+          "v_magnitude_bootstrap": _rms(boot_target),
+          "v_magnitude_b1": _rms(v1),
+          "v_magnitude_b2": _rms(v2),
+      },
+  )

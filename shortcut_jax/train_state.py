@@ -1,0 +1,104 @@
+"""Training state (a pytree), the optimizer and learning-rate schedule, and the EMA update.
+
+The optimizer is the original's: AdamW with a learning rate that warms up linearly from 0 over
+`warmup_steps` and then stays constant (`schedule='constant'`) or follows a cosine decay to 0 at
+`max_steps` (`schedule='cosine'`, optax's `warmup_cosine_decay_schedule`, whose decay length
+counts the warm-up steps).
+"""
+
+from typing import Any, Callable, Tuple, Union
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = Any
+SCHEDULES = ("constant", "cosine")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes.
+
+  Attributes:
+    step: int32 scalar, number of updates applied so far.
+    params: online network weights.
+    ema_params: exponential moving average of `params` (the bootstrap teacher and the weights
+      usually sampled from).
+    opt_state: optax state of the optimizer.
+    rng: base PRNG key; step s uses `fold_in(rng, s)`, so the key of a step does not depend on
+      how the run got there (resumes give identical randomness).
+  """
+  step: Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: Array
+
+
+def learning_rate_schedule(optim_config, max_steps: int) -> Callable[[Array], Array]:
+  """The learning rate as a function of the step count (see the module docstring).
+
+  Args:
+    optim_config: fields `lr`, `warmup_steps`, `schedule`.
+    max_steps: total training steps (end of the cosine decay).
+
+  Returns:
+    An optax schedule.
+  """
+  lr = float(optim_config.lr)
+  warmup = int(optim_config.warmup_steps)
+  schedule = optim_config.schedule
+  if schedule not in SCHEDULES:
+    raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {schedule!r}")
+  if warmup < 0:
+    raise ValueError(f"optim.warmup_steps must be >= 0, got {warmup}")
+  if schedule == "cosine":
+    if max_steps <= warmup:
+      raise ValueError(f"cosine schedule needs max_steps ({max_steps}) > warmup_steps ({warmup})")
+    return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=lr, warmup_steps=warmup,
+                                              decay_steps=max_steps, end_value=0.0)
+  if warmup > 0:
+    # linear_schedule holds its end value after the transition: warm-up then constant.
+    return optax.linear_schedule(init_value=0.0, end_value=lr, transition_steps=warmup)
+  return optax.constant_schedule(lr)
+
+
+def make_optimizer(optim_config, max_steps: int) -> Tuple[optax.GradientTransformation, Callable]:
+  """AdamW with the configured schedule.
+
+  Args:
+    optim_config: fields `lr`, `b1`, `b2`, `weight_decay`, `warmup_steps`, `schedule`.
+    max_steps: total training steps.
+
+  Returns:
+    (optax transformation, learning-rate schedule).
+  """
+  lr_schedule = learning_rate_schedule(optim_config, max_steps)
+  tx = optax.adamw(learning_rate=lr_schedule, b1=float(optim_config.b1),
+                   b2=float(optim_config.b2), weight_decay=float(optim_config.weight_decay))
+  return tx, lr_schedule
+
+
+def create_train_state(params, tx: optax.GradientTransformation, rng: Array) -> TrainState:
+  """Step 0 state; the EMA starts as a copy of the parameters.
+
+  Args:
+    params: initial network weights.
+    tx: the optimizer.
+    rng: base PRNG key of the run.
+
+  Returns:
+    A `TrainState`.
+  """
+  # A real copy, so that donating the state never aliases params and ema_params.
+  ema_params = jax.tree.map(jnp.array, params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                    opt_state=tx.init(params), rng=rng)
+
+
+def ema_update(ema_params, params, rate: Union[float, Array]):
+  """`rate * ema + (1 - rate) * params`, leaf by leaf (in each leaf's dtype)."""
+  return jax.tree.map(
+      lambda e, p: (rate * e + (1 - rate) * p).astype(e.dtype), ema_params, params)

@@ -1,0 +1,161 @@
+"""The jitted training step and the matching validation-loss step.
+
+`train_step` is a pure module-level function: the model, objective, optimizer and configs are
+bound with `functools.partial` (they are static: Python objects read at trace time) and the result
+is jitted once with the state donated (`make_train_step`). Objectives are chosen outside jit
+(`objectives.get_objective`); inside, only the chosen target function is traced.
+
+Keys: the step's key is `fold_in(state.rng, state.step)` and is split once per use (targets,
+dropout), so the randomness of step s does not depend on how many steps ran before in this
+process (a resumed run repeats it exactly).
+"""
+
+import functools
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from shortcut_jax.train_state import TrainState, ema_update
+
+Array = Any
+Metrics = Dict[str, Array]
+
+# Salt folded into the step key for validation, so validation draws never equal training draws.
+_EVAL_SALT = 0x5EED
+
+
+def _targets_fn(objective):
+  """Accepts a registered `Objective` or a bare target function."""
+  return getattr(objective, "targets_fn", objective)
+
+
+def per_sample_mse(pred: Array, target: Array) -> Array:
+  """Mean squared error of each sample over all non-batch axes, in float32: [B]."""
+  diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  return jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
+
+
+def loss_metrics(per_sample: Array, groups: Dict[str, Array], prefix: str = "train/") -> Metrics:
+  """`loss` (batch mean) and `loss_<group>` (mean over each group's rows; 0 for an empty group)."""
+  metrics = {f"{prefix}loss": jnp.mean(per_sample)}
+  for name, mask in groups.items():
+    mask = mask.astype(jnp.float32)
+    metrics[f"{prefix}loss_{name}"] = jnp.sum(per_sample * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return metrics
+
+
+def _as_float32(metrics: Metrics) -> Metrics:
+  return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def train_step(state: TrainState, batch: Dict[str, Array], *, model, objective,
+               tx: optax.GradientTransformation, lr_schedule: Callable[[Array], Array],
+               objective_config, ema_rate: Union[float, Callable[[Array], Array]]
+               ) -> Tuple[TrainState, Metrics]:
+  """One AdamW update of the online weights followed by the EMA update.
+
+  Args:
+    state: the current `TrainState` (donated by `make_train_step`).
+    batch: dict with `image` and optional conditioning (`label`, ...), global batch.
+    model: the `VelocityModel`.
+    objective: a registered `Objective` (or its target function).
+    tx: the optimizer (`train_state.make_optimizer`).
+    lr_schedule: its learning-rate schedule (logged only).
+    objective_config: the `config.objective` section.
+    ema_rate: EMA rate tau in `ema = tau ema + (1 - tau) params`, or a function of the step.
+
+  Returns:
+    (new state, flat dict of float32 scalar metrics named `train/...`).
+  """
+  step_key = jax.random.fold_in(state.rng, state.step)
+  targets_key, dropout_key = jax.random.split(step_key)
+  targets = _targets_fn(objective)(model, state.params, state.ema_params, batch, targets_key,
+                                   objective_config)
+  # Targets are regression constants, whichever weights made them.
+  target = jax.lax.stop_gradient(targets.target)
+
+  def loss_fn(params):
+    pred = model(params, targets.x, targets.t, targets.level, targets.cond, train=True,
+                 rngs={"dropout": dropout_key})
+    per_sample = per_sample_mse(pred, target)
+    return jnp.mean(per_sample), per_sample
+
+  (_, per_sample), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  rate = ema_rate(state.step) if callable(ema_rate) else ema_rate
+  ema_params = ema_update(state.ema_params, params, rate)
+
+  metrics = loss_metrics(per_sample, targets.groups)
+  metrics.update({
+      "train/grad_norm": optax.global_norm(grads),
+      "train/param_norm": optax.global_norm(params),
+      "train/update_norm": optax.global_norm(updates),
+      "train/lr": lr_schedule(state.step),
+  })
+  metrics.update({f"train/{k}": v for k, v in targets.metrics.items()})
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                            opt_state=opt_state)
+  return new_state, _as_float32(metrics)
+
+
+def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] = None, *,
+              model, objective, objective_config, use_ema: bool = True) -> Metrics:
+  """The training loss of a batch, without any update (validation).
+
+  The targets are made exactly as in training (the teacher is still chosen by the objective
+  config); only the weights being scored change with `use_ema`. Dropout is off.
+
+  Args:
+    state: a `TrainState`.
+    batch: dict like a training batch.
+    rng: key for the objective's draws; default: derived from `state.rng` and `state.step`
+      (fixed for a given state, distinct from the training draws).
+    model: the `VelocityModel`.
+    objective: a registered `Objective` (or its target function).
+    objective_config: the `config.objective` section.
+    use_ema: score the EMA weights (True) or the online weights.
+
+  Returns:
+    Float32 scalars `train/loss`, `train/loss_<group>` and the objective's metrics under the
+    same names as in training, so callers can rename them as they like.
+  """
+  if rng is None:
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), _EVAL_SALT)
+  targets = _targets_fn(objective)(model, state.params, state.ema_params, batch, rng,
+                                   objective_config)
+  if isinstance(use_ema, bool):
+    params = state.ema_params if use_ema else state.params
+  else:
+    # A traced flag (jit without static_argnames): select per leaf instead of branching.
+    params = jax.tree.map(lambda e, p: jnp.where(use_ema, e, p), state.ema_params, state.params)
+  pred = model(params, targets.x, targets.t, targets.level, targets.cond, train=False)
+  metrics = loss_metrics(per_sample_mse(pred, targets.target), targets.groups)
+  metrics.update({f"train/{k}": v for k, v in targets.metrics.items()})
+  return _as_float32(metrics)
+
+
+def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rate, *,
+                    donate: bool = True, in_shardings=None, out_shardings=None):
+  """`train_step` with everything but (state, batch) bound, jitted once.
+
+  Args:
+    model, objective, tx, lr_schedule, objective_config, ema_rate: see `train_step`.
+    donate: donate the state's buffers to the new state (halves the state's memory).
+    in_shardings: optional `jax.jit` in_shardings for (state, batch).
+    out_shardings: optional `jax.jit` out_shardings for (state, metrics).
+
+  Returns:
+    `fn(state, batch) -> (state, metrics)`.
+  """
+  fn = functools.partial(train_step, model=model, objective=objective, tx=tx,
+                         lr_schedule=lr_schedule, objective_config=objective_config,
+                         ema_rate=ema_rate)
+  kwargs = {}
+  if in_shardings is not None:
+    kwargs["in_shardings"] = in_shardings
+  if out_shardings is not None:
+    kwargs["out_shardings"] = out_shardings
+  return jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
