@@ -27,6 +27,17 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _path_name(path) -> str:
+  """'params/DiTBlock_0/Dense_0/kernel' for a tree path of attributes, dict keys or indices."""
+  parts = []
+  for entry in path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+  return "/".join(parts)
+
+
 class CheckpointManager:
   """Saves and restores `(train_state, meta)` pairs under `workdir/checkpoints`."""
 
@@ -41,8 +52,9 @@ class CheckpointManager:
       raise FileNotFoundError(
           f"no checkpoints in {self.directory}: train first (train.py --workdir=...) or import one "
           "(python -m shortcut_jax.tools.import_original ...)")
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -92,9 +104,8 @@ class CheckpointManager:
     if saved is None:
       return
     saved = getattr(saved, "tree", saved)
-    want = {jax.tree_util.keystr(k): tuple(v.shape)
-            for k, v in jax.tree_util.tree_leaves_with_path(abstract_state)}
-    have = {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ()) or ())
+    want = {_path_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract_state)}
+    have = {_path_name(k): tuple(getattr(v, "shape", ()) or ())
             for k, v in jax.tree_util.tree_leaves_with_path(saved)}
     problems = [f"{k}: missing in checkpoint" for k in want if k not in have]
     problems += [f"{k}: in checkpoint but not in the model" for k in have if k not in want]
