@@ -2,9 +2,13 @@
 
   python eval.py --workdir=W --mode=sample --steps=1,4,128 --num_samples=1000 [--cfg_scale=1.5]
   python eval.py --workdir=W --mode=digits_metrics --steps=1,2,4,8,128
+  python eval.py --mode=fid_stats --config=configs/x.py --out=stats.npz [--split=train] [--inception=I]
+  python eval.py --workdir=W --mode=fid --steps=1,4,128 --num_samples=50000 --fid_stats=stats.npz \
+      [--inception=I] [--cfg_scale=1.5]
 """
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from shortcut_jax import distributed
 from shortcut_jax import evaluation
@@ -19,16 +23,27 @@ flags.DEFINE_integer("seed", 0, "Noise seed (image i uses fold_in(seed, i)).")
 flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights.")
 flags.DEFINE_integer("batch_size", 256, "Images per sampler call.")
 flags.DEFINE_integer("checkpoint_step", None, "Which checkpoint (default: the latest).")
-flags.mark_flags_as_required(["workdir"])
+config_flags.DEFINE_config_file("config", None, "fid_stats: the config whose dataset to read "
+                                 "(default: the --workdir's config.json).", lock_config=True)
+flags.DEFINE_string("out", None, "fid_stats: the .npz to write.")
+flags.DEFINE_string("split", "train", "fid_stats: the dataset split to read (TFDS split syntax).")
+flags.DEFINE_string("fid_stats", None, "fid: reference statistics .npz (mu/sigma, or ADM arr_0) "
+                    "(default: the workdir config's evals.fid.stats_path).")
+flags.DEFINE_string("inception", None, "FID Inception weights (default: evals.fid.inception_path, "
+                    "else $SHORTCUT_JAX_INCEPTION).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.workdir is None and FLAGS.mode != "fid_stats":
+    raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir")
   distributed.initialize()
   evaluation.run(FLAGS.mode, FLAGS.workdir, steps=[int(s) for s in FLAGS.steps],
                  num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale, seed=FLAGS.seed,
-                 use_ema=FLAGS.use_ema, batch_size=FLAGS.batch_size, step=FLAGS.checkpoint_step)
+                 use_ema=FLAGS.use_ema, batch_size=FLAGS.batch_size, step=FLAGS.checkpoint_step,
+                 config=FLAGS.config, out=FLAGS.out, split=FLAGS.split,
+                 fid_stats=FLAGS.fid_stats, inception_path=FLAGS.inception)
 
 
 if __name__ == "__main__":

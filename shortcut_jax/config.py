@@ -57,6 +57,13 @@ def base_config() -> ml_collections.ConfigDict:
                    use_ema=True),
       loss_per_t=dict(every=-1, num_batches=2, num_bins=16),
       validation=dict(every=-1, num_batches=4),
+      # FID against `stats_path` (an .npz with mu/sigma, e.g. from `eval.py --mode=fid_stats`)
+      # with the Inception weights at `inception_path` (None: $SHORTCUT_JAX_INCEPTION). Off by
+      # default (every=0): it needs both files, which are read before training starts.
+      fid=dict(every=0, steps=(1, 4, 128), num_samples=4096, cfg_scale=1.5,
+               stats_path=ml_collections.FieldReference(None, field_type=str),
+               inception_path=ml_collections.FieldReference(None, field_type=str),
+               batch_size=256, use_ema=True),
   ))
   return c
 
@@ -77,6 +84,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.evals.samples.update(steps=(1, 2, 8), num_images=4)
   c.evals.loss_per_t.update(num_batches=1, num_bins=4)
   c.evals.validation.num_batches = 1
+  c.evals.fid.update(steps=(1, 8), num_samples=32, batch_size=16)
   return c
 
 
@@ -185,6 +193,19 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         check(max(ev.steps) <= o.denoise_timesteps,
               f"evals.{name}.steps: {max(ev.steps)} steps exceed objective.denoise_timesteps "
               f"({o.denoise_timesteps})")
+
+  f = c.evals.get("fid")
+  if f is not None:
+    check(isinstance(f.num_samples, int) and f.num_samples >= 2,
+          f"evals.fid.num_samples must be an integer >= 2 (a covariance needs two), got "
+          f"{f.num_samples!r}")
+    check(isinstance(f.batch_size, int) and f.batch_size > 0,
+          f"evals.fid.batch_size must be a positive integer, got {f.batch_size!r}")
+    check(f.cfg_scale is None or f.cfg_scale >= 0,
+          f"evals.fid.cfg_scale must be None or >= 0, got {f.cfg_scale!r}")
+    if isinstance(f.every, int) and (f.every > 0 or (f.every == -1 and c.eval_every > 0)):
+      check(bool(f.stats_path), "evals.fid.stats_path must be set when evals.fid is enabled "
+            "(make one with `python eval.py --mode=fid_stats --config=... --out=stats.npz`)")
 
   if errors:
     raise ValueError("invalid config:\n  " + "\n  ".join(errors))

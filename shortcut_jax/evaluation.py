@@ -1,4 +1,4 @@
-"""Offline evaluation of a workdir (what eval.py runs): samples and digits metrics."""
+"""Offline evaluation (what eval.py runs): samples, digits metrics, FID reference stats and FID."""
 
 import json
 import os
@@ -11,14 +11,31 @@ from absl import logging
 from shortcut_jax import trainer
 from shortcut_jax.evaluators import generate as gen
 
-MODES = ("sample", "digits_metrics")
+MODES = ("sample", "digits_metrics", "fid_stats", "fid")
 
 
-def run(mode: str, workdir: str, *, steps: List[int], num_samples: int, cfg_scale: Optional[float],
-        seed: int = 0, use_ema: bool = True, batch_size: int = 256, step: Optional[int] = None):
-  """Runs one evaluation mode; returns its results (also written into the workdir)."""
+def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int,
+        cfg_scale: Optional[float], seed: int = 0, use_ema: bool = True, batch_size: int = 256,
+        step: Optional[int] = None, config=None, out: Optional[str] = None, split: str = "train",
+        fid_stats: Optional[str] = None, inception_path: Optional[str] = None):
+  """Runs one evaluation mode; returns its results (also written into the workdir).
+
+  `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,
+  `fid_stats` and `inception_path` are used by the two FID modes only.
+  """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
+  if mode == "fid_stats":
+    if config is None:
+      if not workdir:
+        raise ValueError("--mode=fid_stats needs --config (or --workdir to read its config)")
+      config = trainer.load_config(workdir)
+    if not out:
+      raise ValueError("--mode=fid_stats needs --out (the .npz to write)")
+    return reference_fid_stats(config, out, split=split, inception_path=inception_path,
+                               batch_size=batch_size)
+  if not workdir:
+    raise ValueError(f"--mode={mode} needs --workdir")
   exp, state, ckpt_step = trainer.restore_experiment(workdir, step=step)
   M = exp.config.objective.denoise_timesteps
   bad = [n for n in steps if not 1 <= n <= M]
@@ -28,6 +45,10 @@ def run(mode: str, workdir: str, *, steps: List[int], num_samples: int, cfg_scal
   logging.info("restored step %d from %s", ckpt_step, workdir)
   if mode == "sample":
     return sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size)
+  if mode == "fid":
+    return fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
+                             batch_size, ckpt_step, fid_stats=fid_stats,
+                             inception_path=inception_path)
   return digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
                         ckpt_step)
 
@@ -69,6 +90,65 @@ def digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, ba
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "digits_metrics.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  print(json.dumps(results, indent=2))
+  return results
+
+
+def reference_fid_stats(config, out: str, *, split: str = "train",
+                        inception_path: Optional[str] = None, batch_size: int = 256) -> Dict:
+  """Inception statistics of a dataset split -> `out` (.npz with mu, sigma and metadata).
+
+  Args:
+    config: an experiment config; its `data` section says which dataset (TFDS or image folder)
+      and at what resolution (`data.image_size`, the resolution the model generates at).
+    out: the .npz to write.
+    split: the split to read in full ('train' by default).
+    inception_path: Inception weights (None: config.evals.fid.inception_path, else
+      $SHORTCUT_JAX_INCEPTION).
+    batch_size: images per Inception call (rounded up to a multiple of the device count).
+
+  Returns:
+    dict(path, num_images, split, dataset, inception).
+  """
+  from shortcut_jax.evaluators import fid, fid_evaluator
+  inception_path = inception_path or config.evals.fid.inception_path
+  features, weights = fid_evaluator.load_features(inception_path, batch_size=batch_size)
+  mu, sigma, count = fid_evaluator.dataset_stats(config.data, features, split=split,
+                                                 batch_size=features.batch_size)
+  result = {"path": out, "num_images": count, "split": split, "dataset": config.data.name,
+            "image_size": config.data.image_size, "inception": weights}
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fid.save_stats(out, mu, sigma, num_images=count, split=split, dataset=config.data.name,
+                   image_size=config.data.image_size)
+    logging.info("wrote FID statistics of %s/%s (%d images) to %s", config.data.name, split,
+                 count, out)
+  print(json.dumps(result, indent=2))
+  return result
+
+
+def fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
+                      ckpt_step, *, fid_stats=None, inception_path=None) -> Dict:
+  """FID per step budget against reference statistics -> W/fid.json.
+
+  Reference statistics: `fid_stats`, else the workdir config's evals.fid.stats_path; Inception
+  weights: `inception_path`, else evals.fid.inception_path, else $SHORTCUT_JAX_INCEPTION.
+  """
+  from shortcut_jax.evaluators import fid_evaluator
+  fid_config = exp.config.evals.fid
+  field = "--fid_stats" if fid_stats else "--fid_stats (or evals.fid.stats_path)"
+  stats_path = fid_evaluator.resolve_stats_path(fid_stats or fid_config.stats_path, field)
+  features, weights = fid_evaluator.load_features(inception_path or fid_config.inception_path,
+                                                  batch_size=batch_size)
+  reference = fid_evaluator.load_reference(stats_path, features)
+  values = fid_evaluator.model_fid(exp, params, features, reference, steps=steps,
+                                   num_images=num_samples, cfg_scale=cfg_scale, seed=seed)
+  results = {"steps": {str(n): v for n, v in values.items()}, "num_samples": num_samples,
+             "cfg_scale": cfg_scale, "seed": seed, "reference_stats": stats_path,
+             "inception_weights": weights, "checkpoint_step": ckpt_step}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "fid.json"), "w") as f:
       json.dump(results, f, indent=2)
   print(json.dumps(results, indent=2))
   return results

@@ -67,6 +67,10 @@ def test_fid_random_spd_matches_eigendecomposition():
   got = fid.fid_from_stats(mu1, sigma1, mu2, sigma2, eps=eps)
   assert got == pytest.approx(expected, rel=1e-8)
   assert got > 0
+  # The general matrix square root (pytorch-fid's way) gives the same trace.
+  import scipy.linalg
+  tr_sqrtm = np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+  assert tr_sqrt == pytest.approx(tr_sqrtm, rel=1e-8)
 
 
 def test_fid_identical_stats_is_zero():

@@ -19,7 +19,6 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple
 
 from absl import logging
 import numpy as np
-import scipy.linalg
 
 Array = Any
 
@@ -87,8 +86,8 @@ def fid_from_stats(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
     The distance as a Python float.
 
   Raises:
-    ValueError: shapes disagree, or the square root has a large imaginary
-      part (a sign of badly conditioned covariances), as in pytorch-fid.
+    ValueError: shapes disagree, or the covariances are not finite / not
+      positive semi-definite.
   """
   mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
   mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
@@ -102,20 +101,23 @@ def fid_from_stats(mu1: Array, sigma1: Array, mu2: Array, sigma2: Array,
                      f'{mu1.shape}')
   diff = mu1 - mu2
   offset = np.eye(sigma1.shape[0]) * eps
-  covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  if isinstance(covmean, tuple):  # Older scipy with disp=False semantics.
-    covmean = covmean[0]
-  if not np.all(np.isfinite(covmean)):
-    raise ValueError('matrix square root is not finite; the covariances are '
-                     'degenerate')
-  if np.iscomplexobj(covmean):
-    max_imag = np.max(np.abs(np.diagonal(covmean).imag))
-    if max_imag > 1e-3:
-      raise ValueError(f'matrix square root has an imaginary component of '
-                       f'{max_imag:.3g} on its diagonal')
-    covmean = covmean.real
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) -
-               2.0 * np.trace(covmean))
+  a, b = sigma1 + offset, sigma2 + offset
+  # Tr sqrtm(A B) = sum of sqrt(eigenvalues of A^1/2 B A^1/2): A^1/2 B A^1/2 is symmetric
+  # positive semi-definite and similar to A B, so two `eigh` calls replace the general `sqrtm`
+  # (seconds instead of about a minute for 2048-d features) with the same value.
+  w, v = np.linalg.eigh((a + a.T) / 2)
+  if not np.all(np.isfinite(w)):
+    raise ValueError('covariance is not finite; the statistics are degenerate')
+  a_half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  m = a_half @ b @ a_half
+  eig = np.linalg.eigvalsh((m + m.T) / 2)
+  scale = max(np.abs(eig).max(), 1e-300)
+  if eig.min() < -1e-6 * scale:
+    raise ValueError(f'covariance product has a negative eigenvalue {eig.min():.3g} '
+                     f'(largest {scale:.3g}); the covariances are not positive '
+                     'semi-definite')
+  tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 class ReferenceStats(NamedTuple):

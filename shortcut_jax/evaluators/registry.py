@@ -1,6 +1,7 @@
 """Builds the evaluators named in `config.evals` (one entry per evaluator, keyed by its name)."""
 
 from shortcut_jax import config as config_lib
+from shortcut_jax.evaluators.fid_evaluator import FIDEvaluator
 from shortcut_jax.evaluators.loss_per_t import LossPerTEvaluator
 from shortcut_jax.evaluators.samples import SampleGridEvaluator
 from shortcut_jax.evaluators.validation import ValidationLossEvaluator
@@ -10,6 +11,8 @@ EVALUATORS = {
     "samples": (SampleGridEvaluator, ("steps", "num_images", "cfg_scale", "use_ema")),
     "loss_per_t": (LossPerTEvaluator, ("num_batches", "num_bins")),
     "validation": (ValidationLossEvaluator, ("num_batches",)),
+    "fid": (FIDEvaluator, ("steps", "num_samples", "cfg_scale", "stats_path", "inception_path",
+                           "batch_size", "use_ema")),
 }
 
 
