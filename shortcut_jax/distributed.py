@@ -1,35 +1,98 @@
-"""Multi-process start-up: `jax.distributed.initialize` when running on several hosts.
+"""Multi-process start-up: joins JAX's multi-controller runtime (`jax.distributed`).
 
-TPU pods and SLURM / Open MPI GPU clusters are detected by JAX itself; an explicit coordinator
-can be given with the environment variables SHORTCUT_JAX_COORDINATOR (host:port),
-SHORTCUT_JAX_NUM_PROCESSES and SHORTCUT_JAX_PROCESS_ID. A single process needs nothing.
+Every process of a multi-host job runs the same program (`train.py` / `eval.py`) and calls
+`initialize()` before touching any device. Where the cluster is described, first match wins:
+
+  1. flags `--coordinator_address=host:port --num_processes=N --process_id=i` (defined here,
+     so train.py and eval.py accept them);
+  2. environment variables `SHORTCUT_JAX_COORDINATOR` (host:port), `SHORTCUT_JAX_NUM_PROCESSES`,
+     `SHORTCUT_JAX_PROCESS_ID` (or JAX's own `JAX_COORDINATOR_ADDRESS`, read by JAX itself);
+  3. auto-detection by JAX: Cloud TPU pod slices (every worker runs the command), SLURM
+     (`srun`, one task per node or per GPU), Open MPI (`mpirun`) — no arguments needed;
+  4. none of these: a single process, and nothing is done.
+
+`SHORTCUT_JAX_CPU_COLLECTIVES=gloo` (or `--cpu_collectives=gloo`) selects CPU collectives, needed
+for several CPU-only processes (the tests fake a cluster that way on one machine).
 """
 
 import os
+from typing import Optional
 
 import jax
-from absl import logging
+from absl import flags, logging
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs; "
+    "not needed on TPU pods or under SLURM / Open MPI).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_CPU_COLLECTIVES = flags.DEFINE_string(
+    "cpu_collectives", None, "CPU collectives for multi-process CPU runs: 'gloo' or 'mpi'.")
 
 
+def _flag(holder):
+  try:
+    return holder.value
+  except flags.UnparsedFlagAccessError:  # Imported by a program that parsed no flags.
+    return None
 
-def _launched_as_cluster() -> bool:
+
+def _env_int(name: str) -> Optional[int]:
+  value = os.environ.get(name)
+  return int(value) if value not in (None, "") else None
+
+
+def launched_as_cluster(env=None) -> bool:
   """True under SLURM / Open MPI with several tasks, or on a multi-host TPU slice."""
-  env = os.environ
-  if int(env.get("SLURM_NTASKS", "1") or 1) > 1 or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+  env = os.environ if env is None else env
+  if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+    return True
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    return True
+  if env.get("JAX_COORDINATOR_ADDRESS"):
     return True
   return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
-def initialize() -> None:
-  """Joins the JAX cluster if this process is one of several; no-op otherwise."""
-  coordinator = os.environ.get("SHORTCUT_JAX_COORDINATOR")
-  if coordinator:
-    jax.distributed.initialize(coordinator_address=coordinator,
-                               num_processes=int(os.environ["SHORTCUT_JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["SHORTCUT_JAX_PROCESS_ID"]))
-  elif _launched_as_cluster():
-    jax.distributed.initialize()
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None) -> bool:
+  """Joins the JAX cluster if this process is one of several; no-op otherwise.
+
+  Args:
+    coordinator_address: host:port of the coordinator (process 0); default from the flags,
+      then the environment (see the module docstring).
+    num_processes: number of processes; same defaults.
+    process_id: this process's index; same defaults.
+
+  Returns:
+    Whether `jax.distributed` was initialized (by this call or before it).
+
+  Raises:
+    ValueError: a coordinator is given without the process count or index.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  coordinator_address = (coordinator_address or _flag(_COORDINATOR)
+                         or os.environ.get("SHORTCUT_JAX_COORDINATOR"))
+  num_processes = next((v for v in (num_processes, _flag(_NUM_PROCESSES),
+                                    _env_int("SHORTCUT_JAX_NUM_PROCESSES")) if v is not None), None)
+  process_id = next((v for v in (process_id, _flag(_PROCESS_ID),
+                                 _env_int("SHORTCUT_JAX_PROCESS_ID")) if v is not None), None)
+  collectives = _flag(_CPU_COLLECTIVES) or os.environ.get("SHORTCUT_JAX_CPU_COLLECTIVES")
+  if collectives:
+    jax.config.update("jax_cpu_collectives_implementation", collectives)
+
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError(f"coordinator {coordinator_address} given without the process count and "
+                       "index (--num_processes/--process_id or SHORTCUT_JAX_NUM_PROCESSES/"
+                       "SHORTCUT_JAX_PROCESS_ID)")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif launched_as_cluster():
+    jax.distributed.initialize()  # JAX reads the TPU / SLURM / MPI environment itself.
   else:
-    return
+    return False
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  return True

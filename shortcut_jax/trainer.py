@@ -23,6 +23,7 @@ from clu import metric_writers
 
 from shortcut_jax import config as config_lib
 from shortcut_jax import objectives
+from shortcut_jax import sharding as sharding_lib
 from shortcut_jax import train_state as train_state_lib
 from shortcut_jax import train_step as train_step_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager
@@ -78,15 +79,50 @@ def build_experiment(config: ml_collections.ConfigDict, image_shape=None) -> Exp
                     lr_schedule=lr_schedule)
 
 
-def restore_or_init(exp: Experiment, ckpt: CheckpointManager) -> Tuple[Any, int]:
-  """The latest checkpoint in the workdir if any, else a fresh state. Returns (state, step)."""
+def make_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """The config's (`data`, `fsdp`) mesh, checked against `sharding` and `batch_size`.
+
+  Raises:
+    sharding_lib.ShardingError: mesh sizes that do not fit the devices, or a batch size that
+      does not split evenly (the message names `mesh.*` / `batch_size`).
+  """
+  mesh = sharding_lib.make_mesh(config.mesh, devices)
+  sharding_lib.validate(config.sharding, mesh, config.batch_size)
+  return mesh
+
+
+def sharded_abstract_state(exp: Experiment, mesh: jax.sharding.Mesh) -> Tuple[Any, Any]:
+  """(abstract state whose leaves carry their target sharding, the shardings pytree)."""
   abstract = exp.abstract_state()
+  shardings = sharding_lib.state_shardings(abstract, mesh, exp.config.sharding)
+  return sharding_lib.with_shardings(abstract, shardings), shardings
+
+
+def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> Tuple[Any, int]:
+  """The latest checkpoint in the workdir if any, else a fresh state. Returns (state, step).
+
+  Either way the state is placed on `mesh` (default: the config's) with the config's sharding:
+  a checkpoint written on any mesh is read straight into these shardings.
+  """
+  mesh = make_mesh(exp.config) if mesh is None else mesh
+  abstract, shardings = sharded_abstract_state(exp, mesh)
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(abstract)
     logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
     return state, int(meta["step"])
-  state = jax.jit(exp.init_state)(jax.random.PRNGKey(exp.config.seed))
+  state = jax.jit(exp.init_state, out_shardings=shardings)(jax.random.PRNGKey(exp.config.seed))
   return state, 0
+
+
+def _evaluator_state(state):
+  """What evaluators get: the state itself on one process (jit takes sharded arrays as they
+  are); with several processes, a host copy of everything but the optimizer state, so that
+  evaluators that work on process 0 only, or on local devices, never wait for the others."""
+  if jax.process_count() == 1:
+    return state
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(state.replace(opt_state=None), tiled=True)
 
 
 class _JsonlWriter:
@@ -127,10 +163,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if is_main:
     save_config(config, workdir)
 
+  mesh = make_mesh(config)
+  _, state_shardings = sharded_abstract_state(exp, mesh)
+  logging.info("mesh %s, sharding %r, %d processes; sharded parameters:\n%s", dict(mesh.shape),
+               config.sharding, jax.process_count(), sharding_lib.describe(
+                   jax.tree.map(lambda s: s.spec, state_shardings.params)) or "(none)")
+
   c = config.checkpoint
   ckpt = CheckpointManager(workdir, every_steps=c.every_steps, max_to_keep=c.max_to_keep,
                            async_save=c.async_save)
-  state, start_step = restore_or_init(exp, ckpt)
+  state, start_step = restore_or_init(exp, ckpt, mesh)
   if start_step >= config.max_steps:
     logging.info("step %d >= max_steps %d: nothing to train", start_step, config.max_steps)
     ckpt.close()
@@ -139,9 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl")) if is_main else None
   train_iter = pipeline.make_dataset(config.data, split="train", global_batch_size=config.batch_size,
-                                     seed=config.seed, train=True, start_step=start_step)
+                                     seed=config.seed, train=True, start_step=start_step,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+  batch_sharding = sharding_lib.batch_sharding(mesh)
   step_fn = train_step_lib.make_train_step(
-      exp.model, exp.objective, exp.tx, exp.lr_schedule, config.objective, config.optim.ema_rate)
+      exp.model, exp.objective, exp.tx, exp.lr_schedule, config.objective, config.optim.ema_rate,
+      in_shardings=(state_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding_lib.replicated(mesh)))
   evaluators = evaluators_lib.build_evaluators(exp, workdir)
 
   stop = {"signal": None}
@@ -151,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   step = start_step
   try:
     while step < config.max_steps:
-      batch = next(train_iter)
+      batch = sharding_lib.global_batch(next(train_iter), batch_sharding)
       state, metrics = step_fn(state, batch)
       step += 1
       pending.append(metrics)
@@ -177,13 +224,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f images/s  ETA %s", step,
                      config.max_steps, last_metrics.get("train/loss", float("nan")), steps_per_s,
                      steps_per_s * config.batch_size, time.strftime("%H:%M:%S", time.gmtime(eta)))
-      for ev in evaluators:
-        if ev.due(step):
-          results = ev.run(state, step)
-          if results:
-            writer.write_scalars(step, results)
-            if jsonl:
-              jsonl.write(step, results)
+      due = [ev for ev in evaluators if ev.due(step)]
+      eval_state = _evaluator_state(state) if due else None
+      for ev in due:
+        results = ev.run(eval_state, step)
+        if results:
+          writer.write_scalars(step, results)
+          if jsonl:
+            jsonl.write(step, results)
       if save_due:
         ckpt.save(step, state, {"data_position": step, "image_shape": list(exp.image_shape)}, force=bool(stop["signal"]) or
                   step == config.max_steps)
@@ -220,9 +268,26 @@ def _flatten(d, prefix=""):
   return out
 
 
+def eval_mesh(config: ml_collections.ConfigDict, devices=None) -> jax.sharding.Mesh:
+  """The config's mesh on the current devices, or a 1-device mesh where it does not fit.
+
+  A checkpoint trained with `mesh.fsdp=8` thus restores (with its weights placed by the
+  config's rules) on a host with 8 devices, and whole on one device anywhere else.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  try:
+    return sharding_lib.make_mesh(config.mesh, devices)
+  except sharding_lib.ShardingError as e:
+    logging.info("config mesh does not fit the %d devices here (%s): using one device",
+                 len(devices), e)
+    return sharding_lib.single_device_mesh(jax.local_devices()[0])
+
+
 def restore_experiment(workdir: str, config: Optional[ml_collections.ConfigDict] = None,
-                       step: Optional[int] = None):
+                       step: Optional[int] = None, mesh: Optional[jax.sharding.Mesh] = None):
   """Builds the experiment of a workdir and restores its latest (or `step`) checkpoint.
+
+  The state is restored onto `mesh` (default `eval_mesh(config)`), whatever mesh wrote it.
 
   Returns:
     (experiment, train_state, step).
@@ -231,6 +296,7 @@ def restore_experiment(workdir: str, config: Optional[ml_collections.ConfigDict]
   ckpt = CheckpointManager(workdir, read_only=True)
   meta = ckpt.read_meta(step)
   exp = build_experiment(config, image_shape=tuple(meta["image_shape"]))
-  state, meta = ckpt.restore(exp.abstract_state(), step)
+  abstract, _ = sharded_abstract_state(exp, eval_mesh(config) if mesh is None else mesh)
+  state, meta = ckpt.restore(abstract, step)
   ckpt.close()
   return exp, state, int(meta["step"])

@@ -1,0 +1,114 @@
+"""Per-device memory of the train state and of the compiled train step, under dp and fsdp.
+
+Nothing is trained and no state is allocated: the state's shapes come from `jax.eval_shape`,
+its placement from `shortcut_jax.sharding`, and the step's memory from XLA's analysis of the
+compiled program (`jit(...).lower(...).compile().memory_analysis()`), which is per device for
+an SPMD program. Run it on faked CPU devices:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/memory.py
+
+Prints one JSON object (also written to --out when given): for each model and mode, the bytes
+one device holds of the parameters, the EMA parameters and the optimizer state, and the
+compiled step's argument / output / temporary (activations, gathered weights, gradients)
+bytes. The results are recorded in docs/benchmarks.md ("Memory (sharding)").
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from shortcut_jax import config as config_lib  # noqa: E402
+from shortcut_jax import sharding as sharding_lib  # noqa: E402
+from shortcut_jax import train_step as train_step_lib  # noqa: E402
+from shortcut_jax import trainer  # noqa: E402
+from shortcut_jax.models import dit  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["DiT-B/2", "DiT-XL/2"], "DiT presets.")
+flags.DEFINE_list("modes", ["dp", "fsdp"], "Sharding modes (fsdp puts every device on `fsdp`).")
+flags.DEFINE_integer("per_device_batch", 8, "Examples per device.")
+flags.DEFINE_integer("image_size", 32, "Latent side (32x32x4 SD-VAE latents of 256x256 images).")
+flags.DEFINE_integer("channels", 4, "Latent channels.")
+flags.DEFINE_string("dtype", "bfloat16", "Compute dtype (parameters are float32).")
+flags.DEFINE_string("out", None, "Optional JSON output path.")
+
+MIB = 2 ** 20
+
+
+def measure(preset: str, mode: str, devices) -> dict:
+  """Memory figures of one model under one mode on `devices` (see the module docstring)."""
+  n = len(devices)
+  c = config_lib.base_config()
+  c.model.update(**dit.DIT_PRESETS[preset], dtype=FLAGS.dtype)
+  c.data.update(name="imagenet256", image_size=FLAGS.image_size, num_classes=1000)
+  c.objective.update(name="shortcut", bootstrap_cfg=True)
+  c.batch_size = FLAGS.per_device_batch * n
+  c.sharding = mode
+  c.mesh.update(data=-1, fsdp=1) if mode == "dp" else c.mesh.update(data=1, fsdp=-1)
+  exp = trainer.build_experiment(c, image_shape=(FLAGS.image_size, FLAGS.image_size,
+                                                 FLAGS.channels))
+  mesh = trainer.make_mesh(c, devices)
+  abstract, shardings = trainer.sharded_abstract_state(exp, mesh)
+  state_bytes = {
+      "params": sharding_lib.bytes_per_device(abstract.params, shardings.params),
+      "ema_params": sharding_lib.bytes_per_device(abstract.ema_params, shardings.ema_params),
+      "opt_state": sharding_lib.bytes_per_device(abstract.opt_state, shardings.opt_state),
+  }
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  shape = (c.batch_size, FLAGS.image_size, FLAGS.image_size, FLAGS.channels)
+  batch = {"image": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=batch_sharding),
+           "label": jax.ShapeDtypeStruct(shape[:1], jnp.int32, sharding=batch_sharding)}
+  step_fn = train_step_lib.make_train_step(
+      exp.model, exp.objective, exp.tx, exp.lr_schedule, c.objective, c.optim.ema_rate,
+      in_shardings=(shardings, batch_sharding),
+      out_shardings=(shardings, sharding_lib.replicated(mesh)))
+  start = time.time()
+  compiled = step_fn.lower(abstract, batch).compile()
+  compile_s = time.time() - start
+  stats = compiled.memory_analysis()
+  num_params = sum(int(l.size) for l in jax.tree.leaves(abstract.params))
+  out = {
+      "model": preset, "mode": mode, "devices": n, "mesh": dict(mesh.shape),
+      "global_batch": c.batch_size, "num_params": num_params,
+      "state_bytes_per_device": dict(state_bytes, total=sum(state_bytes.values())),
+      "step_bytes_per_device": {
+          "argument": int(stats.argument_size_in_bytes), "output": int(stats.output_size_in_bytes),
+          "alias": int(stats.alias_size_in_bytes), "temp": int(stats.temp_size_in_bytes),
+          "generated_code": int(stats.generated_code_size_in_bytes)},
+      "compile_s": round(compile_s, 1),
+  }
+  logging.info("%s %s: state %.1f MiB/device, step temp %.1f MiB/device (compiled in %.0f s)",
+               preset, mode, out["state_bytes_per_device"]["total"] / MIB,
+               stats.temp_size_in_bytes / MIB, compile_s)
+  return out
+
+
+def main(argv):
+  del argv
+  devices = jax.devices()
+  results = [measure(m, mode, devices) for m in FLAGS.models for mode in FLAGS.modes]
+  for model in FLAGS.models:
+    by_mode = {r["mode"]: r for r in results if r["model"] == model}
+    if "dp" in by_mode and "fsdp" in by_mode:
+      by_mode["fsdp"]["state_vs_dp"] = round(by_mode["fsdp"]["state_bytes_per_device"]["total"] /
+                                             by_mode["dp"]["state_bytes_per_device"]["total"], 4)
+  report = {"backend": jax.default_backend(), "device_count": len(devices),
+            "jax": jax.__version__, "dtype": FLAGS.dtype,
+            "per_device_batch": FLAGS.per_device_batch, "results": results}
+  text = json.dumps(report, indent=1)
+  print(text)
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
