@@ -18,24 +18,30 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from shortcut_jax.sharding import path_name
+
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint's arrays do not fit the state the config describes."""
 
 
+def shape_mismatches(expected, found) -> list:
+  """Differences between two pytrees' leaf paths and shapes, one readable line each.
+
+  Scalars (step counters, Adam's count) are not compared: their stored shape may be () or (1,).
+  """
+  want = {path_name(k): tuple(np.shape(v)) for k, v in jax.tree_util.tree_leaves_with_path(expected)}
+  have = {path_name(k): tuple(getattr(v, "shape", None) or np.shape(v))
+          for k, v in jax.tree_util.tree_leaves_with_path(found)}
+  problems = [f"{k}: missing in checkpoint" for k in want if k not in have]
+  problems += [f"{k}: in checkpoint but not in the model" for k in have if k not in want]
+  problems += [f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in want
+               if k in have and have[k] != want[k] and np.prod(want[k] or (1,)) > 1]
+  return problems
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def _path_name(path) -> str:
-  """'params/DiTBlock_0/Dense_0/kernel' for a tree path of attributes, dict keys or indices."""
-  parts = []
-  for entry in path:
-    for attr in ("name", "key", "idx"):
-      if hasattr(entry, attr):
-        parts.append(str(getattr(entry, attr)))
-        break
-  return "/".join(parts)
 
 
 class CheckpointManager:
@@ -103,14 +109,7 @@ class CheckpointManager:
     saved = self._manager.item_metadata(step)["state"]
     if saved is None:
       return
-    saved = getattr(saved, "tree", saved)
-    want = {_path_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract_state)}
-    have = {_path_name(k): tuple(getattr(v, "shape", ()) or ())
-            for k, v in jax.tree_util.tree_leaves_with_path(saved)}
-    problems = [f"{k}: missing in checkpoint" for k in want if k not in have]
-    problems += [f"{k}: in checkpoint but not in the model" for k in have if k not in want]
-    problems += [f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in want
-                 if k in have and have[k] != want[k] and np.prod(want[k] or (1,)) > 1]
+    problems = shape_mismatches(abstract_state, getattr(saved, "tree", saved))
     if problems:
       raise CheckpointMismatchError(
           f"checkpoint step {step} in {self.directory} does not match the config "

@@ -18,18 +18,12 @@ from ml_collections import config_flags
 
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.legacy import load_original_checkpoint
-from shortcut_jax.checkpoints.manager import CheckpointManager, CheckpointMismatchError
-
-
-def _shapes(tree):
-  return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
+                                               shape_mismatches)
 
 
 def _check_params(expected, got, what):
-  want, have = _shapes(expected), _shapes(got)
-  problems = [f"{k}: missing in checkpoint" for k in want if k not in have]
-  problems += [f"{k}: not in the configured model" for k in have if k not in want]
-  problems += [f"{k}: checkpoint {have[k]} vs config {want[k]}" for k in want if k in have and have[k] != want[k]]
+  problems = shape_mismatches(expected, got)
   if problems:
     raise CheckpointMismatchError(f"{what} of the checkpoint do not match the config "
                                   f"({len(problems)} differences): " + "; ".join(problems[:8]))
