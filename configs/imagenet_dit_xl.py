@@ -4,24 +4,14 @@ Command (after preparing the data, see docs/training.md):
   python train.py --config=configs/imagenet_dit_xl.py --workdir=gs://.../imagenet_dit_xl
 Hardware: a TPU v3-128 pod slice / 8 nodes of 8 GPUs; 810k steps at batch 256.
 Result reported by the paper (FID-50k): 3.8 at 128 steps, 7.8 at 4 steps, 10.6 at 1 step.
-Latent space: the paper's runs train on SD-VAE latents (32x32x4 from 256x256 images), where
-patch 2 gives 256 tokens. Latent datasets and the VAE come with the latent-space release; on
-pixels, use `--config.model.patch_size=8` (1,024 tokens) — not the paper's setting.
+Everything but the model size is `imagenet_dit_b.py` (see its note on latent space).
 """
 
 from shortcut_jax import config as config_lib
 
 
 def get_config(arg=None):
-  c = config_lib.base_config()
-  c.batch_size = 256
-  c.max_steps = 810_000
-  c.log_every = 1_000
-  c.eval_every = 20_000
-  c.model.update(patch_size=2, hidden_size=1152, depth=28, num_heads=16, mlp_ratio=4.0)
-  c.objective.update(name="shortcut", cfg_scale=1.5, class_dropout_prob=0.1, bootstrap_cfg=True)
-  c.data.update(name="imagenet256", image_size=256, num_classes=1000)
-  c.checkpoint.every_steps = 20_000
-  c.sharding = "fsdp"
-  c.mesh.update(data=1, fsdp=-1)
+  c = config_lib.load_sibling_config(__file__, "imagenet_dit_b")()
+  c.unlock()
+  c.model.update(hidden_size=1152, depth=28, num_heads=16)
   return config_lib.finalize(c, arg)

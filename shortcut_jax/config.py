@@ -98,6 +98,18 @@ def finalize(c: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections
   return c
 
 
+def load_sibling_config(this_file: str, name: str):
+  """`get_config` of another file in the same configs folder, loaded by path so that a config
+  deriving from another works however it is loaded (config_flags, import, tests)."""
+  import importlib.util
+  import os
+  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"shortcut_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config
+
+
 def _is_power_of_two(n) -> bool:
   return isinstance(n, int) and n >= 1 and (n & (n - 1)) == 0
 

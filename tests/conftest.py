@@ -22,3 +22,13 @@ def original_fixture_dir():
   if not path.exists():
     pytest.skip(f"fixture folder {path} not present (it ships in ../shared/fixtures)")
   return path
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+  """Turns off most XLA optimisations for a module whose tiny tests are dominated by compiling;
+  the optimisations do not change what such tests check."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

@@ -20,13 +20,7 @@ SHAPE = (4, 4, 1)
 NUM_CLASSES = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def fast_compile():
-  # Compilation dominates these tiny tests; XLA's optimisations do not change what they check.
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def optim_config(**overrides):
