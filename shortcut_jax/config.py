@@ -5,7 +5,6 @@ is checked by `validate(config)` before anything is compiled; errors name the fi
 (`objective.bootstrap_every`, ...) so a typo on the command line is caught in a second.
 """
 
-import math
 from typing import Optional
 
 import ml_collections
@@ -227,7 +226,3 @@ def eval_period(c: ml_collections.ConfigDict, name: str) -> int:
   """Steps between runs of evaluator `name` (0 = never; -1 in the config = `eval_every`)."""
   every = c.evals[name].get("every", -1)
   return c.eval_every if every == -1 else every
-
-
-def num_levels(c: ml_collections.ConfigDict) -> int:
-  return int(math.log2(c.objective.denoise_timesteps))
