@@ -13,7 +13,6 @@ compiled step's argument / output / temporary (activations, gathered weights, gr
 bytes. The results are recorded in docs/benchmarks.md ("Memory (sharding)").
 """
 
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from shortcut_jax import sharding as sharding_lib  # noqa: E402
 from shortcut_jax import train_step as train_step_lib  # noqa: E402
 from shortcut_jax import trainer  # noqa: E402
 from shortcut_jax.models import dit  # noqa: E402
+from common import emit_json  # benchmarks/ is on sys.path when a script runs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["DiT-B/2", "DiT-XL/2"], "DiT presets.")
@@ -103,11 +103,7 @@ def main(argv):
   report = {"backend": jax.default_backend(), "device_count": len(devices),
             "jax": jax.__version__, "dtype": FLAGS.dtype,
             "per_device_batch": FLAGS.per_device_batch, "results": results}
-  text = json.dumps(report, indent=1)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  emit_json(report, FLAGS.out)
 
 
 if __name__ == "__main__":

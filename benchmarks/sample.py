@@ -35,6 +35,7 @@ import optax  # noqa: E402
 import original_reference as orig  # noqa: E402
 from shortcut_jax import sampling  # noqa: E402
 from shortcut_jax.models import dit as dit_lib  # noqa: E402
+from common import emit_json  # benchmarks/ is on sys.path when a script runs
 
 DENOISE_TIMESTEPS = 128
 NUM_CLASSES = 10
@@ -154,11 +155,7 @@ def main():
                      | {"ours_s": entry["ours"]["median_s"],
                         "original_s": entry["original"]["median_s"]}), file=sys.stderr, flush=True)
   result["load_average_end"] = os.getloadavg()
-  text = json.dumps(result, indent=1)
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
+  emit_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import original_reference as orig  # noqa: E402
 from shortcut_jax import objectives, train_state as train_state_lib  # noqa: E402
 from shortcut_jax import train_step as train_step_lib  # noqa: E402
 from shortcut_jax.models import dit as dit_lib  # noqa: E402
+from common import emit_json  # benchmarks/ is on sys.path when a script runs
 
 SIZES = {
     # name: (hidden, depth, heads, patch, image (H, W, C), default batch)
@@ -275,11 +276,7 @@ def main():
                          | {"speedup": r.get("speedup_vs_original"),
                             "speedup_cpu": r.get("speedup_vs_original_cpu_time")}), file=sys.stderr, flush=True)
   result["load_average_end"] = os.getloadavg()
-  text = json.dumps(result, indent=1)
-  print(text)
-  if args.out:
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
+  emit_json(result, args.out)
 
 
 if __name__ == "__main__":
