@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax.objectives.naive import finest_level
+from shortcut_jax.objectives.flow_path import finest_level
 
 Array = Any
 

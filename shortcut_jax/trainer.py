@@ -202,6 +202,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       state, metrics = step_fn(state, batch)
       step += 1
       pending.append(metrics)
+      if len(pending) > 2:
+        # At most two steps in flight: the host stays a step ahead of the device (input and
+        # dispatch overlap the computation), and a SIGTERM save never waits behind a long
+        # queue of already-dispatched steps.
+        jax.block_until_ready(pending[-3])
       log_now = step % config.log_every == 0 or step == config.max_steps
       save_due = step % c.every_steps == 0 or step == config.max_steps or stop["signal"]
       if log_now or save_due:

@@ -5,6 +5,7 @@ import pathlib
 
 import pytest
 
+from digits_configs import digits_config
 from shortcut_jax import config as config_lib
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
@@ -31,18 +32,6 @@ def test_unknown_key_is_an_error():
     importlib.import_module("configs.digits_shortcut").get_config("tiny")
 
 
-def _digits(**changes):
-  c = importlib.import_module("configs.digits_shortcut").get_config()
-  c.unlock()
-  for dotted, value in changes.items():
-    *path, key = dotted.split("__")
-    node = c
-    for p in path:
-      node = node[p]
-    node[key] = value
-  return c
-
-
 @pytest.mark.parametrize("changes,field", [
     (dict(batch_size=100), "objective.bootstrap_every"),
     (dict(data__image_size=15), "model.patch_size"),
@@ -67,11 +56,11 @@ def _digits(**changes):
 ])
 def test_validation_names_the_field(changes, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-    config_lib.validate(_digits(**changes))
+    config_lib.validate(digits_config(**changes))
 
 
 def test_batch_must_divide_device_count():
-  c = _digits(batch_size=24, objective__bootstrap_every=8)
+  c = digits_config(batch_size=24, objective__bootstrap_every=8)
   config_lib.validate(c, device_count=8)
   with pytest.raises(ValueError, match="device count"):
     config_lib.validate(c, device_count=16)
@@ -79,5 +68,5 @@ def test_batch_must_divide_device_count():
 
 def test_all_errors_reported_together():
   with pytest.raises(ValueError) as e:
-    config_lib.validate(_digits(optim__lr=0.0, model__dtype="int8"))
+    config_lib.validate(digits_config(optim__lr=0.0, model__dtype="int8"))
   assert "optim.lr" in str(e.value) and "model.dtype" in str(e.value)

@@ -8,7 +8,6 @@ farther from the digits than held-out digits are.
 """
 
 import functools
-import importlib
 import inspect
 import json
 import os
@@ -19,6 +18,7 @@ import jax
 import numpy as np
 import pytest
 
+import digits_configs
 from shortcut_jax import config as config_lib
 from shortcut_jax import evaluation
 from shortcut_jax import trainer
@@ -49,12 +49,7 @@ def random_inception_variables(seed=0, gain=2.0):
 
 
 def smoke_config(data_dir, **fid_changes):
-  c = importlib.import_module("configs.digits_shortcut").get_config("smoke")
-  c.unlock()
-  c.data.data_dir = data_dir
-  c.checkpoint.async_save = False
-  for name in ("samples", "loss_per_t", "validation"):
-    c.evals[name].every = 0
+  c = digits_configs.smoke_config(data_dir)
   c.evals.fid.update(fid_changes)
   return c
 
@@ -134,12 +129,14 @@ def test_fid_stats_then_fid_write_sane_results(setup):
   assert written["inception_weights"] == setup["weights"]
 
 
-def test_generate_batches_match_generate(setup):
+def test_sharded_generation_matches_unsharded(setup):
+  # Same seed -> same images, whatever the batch size and whether batches are sharded.
   exp, state, _ = trainer.restore_experiment(setup["workdir"])
   expected, _ = gen.generate(exp, state.ema_params, num_images=10, num_steps=2, cfg_scale=1.5,
                              seed=3, batch_size=4)
-  got = [np.asarray(x)[:n] for x, n in fid_evaluator.generate_batches(
-      exp, state.ema_params, num_images=10, num_steps=2, cfg_scale=1.5, seed=3, batch_size=6)]
+  got = [np.asarray(x)[:n] for x, n in gen.generate_batches(
+      exp, state.ema_params, num_images=10, num_steps=2, cfg_scale=1.5, seed=3, batch_size=6,
+      mesh=gen.data_mesh())]
   assert [len(g) for g in got] == [6, 4]
   np.testing.assert_allclose(np.concatenate(got), expected, atol=1e-5)
 

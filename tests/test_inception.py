@@ -7,6 +7,7 @@ Flax module. A test comparing against a hand-written functional PyTorch
 forward runs only when torch is installed.
 """
 
+import importlib.util
 import os
 import pickle
 import subprocess
@@ -558,6 +559,44 @@ def test_matches_functional_pytorch_forward(state_dict, variables):
     expected = _torch_features(torch, state_dict, images)
   feature_fn = inception.make_feature_fn(variables)
   got = np.asarray(feature_fn(images))
+  assert got.shape == expected.shape == (2, 2048)
+  scale = np.abs(expected).max()
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def _pytorch_fid_inception():
+  """(torch, pytorch_fid.inception), or a skip when they are not installed.
+
+  A CUDA build of torchvision next to a CPU build of torch cannot register its C++ operators
+  (`torchvision::nms` ...); pytorch-fid only needs torchvision's pure-PyTorch Inception3, so
+  the operators' fake-tensor registrations are switched off while it is imported.
+  """
+  torch = pytest.importorskip('torch')
+  for name in ('torchvision', 'pytorch_fid'):
+    if importlib.util.find_spec(name) is None:
+      pytest.skip(f'{name} is not installed (pip install pytorch-fid torchvision)')
+  register_fake = torch.library.register_fake
+  torch.library.register_fake = lambda *args, **kwargs: (lambda fn: fn)
+  try:
+    from pytorch_fid import inception as pytorch_fid_inception
+  finally:
+    torch.library.register_fake = register_fake
+  return torch, pytorch_fid_inception
+
+
+def test_matches_the_pytorch_fid_package(monkeypatch, state_dict, variables):
+  # pytorch-fid's own InceptionV3 (FID blocks, its resize and normalisation), given the
+  # synthetic weights in place of the downloaded file, against our features.
+  torch, pfi = _pytorch_fid_inception()
+  torch.set_num_threads(2)
+  monkeypatch.setattr(pfi, 'load_state_dict_from_url', lambda *args, **kwargs: {
+      k: torch.from_numpy(v) for k, v in state_dict.items()})
+  model = pfi.InceptionV3([pfi.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+  images = _images(4, (2, 48, 64, 3))  # [-1, 1]; pytorch-fid takes [0, 1]
+  with torch.no_grad():
+    [pool] = model(torch.from_numpy((images + 1) / 2).permute(0, 3, 1, 2))
+  expected = pool[:, :, 0, 0].numpy()
+  got = np.asarray(inception.make_feature_fn(variables)(images))
   assert got.shape == expected.shape == (2, 2048)
   scale = np.abs(expected).max()
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * scale)

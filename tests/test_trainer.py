@@ -1,7 +1,6 @@
 """End-to-end training on the embedded digits: smoke run, exact resumption, SIGTERM, NaN stop,
 a checkpoint that does not match the config, and importing the original's checkpoint."""
 
-import importlib
 import json
 import os
 import signal
@@ -10,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import digits_configs
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager, CheckpointMismatchError
 from shortcut_jax.data import pipeline
@@ -17,21 +17,8 @@ from shortcut_jax.data import pipeline
 pytestmark = pytest.mark.slow
 
 
-def smoke_config(tmp_path_factory=None, **changes):
-  c = importlib.import_module("configs.digits_shortcut").get_config("smoke")
-  c.unlock()
-  c.data.data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR")
-  c.checkpoint.async_save = False
-  c.evals.samples.every = 0
-  c.evals.loss_per_t.every = 0
-  c.evals.validation.every = 0
-  for k, v in changes.items():
-    node = c
-    *path, last = k.split("__")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+def smoke_config(**changes):
+  return digits_configs.smoke_config(os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR"), **changes)
 
 
 @pytest.fixture(scope="session", autouse=True)

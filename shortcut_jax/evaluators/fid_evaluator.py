@@ -3,14 +3,10 @@
 `fid.py` holds the statistics and the distance; this module feeds them:
 
   * `InceptionFeatures`: the FID InceptionV3 jitted with explicit shardings. Every batch is
-    split along its first axis over a 1-D mesh of all local devices (`data_mesh`); the weights
+    split along its first axis over a 1-D mesh of all local devices (`generate.data_mesh`); the weights
     are replicated. Grey images (digits) are repeated to 3 channels first.
-  * `generate_batches`: sampling with fixed seeds. Image i starts from the noise
-    `normal(fold_in(PRNGKey(seed), i))` and gets label `sample_labels(config)[i]`, exactly as
-    `evaluators.generate.generate` does (a test checks they agree), but batches are streamed
-    (50,000 images never sit in memory at once) and sharded over the same mesh as Inception,
-    so generation is data parallel too. `batch_size` is rounded up to a multiple of the device
-    count; the last batch is padded and its padding dropped.
+  * Generation is `generate.generate_batches` on the same mesh as Inception: streamed, with
+    fixed per-image seeds, data parallel.
   * `decode`: the hook that turns a model's output into pixels. Every model in this library
     generates pixels, so it is the identity; a latent model (SPEC §5: decode latents with the
     VAE) plugs its decoder in there and nothing else changes.
@@ -25,7 +21,7 @@ its own devices (correct, not faster); params sharded over several hosts are not
 
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +29,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from shortcut_jax import sampling
+from shortcut_jax import sharding
 from shortcut_jax.data import catalog
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators import fid
@@ -41,23 +37,9 @@ from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.evaluators.base import Evaluator
 from shortcut_jax.models import inception
 
-DATA_AXIS = "data"
-
 _STATS_HELP = ("compute reference statistics with `python eval.py --mode=fid_stats "
                "--config=<the training config> --out=<stats.npz>`, or use the original's / "
                "pytorch-fid's / ADM's reference .npz (docs/evaluation.md, FID)")
-
-
-def data_mesh() -> Mesh:
-  """A 1-D mesh over all local devices; batches are split along its `data` axis."""
-  return Mesh(np.asarray(jax.local_devices()), (DATA_AXIS,))
-
-
-def round_up_batch(batch_size: int, mesh: Mesh) -> int:
-  """The smallest multiple of the mesh size that is >= batch_size."""
-  if batch_size <= 0:
-    raise ValueError(f"batch size must be positive, got {batch_size}")
-  return -(-batch_size // mesh.size) * mesh.size
 
 
 def _progress(total: int, desc: str):
@@ -82,12 +64,12 @@ class InceptionFeatures:
     Args:
       variables: FID Inception variables (`inception.load_inception_variables`).
       batch_size: images per call; rounded up to a multiple of the device count.
-      mesh: the device mesh (default `data_mesh()`).
+      mesh: the device mesh (default `gen.data_mesh()`).
       image_size: Inception input side; 299 for FID (smaller only in tests).
     """
-    self.mesh = mesh if mesh is not None else data_mesh()
-    self.batch_size = round_up_batch(batch_size, self.mesh)
-    self.data_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+    self.mesh = mesh if mesh is not None else gen.data_mesh()
+    self.batch_size = gen.round_up_batch(batch_size, self.mesh)
+    self.data_sharding = NamedSharding(self.mesh, PartitionSpec(sharding.DATA_AXIS))
     replicated = NamedSharding(self.mesh, PartitionSpec())
     self._variables = jax.device_put(variables, replicated)
     model = inception.InceptionV3(image_size=image_size, antialias=False, clip=True)
@@ -149,48 +131,6 @@ def decode(exp, samples: jax.Array) -> jax.Array:
   return samples
 
 
-def generate_batches(exp, params, *, num_images: int, num_steps: int,
-                     cfg_scale: Optional[float], seed: int = 0, batch_size: int = 256,
-                     mesh: Optional[Mesh] = None) -> Iterator[Tuple[jax.Array, int]]:
-  """Samples `num_images` images in sharded batches, with the seeds of `generate.generate`.
-
-  Args:
-    exp: the `trainer.Experiment`.
-    params: the network weights (replicated onto the mesh here).
-    num_images: images in all.
-    num_steps: sampling steps N.
-    cfg_scale: guidance weight (ignored, as in `generate`, for an unconditional model).
-    seed: noise seed; image i uses `fold_in(PRNGKey(seed), i)`.
-    batch_size: images per sampler call, rounded up to a multiple of the device count.
-    mesh: device mesh (default `data_mesh()`).
-
-  Yields:
-    (samples [batch, H, W, C] sharded over the mesh, number of valid leading rows).
-  """
-  config = exp.config
-  mesh = mesh if mesh is not None else data_mesh()
-  batch_size = round_up_batch(batch_size, mesh)
-  data = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
-  params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-  labels = gen.sample_labels(config, num_images)
-  if cfg_scale is not None and not gen.is_conditional(config):
-    cfg_scale = None
-  # The sampler has no shardings of its own: it runs data parallel because its inputs are.
-  sampler = sampling.make_sampler(exp.model, num_steps, config.objective.denoise_timesteps,
-                                  exp.objective.uses_level, cfg_scale)
-  base = jax.random.PRNGKey(seed)
-  noise_fn = jax.jit(
-      jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), exp.image_shape)),
-      in_shardings=data, out_shardings=data)
-  for start in range(0, num_images, batch_size):
-    idx = np.arange(start, min(start + batch_size, num_images))
-    n = len(idx)
-    idx = np.concatenate([idx, np.full(batch_size - n, idx[-1])])
-    x0 = noise_fn(jax.device_put(idx.astype(np.int32), data))
-    cond = {"label": jax.device_put(labels[idx], data)}
-    yield sampler(params, x0, cond), n
-
-
 def model_stats(exp, params, features: InceptionFeatures, *, num_images: int, num_steps: int,
                 cfg_scale: Optional[float], seed: int = 0, progress: bool = True
                 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -198,7 +138,7 @@ def model_stats(exp, params, features: InceptionFeatures, *, num_images: int, nu
   stats = fid.RunningStats()
   bar = _progress(num_images, f"FID {num_steps} steps") if progress else None
   try:
-    for samples, n in generate_batches(exp, params, num_images=num_images, num_steps=num_steps,
+    for samples, n in gen.generate_batches(exp, params, num_images=num_images, num_steps=num_steps,
                                        cfg_scale=cfg_scale, seed=seed,
                                        batch_size=features.batch_size, mesh=features.mesh):
       stats.update(features.batch_features(decode(exp, samples), n))

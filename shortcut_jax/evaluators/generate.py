@@ -1,12 +1,14 @@
 """Generating images from a trained model: fixed noise seeds, evenly spread labels, uint8 output."""
 
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shortcut_jax import sampling
+from shortcut_jax import sharding
 
 
 def is_conditional(config) -> bool:
@@ -28,36 +30,81 @@ def to_uint8(images) -> np.ndarray:
   return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def generate(exp, params, *, num_images: int, num_steps: int, cfg_scale: Optional[float],
-             seed: int = 0, batch_size: int = 256, labels: Optional[np.ndarray] = None
-             ) -> Tuple[np.ndarray, np.ndarray]:
-  """Samples `num_images` images with `num_steps` steps.
+def data_mesh() -> Mesh:
+  """A 1-D mesh over all local devices; batches are split along its `data` axis."""
+  return Mesh(np.asarray(jax.local_devices()), (sharding.DATA_AXIS,))
 
-  The noise of image i depends only on (seed, i), so the same seed gives the same images for any
-  batch size and any step count (rows of a grid are comparable across step budgets).
 
-  Returns:
-    (images float32 NHWC in [-1, 1] (not clipped), labels int32).
+def round_up_batch(batch_size: int, mesh: Mesh) -> int:
+  """The smallest multiple of the mesh size that is >= batch_size."""
+  if batch_size <= 0:
+    raise ValueError(f"batch size must be positive, got {batch_size}")
+  return -(-batch_size // mesh.size) * mesh.size
+
+
+def generate_batches(exp, params, *, num_images: int, num_steps: int,
+                     cfg_scale: Optional[float], seed: int = 0, batch_size: int = 256,
+                     mesh: Optional[Mesh] = None) -> Iterator[Tuple[jax.Array, int]]:
+  """Samples `num_images` images batch by batch (50,000 images never sit in memory at once).
+
+  Image i starts from the noise `normal(fold_in(PRNGKey(seed), i))` and gets the label
+  `sample_labels(config)[i]`, so the same seed gives the same images for any batch size, any
+  mesh and any step count (rows of a grid are comparable across step budgets). Every batch has
+  the same size (the last one padded) so the sampler compiles once.
+
+  Args:
+    exp: the `trainer.Experiment`.
+    params: the network weights.
+    num_images: images in all.
+    num_steps: sampling steps N.
+    cfg_scale: guidance weight; ignored for an unconditional model.
+    seed: noise seed.
+    batch_size: images per sampler call. Without a mesh it is capped at `num_images`; with one
+      it is rounded up to a multiple of the device count.
+    mesh: a 1-D device mesh (`data_mesh()`) to run data parallel on: params are replicated onto
+      it and every batch is split along its axis. None: the arrays stay where they are (params
+      may then be sharded over any mesh, several processes included).
+
+  Yields:
+    (samples [batch, H, W, C] float32 in [-1, 1] (not clipped), number of valid leading rows).
   """
   config = exp.config
-  if labels is None:
-    labels = sample_labels(config, num_images)
+  labels = sample_labels(config, num_images)
   if cfg_scale is not None and not is_conditional(config):
     cfg_scale = None
   sampler = sampling.make_sampler(exp.model, num_steps, config.objective.denoise_timesteps,
                                   exp.objective.uses_level, cfg_scale)
   base = jax.random.PRNGKey(seed)
-  noise_fn = jax.jit(jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), exp.image_shape)))
-  out = []
+  noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), exp.image_shape))
+  if mesh is None:
+    batch_size = min(batch_size, num_images)
+    put, noise_fn = jnp.asarray, jax.jit(noise)
+  else:
+    # The sampler has no shardings of its own: it runs data parallel because its inputs are.
+    batch_size = round_up_batch(batch_size, mesh)
+    data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    put = lambda x: jax.device_put(x, data)
+    noise_fn = jax.jit(noise, in_shardings=data, out_shardings=data)
   for start in range(0, num_images, batch_size):
     idx = np.arange(start, min(start + batch_size, num_images))
     n = len(idx)
-    # Pad the last batch to the full batch size so the sampler compiles once.
-    padded = np.concatenate([idx, np.full(batch_size - n, idx[-1])]) if num_images > batch_size else idx
-    x0 = noise_fn(jnp.asarray(padded))
-    cond = {"label": jnp.asarray(labels[padded])}
-    out.append(np.asarray(sampler(params, x0, cond))[:n])
-  return np.concatenate(out), np.asarray(labels)
+    idx = np.concatenate([idx, np.full(batch_size - n, idx[-1])])
+    x0 = noise_fn(put(idx.astype(np.int32)))
+    yield sampler(params, x0, {"label": put(labels[idx])}), n
+
+
+def generate(exp, params, *, num_images: int, num_steps: int, cfg_scale: Optional[float],
+             seed: int = 0, batch_size: int = 256) -> Tuple[np.ndarray, np.ndarray]:
+  """All of `generate_batches` (no mesh) on the host.
+
+  Returns:
+    (images float32 NHWC in [-1, 1] (not clipped), labels int32).
+  """
+  out = [np.asarray(x)[:n] for x, n in generate_batches(
+      exp, params, num_images=num_images, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed,
+      batch_size=batch_size)]
+  return np.concatenate(out), sample_labels(exp.config, num_images)
 
 
 def image_grid(images_uint8: np.ndarray, cols: Optional[int] = None) -> np.ndarray:

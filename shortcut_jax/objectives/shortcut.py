@@ -56,10 +56,10 @@ import numpy as np
 
 from shortcut_jax.models.velocity_model import cond_from_batch
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
-from shortcut_jax.objectives.naive import (config_value, finest_level, flow_velocity,
-                                           interpolate, label_drop_ratio,
-                                           null_all_labels_if_unguided, permute_batch,
-                                           sample_source)
+from shortcut_jax.objectives.flow_path import (config_value, finest_level, flow_velocity,
+                                               interpolate, label_drop_ratio,
+                                               null_all_labels_if_unguided, permute_batch,
+                                               sample_source)
 
 Array = Any
 

@@ -1,0 +1,85 @@
+"""What every objective shares: the flow path, the source distribution, label handling.
+
+Conventions (SPEC §1): t = 0 is noise and t = 1 is data,
+
+    x_t = (1 - (1 - 1e-5) t) x0 + t x1,    v = x1 - (1 - 1e-5) x0,
+
+with x0 drawn from the source distribution (`sample_source`, a standard normal today) and x1 a
+data sample.
+"""
+
+import math
+from typing import Any, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+
+Array = Any
+
+# The 1e-5 keeps the path from collapsing exactly onto the data at t = 1 (as the original does).
+SIGMA_MIN = 1e-5
+
+
+def config_value(config, name: str, default):
+  """`config.<name>`, or `default` when the config (ConfigDict or any object) lacks the field."""
+  if isinstance(config, Mapping):
+    return config.get(name, default)
+  try:
+    return getattr(config, name)
+  except (AttributeError, KeyError):
+    return default
+
+
+def finest_level(denoise_timesteps: int) -> int:
+  """L = log2(M); raises ValueError unless M is a positive power of two."""
+  m = int(denoise_timesteps)
+  if m < 1 or m & (m - 1):
+    raise ValueError(f"denoise_timesteps must be a power of two, got {denoise_timesteps!r}")
+  return int(round(math.log2(m)))
+
+
+def sample_source(rng: Array, shape: Tuple[int, ...]) -> Array:
+  """Draws x0 from the source distribution (standard normal).
+
+  Every objective draws its noise through this one function, so that a different source
+  (e.g. a learned or non-Gaussian prior) only has to replace it.
+  """
+  return jax.random.normal(rng, shape)
+
+
+def interpolate(x0: Array, x1: Array, t: Array) -> Array:
+  """x_t = (1 - (1 - 1e-5) t) x0 + t x1, with t [B] broadcast over the image axes."""
+  t_full = t.reshape((-1,) + (1,) * (x1.ndim - 1))
+  # Same operation order as the original, so that faithful mode matches it bit for bit.
+  return (1 - (1 - SIGMA_MIN) * t_full) * x0 + t_full * x1
+
+
+def flow_velocity(x0: Array, x1: Array) -> Array:
+  """The conditional velocity d x_t / dt = x1 - (1 - 1e-5) x0."""
+  return x1 - (1 - SIGMA_MIN) * x0
+
+
+def null_all_labels_if_unguided(model, cond: Mapping[str, Array], config) -> dict:
+  """With `cfg_scale == 0` the model is trained unconditionally: every label becomes null.
+
+  The original does this in its update function before making targets (CelebA-HQ setting); it is
+  part of what the objective means, so the objectives do it themselves.
+  """
+  if float(config_value(config, "cfg_scale", 0.0)) == 0.0:
+    return model.null_cond(cond)
+  return dict(cond)
+
+
+def permute_batch(batch: Mapping[str, Array], rng: Array) -> dict:
+  """The batch with its rows shuffled by one random permutation (the original's `perm_key`)."""
+  n = batch["image"].shape[0]
+  perm = jax.random.permutation(rng, n)
+  return {k: v[perm] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == n else v
+          for k, v in batch.items()}
+
+
+def label_drop_ratio(model, cond: Mapping[str, Array], drop: Array) -> Array:
+  """Fraction of null labels the network sees (the original's `dropped_ratio`)."""
+  if "label" in cond:
+    return jnp.mean((cond["label"] == model.num_classes).astype(jnp.float32))
+  return jnp.mean(drop.astype(jnp.float32))
