@@ -14,24 +14,18 @@ import numpy as np
 
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators.base import Evaluator
+from shortcut_jax.objectives import flow_path
+from shortcut_jax.objectives import shortcut
 
-_EPS = 1e-5
 
-
-def _loss_fn(model, params, teacher_params, x1, x0, cond, t, level, finest):
+def _loss_fn(model, params, teacher_params, x1, x0, cond, t, level, finest, with_levels):
   """Per-sample losses for times t [B] and levels level [B] (one compile for every level)."""
-  a = 1.0 - _EPS
-  tb = t[:, None, None, None]
-  xt = (1 - a * tb) * x0 + tb * x1
+  xt = flow_path.interpolate(x0, x1, t)
   pred = model(params, xt, t, level, cond)
-  d = 2.0 ** -level.astype(jnp.float32)
-  half = (d / 2)[:, None, None, None]
-  v1 = model(teacher_params, xt, t, level + 1, cond)
-  x_mid = jnp.clip(xt + half * v1, -4, 4)
-  v2 = model(teacher_params, x_mid, t + d / 2, level + 1, cond)
-  shortcut_target = jnp.clip((v1 + v2) / 2, -4, 4)
-  flow_target = x1 - a * x0
-  target = jnp.where((level == finest)[:, None, None, None], flow_target, shortcut_target)
+  target = flow_path.flow_velocity(x0, x1)
+  if with_levels:
+    shortcut_target, _, _ = shortcut.bootstrap_targets(model, teacher_params, xt, t, level, cond)
+    target = jnp.where((level == finest)[:, None, None, None], target, shortcut_target)
   return jnp.mean((pred - jax.lax.stop_gradient(target)) ** 2, axis=(1, 2, 3))
 
 
@@ -43,8 +37,9 @@ class LossPerTEvaluator(Evaluator):
     self.num_batches, self.num_bins = num_batches, num_bins
     self.finest = int(np.log2(exp.config.objective.denoise_timesteps))
     self.levels = list(range(self.finest + 1)) if exp.objective.uses_level else [self.finest]
+    with_levels = exp.objective.uses_level
     self._loss = jax.jit(lambda p, tp, x1, x0, cond, t, lv: _loss_fn(
-        exp.model, p, tp, x1, x0, cond, t, lv, self.finest))
+        exp.model, p, tp, x1, x0, cond, t, lv, self.finest, with_levels))
 
   def _times(self, level):
     n = 2 ** level
