@@ -65,7 +65,7 @@ def original_module(module: dit_lib.DiT) -> dit_lib.DiT:
   return module.clone(attention_impl="einsum", parent=None)
 
 
-def create_state(module, params, tx, rng) -> OriginalState:
+def create_state(params, tx, rng) -> OriginalState:
   # The original starts with params_ema = params (the same buffers); a copy here, so that both
   # benchmarks see the same memory footprint.
   return OriginalState(rng=rng, step=jnp.asarray(1, jnp.int32), params=params,
@@ -158,16 +158,8 @@ def shortcut_targets(cfg, key, state, module, images, labels):
   v_boot = jnp.clip((v_b1 + v_b2) / 2, -4, 4)
 
   # Flow-matching targets for the whole batch, sliced afterwards (as the original does).
-  drop = jax.random.bernoulli(label_key, cfg["class_dropout_prob"], (b,))
-  labels_dropped = jnp.where(drop, cfg["num_classes"], labels)
-  info["dropped_ratio"] = jnp.mean(labels_dropped == cfg["num_classes"])
-  tf = jax.random.randint(time_key, (b,), 0, m).astype(jnp.float32) / m
-  tf = jnp.where(jnp.full((b,), -1.0) != -1, -1.0, tf)
-  tf4 = tf[:, None, None, None]
-  x0f = jax.random.normal(noise_key, images.shape)
-  xf = (1 - (1 - 1e-5) * tf4) * x0f + tf4 * images
-  vf = images - (1 - 1e-5) * x0f
-  dt_flow = jnp.full((b,), sections, jnp.int32)
+  xf, vf, tf, dt_flow, labels_dropped, info["dropped_ratio"] = _flow_targets(
+      cfg, label_key, time_key, noise_key, images, labels)
 
   n_flow = b - b_boot
   x_all = jnp.concatenate([x_t, xf[:n_flow]])
@@ -182,23 +174,29 @@ def shortcut_targets(cfg, key, state, module, images, labels):
   return x_all, v_all, t_all, dt_all, labels_all, info
 
 
-def naive_targets(cfg, key, state, module, images, labels):
-  """The original's `baselines/targets_naive.get_targets`."""
-  del state, module
-  label_key, time_key, noise_key = jax.random.split(key, 3)
+def _flow_targets(cfg, label_key, time_key, noise_key, images, labels):
+  """Flow-matching targets for the whole batch, as both of the original's target files draw them:
+  (x_t, v_t, t, level, dropped labels, dropped ratio)."""
   b = images.shape[0]
   m = cfg["denoise_timesteps"]
   drop = jax.random.bernoulli(label_key, cfg["class_dropout_prob"], (b,))
   labels_dropped = jnp.where(drop, cfg["num_classes"], labels)
-  info = {"dropped_ratio": jnp.mean(labels_dropped == cfg["num_classes"])}
   t = jax.random.randint(time_key, (b,), 0, m).astype(jnp.float32) / m
   t = jnp.where(jnp.full((b,), -1.0) != -1, -1.0, t)
   t4 = t[:, None, None, None]
   x0 = jax.random.normal(noise_key, images.shape)
   x_t = (1 - (1 - 1e-5) * t4) * x0 + t4 * images
   v_t = images - (1 - 1e-5) * x0
-  dt_base = jnp.full((b,), int(np.log2(m)), jnp.int32)
-  return x_t, v_t, t, dt_base, labels_dropped, info
+  level = jnp.full((b,), int(np.log2(m)), jnp.int32)
+  return x_t, v_t, t, level, labels_dropped, jnp.mean(labels_dropped == cfg["num_classes"])
+
+
+def naive_targets(cfg, key, state, module, images, labels):
+  """The original's `baselines/targets_naive.get_targets`."""
+  del state, module
+  label_key, time_key, noise_key = jax.random.split(key, 3)
+  *targets, dropped_ratio = _flow_targets(cfg, label_key, time_key, noise_key, images, labels)
+  return (*targets, {"dropped_ratio": dropped_ratio})
 
 
 def make_original_update(module, tx, lr_schedule, cfg):

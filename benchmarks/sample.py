@@ -78,7 +78,7 @@ def main():
   model = dit_lib.velocity_model(module)
   params = random_params(module, image_shape)
   tx = optax.chain(optax.adamw(1e-4))
-  ostate = orig.create_state(omodule, params, tx, jax.random.PRNGKey(1))
+  ostate = orig.create_state(params, tx, jax.random.PRNGKey(1))
   ocall = orig.make_original_call_model(omodule)
 
   cases = [(n, b, None) for b in parse_list(args.batches) for n in parse_list(args.steps)]

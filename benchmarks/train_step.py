@@ -109,7 +109,7 @@ def objective_config(name, batch):
               faithful=False, batch_size=batch)
 
 
-def build(size, objective_name, dtype, batch, num_classes, attention_impl):
+def build(size, objective_name, dtype, num_classes, attention_impl):
   hidden, depth, heads, patch, image_shape, _ = SIZES[size]
   objective = objectives.get_objective(objective_name)
   module = dit_lib.DiT(patch_size=patch, hidden_size=hidden, depth=depth, num_heads=heads,
@@ -141,7 +141,7 @@ def time_interleaved(fns, warmup, steps):
 def bench_one(size, objective_name, dtype, args, peaks):
   batch = args.batch or SIZES[size][5]
   num_classes = 10 if size == "small" else 1000
-  objective, module, image_shape = build(size, objective_name, dtype, batch, num_classes,
+  objective, module, image_shape = build(size, objective_name, dtype, num_classes,
                                          args.attention_impl)
   ocfg = objective_config(objective_name, batch)
   rng = jax.random.PRNGKey(0)
@@ -176,7 +176,7 @@ def bench_one(size, objective_name, dtype, args, peaks):
                      target_update_rate=0.999, **{k: v for k, v in ocfg.items()
                                                   if k not in ("name", "faithful", "batch_size")})
     update = orig.make_original_update(omodule, otx, olr, ocfg_orig)
-    oholder = {"state": orig.create_state(omodule, jax.tree.map(jnp.array, params), otx,
+    oholder = {"state": orig.create_state(jax.tree.map(jnp.array, params), otx,
                                           jax.random.PRNGKey(1))}
     orig_compiled = update.lower(oholder["state"], images, labels).compile()
 

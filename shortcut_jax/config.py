@@ -214,7 +214,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
           f"evals.fid.batch_size must be a positive integer, got {f.batch_size!r}")
     check(f.cfg_scale is None or f.cfg_scale >= 0,
           f"evals.fid.cfg_scale must be None or >= 0, got {f.cfg_scale!r}")
-    if isinstance(f.every, int) and (f.every > 0 or (f.every == -1 and c.eval_every > 0)):
+    if isinstance(f.every, int) and isinstance(c.eval_every, int) and eval_period(c, "fid") > 0:
       check(bool(f.stats_path), "evals.fid.stats_path must be set when evals.fid is enabled "
             "(make one with `python eval.py --mode=fid_stats --config=... --out=stats.npz`)")
 

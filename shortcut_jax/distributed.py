@@ -6,7 +6,8 @@ Every process of a multi-host job runs the same program (`train.py` / `eval.py`)
   1. flags `--coordinator_address=host:port --num_processes=N --process_id=i` (defined here,
      so train.py and eval.py accept them);
   2. environment variables `SHORTCUT_JAX_COORDINATOR` (host:port), `SHORTCUT_JAX_NUM_PROCESSES`,
-     `SHORTCUT_JAX_PROCESS_ID` (or JAX's own `JAX_COORDINATOR_ADDRESS`, read by JAX itself);
+     `SHORTCUT_JAX_PROCESS_ID` (JAX's own `JAX_COORDINATOR_ADDRESS` is accepted for the first;
+     the count and index must still be given, JAX does not read them from the environment);
   3. auto-detection by JAX: Cloud TPU pod slices (every worker runs the command), SLURM
      (`srun`, one task per node or per GPU), Open MPI (`mpirun`) — no arguments needed;
   4. none of these: a single process, and nothing is done.
@@ -49,8 +50,6 @@ def launched_as_cluster(env=None) -> bool:
     return True
   if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
     return True
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    return True
   return "," in env.get("TPU_WORKER_HOSTNAMES", "")
 
 
@@ -73,7 +72,8 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   if jax.distributed.is_initialized():
     return True
   coordinator_address = (coordinator_address or _flag(_COORDINATOR)
-                         or os.environ.get("SHORTCUT_JAX_COORDINATOR"))
+                         or os.environ.get("SHORTCUT_JAX_COORDINATOR")
+                         or os.environ.get("JAX_COORDINATOR_ADDRESS"))
   num_processes = next((v for v in (num_processes, _flag(_NUM_PROCESSES),
                                     _env_int("SHORTCUT_JAX_NUM_PROCESSES")) if v is not None), None)
   process_id = next((v for v in (process_id, _flag(_PROCESS_ID),

@@ -37,6 +37,9 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
   if not workdir:
     raise ValueError(f"--mode={mode} needs --workdir")
   exp, state, ckpt_step = trainer.restore_experiment(workdir, step=step)
+  # Several processes: every one gets the whole weights, as evaluators in training do (the
+  # generation and Inception loops run on each process's own devices).
+  state = trainer.evaluator_state(state)
   M = exp.config.objective.denoise_timesteps
   bad = [n for n in steps if not 1 <= n <= M]
   if bad:

@@ -115,7 +115,7 @@ def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
   return state, 0
 
 
-def _evaluator_state(state):
+def evaluator_state(state):
   """What evaluators get: the state itself on one process (jit takes sharded arrays as they
   are); with several processes, a host copy of everything but the optimizer state, so that
   evaluators that work on process 0 only, or on local devices, never wait for the others."""
@@ -230,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                      config.max_steps, last_metrics.get("train/loss", float("nan")), steps_per_s,
                      steps_per_s * config.batch_size, time.strftime("%H:%M:%S", time.gmtime(eta)))
       due = [ev for ev in evaluators if ev.due(step)]
-      eval_state = _evaluator_state(state) if due else None
+      eval_state = evaluator_state(state) if due else None
       for ev in due:
         results = ev.run(eval_state, step)
         if results:

@@ -50,12 +50,6 @@ def _setup(spec):
   return jax
 
 
-def smoke_config(data_dir, changes):
-  """The trainer tests' smoke config, evaluators off, changed by `changes`."""
-  import digits_configs  # tests/ is sys.path[0] when this file runs as a script
-  return digits_configs.smoke_config(data_dir, **changes)
-
-
 def _combine(k):
   """Patches pipeline.make_dataset to yield the k process slices of each global batch."""
   import numpy as np
@@ -73,14 +67,13 @@ def _combine(k):
 
 
 def run_job(jax, job, data_dir):
-  import time
   import numpy as np
   from shortcut_jax import trainer
-  c = smoke_config(data_dir, job.get("config", {}))
+  import digits_configs  # tests/ is sys.path[0] when this file runs as a script
+  c = digits_configs.smoke_config(data_dir, **job.get("config", {}))
   restore = _combine(job["combine_processes"]) if job.get("combine_processes") else None
-  start = time.time()
   try:
-    metrics = trainer.train_and_evaluate(c, job["workdir"])
+    trainer.train_and_evaluate(c, job["workdir"])
   finally:
     if restore:
       restore()
@@ -89,7 +82,7 @@ def run_job(jax, job, data_dir):
   for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
     specs["/".join(str(p.key) for p in path)] = str(leaf.sharding.spec)
   mu = state.opt_state[0].mu["DiTBlock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
-  out = {"train_s": time.time() - start, "step": step, "loss": metrics.get("train/loss"), "mesh": dict(state.params[
+  out = {"step": step, "mesh": dict(state.params[
       "DiTBlock_0"]["Dense_0"]["kernel"].sharding.mesh.shape), "param_specs": specs,
          "mu_spec": str(mu.sharding.spec), "ema_spec": str(state.ema_params["DiTBlock_0"][
              "MlpBlock_0"]["Dense_0"]["kernel"].sharding.spec)}

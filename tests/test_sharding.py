@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import digits_configs
 import sharding_worker
 from shortcut_jax import sharding
 from shortcut_jax import train_state as train_state_lib
@@ -69,7 +70,7 @@ def test_batch_size_must_split_over_devices_and_processes():
     sharding.validate("zero3", mesh, 16, process_count=1)
 
 
-def test_distributed_start_up_needs_a_complete_description():
+def test_distributed_start_up_needs_a_complete_description(monkeypatch):
   from shortcut_jax import distributed
   assert distributed.launched_as_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"})
   assert not distributed.launched_as_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"})
@@ -77,6 +78,11 @@ def test_distributed_start_up_needs_a_complete_description():
   assert not distributed.launched_as_cluster({"TPU_WORKER_HOSTNAMES": "w0"})
   with pytest.raises(ValueError, match="without the process count"):
     distributed.initialize(coordinator_address="127.0.0.1:1234", num_processes=2)
+  # JAX's own coordinator variable is a coordinator like ours: the count is still required.
+  assert not distributed.launched_as_cluster({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"})
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+  with pytest.raises(ValueError, match="without the process count"):
+    distributed.initialize()
   assert not jax.distributed.is_initialized()
 
 
@@ -257,7 +263,7 @@ def runs(tmp_path_factory):
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp / "tfds")
   # Build the digits TFDS once, here, before the workers read it.
   from shortcut_jax.data import pipeline
-  pipeline.dataset_info(sharding_worker.smoke_config(data_dir, {}).data)
+  pipeline.dataset_info(digits_configs.smoke_config(data_dir).data)
 
   port = _free_port()
   # Evaluators on at the last step: they get a host copy of the state on every process.
@@ -273,8 +279,8 @@ def runs(tmp_path_factory):
   restore = sharding_worker._combine(2)
   jax.config.update("jax_disable_most_optimizations", True)
   try:
-    trainer.train_and_evaluate(sharding_worker.smoke_config(
-        data_dir, dict(BASE, max_steps=4, checkpoint__every_steps=1)), str(tmp / "ref"))
+    trainer.train_and_evaluate(digits_configs.smoke_config(
+        data_dir, **dict(BASE, max_steps=4, checkpoint__every_steps=1)), str(tmp / "ref"))
   finally:
     jax.config.update("jax_disable_most_optimizations", False)
     restore()

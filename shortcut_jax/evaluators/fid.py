@@ -202,13 +202,13 @@ def save_stats(path: str, mu: Array, sigma: Array, **meta: Any) -> None:
   os.replace(tmp, path)
 
 
-def _progress_bar(total: Optional[int]):
+def progress_bar(total: Optional[int], desc: str = 'FID features'):
   """A tqdm bar counting images, or None when tqdm is unavailable."""
   try:
     import tqdm  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  return tqdm.tqdm(total=total, unit='img', desc='FID features', leave=False)
+  return tqdm.tqdm(total=total, unit='img', desc=desc, leave=False)
 
 
 def compute_stats(feature_fn: Callable[[Array], Array],
@@ -232,7 +232,7 @@ def compute_stats(feature_fn: Callable[[Array], Array],
     ValueError: the iterable ends before `num_images` images.
   """
   stats = RunningStats()
-  bar = _progress_bar(num_images) if progress else None
+  bar = progress_bar(num_images) if progress else None
   try:
     for batch in image_batches:
       if num_images is not None and stats.count >= num_images:

@@ -42,14 +42,6 @@ _STATS_HELP = ("compute reference statistics with `python eval.py --mode=fid_sta
                "pytorch-fid's / ADM's reference .npz (docs/evaluation.md, FID)")
 
 
-def _progress(total: int, desc: str):
-  try:
-    import tqdm  # Optional: no bar without it.
-  except ImportError:
-    return None
-  return tqdm.tqdm(total=total, unit="img", desc=desc, leave=False)
-
-
 class InceptionFeatures:
   """FID Inception features with every batch sharded over a 1-D device mesh.
 
@@ -136,7 +128,7 @@ def model_stats(exp, params, features: InceptionFeatures, *, num_images: int, nu
                 ) -> Tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) of the Inception features of `num_images` generated images."""
   stats = fid.RunningStats()
-  bar = _progress(num_images, f"FID {num_steps} steps") if progress else None
+  bar = fid.progress_bar(num_images, f"FID {num_steps} steps") if progress else None
   try:
     for samples, n in gen.generate_batches(exp, params, num_images=num_images, num_steps=num_steps,
                                        cfg_scale=cfg_scale, seed=seed,
@@ -196,9 +188,15 @@ def dataset_stats(data_config, features: Callable[[Any], np.ndarray], *, split: 
     total = num_images
   batches = pipeline.make_dataset(data_config, split=split, global_batch_size=batch_size, seed=0,
                                   train=False, process_index=0, process_count=1)
-  mu, sigma = fid.compute_stats(features, (b["image"] for b in batches), num_images=total,
-                                progress=progress)
-  return mu, sigma, total
+  read = []  # Batch sizes, for the count when TFDS could not size the split.
+
+  def images():
+    for b in batches:
+      read.append(len(b["image"]))
+      yield b["image"]
+
+  mu, sigma = fid.compute_stats(features, images(), num_images=total, progress=progress)
+  return mu, sigma, total if total is not None else sum(read)
 
 
 def resolve_stats_path(stats_path: Optional[str], field: str = "--fid_stats") -> str:

@@ -1,5 +1,6 @@
 """Generating images from a trained model: fixed noise seeds, evenly spread labels, uint8 output."""
 
+import functools
 from typing import Iterator, Optional, Tuple
 
 import jax
@@ -42,6 +43,19 @@ def round_up_batch(batch_size: int, mesh: Mesh) -> int:
   return -(-batch_size // mesh.size) * mesh.size
 
 
+@functools.lru_cache(maxsize=16)
+def _noise_fn(shape: Tuple[int, ...], mesh: Optional[Mesh]):
+  """Jitted `(key, idx [B]) -> normal(fold_in(key, idx[i]), shape)` rows, split over `mesh`'s
+  data axis when given; cached so that repeated generation compiles it once per shape."""
+  noise = jax.vmap(lambda key, i: jax.random.normal(jax.random.fold_in(key, i), shape),
+                   in_axes=(None, 0))
+  if mesh is None:
+    return jax.jit(noise)
+  data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
+  return jax.jit(noise, in_shardings=(NamedSharding(mesh, PartitionSpec()), data),
+                 out_shardings=data)
+
+
 def generate_batches(exp, params, *, num_images: int, num_steps: int,
                      cfg_scale: Optional[float], seed: int = 0, batch_size: int = 256,
                      mesh: Optional[Mesh] = None) -> Iterator[Tuple[jax.Array, int]]:
@@ -74,23 +88,22 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
     cfg_scale = None
   sampler = sampling.make_sampler(exp.model, num_steps, config.objective.denoise_timesteps,
                                   exp.objective.uses_level, cfg_scale)
-  base = jax.random.PRNGKey(seed)
-  noise = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(base, i), exp.image_shape))
+  key = jax.random.PRNGKey(seed)
   if mesh is None:
     batch_size = min(batch_size, num_images)
-    put, noise_fn = jnp.asarray, jax.jit(noise)
+    put, noise_fn = jnp.asarray, _noise_fn(tuple(exp.image_shape), None)
   else:
     # The sampler has no shardings of its own: it runs data parallel because its inputs are.
     batch_size = round_up_batch(batch_size, mesh)
     data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
     params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     put = lambda x: jax.device_put(x, data)
-    noise_fn = jax.jit(noise, in_shardings=data, out_shardings=data)
+    noise_fn = _noise_fn(tuple(exp.image_shape), mesh)
   for start in range(0, num_images, batch_size):
     idx = np.arange(start, min(start + batch_size, num_images))
     n = len(idx)
     idx = np.concatenate([idx, np.full(batch_size - n, idx[-1])])
-    x0 = noise_fn(put(idx.astype(np.int32)))
+    x0 = noise_fn(key, put(idx.astype(np.int32)))
     yield sampler(params, x0, {"label": put(labels[idx])}), n
 
 
