@@ -5,7 +5,12 @@
   python eval.py --mode=fid_stats --config=configs/x.py --out=stats.npz [--split=train] [--inception=I]
   python eval.py --workdir=W --mode=fid --steps=1,4,128 --num_samples=50000 --fid_stats=stats.npz \
       [--inception=I] [--cfg_scale=1.5]
+  python eval.py --workdir=W --mode=super_resolve --input_dir=IN --output_dir=OUT --steps=1 \
+      [--input_is_lr] [--overwrite] [--nouse_ema] [--seed=0]
+  python eval.py --workdir=W --mode=sr_metrics --steps=1,2,4,8 [--num_samples=N]
 """
+
+from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before it is imported.
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -18,7 +23,9 @@ flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and 
 flags.DEFINE_enum("mode", "sample", evaluation.MODES, "What to compute.")
 flags.DEFINE_list("steps", ["1", "4", "128"], "Step budgets to sample with.")
 flags.DEFINE_integer("num_samples", 1000, "Images per step budget.")
-flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale (default: none).")
+flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale (default: the workdir "
+                   "config's evals.samples.cfg_scale, 1.5 in the defaults; 0 = no guidance).")
+flags.DEFINE_bool("cfg", True, "--nocfg samples without guidance (as --cfg_scale=0).")
 flags.DEFINE_integer("seed", 0, "Noise seed (image i uses fold_in(seed, i)).")
 flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights.")
 flags.DEFINE_integer("batch_size", 256, "Images per sampler call.")
@@ -29,6 +36,11 @@ flags.DEFINE_string("out", None, "fid_stats: the .npz to write.")
 flags.DEFINE_string("split", "train", "fid_stats: the dataset split to read (TFDS split syntax).")
 flags.DEFINE_string("fid_stats", None, "fid: reference statistics .npz (mu/sigma, or ADM arr_0) "
                     "(default: the workdir config's evals.fid.stats_path).")
+flags.DEFINE_string("input_dir", None, "super_resolve: folder of PNG/JPEG images (any size).")
+flags.DEFINE_string("output_dir", None, "super_resolve: where the PNG results go (same stems).")
+flags.DEFINE_bool("input_is_lr", False, "super_resolve: the inputs are the low-resolution images "
+                  "(default: they are HR references, downsampled by the model's factor first).")
+flags.DEFINE_bool("overwrite", False, "super_resolve: replace existing outputs.")
 flags.DEFINE_string("inception", None, "FID Inception weights (default: evals.fid.inception_path, "
                     "else $SHORTCUT_JAX_INCEPTION).")
 
@@ -39,11 +51,15 @@ def main(argv):
   if FLAGS.workdir is None and FLAGS.mode != "fid_stats":
     raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir")
   distributed.initialize()
+  console.setup(FLAGS.workdir, "eval")
   evaluation.run(FLAGS.mode, FLAGS.workdir, steps=[int(s) for s in FLAGS.steps],
-                 num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale, seed=FLAGS.seed,
+                 num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale if FLAGS.cfg else 0.0,
+                 seed=FLAGS.seed,
                  use_ema=FLAGS.use_ema, batch_size=FLAGS.batch_size, step=FLAGS.checkpoint_step,
                  config=FLAGS.config, out=FLAGS.out, split=FLAGS.split,
-                 fid_stats=FLAGS.fid_stats, inception_path=FLAGS.inception)
+                 fid_stats=FLAGS.fid_stats, inception_path=FLAGS.inception,
+                 input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
+                 input_is_lr=FLAGS.input_is_lr, overwrite=FLAGS.overwrite)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 Any config field can be overridden, e.g. `--config.optim.lr=3e-4`; unknown fields are errors.
 Append `:smoke` to the config path for a seconds-long run on a CPU.
+The console shows progress, results and warnings; library logs go to WORKDIR/train.log.
 """
 
-from absl import app, flags, logging
+from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before it is imported.
+
+from absl import app, flags
 from ml_collections import config_flags
 
 from shortcut_jax import distributed
@@ -21,7 +24,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  logging.info("config:\n%s", FLAGS.config)
+  console.setup(FLAGS.workdir, "train")
+  console.detail("config:\n%s", FLAGS.config)
   trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

@@ -4,9 +4,14 @@ Command (after preparing the data, see docs/training.md):
   python train.py --config=configs/imagenet_dit_b.py --workdir=gs://.../imagenet_dit_b
 Hardware: a TPU v3-32 pod slice / 4 nodes of 8 GPUs; 810k steps at batch 256.
 Result reported by the paper (FID-50k): 15.5 at 128 steps, 28.3 at 4 steps, 40.3 at 1 step.
-Latent space: the paper's runs train on SD-VAE latents (32x32x4 from 256x256 images), where
-patch 2 gives 256 tokens. Latent datasets and the VAE come with the latent-space release; on
-pixels, use `--config.model.patch_size=8` (1,024 tokens) — not the paper's setting.
+Latent space, as the paper: the frozen SD VAE (`sd-vae-ft-mse`, scaling 0.18215) encodes each
+256x256 batch to 32x32x4 latents inside the train step (`data.latents='online'`), where patch 2
+gives 256 tokens. The VAE comes from `vae.path` / $SHORTCUT_JAX_VAE (docs/training.md);
+`--config.data.latents=precomputed --config.data.latents_dir=DIR` trains on latents encoded once
+by `python -m shortcut_jax.tools.encode_dataset`.
+Smoke (`:smoke`): a stand-in of the same kind that ships offline — the `photos` dataset (RGB
+crops of scikit-image / scikit-learn photographs, unconditional) at 32x32 — and a tiny random
+VAE built in process (16x16x4 latents); seconds on a CPU.
 """
 
 from shortcut_jax import config as config_lib
@@ -20,7 +25,7 @@ def get_config(arg=None):
   c.eval_every = 20_000
   c.model.update(patch_size=2, hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0)
   c.objective.update(name="shortcut", cfg_scale=1.5, class_dropout_prob=0.1, bootstrap_cfg=True)
-  c.data.update(name="imagenet256", image_size=256, num_classes=1000)
+  c.data.update(name="imagenet256", image_size=256, num_classes=1000, latents="online")
   c.checkpoint.every_steps = 20_000
   c.sharding = "fsdp"
   c.mesh.update(data=1, fsdp=-1)

@@ -14,7 +14,11 @@ from shortcut_jax.models.dit import validate_dit_args
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("constant", "cosine")
 SHARDINGS = ("dp", "fsdp", "hybrid")
-DATASETS = ("digits", "celebahq256", "imagenet256", "lsun_church", "image_folder")
+DATASETS = ("digits", "photos", "celebahq256", "imagenet256", "lsun_church", "image_folder")
+MANUAL_DATASETS = ("celebahq256", "imagenet256", "lsun_church")  # Downloaded by hand.
+LOW_RES_FACTORS = (0, 2, 4, 8)
+LATENTS = ("none", "online", "precomputed")
+EVAL_ERRORS = ("continue", "stop")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,18 +29,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = 100_000
   c.log_every = 100
   c.eval_every = 5_000  # Default period for the evaluators below that leave `every` at -1.
+  # An evaluator that raises: 'continue' logs the error with the step and trains on (the step's
+  # checkpoint is saved before evaluators run), 'stop' re-raises after the save.
+  c.eval_errors = "continue"
 
   c.model = ml_collections.ConfigDict(dict(
+      name="dit",  # The network (shortcut_jax.models.registry).
       patch_size=2, hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0, dropout=0.0,
       dtype="bfloat16",  # Compute dtype; parameters are always float32.
       attention_impl="xla",  # 'xla' | 'cudnn' | 'auto' | 'einsum' (the original's arithmetic).
       attention_scale="original",  # 'original' (1/head_dim) | 'sqrt' (1/sqrt(head_dim)).
       remat=False,
+      # How a conditioning image (super-resolution input) enters the DiT, when the data has
+      # one: 'concat' (extra input channels) | 'tokens' (second patch embedding, fused tokens).
+      cond_image_mode="concat",
   ))
   c.objective = ml_collections.ConfigDict(dict(
       name="shortcut", denoise_timesteps=128, bootstrap_every=8, bootstrap_ema=True,
       bootstrap_dt_bias=0, bootstrap_cfg=False, cfg_scale=1.5, class_dropout_prob=0.1,
       faithful=False,  # True: the original's level assignment and key reuse, bit for bit.
+      # Classifier-free-guidance dropout of a conditioning image (null: the zero image); a model
+      # trained with it > 0 nulls the image in the unconditional CFG branch.
+      image_dropout_prob=0.0,
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
@@ -46,6 +60,23 @@ def base_config() -> ml_collections.ConfigDict:
       name="digits", image_size=16, num_classes=10,
       data_dir=ml_collections.FieldReference(None, field_type=str),  # None: TFDS default.
       folder=ml_collections.FieldReference(None, field_type=str),  # For name='image_folder'.
+      # Super-resolution: 0 = none; 2, 4 or 8 = every batch also gets `cond_image`, the HR image
+      # downsampled by this factor (antialiased) and bicubic-upsampled back to image_size. HR
+      # images are then crops of image_size (random crop + flip in training, centre crop in
+      # evaluation) instead of resized images.
+      low_res_factor=0,
+      # Latent space (SPEC §5): 'none' (pixels), 'online' (the frozen VAE of `vae` encodes each
+      # batch inside the train step: the original's way) or 'precomputed' (posterior moments
+      # written once by `python -m shortcut_jax.tools.encode_dataset` into `latents_dir`).
+      latents="none",
+      latents_dir=ml_collections.FieldReference(None, field_type=str),
+  ))
+  # The Stable Diffusion VAE of latent runs: `path` is a folder (diffusers or Flax layout) or a
+  # hub id (None: $SHORTCUT_JAX_VAE, else stabilityai/sd-vae-ft-mse); `random_init` builds a tiny
+  # randomly initialised VAE in process instead (smoke runs; no files).
+  c.vae = ml_collections.ConfigDict(dict(
+      path=ml_collections.FieldReference(None, field_type=str), dtype="float32", chunk_size=16,
+      random_init=False,
   ))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1_000, max_to_keep=3, async_save=True))
   # Scale-out: mesh axis sizes (-1 = all remaining devices) and the parameter sharding mode.
@@ -73,6 +104,14 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.max_steps = 4
   c.log_every = 2
   c.eval_every = 4
+  if c.data.name in MANUAL_DATASETS:
+    # A stand-in of the same kind that ships offline: RGB photographs, unconditional.
+    c.data.update(name="photos", num_classes=1)
+    c.objective.update(cfg_scale=0.0, class_dropout_prob=1.0, bootstrap_cfg=False)
+  c.data.image_size = min(c.data.image_size, 32)
+  if c.data.latents != "none":
+    c.data.latents = "online"
+    c.vae.update(random_init=True, dtype="float32")  # Tiny random VAE (factor 2), no files.
   c.model.update(patch_size=min(c.model.patch_size, 4), hidden_size=32, depth=1, num_heads=2,
                  dtype="float32", remat=False)
   c.objective.denoise_timesteps = 8
@@ -80,10 +119,16 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optim.warmup_steps = min(c.optim.warmup_steps, 2)
   c.checkpoint.every_steps = 2
   c.checkpoint.max_to_keep = 2
-  c.evals.samples.update(steps=(1, 2, 8), num_images=4)
+  from shortcut_jax import objectives  # Imported here: the registry imports model code.
+  try:
+    most = objectives.get_objective(c.objective.name).max_sample_steps
+  except ValueError:
+    most = None  # Reported by `validate`.
+  within = lambda steps: tuple(n for n in steps if most is None or n <= most)
+  c.evals.samples.update(steps=within((1, 2, 8)), num_images=4)
   c.evals.loss_per_t.update(num_batches=1, num_bins=4)
   c.evals.validation.num_batches = 1
-  c.evals.fid.update(steps=(1, 8), num_samples=32, batch_size=16)
+  c.evals.fid.update(steps=within((1, 8)), num_samples=32, batch_size=16)
   return c
 
 
@@ -130,9 +175,12 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   try:
     validate_dit_args(patch_size=m.patch_size, hidden_size=m.hidden_size, num_heads=m.num_heads,
                       depth=m.depth, mlp_ratio=m.mlp_ratio, image_size=c.data.image_size,
-                      attention_impl=m.attention_impl, attention_scale=m.attention_scale)
+                      attention_impl=m.attention_impl, attention_scale=m.attention_scale,
+                      cond_image_mode=m.cond_image_mode)
   except ValueError as e:
     errors.append(str(e))
+  from shortcut_jax.models.registry import MODELS  # Imported here, like the objectives.
+  check(m.name in MODELS, f"model.name must be one of {sorted(MODELS)}, got {m.name!r}")
   check(m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}")
   check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout!r}")
 
@@ -156,6 +204,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(o.bootstrap_dt_bias in (0, 1), f"objective.bootstrap_dt_bias must be 0 or 1, got {o.bootstrap_dt_bias!r}")
   check(0.0 <= o.class_dropout_prob <= 1.0,
         f"objective.class_dropout_prob must be in [0, 1], got {o.class_dropout_prob!r}")
+  check(0.0 <= o.image_dropout_prob <= 1.0,
+        f"objective.image_dropout_prob must be in [0, 1], got {o.image_dropout_prob!r}")
   check(o.cfg_scale >= 0, f"objective.cfg_scale must be >= 0, got {o.cfg_scale!r}")
 
   p = c.optim
@@ -179,6 +229,20 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"unconditional model), got {d.num_classes!r}")
   if d.name == "image_folder":
     check(bool(d.folder), "data.folder must be set when data.name='image_folder'")
+  check(d.low_res_factor in LOW_RES_FACTORS,
+        f"data.low_res_factor must be one of {LOW_RES_FACTORS}, got {d.low_res_factor!r}")
+  if d.low_res_factor and isinstance(d.image_size, int):
+    check(d.image_size % d.low_res_factor == 0,
+          f"data.image_size ({d.image_size}) must be divisible by data.low_res_factor "
+          f"({d.low_res_factor})")
+  check(d.latents in LATENTS, f"data.latents must be one of {LATENTS}, got {d.latents!r}")
+  if d.latents == "precomputed":
+    check(bool(d.latents_dir), "data.latents_dir must be set when data.latents='precomputed' "
+          "(write it with `python -m shortcut_jax.tools.encode_dataset --config=... --out=DIR`)")
+  check(c.vae.dtype in DTYPES, f"vae.dtype must be one of {DTYPES}, got {c.vae.dtype!r}")
+  check(c.vae.chunk_size is None or (isinstance(c.vae.chunk_size, int) and c.vae.chunk_size > 0),
+        f"vae.chunk_size must be a positive integer or None, got {c.vae.chunk_size!r}")
+  check(c.eval_errors in EVAL_ERRORS, f"eval_errors must be one of {EVAL_ERRORS}, got {c.eval_errors!r}")
 
   check(isinstance(c.checkpoint.every_steps, int) and c.checkpoint.every_steps > 0,
         f"checkpoint.every_steps must be a positive integer, got {c.checkpoint.every_steps!r}")
@@ -204,6 +268,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         check(max(ev.steps) <= o.denoise_timesteps,
               f"evals.{name}.steps: {max(ev.steps)} steps exceed objective.denoise_timesteps "
               f"({o.denoise_timesteps})")
+      if not bad and objective is not None:
+        try:
+          objective.check_steps(ev.steps)
+        except ValueError as e:
+          errors.append(f"evals.{name}.steps: {e}")
 
   f = c.evals.get("fid")
   if f is not None:

@@ -14,12 +14,17 @@ Every process of a multi-host job runs the same program (`train.py` / `eval.py`)
 
 `SHORTCUT_JAX_CPU_COLLECTIVES=gloo` (or `--cpu_collectives=gloo`) selects CPU collectives, needed
 for several CPU-only processes (the tests fake a cluster that way on one machine).
+
+`StopRequest` is the train loop's preemption check: a SIGTERM (or a TPU maintenance event) on any
+one process makes every process stop at the same step, after saving it.
 """
 
 import os
+import signal
 from typing import Optional
 
 import jax
+import numpy as np
 from absl import flags, logging
 
 _COORDINATOR = flags.DEFINE_string(
@@ -96,3 +101,80 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True
+
+
+class StopRequest:
+  """When to stop for a preemption notice, agreed by every process of the job.
+
+  Use as a context manager around the train loop and call `reached(step)` once per step, with
+  the same step sequence on every process; it returns True at one step, the same on all
+  processes, after any one of them got SIGTERM (or, on Cloud TPU, a maintenance event that JAX
+  reports). The loop then saves that step and exits.
+
+  How the processes agree:
+    * one process: a Python SIGTERM handler sets a flag that `reached` reads (no communication);
+    * several processes with JAX's preemption service (on by default in `jax.distributed`):
+      `multihost_utils.reached_preemption_sync_point`, whose notifier (installed by
+      `jax.distributed.initialize`) catches SIGTERM and maintenance notices, tells the other
+      processes, and picks the next step after the furthest any of them reached; no Python
+      handler is installed, it would replace JAX's;
+    * several processes without it (`jax_enable_preemption_service=False`): the Python flag,
+      combined over processes (max) every `check_every` steps by a small all-gather.
+  """
+
+  def __init__(self, check_every: int = 10):
+    self.check_every = max(int(check_every), 1)
+    self.signal = None
+    self._previous = None
+    self._installed = False
+    multi = jax.process_count() > 1
+    self.mode = "local"
+    if multi:
+      try:
+        from jax._src import distributed as jax_distributed
+        has_service = getattr(jax_distributed.global_state, "preemption_sync_manager", None)
+      except ImportError:
+        has_service = None
+      self.mode = "sync_point" if has_service is not None else "allgather"
+
+  def _handler(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __enter__(self):
+    if self.mode == "sync_point" and callable(signal.getsignal(signal.SIGTERM)):
+      logging.warning("a Python SIGTERM handler replaced JAX's preemption notifier: SIGTERM will "
+                      "not stop this job cleanly")
+    if self.mode != "sync_point":
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+      self._installed = True
+    logging.info("preemption: %s", {"local": "SIGTERM handler (one process)",
+                                     "sync_point": "JAX preemption sync point (all processes)",
+                                     "allgather": f"SIGTERM flag combined every {self.check_every} "
+                                                  "steps (all processes)"}[self.mode])
+    return self
+
+  def __exit__(self, *exc):
+    if self._installed:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._installed = False
+    return False
+
+  def reached(self, step: int) -> bool:
+    """Whether to save `step` and stop; the same answer on every process."""
+    if self.mode == "local":
+      return self.signal is not None
+    if self.mode == "sync_point":
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(int(step)):
+        self.signal = self.signal or "preemption notice"
+        return True
+      return False
+    if step % self.check_every:
+      return False
+    from jax.experimental import multihost_utils
+    flags_all = multihost_utils.process_allgather(np.int32(self.signal is not None))
+    if int(np.max(flags_all)):
+      self.signal = self.signal or "SIGTERM on another process"
+      return True
+    return False

@@ -11,17 +11,20 @@ from absl import logging
 from shortcut_jax import trainer
 from shortcut_jax.evaluators import generate as gen
 
-MODES = ("sample", "digits_metrics", "fid_stats", "fid")
+MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics")
 
 
 def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int,
         cfg_scale: Optional[float], seed: int = 0, use_ema: bool = True, batch_size: int = 256,
         step: Optional[int] = None, config=None, out: Optional[str] = None, split: str = "train",
-        fid_stats: Optional[str] = None, inception_path: Optional[str] = None):
+        fid_stats: Optional[str] = None, inception_path: Optional[str] = None,
+        input_dir: Optional[str] = None, output_dir: Optional[str] = None,
+        input_is_lr: bool = False, overwrite: bool = False):
   """Runs one evaluation mode; returns its results (also written into the workdir).
 
   `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,
-  `fid_stats` and `inception_path` are used by the two FID modes only.
+  `fid_stats` and `inception_path` are used by the two FID modes only; `input_dir`,
+  `output_dir`, `input_is_lr` and `overwrite` by `super_resolve` only.
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
@@ -37,6 +40,10 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
   if not workdir:
     raise ValueError(f"--mode={mode} needs --workdir")
   exp, state, ckpt_step = trainer.restore_experiment(workdir, step=step)
+  # cfg_scale None (eval.py without --cfg_scale): the workdir config's evals.samples.cfg_scale,
+  # the guidance the in-training evaluators use; 0 (--cfg_scale=0, --nocfg): no guidance.
+  cfg_scale = exp.config.evals.samples.get("cfg_scale") if cfg_scale is None else cfg_scale
+  cfg_scale = float(cfg_scale) if cfg_scale else None
   # Several processes: every one gets the whole weights, as evaluators in training do (the
   # generation and Inception loops run on each process's own devices).
   state = trainer.evaluator_state(state)
@@ -44,6 +51,7 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
   bad = [n for n in steps if not 1 <= n <= M]
   if bad:
     raise ValueError(f"--steps {bad}: each must be between 1 and denoise_timesteps ({M})")
+  exp.objective.check_steps(steps)
   params = state.ema_params if use_ema else state.params
   logging.info("restored step %d from %s", ckpt_step, workdir)
   if mode == "sample":
@@ -52,6 +60,25 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
     return fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
                              batch_size, ckpt_step, fid_stats=fid_stats,
                              inception_path=inception_path)
+  if mode == "super_resolve":
+    if not input_dir or not output_dir:
+      raise ValueError("--mode=super_resolve needs --input_dir and --output_dir")
+    if len(steps) != 1:
+      raise ValueError(f"--mode=super_resolve takes one step budget, got --steps={steps}")
+    from shortcut_jax.evaluators import super_resolution
+    result = super_resolution.super_resolve_folder(
+        exp, params, input_dir, output_dir, num_steps=steps[0], input_is_lr=input_is_lr,
+        seed=seed, overwrite=overwrite, cfg_scale=cfg_scale)
+    print(json.dumps(result, indent=2))
+    return result
+  if mode == "sr_metrics":
+    from shortcut_jax.evaluators import super_resolution
+    results = super_resolution.sr_metrics(exp, params, steps=steps, num_images=num_samples,
+                                          seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)
+    results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
+    super_resolution.write_json(os.path.join(workdir, "sr_metrics.json"), results)
+    print(json.dumps(results, indent=2))
+    return results
   return digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
                         ckpt_step)
 

@@ -24,6 +24,8 @@ Metrics = Dict[str, Array]
 
 # Salt folded into the step key for validation, so validation draws never equal training draws.
 _EVAL_SALT = 0x5EED
+# Salt of the latent posterior sample (latent-space runs), so pixel runs keep their exact draws.
+_LATENT_SALT = 0x1A7E
 
 
 def _targets_fn(objective):
@@ -50,26 +52,38 @@ def _as_float32(metrics: Metrics) -> Metrics:
   return {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-def train_step(state: TrainState, batch: Dict[str, Array], *, model, objective,
-               tx: optax.GradientTransformation, lr_schedule: Callable[[Array], Array],
-               objective_config, ema_rate: Union[float, Callable[[Array], Array]]
+def prepare_batch(batch: Dict[str, Array], step_key: Array, encoder, encoder_params):
+  """The batch the objective sees: latent-space runs encode it (`latents.LatentEncoder`)."""
+  if encoder is None:
+    return batch
+  return encoder(encoder_params, batch, jax.random.fold_in(step_key, _LATENT_SALT))
+
+
+def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, *, model,
+               objective, tx: optax.GradientTransformation,
+               lr_schedule: Callable[[Array], Array], objective_config,
+               ema_rate: Union[float, Callable[[Array], Array]], encoder=None
                ) -> Tuple[TrainState, Metrics]:
   """One AdamW update of the online weights followed by the EMA update.
 
   Args:
     state: the current `TrainState` (donated by `make_train_step`).
-    batch: dict with `image` and optional conditioning (`label`, ...), global batch.
+    batch: dict with `image` and optional conditioning (`label`, ...), global batch (pixels or
+      posterior moments in latent space: `encoder` turns it into latents first).
+    encoder_params: the frozen VAE's parameters (latent space only).
     model: the `VelocityModel`.
     objective: a registered `Objective` (or its target function).
     tx: the optimizer (`train_state.make_optimizer`).
     lr_schedule: its learning-rate schedule (logged only).
     objective_config: the `config.objective` section.
     ema_rate: EMA rate tau in `ema = tau ema + (1 - tau) params`, or a function of the step.
+    encoder: a `latents.LatentEncoder` for latent-space runs, else None.
 
   Returns:
     (new state, flat dict of float32 scalar metrics named `train/...`).
   """
   step_key = jax.random.fold_in(state.rng, state.step)
+  batch = prepare_batch(batch, step_key, encoder, encoder_params)
   targets_key, dropout_key = jax.random.split(step_key)
   targets = _targets_fn(objective)(model, state.params, state.ema_params, batch, targets_key,
                                    objective_config)
@@ -101,8 +115,9 @@ def train_step(state: TrainState, batch: Dict[str, Array], *, model, objective,
   return new_state, _as_float32(metrics)
 
 
-def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] = None, *,
-              model, objective, objective_config, use_ema: bool = True) -> Metrics:
+def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] = None,
+              encoder_params=None, *, model, objective, objective_config, use_ema: bool = True,
+              encoder=None) -> Metrics:
   """The training loss of a batch, without any update (validation).
 
   The targets are made exactly as in training (the teacher is still chosen by the objective
@@ -117,6 +132,7 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
     objective: a registered `Objective` (or its target function).
     objective_config: the `config.objective` section.
     use_ema: score the EMA weights (True) or the online weights.
+    encoder_params, encoder: as in `train_step` (latent space).
 
   Returns:
     Float32 scalars `train/loss`, `train/loss_<group>` and the objective's metrics under the
@@ -124,6 +140,7 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
   """
   if rng is None:
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), _EVAL_SALT)
+  batch = prepare_batch(batch, rng, encoder, encoder_params)
   targets = _targets_fn(objective)(model, state.params, state.ema_params, batch, rng,
                                    objective_config)
   if isinstance(use_ema, bool):
@@ -138,24 +155,35 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
 
 
 def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rate, *,
-                    donate: bool = True, in_shardings=None, out_shardings=None):
+                    donate: bool = True, in_shardings=None, out_shardings=None, encoder=None,
+                    encoder_params=None):
   """`train_step` with everything but (state, batch) bound, jitted once.
 
   Args:
     model, objective, tx, lr_schedule, objective_config, ema_rate: see `train_step`.
     donate: donate the state's buffers to the new state (halves the state's memory).
-    in_shardings: optional `jax.jit` in_shardings for (state, batch).
+    in_shardings: optional `jax.jit` in_shardings for (state, batch) (with an encoder, the VAE
+      parameters are replicated).
     out_shardings: optional `jax.jit` out_shardings for (state, metrics).
+    encoder: a `latents.LatentEncoder` (latent space), else None.
+    encoder_params: its VAE's parameters, passed to every call (a jit argument, not a constant).
 
   Returns:
     `fn(state, batch) -> (state, metrics)`.
   """
   fn = functools.partial(train_step, model=model, objective=objective, tx=tx,
                          lr_schedule=lr_schedule, objective_config=objective_config,
-                         ema_rate=ema_rate)
+                         ema_rate=ema_rate, encoder=encoder)
   kwargs = {}
   if in_shardings is not None:
+    if encoder is not None:
+      state_sharding, batch_sharding = in_shardings
+      replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+      in_shardings = (state_sharding, batch_sharding, replicated)
     kwargs["in_shardings"] = in_shardings
   if out_shardings is not None:
     kwargs["out_shardings"] = out_shardings
-  return jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
+  jitted = jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
+  if encoder is None:
+    return jitted
+  return lambda state, batch: jitted(state, batch, encoder_params)

@@ -7,6 +7,7 @@ stops on a NaN/Inf metric without saving over the last good checkpoint.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -22,13 +23,15 @@ from absl import logging
 from clu import metric_writers
 
 from shortcut_jax import config as config_lib
+from shortcut_jax import distributed
+from shortcut_jax import latents as latents_lib
 from shortcut_jax import objectives
 from shortcut_jax import sharding as sharding_lib
 from shortcut_jax import train_state as train_state_lib
 from shortcut_jax import train_step as train_step_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager
 from shortcut_jax.data import pipeline
-from shortcut_jax.models import dit as dit_lib
+from shortcut_jax.models import registry as models_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 
 
@@ -40,42 +43,81 @@ class NonFiniteMetricError(FloatingPointError):
 class Experiment:
   """Everything built from a config that the train loop, evaluators and eval.py share."""
   config: ml_collections.ConfigDict
-  image_shape: Tuple[int, int, int]
-  module: dit_lib.DiT
-  model: VelocityModel
+  batch_spec: Dict[str, Tuple[int, ...]]  # Batch key -> per-example shape ('image', 'cond_image').
+  network: models_lib.Network
   objective: objectives.Objective
   tx: Any
   lr_schedule: Any
 
+  @property
+  def image_shape(self) -> Tuple[int, ...]:
+    """Shape of one generated sample (H, W, C)."""
+    return tuple(self.batch_spec["image"])
+
+  @property
+  def module(self):
+    return self.network.module
+
+  @functools.cached_property
+  def encoder(self):
+    """The latent encoder of a latent-space run (loads the VAE on first use), else None."""
+    return latents_lib.encoder_from_config(self.config)
+
+  def to_images(self, samples):
+    """Generated samples -> images in [-1, 1] (decoded by the VAE in latent space)."""
+    return latents_lib.to_images(self.config, samples)
+
+  def prepare_batch(self, batch, key):
+    """A pipeline batch as the objective sees it (encoded to latents in latent space)."""
+    if self.encoder is None:
+      return batch
+    return _encode_jit(self.encoder)(self.encoder.vae.params, batch, key)
+
+  @property
+  def model(self) -> VelocityModel:
+    return self.network.model
+
   def init_state(self, rng) -> train_state_lib.TrainState:
     """A fresh train state (pure: use under jit / eval_shape)."""
     param_rng, state_rng = jax.random.split(rng)
-    shape = (1, *self.image_shape)
-    params = self.module.init({"params": param_rng}, jnp.zeros(shape), jnp.zeros((1,)),
-                              jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
-    return train_state_lib.create_train_state(params, self.tx, state_rng)
+    return train_state_lib.create_train_state(self.network.init(param_rng), self.tx, state_rng)
 
   def abstract_state(self):
     return jax.eval_shape(self.init_state, jax.random.PRNGKey(0))
 
 
+@functools.lru_cache(maxsize=4)
+def _encode_jit(encoder):
+  return jax.jit(encoder)
+
+
+def batch_spec(config: ml_collections.ConfigDict, image_shape) -> Dict[str, Tuple[int, ...]]:
+  """Per-example shapes of the model's inputs: the sample (`image`) and, for super-resolution
+  (`data.low_res_factor > 0`), the upsampled low-resolution input (`cond_image`, same shape)."""
+  spec = {"image": tuple(int(d) for d in image_shape)}
+  if config.data.low_res_factor:
+    spec["cond_image"] = spec["image"]
+  return spec
+
+
 def build_experiment(config: ml_collections.ConfigDict, image_shape=None) -> Experiment:
-  """Validates the config and builds model, objective and optimizer (no compilation)."""
+  """Validates the config and builds network, objective and optimizer (no compilation).
+
+  Args:
+    config: the experiment config.
+    image_shape: (H, W, C) of one sample the network generates (latents in latent space);
+      default: from the dataset's metadata (and the VAE for online latents).
+  """
   config_lib.validate(config, device_count=jax.device_count())
   if image_shape is None:
     info = pipeline.dataset_info(config.data)
-    image_shape = (config.data.image_size, config.data.image_size, info["channels"])
+    size = info.get("image_size", config.data.image_size)
+    image_shape = latents_lib.sample_shape(config, (size, size, info["channels"]))
   objective = objectives.get_objective(config.objective.name)
-  m = config.model
-  module = dit_lib.DiT(
-      patch_size=m.patch_size, hidden_size=m.hidden_size, depth=m.depth, num_heads=m.num_heads,
-      mlp_ratio=m.mlp_ratio, out_channels=image_shape[-1],
-      class_dropout_prob=config.objective.class_dropout_prob, num_classes=config.data.num_classes,
-      ignore_dt=not objective.uses_level, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
-      attention_impl=m.attention_impl, attention_scale=m.attention_scale, remat=m.remat)
+  spec = batch_spec(config, image_shape)
+  network = models_lib.build_network(config, spec, objective)
   tx, lr_schedule = train_state_lib.make_optimizer(config.optim, config.max_steps)
-  return Experiment(config=config, image_shape=tuple(image_shape), module=module,
-                    model=dit_lib.velocity_model(module), objective=objective, tx=tx,
+  return Experiment(config=config, batch_spec=spec, network=network, objective=objective, tx=tx,
                     lr_schedule=lr_schedule)
 
 
@@ -100,17 +142,22 @@ def sharded_abstract_state(exp: Experiment, mesh: jax.sharding.Mesh) -> Tuple[An
 
 def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
                     mesh: Optional[jax.sharding.Mesh] = None) -> Tuple[Any, int]:
-  """The latest checkpoint in the workdir if any, else a fresh state. Returns (state, step).
+  """The latest intact checkpoint in the workdir if any, else a fresh state. Returns (state, step).
 
   Either way the state is placed on `mesh` (default: the config's) with the config's sharding:
-  a checkpoint written on any mesh is read straight into these shardings.
+  a checkpoint written on any mesh is read straight into these shardings. Damaged newer
+  checkpoints are skipped with a warning naming the step and file (and kept, renamed
+  `<step>.damaged`); the returned step is the intact checkpoint's data position.
+
+  Raises:
+    DamagedCheckpointError: there are checkpoints but every one is damaged (nothing moved).
   """
   mesh = make_mesh(exp.config) if mesh is None else mesh
   abstract, shardings = sharded_abstract_state(exp, mesh)
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(abstract)
+    state, meta = ckpt.restore_latest_intact(abstract)
     logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
-    return state, int(meta["step"])
+    return state, int(meta.get("data_position", meta["step"]))
   state = jax.jit(exp.init_state, out_shardings=shardings)(jax.random.PRNGKey(exp.config.seed))
   return state, 0
 
@@ -185,18 +232,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
   batch_sharding = sharding_lib.batch_sharding(mesh)
+  encoder = exp.encoder  # Latent space: loads the VAE now, a clear error before compiling.
   step_fn = train_step_lib.make_train_step(
       exp.model, exp.objective, exp.tx, exp.lr_schedule, config.objective, config.optim.ema_rate,
       in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, sharding_lib.replicated(mesh)))
+      out_shardings=(state_shardings, sharding_lib.replicated(mesh)), encoder=encoder,
+      encoder_params=None if encoder is None else jax.device_put(
+          encoder.vae.params, sharding_lib.replicated(mesh)))
   evaluators = evaluators_lib.build_evaluators(exp, workdir)
 
-  stop = {"signal": None}
-  previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+  stop = distributed.StopRequest()
   last_metrics, pending = {}, []
   t_last, step_last = time.time(), start_step
   step = start_step
   try:
+    stop.__enter__()
     while step < config.max_steps:
       batch = sharding_lib.global_batch(next(train_iter), batch_sharding)
       state, metrics = step_fn(state, batch)
@@ -207,8 +257,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         # dispatch overlap the computation), and a SIGTERM save never waits behind a long
         # queue of already-dispatched steps.
         jax.block_until_ready(pending[-3])
+      # The same answer on every process (see distributed.StopRequest): all save this step.
+      stopping = stop.reached(step)
       log_now = step % config.log_every == 0 or step == config.max_steps
-      save_due = step % c.every_steps == 0 or step == config.max_steps or stop["signal"]
+      save_due = step % c.every_steps == 0 or step == config.max_steps or stopping
       if log_now or save_due:
         # Every metric since the last check is inspected, so no NaN step is ever checkpointed.
         fetched = jax.device_get(pending)
@@ -229,22 +281,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f images/s  ETA %s", step,
                      config.max_steps, last_metrics.get("train/loss", float("nan")), steps_per_s,
                      steps_per_s * config.batch_size, time.strftime("%H:%M:%S", time.gmtime(eta)))
+      # Save first, then evaluate: an evaluator that fails never costs this step's checkpoint.
+      meta = {"data_position": step, "image_shape": list(exp.image_shape)}
+      if save_due:
+        ckpt.save(step, state, meta, force=stopping or step == config.max_steps)
+      if stopping:
+        ckpt.wait()
+        logging.warning("received %s: saved step %d on every process, exiting", stop.signal, step)
+        break
       due = [ev for ev in evaluators if ev.due(step)]
       eval_state = evaluator_state(state) if due else None
       for ev in due:
-        results = ev.run(eval_state, step)
+        try:
+          results = ev.run(eval_state, step)
+        except Exception:  # pylint: disable=broad-except
+          stop_run = config.get("eval_errors", "continue") == "stop"
+          logging.exception("evaluator %s failed at step %d (%s)", type(ev).__name__, step,
+                            "eval_errors='stop': saving this step and stopping" if stop_run else
+                            "training goes on; eval_errors='stop' stops here")
+          if stop_run:
+            if not save_due:
+              ckpt.save(step, state, meta, force=True)
+            ckpt.wait()
+            raise
+          continue
         if results:
           writer.write_scalars(step, results)
           if jsonl:
             jsonl.write(step, results)
-      if save_due:
-        ckpt.save(step, state, {"data_position": step, "image_shape": list(exp.image_shape)}, force=bool(stop["signal"]) or
-                  step == config.max_steps)
-      if stop["signal"]:
-        logging.warning("received signal %s: saved step %d, exiting", stop["signal"], step)
-        break
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
+    stop.__exit__(None, None, None)
     writer.flush()
     ckpt.close()
   return last_metrics
@@ -296,12 +362,18 @@ def restore_experiment(workdir: str, config: Optional[ml_collections.ConfigDict]
 
   Returns:
     (experiment, train_state, step).
+
+  Raises:
+    DamagedCheckpointError: the step's files changed since the save; the message names the
+      file and the intact steps (for `--checkpoint_step`).
   """
   config = config if config is not None else load_config(workdir)
   ckpt = CheckpointManager(workdir, read_only=True)
-  meta = ckpt.read_meta(step)
-  exp = build_experiment(config, image_shape=tuple(meta["image_shape"]))
-  abstract, _ = sharded_abstract_state(exp, eval_mesh(config) if mesh is None else mesh)
-  state, meta = ckpt.restore(abstract, step)
-  ckpt.close()
+  try:
+    meta = ckpt.read_meta(step)
+    exp = build_experiment(config, image_shape=tuple(meta["image_shape"]))
+    abstract, _ = sharded_abstract_state(exp, eval_mesh(config) if mesh is None else mesh)
+    state, meta = ckpt.restore(abstract, step)
+  finally:
+    ckpt.close()
   return exp, state, int(meta["step"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gaussian_oracle as go
+from shortcut_jax import conditioning as cond_lib
 from shortcut_jax import sampling
 from shortcut_jax.models.velocity_model import VelocityModel
 
@@ -113,10 +114,11 @@ def test_cfg_is_one_batched_call_and_mixes_cond_and_uncond():
     calls.append(x.shape[0])
     return inner.apply_fn(params, x, t, level, cond, train, rngs)
 
-  model = VelocityModel(apply_fn=apply_fn, num_classes=NUM_CLASSES)
+  # An unguided image condition rides along: carried unchanged through the batch doubling.
+  model = VelocityModel(apply_fn=apply_fn, conditioning=cond_lib.Conditioning(
+      (cond_lib.LabelKind(NUM_CLASSES), cond_lib.ImageKind(guided=False))))
   labels = np.array([0, 1, 2, 3, 4, 1], np.int32)
-  # Any extra conditioning key must be carried through the batch doubling.
-  cond = {"label": jnp.asarray(labels), "embedding": jnp.ones((6, 3))}
+  cond = {"label": jnp.asarray(labels), "cond_image": jnp.ones((6, 2, 2, 1))}
   w = 2.5
   out = sampling.sample(model, {}, jnp.asarray(X0), cond, num_steps=1, denoise_timesteps=128,
                         cfg_scale=w)

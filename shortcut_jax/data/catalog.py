@@ -3,8 +3,9 @@
 One table (`SPECS`) says what each dataset is (native image size, channels, classes, whether
 training flips images, whether its files must be downloaded by hand); `validate_data_config`
 checks a `config.data` section against it with errors that name the field, and `get_builder`
-returns a prepared TFDS builder: `digits` and `image_folder` are built on first use (seconds
-for digits), the others raise `DataNotPreparedError` with the command that prepares them.
+returns a prepared TFDS builder: the embedded `digits` and `photos` and `image_folder` are
+built on first use (seconds for the embedded ones), the others raise `DataNotPreparedError`
+with the command that prepares them.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ from shortcut_jax.data import errors
 from shortcut_jax.data import image_folder
 from shortcut_jax.data.builders import digits
 from shortcut_jax.data.builders import manual
+from shortcut_jax.data.builders import photos
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,8 @@ class DatasetSpec:
 
 SPECS = {
     "digits": DatasetSpec("digits", digits.IMAGE_SIZE, 1, digits.NUM_CLASSES, False, False),
+    # Crops of real photographs, for super-resolution (`data.low_res_factor`) without downloads.
+    "photos": DatasetSpec("photos", photos.CROP_SIZE, 3, 1, True, False),
     # The original trains CelebA-HQ and LSUN unconditionally and without flips; ImageNet with
     # flips, as ADM/DiT do.
     "celebahq256": DatasetSpec("celebahq256", manual.IMAGE_SIZE, 3, 1, False, True),
@@ -48,6 +52,12 @@ SPECS = {
     "lsun_church": DatasetSpec("lsun_church", manual.IMAGE_SIZE, 3, 1, False, True),
     "image_folder": DatasetSpec("image_folder", None, 3, None, False, False),
 }
+
+# `data.latents`: pixels, VAE-encoded inside the train step, or read from an encoded dataset.
+LATENTS = ("none", "online", "precomputed")
+
+# Datasets built from files that ship with the installed packages: built on first use.
+_EMBEDDED_BUILDERS = {"digits": digits.Digits, "photos": photos.Photos}
 
 
 def data_dir_of(data_config) -> Optional[str]:
@@ -63,7 +73,9 @@ def validate_data_config(data_config) -> DatasetSpec:
   stored at a native size, not larger than it (smaller sizes are produced by an antialiased
   downsampling in the pipeline); `data.num_classes` is the dataset's class count, or 1 for
   unconditional training (every label then becomes 0); `data.folder` is set for
-  'image_folder'.
+  'image_folder'; `data.low_res_factor` (absent: 0) is 0 (no super-resolution) or a positive
+  integer dividing `data.image_size`; `data.latents` (absent: 'none') is one of `LATENTS`, and
+  'precomputed' needs `data.latents_dir` and no super-resolution.
 
   Args:
     data_config: the `config.data` section (ConfigDict or anything with `.get`/attributes).
@@ -89,8 +101,24 @@ def validate_data_config(data_config) -> DatasetSpec:
   if spec.num_classes is not None and num_classes not in (1, spec.num_classes):
     problems.append(f"data.num_classes must be {spec.num_classes} for {name!r} (or 1 for an "
                     f"unconditional model), got {num_classes!r}")
+  factor = data_config.get("low_res_factor", 0)
+  if not isinstance(factor, int) or isinstance(factor, bool) or factor < 0:
+    problems.append(f"data.low_res_factor must be 0 or a positive integer, got {factor!r}")
+  elif factor and isinstance(size, int) and size % factor:
+    problems.append(f"data.image_size ({size}) must be divisible by data.low_res_factor "
+                    f"({factor})")
   if name == "image_folder" and not data_config.get("folder", None):
     problems.append("data.folder must be set when data.name='image_folder'")
+  latents = data_config.get("latents", "none")
+  if latents not in LATENTS:
+    problems.append(f"data.latents must be one of {LATENTS}, got {latents!r}")
+  elif latents == "precomputed":
+    if not data_config.get("latents_dir", None):
+      problems.append("data.latents_dir must be set when data.latents='precomputed' (write it "
+                      "with `python -m shortcut_jax.tools.encode_dataset --config=... --out=DIR`)")
+    if factor:
+      problems.append(f"data.latents='precomputed' does not support super-resolution "
+                      f"(data.low_res_factor={factor}); use 0")
   if problems:
     raise ValueError("invalid data config:\n  " + "\n  ".join(problems))
   return spec
@@ -109,7 +137,8 @@ def get_builder(data_config, *, prepare: bool = True):
 
   Args:
     data_config: the `config.data` section.
-    prepare: build `digits` / `image_folder` when missing (False: return it unprepared).
+    prepare: build `digits` / `photos` / `image_folder` when missing (False: return it
+      unprepared).
 
   Returns:
     A `tfds.core.DatasetBuilder`.
@@ -120,8 +149,8 @@ def get_builder(data_config, *, prepare: bool = True):
   """
   spec = validate_data_config(data_config)
   data_dir = data_dir_of(data_config)
-  if spec.name == "digits":
-    builder = digits.Digits(data_dir=data_dir)
+  if spec.name in _EMBEDDED_BUILDERS:
+    builder = _EMBEDDED_BUILDERS[spec.name](data_dir=data_dir)
   elif spec.name == "image_folder":
     builder = image_folder.make_builder(data_config.folder, data_config.image_size, data_dir)
   else:

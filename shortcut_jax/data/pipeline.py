@@ -4,18 +4,42 @@ Batches are numpy dicts `{'image': float32 [b, H, W, C] in [-1, 1], 'label': int
 `b = global_batch_size // process_count`: each process reads its own, disjoint slice of the
 split (`tfds.split_for_jax_process`) and the trainer assembles the global batch.
 
+Image size. With `data.low_res_factor` = 0 (the default) the stored image is resized to
+`data.image_size` (antialiased bilinear; a no-op at the native size). Super-resolution
+(`data.low_res_factor` = f > 0) instead *crops* `data.image_size` pixels from the stored image,
+so the HR target keeps the stored image's full detail: a random crop (and the dataset's random
+flip) in training, the central crop in evaluation. The batch then also holds
+`'cond_image'`: float32 [b, H, W, C], the HR `image` downsampled by f and upsampled back to
+H×W (antialiased bicubic both ways, clipped to [-1, 1]; `low_res.cond_image_tf`, identical
+to the numpy/jax `low_res.cond_image` that evaluation applies to arbitrary images).
+
+Precomputed latents (`data.latents='precomputed'`). The batches come from the encoded dataset
+in `data.latents_dir` (written once by `python -m shortcut_jax.tools.encode_dataset`, layout in
+`latent_dataset`) instead of the pixel dataset: `{'latent_mean', 'latent_std': float32
+[b, h, w, c] (the VAE posterior of the image, unscaled; the train step samples
+`vae.sample_latents(mean, std, key)`), 'label': int32 [b]}`, with the same order, resumption,
+process slices and padding as the pixel batches of the same config (the encoded dataset keeps
+the stored order of the pixel dataset, so batch s of both holds the same examples). Where the
+dataset flips in training and the latents were encoded `--flips`, each training example takes
+the moments of the flipped image exactly when the pixel pipeline would flip that example
+(the same stateless draw from `(seed, position)`). The folder is checked when it is opened
+(`latent_dataset.open_latents`: metadata, every shard's presence and size), so a missing or
+truncated shard fails before training compiles.
+
 Resumption. The training batch sequence of a process is a pure function of
 `(seed, step)` (for a fixed dataset, global batch size and process layout), so nothing but the
 step needs to be checkpointed: a run resumed with `start_step=k` gets exactly the batches
 k, k+1, ... of an uninterrupted run. It works like this:
-  * the process's examples are read in their fixed stored order and shuffled once per epoch
+  * the process's examples are read in their fixed stored order (file after file, record
+    after record) and shuffled once per epoch
     with a seed derived from `(seed, epoch)` (`tf.data` shuffle, `reshuffle_each_iteration`
     off); the epochs are concatenated into one infinite stream, and batch `s` is the stream's
     examples `s·b … s·b + b - 1` (batches run across epoch boundaries);
   * starting at step k opens the stream at epoch `k·b // n` and skips `k·b mod n` examples;
     the skip happens before images are decoded (they are still encoded bytes), so it costs
     reading at most one epoch of records, never decoding them;
-  * random flips (ImageNet) use stateless ops seeded by `(seed, position in the stream)`.
+  * random flips (ImageNet) and the random super-resolution crops use stateless ops seeded by
+    `(seed, position in the stream)`.
 The shuffle mixes within a buffer of `SHUFFLE_BUFFER` examples (a full permutation for any
 split smaller than that, e.g. digits). Changing the global batch size or the number of
 processes changes the sequence.
@@ -38,11 +62,22 @@ import tensorflow_datasets as tfds
 
 from shortcut_jax.data import catalog
 from shortcut_jax.data import errors
+from shortcut_jax.data import latent_dataset
+from shortcut_jax.data import low_res
 
 # Examples held in the shuffle buffer (encoded bytes: ~1 GB for 256×256 JPEGs).
 SHUFFLE_BUFFER = 16_384
 # Large odd multiplier that separates the per-epoch shuffle seeds of different run seeds.
 _EPOCH_SEED_STRIDE = 1_000_003
+# Folded into the per-example seed for the crop offsets, so they are independent of the flip.
+_CROP_SEED_SALT = 1
+# A 1x2 image whose flip shows the pixel pipeline's flip decision (precomputed latents).
+_FLIP_MARKER = ((0.0,), (1.0,))
+
+
+def low_res_factor_of(data_config) -> int:
+  """`data.low_res_factor`, 0 when the config has no such field (no super-resolution)."""
+  return int(data_config.get("low_res_factor", 0) or 0)
 
 
 def dataset_info(data_config) -> Dict:
@@ -56,14 +91,35 @@ def dataset_info(data_config) -> Dict:
   Args:
     data_config: the `config.data` section.
 
+  With `data.latents='precomputed'` the latents folder is opened and checked instead: the
+  sizes are the latents' (image_size = latent side, channels = latent channels), plus
+  `pixel_image_size` (the encoded images' side); random_flip is True only when the dataset
+  flips and the latents hold both flips.
+
   Returns:
     dict(name, image_size, channels, num_classes, num_examples={split: int}, prepared,
-    random_flip).
+    random_flip, low_res_factor, latents).
+
+  Raises:
+    LatentsNotFoundError, CorruptLatentsError, IncompatibleLatentsError: precomputed latents
+      missing, damaged or encoded from something else (see `latent_dataset.open_latents`).
   """
   spec = catalog.validate_data_config(data_config)
+  latents = latent_dataset.latents_mode(data_config)
   info = dict(name=spec.name, image_size=data_config.image_size, channels=spec.channels,
               num_classes=spec.num_classes, num_examples={}, prepared=False,
-              random_flip=spec.random_flip)
+              random_flip=spec.random_flip, low_res_factor=low_res_factor_of(data_config),
+              latents=latents)
+  if latents == "precomputed":
+    builder, meta = latent_dataset.open_latents(data_config)
+    identity = meta["identity"]
+    height, _, channels = identity["latent_shape"]
+    info.update(image_size=height, channels=channels, prepared=True,
+                pixel_image_size=identity["source"]["image_size"],
+                num_classes=meta.get("dataset_num_classes", identity["source"]["num_classes"]),
+                num_examples={k: v.num_examples for k, v in builder.info.splits.items()},
+                random_flip=spec.random_flip and identity["flips"])
+    return info
   try:
     builder = catalog.get_builder(data_config)
   except errors.DataNotPreparedError:
@@ -85,28 +141,86 @@ def _process_layout(process_index, process_count):
   return process_index, process_count
 
 
+def _crop(image, example_seed, *, stored: int, size: int, train: bool):
+  """`size`×`size` crop of a stored square image: random in training, central in evaluation."""
+  if train:
+    offset = tf.random.stateless_uniform(
+        [2], seed=tf.random.experimental.stateless_fold_in(example_seed, _CROP_SEED_SALT),
+        minval=0, maxval=stored - size + 1, dtype=tf.int64)
+  else:
+    offset = tf.fill([2], tf.constant((stored - size) // 2, tf.int64))
+  crop = tf.slice(image, tf.concat([offset, tf.zeros([1], tf.int64)], 0),
+                  tf.constant([size, size, -1], tf.int64))
+  return tf.ensure_shape(crop, (size, size, image.shape[-1]))
+
+
 def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
-  """Decodes one (position, example) pair into float32 image in [-1, 1] and int32 label."""
+  """Decodes one (position, example) pair into float32 image in [-1, 1] and int32 label.
+
+  With `data.low_res_factor` > 0 the image is cropped instead of resized and 'cond_image' is
+  added (module docstring).
+  """
   image_feature = builder.info.features["image"]
   stored = image_feature.shape[0]
   size = data_config.image_size
+  factor = low_res_factor_of(data_config)
   unconditional = data_config.num_classes == 1
   flip = train and spec.random_flip
 
   def fn(position, example):
     image = image_feature.decode_example(example["image"])
+    example_seed = tf.stack([tf.constant(seed, tf.int64), position])
     if flip:
-      image = tf.image.stateless_random_flip_left_right(
-          image, seed=tf.stack([tf.constant(seed, tf.int64), position]))
+      image = tf.image.stateless_random_flip_left_right(image, seed=example_seed)
+    if factor:
+      image = _crop(image, example_seed, stored=stored, size=size, train=train)
     image = tf.cast(image, tf.float32)
-    if size != stored:
+    if size != stored and not factor:
       image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
     image = image / 127.5 - 1.0
     label = tf.cast(example["label"], tf.int32)
     if unconditional:
       # num_classes=1: label 0 is the only class and 1 the null label of the model.
       label = tf.zeros_like(label)
-    return {"image": image, "label": label}
+    out = {"image": image, "label": label}
+    if factor:
+      out["cond_image"] = low_res.cond_image_tf(image, factor)
+    return out
+
+  return fn
+
+
+def _flip_decision(example_seed):
+  """Whether `_preprocess_fn` flips the example with this seed (the same stateless draw)."""
+  marker = tf.image.stateless_random_flip_left_right(tf.constant([_FLIP_MARKER]),
+                                                     seed=example_seed)
+  return marker[0, 0, 0] > 0.5
+
+
+def _latent_preprocess_fn(meta, data_config, spec, *, seed: int, train: bool):
+  """One (position, encoded example) pair -> float32 'latent_mean', 'latent_std', int32 label.
+
+  In training, where the dataset flips and both flips are stored, the flipped image's moments
+  are taken exactly when the pixel pipeline would flip the example.
+  """
+  flips = meta["identity"]["flips"]
+  flip = train and spec.random_flip and flips
+  unconditional = data_config.num_classes == 1
+  names = latent_dataset.MOMENTS
+
+  def fn(position, example):
+    out = {k: tf.cast(example[k], tf.float32) for k in names}
+    if flip:
+      example_seed = tf.stack([tf.constant(seed, tf.int64), position])
+      flipped = _flip_decision(example_seed)
+      out = {k: tf.where(flipped, tf.cast(example[k + latent_dataset.FLIPPED_SUFFIX],
+                                          tf.float32), out[k]) for k in names}
+    label = tf.cast(example["label"], tf.int32)
+    out["label"] = tf.zeros_like(label) if unconditional else label
+    for key in meta["identity"]["extra_features"]:
+      if key not in out:
+        out[key] = example[key]
+    return out
 
   return fn
 
@@ -118,10 +232,11 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
   """Batches of `split` for this process (see the module docstring for order and resumption).
 
   Args:
-    data_config: the `config.data` section (name, image_size, num_classes, data_dir, folder).
+    data_config: the `config.data` section (name, image_size, num_classes, data_dir, folder,
+      low_res_factor).
     split: 'train' or 'test' (any TFDS split expression, e.g. 'train[:50%]', also works).
     global_batch_size: batch size summed over processes; must divide by `process_count`.
-    seed: seed of the shuffle and flips (training only).
+    seed: seed of the shuffle, flips and super-resolution crops (training only).
     train: True: shuffled, flipped where the dataset says so, infinite. False: one pass in
       stored order.
     start_step: first training step to produce (resumption); ignored when `train=False`.
@@ -131,11 +246,17 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
 
   Returns:
     An iterator of numpy dicts {'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}
-    (plus 'mask' bool [b] with `pad_remainder`), b = global_batch_size // process_count.
+    (plus 'cond_image' float32 [b, H, W, C] in [-1, 1] when `data.low_res_factor` > 0, and
+    'mask' bool [b] with `pad_remainder`), b = global_batch_size // process_count. With
+    `data.latents='precomputed'`: 'latent_mean' and 'latent_std' float32 [b, h, w, c] instead
+    of 'image' (module docstring).
 
   Raises:
     ValueError: bad config values or batch size.
     DataNotPreparedError: manual data not prepared (the message has the prepare command).
+    LatentsNotFoundError, CorruptLatentsError, IncompatibleLatentsError: precomputed latents
+      missing (the message has the encode command), damaged (it names the file) or encoded
+      from something else; raised here, before any batch is read.
   """
   spec = catalog.validate_data_config(data_config)
   process_index, process_count = _process_layout(process_index, process_count)
@@ -145,7 +266,11 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   batch = global_batch_size // process_count
-  builder = catalog.get_builder(data_config)
+  precomputed = latent_dataset.latents_mode(data_config) == "precomputed"
+  if precomputed:
+    builder, meta = latent_dataset.open_latents(data_config, split)
+  else:
+    builder = catalog.get_builder(data_config)
   known = list(builder.info.splits.keys())
   if split.split("[")[0] not in known:
     raise ValueError(f"split {split!r} not in dataset {spec.name!r} (splits: {known})")
@@ -155,12 +280,20 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
   if num_examples == 0:
     raise ValueError(f"process {process_index} of {process_count} gets no example of "
                      f"{spec.name!r} split {split!r}")
-  # Images stay encoded until after shuffle and skip: both then move bytes, not pixels.
-  records = builder.as_dataset(
-      split=sub_split, shuffle_files=False,
-      decoders={"image": tfds.decode.SkipDecoding()},
-  )
-  preprocess = _preprocess_fn(builder, data_config, spec, seed=seed, train=train)
+  # Files one after the other (TFDS's default interleaves 16 files in blocks of 16 records), so
+  # the order is the stored one: example i of a split is the same in a pixel dataset and its
+  # encoded latents, whatever their sharding.
+  read_config = tfds.ReadConfig(interleave_cycle_length=1)
+  if precomputed:
+    records = builder.as_dataset(split=sub_split, shuffle_files=False, read_config=read_config)
+    preprocess = _latent_preprocess_fn(meta, data_config, spec, seed=seed, train=train)
+  else:
+    # Images stay encoded until after shuffle and skip: both then move bytes, not pixels.
+    records = builder.as_dataset(
+        split=sub_split, shuffle_files=False, read_config=read_config,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    preprocess = _preprocess_fn(builder, data_config, spec, seed=seed, train=train)
 
   options = tf.data.Options()
   options.deterministic = True

@@ -33,6 +33,7 @@ from shortcut_jax import sharding
 from shortcut_jax.data import catalog
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators import fid
+from shortcut_jax import latents as latents_lib
 from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.evaluators.base import Evaluator
 from shortcut_jax.models import inception
@@ -116,11 +117,10 @@ def load_features(inception_path: Optional[str], *, batch_size: int,
 def decode(exp, samples: jax.Array) -> jax.Array:
   """Model output -> images in [-1, 1] for Inception.
 
-  The identity: every model here generates pixels. A latent model decodes its latents with the
-  VAE here (SPEC §5), inside the same sharded loop.
+  The identity for pixel models; a latent model decodes its latents with the VAE here
+  (SPEC §5), inside the same sharded loop.
   """
-  del exp
-  return samples
+  return exp.to_images(samples)
 
 
 def model_stats(exp, params, features: InceptionFeatures, *, num_images: int, num_steps: int,
@@ -181,6 +181,7 @@ def dataset_stats(data_config, features: Callable[[Any], np.ndarray], *, split: 
     batch_size: images per batch read.
     progress: show a progress bar.
   """
+  data_config = latents_lib.pixel_data_config(data_config)
   total = split_size(data_config, split)
   if num_images is not None:
     if total is not None and num_images > total:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators.base import Evaluator
 from shortcut_jax.objectives import flow_path
@@ -55,10 +56,11 @@ class LossPerTEvaluator(Evaluator):
       ts = self._times(level)
       losses = np.zeros(len(ts))
       for bi, batch in enumerate(batches):
+        batch = self.exp.prepare_batch(batch, jax.random.PRNGKey(bi))
         x1 = jnp.asarray(batch["image"])
         b = x1.shape[0]
-        x0 = jax.random.normal(jax.random.PRNGKey(bi), x1.shape)
-        cond = {"label": jnp.asarray(batch["label"])} if "label" in batch else {}
+        x0 = flow_path.sample_source(jax.random.PRNGKey(bi), x1.shape, self.exp.objective.source)
+        cond = {k: jnp.asarray(v) for k, v in cond_from_batch(batch).items()}
         for i, t in enumerate(ts):
           out = self._loss(state.params, state.ema_params, x1, x0, cond,
                            jnp.full((b,), t, jnp.float32), jnp.full((b,), level, jnp.int32))

@@ -22,14 +22,21 @@ class SampleGridEvaluator(Evaluator):
     out_dir = os.path.join(self.workdir, "samples", f"step_{step}")
     os.makedirs(out_dir, exist_ok=True)
     guidance = [None]
-    if self.cfg_scale and gen.is_conditional(self.exp.config):
+    if self.cfg_scale and gen.is_guidable(self.exp):
       guidance.append(self.cfg_scale)
     cols = self.exp.config.data.num_classes if gen.is_conditional(self.exp.config) else None
+    cond = gen.sample_cond(self.exp, self.num_images)
+    if "cond_image" in cond:
+      # Image-conditioned: also the inputs and the targets, in the same grid layout.
+      targets = gen.held_out_examples(self.exp.config, self.num_images)["image"]
+      for name, images in (("conditions.png", cond["cond_image"]), ("targets.png", targets)):
+        gen.save_png(os.path.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
+                     max(1, 64 // images.shape[1]))
     for n in self.steps:
       for w in guidance:
         images, _ = gen.generate(self.exp, params, num_images=self.num_images, num_steps=n,
-                                 cfg_scale=w, seed=0)
+                                 cfg_scale=w, seed=0, cond=cond)
         name = f"grid_{n}steps" + ("" if w is None else f"_cfg{w:g}") + ".png"
-        upscale = max(1, 64 // self.exp.image_shape[0])
-        gen.save_png(os.path.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols), upscale)
+        gen.save_png(os.path.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
+                     max(1, 64 // images.shape[1]))
     return {}

@@ -19,7 +19,8 @@ class ValidationLossEvaluator(Evaluator):
     c = exp.config
     self._eval = jax.jit(functools.partial(
         train_step_lib.eval_step, model=exp.model, objective=exp.objective,
-        objective_config=c.objective))
+        objective_config=c.objective, encoder=exp.encoder))
+    self._encoder_params = None if exp.encoder is None else exp.encoder.vae.params
 
   def _batches(self):
     c = self.exp.config
@@ -31,7 +32,8 @@ class ValidationLossEvaluator(Evaluator):
   def run(self, state, step):
     results = {}
     for name, use_ema in (("val/loss", False), ("val/loss_ema", True)):
-      losses = [float(jax.device_get(self._eval(state, batch, use_ema=use_ema))["train/loss"])
+      losses = [float(jax.device_get(self._eval(state, batch, None, self._encoder_params,
+                                                use_ema=use_ema))["train/loss"])
                 for batch in self._batches()]
       results[name] = float(np.mean(losses))
     return results

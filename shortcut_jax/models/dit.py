@@ -15,17 +15,24 @@ Deliberate additions, all off by default except where noted:
     1/head_dim (`'original'`, the default, needed by its checkpoints).
   * `remat=True` rematerialises every block in the backward pass (less memory, ~30% more FLOPs).
   * non-square inputs (the original asserts square images).
+  * image conditioning (`cond_image_mode`, off by default, so unconditioned models keep the
+    original parameter tree exactly): `'concat'` stacks the conditioning image (e.g. the
+    upsampled low-resolution input) onto x_t as extra input channels (SR3, fm-boosting);
+    `'tokens'` embeds it with a second patch embedding plus the same position embedding, then
+    concatenates the two token sequences along features and projects back to the hidden size
+    (the super-resolution shortcut project).
 """
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax import conditioning as cond_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 
 Array = Any
@@ -40,6 +47,7 @@ DIT_PRESETS = {
 
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "einsum")
 ATTENTION_SCALES = ("original", "sqrt")
+COND_IMAGE_MODES = ("concat", "tokens")
 
 
 def xavier_uniform_torch_style(key, shape, dtype=jnp.float32):
@@ -219,7 +227,8 @@ class DiT(nn.Module):
   Constructor arguments are the original's (plus the additions in the module docstring).
   Call as `DiT(...).apply({'params': p}, x, t, dt, y, train=False)` with x [B, H, W, C],
   t float [B] in [0, 1], dt [B] the step-size level (step 2^-dt), y int [B] labels
-  (`num_classes` = null label). Returns [B, H, W, out_channels] in the compute dtype.
+  (`num_classes` = null label), and `cond_image=` [B, H, W, C'] when `cond_image_mode` is set.
+  Returns [B, H, W, out_channels] in the compute dtype.
   """
   patch_size: int
   hidden_size: int
@@ -236,10 +245,17 @@ class DiT(nn.Module):
   attention_impl: str = "xla"
   attention_scale: str = "original"
   remat: bool = False
+  cond_image_mode: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x, t, dt, y, train: bool = False):
+  def __call__(self, x, t, dt, y, train: bool = False, cond_image=None):
     batch, height, width, _ = x.shape
+    if (cond_image is None) != (self.cond_image_mode is None):
+      raise ValueError(f"DiT(cond_image_mode={self.cond_image_mode!r}) called "
+                       f"{'without' if cond_image is None else 'with'} a cond_image")
+    if cond_image is not None and cond_image.shape[1:3] != (height, width):
+      raise ValueError(f"cond_image of spatial size {cond_image.shape[1:3]} does not match x "
+                       f"({height}x{width}); upsample it to the sample's size first")
     p = self.patch_size
     if height % p or width % p:
       raise ValueError(f"image size {height}x{width} is not divisible by patch_size {p}")
@@ -247,9 +263,15 @@ class DiT(nn.Module):
     if self.ignore_dt:
       dt = jnp.zeros_like(t)
 
+    if self.cond_image_mode == "concat":
+      x = jnp.concatenate([x, cond_image.astype(x.dtype)], axis=-1)
     x = PatchEmbed(p, self.hidden_size, self.dtype, name="PatchEmbed_0")(x)
     pos = sincos_2d_position_embedding(self.hidden_size, grid_h, grid_w)
     x = (x.astype(jnp.float32) + pos[None]).astype(self.dtype)
+    if self.cond_image_mode == "tokens":
+      ctok = PatchEmbed(p, self.hidden_size, self.dtype, name="CondPatchEmbed_0")(cond_image)
+      ctok = (ctok.astype(jnp.float32) + pos[None]).astype(self.dtype)
+      x = _dense(self.hidden_size, self.dtype, "CondFusion_0")(jnp.concatenate([x, ctok], axis=-1))
     te = TimestepEmbedder(self.hidden_size, self.dtype, name="TimestepEmbedder_0")(t)
     dte = TimestepEmbedder(self.hidden_size, self.dtype, name="TimestepEmbedder_1")(dt)
     ye = LabelEmbedder(self.num_classes, self.hidden_size, self.dtype, name="LabelEmbedder_0")(y)
@@ -271,7 +293,8 @@ class DiT(nn.Module):
 
 
 def validate_dit_args(*, patch_size, hidden_size, num_heads, depth, mlp_ratio, image_size=None,
-                      attention_impl="xla", attention_scale="original", field_prefix="model."):
+                      attention_impl="xla", attention_scale="original", cond_image_mode=None,
+                      field_prefix="model."):
   """Raises ValueError (naming the config field) for inconsistent DiT sizes, before compiling."""
   errors = []
   for name, value in (("patch_size", patch_size), ("hidden_size", hidden_size),
@@ -295,31 +318,68 @@ def validate_dit_args(*, patch_size, hidden_size, num_heads, depth, mlp_ratio, i
   if attention_scale not in ATTENTION_SCALES:
     errors.append(f"{field_prefix}attention_scale must be one of {ATTENTION_SCALES}, "
                   f"got {attention_scale!r}")
+  if cond_image_mode is not None and cond_image_mode not in COND_IMAGE_MODES:
+    errors.append(f"{field_prefix}cond_image_mode must be one of {COND_IMAGE_MODES}, got "
+                  f"{cond_image_mode!r}")
   if errors:
     raise ValueError("; ".join(errors))
 
 
-def velocity_model(module: DiT) -> VelocityModel:
-  """Wraps a DiT as a `VelocityModel` (cond dict -> label; float32 output).
+def velocity_model(module: DiT, conditioning=None) -> VelocityModel:
+  """Wraps a DiT as a `VelocityModel` (float32 output).
 
-  A cond without `label` means unconditional: the null label is used.
+  Args:
+    module: the DiT.
+    conditioning: its condition kinds (default: labels, plus `cond_image` when the module has a
+      `cond_image_mode`). A missing label means the null label.
   """
+  if conditioning is None:
+    kinds = [cond_lib.LabelKind(module.num_classes)]
+    if module.cond_image_mode is not None:
+      kinds.append(cond_lib.ImageKind())
+    conditioning = cond_lib.Conditioning(tuple(kinds))
+
   def apply_fn(params, x, t, level, cond, train, rngs):
-    labels = cond.get("label")
-    if labels is None:
-      labels = jnp.full((x.shape[0],), module.num_classes, jnp.int32)
-    out = module.apply({"params": params}, x, t, level, labels, train=train, rngs=rngs)
+    cond = conditioning.fill_missing(cond, x.shape[0])
+    out = module.apply({"params": params}, x, t, level, cond["label"], train=train, rngs=rngs,
+                       cond_image=cond.get("cond_image"))
     return out.astype(jnp.float32)
-  return VelocityModel(apply_fn=apply_fn, num_classes=module.num_classes)
+  return VelocityModel(apply_fn=apply_fn, conditioning=conditioning)
+
+
+def init_inputs(module: DiT, batch_spec: Mapping[str, Tuple[int, ...]], batch: int = 1):
+  """Zero inputs for `module.init`, shaped by a batch spec (key -> per-example shape)."""
+  if "image" not in batch_spec:
+    raise ValueError(f"batch spec {dict(batch_spec)} has no 'image'")
+  shape = (batch, *batch_spec["image"])
+  kwargs = {}
+  if module.cond_image_mode is not None:
+    if "cond_image" not in batch_spec:
+      raise ValueError(f"DiT(cond_image_mode={module.cond_image_mode!r}) needs 'cond_image' in "
+                       f"the batch spec {dict(batch_spec)}")
+    kwargs["cond_image"] = jnp.zeros((batch, *batch_spec["cond_image"]), jnp.float32)
+  args = (jnp.zeros(shape, jnp.float32), jnp.zeros((batch,)), jnp.zeros((batch,)),
+          jnp.zeros((batch,), jnp.int32))
+  return args, kwargs
+
+
+def batch_spec_of(image_shape, cond_image_shape=None) -> Dict[str, Tuple[int, ...]]:
+  spec = {"image": tuple(image_shape)}
+  if cond_image_shape is not None:
+    spec["cond_image"] = tuple(cond_image_shape)
+  return spec
 
 
 @functools.lru_cache(maxsize=None)
-def _cached_init(module: DiT, shape):
-  return jax.jit(lambda rng: module.init(
-      {"params": rng}, jnp.zeros(shape, jnp.float32), jnp.zeros(shape[:1]), jnp.zeros(shape[:1]),
-      jnp.zeros(shape[:1], jnp.int32))["params"])
+def _cached_init(module: DiT, spec_items, batch: int):
+  args, kwargs = init_inputs(module, dict(spec_items), batch)
+  return jax.jit(lambda rng: module.init({"params": rng}, *args, **kwargs)["params"])
 
 
-def init_params(module: DiT, rng, image_shape, batch: int = 1):
-  """Initialises the parameters for images of shape (H, W, C)."""
-  return _cached_init(module, (batch, *image_shape))(rng)
+def init_params(module: DiT, rng, image_shape, batch: int = 1, cond_image_shape=None):
+  """Initialises the parameters for images of shape (H, W, C) (and the conditioning image's
+  shape when the module takes one; default: the image's)."""
+  if module.cond_image_mode is not None and cond_image_shape is None:
+    cond_image_shape = tuple(image_shape)
+  spec = batch_spec_of(image_shape, cond_image_shape if module.cond_image_mode else None)
+  return _cached_init(module, tuple(sorted(spec.items())), batch)(rng)

@@ -1,26 +1,19 @@
 """The single calling convention between networks and everything that uses them.
 
 Objectives, samplers, evaluators and CFG never call a Flax module directly: they call a
-`VelocityModel`, passing the conditioning as one dict (`cond`). Today `cond` holds `label`
-(int32 [B], `num_classes` is the null label); later variants add keys such as `cond_image`
-or `embedding` without changing any caller.
+`VelocityModel`, passing the conditioning as one dict (`cond`, see `shortcut_jax.conditioning`).
+The model checks the dict against the condition kinds it was built for: an unknown key is an
+error, a missing optional kind (a label) means its null value.
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-import jax.numpy as jnp
+from shortcut_jax import conditioning as cond_lib
+from shortcut_jax.conditioning import cond_from_batch  # noqa: F401  (re-exported)
 
 Array = Any
 Cond = Mapping[str, Array]
-
-# Batch keys that are conditioning (everything a model sees besides x, t and level).
-COND_KEYS = ("label", "cond_image", "embedding")
-
-
-def cond_from_batch(batch: Mapping[str, Array]) -> dict:
-  """Returns the conditioning part of a batch dict (the keys in `COND_KEYS` it has)."""
-  return {k: batch[k] for k in COND_KEYS if k in batch}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -29,26 +22,35 @@ class VelocityModel:
 
   Attributes:
     apply_fn: `apply_fn(params, x, t, level, cond, train, rngs) -> velocity` with x NHWC, t float
-      [B] in [0, 1] (0 = noise, 1 = data) and level int/float [B] (step size 2^-level).
-    num_classes: number of real classes; label `num_classes` is the null (unconditional) label.
-      0 when the model takes no labels.
+      [B] in [0, 1] (0 = source, 1 = data), level int/float [B] (step size 2^-level) and cond a
+      dict of kinds of `conditioning` (checked; optional kinds may be missing).
+    num_classes: shorthand for a label-only model (label `num_classes` is the null label);
+      ignored when `conditioning` is given.
+    conditioning: the condition kinds the network takes (default: labels only).
   """
   apply_fn: Callable[..., Array]
   num_classes: int = 0
+  conditioning: Optional[cond_lib.Conditioning] = None
+
+  def __post_init__(self):
+    if self.conditioning is None:
+      object.__setattr__(self, "conditioning", cond_lib.labels_only(self.num_classes))
+    label = self.conditioning.kind("label")
+    object.__setattr__(self, "num_classes", label.num_classes if label is not None else 0)
 
   def __call__(self, params, x, t, level, cond: Cond, *, train: bool = False,
                rngs: Optional[Mapping[str, Array]] = None) -> Array:
+    cond = self.conditioning.check(cond, x.shape[0])
     return self.apply_fn(params, x, t, level, cond, train, rngs)
 
-  def drop_cond(self, cond: Cond, drop: Array) -> dict:
-    """Replaces the label by the null label where `drop` (bool [B]) is true."""
-    cond = dict(cond)
-    if "label" in cond:
-      cond["label"] = jnp.where(drop, self.num_classes, cond["label"]).astype(jnp.int32)
-    return cond
+  def drop_cond(self, cond: Cond, key: Array, config) -> Tuple[Dict[str, Array], Dict[str, Array]]:
+    """CFG dropout of every kind with its own probability: (cond, dropped-ratio metrics)."""
+    return self.conditioning.drop(cond, key, config)
 
-  def null_cond(self, cond: Cond) -> dict:
-    """The unconditional counterpart of `cond` (used for the CFG branch)."""
-    if "label" not in cond:
-      return dict(cond)
-    return self.drop_cond(cond, jnp.ones(cond["label"].shape, bool))
+  def null_cond(self, cond: Cond) -> Dict[str, Array]:
+    """The unconditional counterpart of `cond` (the CFG branch)."""
+    return self.conditioning.null(cond)
+
+  def unguided_cond(self, cond: Cond, config) -> Dict[str, Array]:
+    """`cond` as trained when `config.cfg_scale == 0` (see `Conditioning.unguided`)."""
+    return self.conditioning.unguided(cond, config)

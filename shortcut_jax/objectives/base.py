@@ -11,7 +11,7 @@ name outside of jit (`get_objective`), never chosen by string tests inside trace
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, NamedTuple
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 Array = Any
 
@@ -47,21 +47,36 @@ class Objective:
     targets_fn: see the module docstring.
     uses_level: whether the network is conditioned on the step-size level (shortcut models);
       when False the DiT is built with `ignore_dt=True` and samplers always use the finest level.
+    source: where sampling starts (`flow_path.sample_source`): 'gaussian' noise, or 'zeros'
+      for a deterministic one-pass model.
+    max_sample_steps: the most sampling steps the objective's model supports (None: any).
   """
   name: str
   targets_fn: Callable[..., TrainingTargets]
   uses_level: bool
+  source: str = "gaussian"
+  max_sample_steps: Optional[int] = None
+
+  def check_steps(self, steps) -> None:
+    """Raises ValueError if a step budget in `steps` is more than the model supports."""
+    if self.max_sample_steps is not None:
+      bad = [n for n in steps if n > self.max_sample_steps]
+      if bad:
+        raise ValueError(f"objective {self.name!r} samples in at most {self.max_sample_steps} "
+                         f"step(s); got step budgets {bad}")
 
 
 _REGISTRY: Dict[str, Objective] = {}
 
 
-def register_objective(name: str, *, uses_level: bool):
-  """Decorator registering `targets_fn` under `name`."""
+def register_objective(name: str, *, uses_level: bool, source: str = "gaussian",
+                       max_sample_steps: Optional[int] = None):
+  """Decorator registering `targets_fn` under `name` (see `Objective` for the options)."""
   def wrap(fn):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")
-    _REGISTRY[name] = Objective(name=name, targets_fn=fn, uses_level=uses_level)
+    _REGISTRY[name] = Objective(name=name, targets_fn=fn, uses_level=uses_level, source=source,
+                                max_sample_steps=max_sample_steps)
     return fn
   return wrap
 

@@ -1,4 +1,4 @@
-"""What every objective shares: the flow path, the source distribution, label handling.
+"""What every objective shares: the flow path and the source distribution.
 
 Conventions (SPEC §1): t = 0 is noise and t = 1 is data,
 
@@ -38,13 +38,20 @@ def finest_level(denoise_timesteps: int) -> int:
   return int(round(math.log2(m)))
 
 
-def sample_source(rng: Array, shape: Tuple[int, ...]) -> Array:
-  """Draws x0 from the source distribution (standard normal).
+SOURCES = ("gaussian", "zeros")
 
-  Every objective draws its noise through this one function, so that a different source
-  (e.g. a learned or non-Gaussian prior) only has to replace it.
+
+def sample_source(rng: Array, shape: Tuple[int, ...], source: str = "gaussian") -> Array:
+  """Draws x0 from the source distribution: `'gaussian'` (standard normal, the default) or
+  `'zeros'` (a fixed all-zero start: a deterministic one-pass regressor, see `regression`).
+
+  Every objective and generation draw their source through this one function.
   """
-  return jax.random.normal(rng, shape)
+  if source == "gaussian":
+    return jax.random.normal(rng, shape)
+  if source == "zeros":
+    return jnp.zeros(shape, jnp.float32)
+  raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
 
 
 def interpolate(x0: Array, x1: Array, t: Array) -> Array:
@@ -59,27 +66,9 @@ def flow_velocity(x0: Array, x1: Array) -> Array:
   return x1 - (1 - SIGMA_MIN) * x0
 
 
-def null_all_labels_if_unguided(model, cond: Mapping[str, Array], config) -> dict:
-  """With `cfg_scale == 0` the model is trained unconditionally: every label becomes null.
-
-  The original does this in its update function before making targets (CelebA-HQ setting); it is
-  part of what the objective means, so the objectives do it themselves.
-  """
-  if float(config_value(config, "cfg_scale", 0.0)) == 0.0:
-    return model.null_cond(cond)
-  return dict(cond)
-
-
 def permute_batch(batch: Mapping[str, Array], rng: Array) -> dict:
   """The batch with its rows shuffled by one random permutation (the original's `perm_key`)."""
   n = batch["image"].shape[0]
   perm = jax.random.permutation(rng, n)
   return {k: v[perm] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == n else v
           for k, v in batch.items()}
-
-
-def label_drop_ratio(model, cond: Mapping[str, Array], drop: Array) -> Array:
-  """Fraction of null labels the network sees (the original's `dropped_ratio`)."""
-  if "label" in cond:
-    return jnp.mean((cond["label"] == model.num_classes).astype(jnp.float32))
-  return jnp.mean(drop.astype(jnp.float32))

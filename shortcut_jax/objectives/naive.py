@@ -7,12 +7,10 @@ velocity v = x1 - (1 - 1e-5) x0 at x_t (`flow_path`), with t uniform on {0, 1/M,
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.models.velocity_model import cond_from_batch
+from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, flow_velocity,
-                                               interpolate, label_drop_ratio,
-                                               null_all_labels_if_unguided, permute_batch,
-                                               sample_source)
+                                               interpolate, permute_batch, sample_source)
 
 
 @register_objective("naive", uses_level=False)
@@ -20,12 +18,13 @@ def naive_targets(model, params, ema_params, batch, rng, config) -> TrainingTarg
   """Flow-matching targets for a whole batch.
 
   Args:
-    model: the `VelocityModel` (only its label helpers are used; no network call).
+    model: the `VelocityModel` (only its conditioning helpers are used; no network call).
     params: unused (the signature is shared by all objectives).
     ema_params: unused.
     batch: dict with `image` float32 NHWC and optional conditioning keys (`label`, ...).
     rng: PRNG key for this batch.
-    config: objective config: `denoise_timesteps`, `class_dropout_prob`, `cfg_scale`, `faithful`.
+    config: objective config: `denoise_timesteps`, `cfg_scale`, `faithful` and each condition
+      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`).
 
   Returns:
     TrainingTargets with a single group `flow` covering the batch.
@@ -33,7 +32,6 @@ def naive_targets(model, params, ema_params, batch, rng, config) -> TrainingTarg
   del params, ema_params
   m = int(config_value(config, "denoise_timesteps", 128))
   level_flow = finest_level(m)
-  p_drop = float(config_value(config, "class_dropout_prob", 0.0))
   if config_value(config, "faithful", False):
     # The original shuffles every batch in its update step; a shuffled input pipeline makes this
     # redundant, so only faithful mode spends a key on it.
@@ -41,12 +39,11 @@ def naive_targets(model, params, ema_params, batch, rng, config) -> TrainingTarg
     batch = permute_batch(batch, perm_key)
   images = batch["image"]
   b = images.shape[0]
-  cond = null_all_labels_if_unguided(model, cond_from_batch(batch), config)
+  cond = model.unguided_cond(cond_from_batch(batch), config)
 
   # The three draws use independent keys in the original too, so faithful and default agree here.
   label_key, time_key, noise_key = jax.random.split(rng, 3)
-  drop = jax.random.bernoulli(label_key, p_drop, (b,))
-  cond = model.drop_cond(cond, drop)
+  cond, drop_metrics = model.drop_cond(cond, label_key, config)
   t = jax.random.randint(time_key, (b,), 0, m).astype(jnp.float32) / m
   x0 = sample_source(noise_key, images.shape)
   x1 = images
@@ -57,5 +54,5 @@ def naive_targets(model, params, ema_params, batch, rng, config) -> TrainingTarg
       cond=cond,
       target=flow_velocity(x0, x1),
       groups={"flow": jnp.ones((b,), jnp.float32)},
-      metrics={"dropped_ratio": label_drop_ratio(model, cond, drop)},
+      metrics=drop_metrics,
   )

@@ -13,10 +13,12 @@ The batch is split in two parts, bootstrap (self-consistency) part first:
   bootstrap level (L-1, whose teacher is the flow velocity at level L) get guided half-step
   velocities `v_u + cfg_scale (v_c - v_u)`; the conditional and unconditional teacher calls are
   one batched network call.
-* Flow part, the other B - B_b samples: flow-matching targets at level L = log2(M), labels dropped
-  to the null label with probability `class_dropout_prob`.
+* Flow part, the other B - B_b samples: flow-matching targets at level L = log2(M), each condition
+  kind dropped to its null value with its own probability (`class_dropout_prob` for labels,
+  `image_dropout_prob` for a conditioning image; `shortcut_jax.conditioning`).
 
-With `cfg_scale == 0` every label is nulled first (unconditional training), as the original does.
+With `cfg_scale == 0` every label is nulled first (unconditional training), as the original does;
+a conditioning image is kept.
 
 `faithful=True` reproduces the original's `get_targets` bit for bit, flaws included:
   * the batch is first shuffled with its own key (the original's update step does this);
@@ -54,12 +56,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax.models.velocity_model import cond_from_batch
+from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, flow_velocity,
-                                               interpolate, label_drop_ratio,
-                                               null_all_labels_if_unguided, permute_batch,
-                                               sample_source)
+                                               interpolate, permute_batch, sample_source)
 
 Array = Any
 
@@ -130,8 +130,7 @@ def _teacher_velocity(model, params, x, t, level, cond, num_cfg: int, cfg_mask: 
   n = x.shape[0]
   if num_cfg == 0:
     return model(params, x, t, level, cond, train=False)
-  null = model.null_cond(cond)
-  cond_all = jax.tree.map(lambda c, u: jnp.concatenate([c, u[:num_cfg]], axis=0), cond, null)
+  cond_all = concat_rows(cond, take_rows(model.null_cond(cond), slice(0, num_cfg)))
   out = model(params, jnp.concatenate([x, x[:num_cfg]], axis=0),
               jnp.concatenate([t, t[:num_cfg]], axis=0),
               jnp.concatenate([level, level[:num_cfg]], axis=0), cond_all, train=False)
@@ -175,10 +174,6 @@ def _rms(x):
   return jnp.sqrt(jnp.mean(jnp.square(x))) if x.size else jnp.zeros((), jnp.float32)
 
 
-def _take(cond, sl):
-  return jax.tree.map(lambda c: c[sl], cond)
-
-
 @register_objective("shortcut", uses_level=True)
 def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingTargets:
   """Shortcut-model targets: self-consistency part first, flow-matching part after.
@@ -190,7 +185,8 @@ def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingT
     batch: dict with `image` float32 NHWC and optional conditioning keys.
     rng: PRNG key for this batch.
     config: objective config: `denoise_timesteps`, `bootstrap_every`, `bootstrap_ema`,
-      `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `class_dropout_prob`, `faithful`.
+      `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `faithful` and each condition kind's
+      dropout probability (`class_dropout_prob`, `image_dropout_prob`).
 
   Returns:
     TrainingTargets with groups `bootstrap` (first B // bootstrap_every rows) and `flow`.
@@ -201,7 +197,6 @@ def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingT
   dt_bias = int(config_value(config, "bootstrap_dt_bias", 0))
   use_cfg = bool(config_value(config, "bootstrap_cfg", False))
   cfg_scale = float(config_value(config, "cfg_scale", 0.0))
-  p_drop = float(config_value(config, "class_dropout_prob", 0.0))
   faithful = bool(config_value(config, "faithful", False))
   teacher = ema_params if config_value(config, "bootstrap_ema", True) else params
 
@@ -212,7 +207,7 @@ def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingT
   b = images.shape[0]
   b_boot = b // every
   b_flow = b - b_boot
-  cond = null_all_labels_if_unguided(model, cond_from_batch(batch), config)
+  cond = model.unguided_cond(cond_from_batch(batch), config)
 
   if faithful:
     label_key, time_key, noise_key = jax.random.split(rng, 3)
@@ -245,7 +240,7 @@ def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingT
 
   # Bootstrap part.
   x1_boot = images[:b_boot]
-  cond_boot = _take(cond, slice(0, b_boot))
+  cond_boot = take_rows(cond, slice(0, b_boot))
   grid = jnp.asarray(2, jnp.int32) ** boot_level
   boot_t = (jax.random.randint(boot_time_key, (b_boot,), 0, grid).astype(jnp.float32)
             / jnp.power(2.0, boot_level.astype(jnp.float32)))
@@ -260,20 +255,16 @@ def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingT
 
   # Flow part.
   if faithful:
-    drop = jax.random.bernoulli(label_key, p_drop, (b,))
-    cond_dropped = model.drop_cond(cond, drop)
-    dropped_ratio = label_drop_ratio(model, cond_dropped, drop)
+    cond_dropped, drop_metrics = model.drop_cond(cond, label_key, config)
     flow_t = jax.random.randint(flow_time_key, (b,), 0, m).astype(jnp.float32) / m
     x0 = sample_source(flow_noise_key, images.shape)
     flow_x, flow_v = interpolate(x0, images, flow_t), flow_velocity(x0, images)
     rows = slice(0, b_flow)
     flow_x, flow_v, flow_t = flow_x[rows], flow_v[rows], flow_t[rows]
-    cond_flow = _take(cond_dropped, rows)
+    cond_flow = take_rows(cond_dropped, rows)
   else:
     rows = slice(b_boot, b)
-    drop = jax.random.bernoulli(label_key, p_drop, (b_flow,))
-    cond_flow = model.drop_cond(_take(cond, rows), drop)
-    dropped_ratio = label_drop_ratio(model, cond_flow, drop)
+    cond_flow, drop_metrics = model.drop_cond(take_rows(cond, rows), label_key, config)
     flow_t = jax.random.randint(flow_time_key, (b_flow,), 0, m).astype(jnp.float32) / m
     x1 = images[rows]
     x0 = sample_source(flow_noise_key, x1.shape)
@@ -285,11 +276,11 @@ def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingT
       x=jnp.concatenate([boot_x, flow_x], axis=0),
       t=jnp.concatenate([boot_t, flow_t], axis=0),
       level=level,
-      cond=jax.tree.map(lambda u, v: jnp.concatenate([u, v], axis=0), cond_boot, cond_flow),
+      cond=concat_rows(cond_boot, cond_flow),
       target=jnp.concatenate([boot_target, flow_v], axis=0),
       groups={"flow": (~is_boot).astype(jnp.float32), "bootstrap": is_boot.astype(jnp.float32)},
       metrics={
-          "dropped_ratio": dropped_ratio,
+          **drop_metrics,
           "bootstrap_ratio": jnp.mean((level != big_l).astype(jnp.float32)),
           "v_magnitude_bootstrap": _rms(boot_target),
           "v_magnitude_b1": _rms(v1),

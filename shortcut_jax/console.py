@@ -1,0 +1,101 @@
+"""What train.py and eval.py print: progress, results and warnings on the console; everything
+else in a log file in the workdir.
+
+`setup(workdir, "train")` (called by the programs' `main`, after `distributed.initialize`):
+  * the console (absl's stderr handler) shows this library's own records (the progress line
+    `step N/M ... steps/s ... ETA`, evaluator results, what eval.py wrote) and WARNING and above
+    from anywhere; INFO records of other libraries (Orbax, TensorFlow Datasets, JAX, ...), often
+    kilobytes each, are dropped from it (`--log_libraries` keeps them);
+  * `workdir/<name>.log` gets every INFO record and above, ours and the libraries'
+    (`<name>.process_<i>.log` on processes other than 0), appended across runs.
+
+`detail(msg, *args)` logs an INFO record that goes to the log file only (e.g. the full config).
+Importing this module first also quiets TensorFlow's C++ INFO lines (`TF_CPP_MIN_LOG_LEVEL=1`
+unless set), which must happen before TensorFlow is imported.
+"""
+
+import logging as std_logging
+import os
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+_LOG_LIBRARIES = flags.DEFINE_bool(
+    "log_libraries", False, "Also show other libraries' INFO records (Orbax, TFDS, JAX, ...) on "
+    "the console; they always go to the workdir's log file (train.log / eval.log).")
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_PROGRAMS = {os.path.join(os.path.dirname(_PACKAGE), name) for name in ("train.py", "eval.py")}
+_FILE_ONLY = "shortcut_jax_file_only"
+
+
+def is_ours(record: std_logging.LogRecord) -> bool:
+  """Whether a record was logged by this library (or train.py / eval.py)."""
+  path = os.path.abspath(record.pathname or "")
+  return path.startswith(_PACKAGE + os.sep) or path in _PROGRAMS
+
+
+class ConsoleFilter(std_logging.Filter):
+  """Passes warnings and errors, and this library's own records; drops other libraries' INFO."""
+
+  def __init__(self, libraries: bool = False):
+    super().__init__()
+    self.libraries = libraries
+
+  def filter(self, record):
+    if getattr(record, _FILE_ONLY, False):
+      return False
+    return record.levelno >= std_logging.WARNING or self.libraries or is_ours(record)
+
+
+def _flag(holder, default):
+  try:
+    return holder.value
+  except flags.UnparsedFlagAccessError:
+    return default
+
+
+def setup(workdir: Optional[str], name: str, *, libraries: Optional[bool] = None,
+          process_index: Optional[int] = None) -> Optional[str]:
+  """Filters the console and opens the log file; returns the log file's path (None: no workdir).
+
+  Args:
+    workdir: where the log file goes; None: console filtering only.
+    name: the file's stem, e.g. "train" or "eval".
+    libraries: keep library INFO records on the console (default: `--log_libraries`).
+    process_index: this process's index (default: `jax.process_index()`).
+  """
+  libraries = _flag(_LOG_LIBRARIES, False) if libraries is None else libraries
+  console = logging.get_absl_handler()
+  for old in [f for f in console.filters if isinstance(f, ConsoleFilter)]:
+    console.removeFilter(old)
+  console.addFilter(ConsoleFilter(libraries))
+  root = std_logging.getLogger()
+  root.setLevel(min(root.level or std_logging.WARNING, std_logging.INFO))
+  logging.set_verbosity(min(logging.get_verbosity(), logging.INFO))
+  if not workdir:
+    return None
+  if process_index is None:
+    import jax
+    process_index = jax.process_index()
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(os.path.abspath(workdir),
+                      f"{name}.log" if process_index == 0 else f"{name}.process_{process_index}.log")
+  for old in [h for h in root.handlers if getattr(h, "_shortcut_jax_log_file", False)]:
+    root.removeHandler(old)
+    old.close()
+  handler = std_logging.FileHandler(path)
+  handler.setLevel(std_logging.INFO)
+  handler.setFormatter(logging.PythonFormatter())
+  handler._shortcut_jax_log_file = True  # pylint: disable=protected-access
+  root.addHandler(handler)
+  logging.info("library logs go to %s%s", path, "" if libraries else " (--log_libraries: console too)")
+  return path
+
+
+def detail(msg: str, *args) -> None:
+  """An INFO record for the log file only."""
+  logging.info(msg, *args, extra={_FILE_ONLY: True})

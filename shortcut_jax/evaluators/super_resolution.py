@@ -1,0 +1,208 @@
+"""Super-resolution with an image-conditioned model: whole images of any size, and PSNR / SSIM.
+
+* `super_resolve_image`: the upsampled LR image (the model's condition) is cut into overlapping
+  tiles of the training size, every tile is sampled in `num_steps` steps from its own fixed noise,
+  and the tiles are blended back (`shortcut_jax.tiling`).
+* `super_resolve_folder` (`eval.py --mode=super_resolve`): every PNG/JPEG of a folder, grey or
+  RGB, any size, is degraded by the configured factor (or taken as the LR input with
+  `input_is_lr`), super-resolved at full size and written as PNG under the same stem.
+* `sr_metrics` (`eval.py --mode=sr_metrics`): PSNR and SSIM (RGB and Y) on the held-out split
+  against HR, next to the bicubic upsampling of the same LR input (which is exactly the model's
+  `cond_image`).
+"""
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from shortcut_jax import sampling
+from shortcut_jax import tiling
+from shortcut_jax.data import low_res
+from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import sr_quality
+from shortcut_jax.objectives.flow_path import sample_source
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_super_resolution_model(exp) -> int:
+  """The model's upsampling factor; raises ValueError for a model without an image condition."""
+  factor = exp.config.data.low_res_factor
+  if not factor or "cond_image" not in exp.model.conditioning.keys:
+    raise ValueError("this workdir's model is not a super-resolution model "
+                     "(its config has data.low_res_factor=0)")
+  return int(factor)
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+  """An image file as float32 [H, W, channels] in [-1, 1] (grey <-> RGB converted, alpha dropped).
+
+  Raises:
+    OSError / ValueError: the file cannot be read as an image.
+  """
+  from PIL import Image
+  with Image.open(path) as im:
+    im = im.convert("L" if channels == 1 else "RGB")
+    pixels = np.asarray(im, np.float32)
+  if pixels.ndim == 2:
+    pixels = pixels[..., None]
+  return pixels / 127.5 - 1.0
+
+
+def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, seed: int = 0,
+                        batch_size: int = 16, overlap: Optional[int] = None,
+                        cfg_scale: Optional[float] = None) -> np.ndarray:
+  """Samples the HR image of one upsampled LR image of any size, tile by tile.
+
+  Args:
+    exp: the `trainer.Experiment` of a super-resolution model.
+    params: its weights.
+    cond_image: float32 [H, W, C] in [-1, 1], the LR input upsampled to the output size.
+    num_steps: sampling steps per tile.
+    seed: tile j starts from the source sample `fold_in(PRNGKey(seed), j)`.
+    batch_size: tiles per sampler call.
+    overlap: overlap of neighbouring tiles (default: a quarter of the tile).
+    cfg_scale: guidance weight (only for models trained with condition dropout).
+
+  Returns:
+    float32 [H, W, C] in [-1, 1] (clipped).
+  """
+  tile = exp.image_shape[0]
+  overlap = tile // 4 if overlap is None else overlap
+  if cfg_scale is not None and not gen.is_guidable(exp):
+    cfg_scale = None
+  exp.objective.check_steps([num_steps])
+  sampler = sampling.make_sampler(exp.model, num_steps, exp.config.objective.denoise_timesteps,
+                                  exp.objective.uses_level, cfg_scale)
+  key = jax.random.PRNGKey(seed)
+  source = exp.objective.source
+  counter = {"next": 0}
+
+  def fn(tiles):
+    n = tiles.shape[0]
+    idx = np.arange(counter["next"], counter["next"] + n)
+    counter["next"] += n
+    x0 = jnp.stack([sample_source(jax.random.fold_in(key, int(i)), exp.image_shape, source)
+                    for i in idx])
+    cond = {"label": jnp.asarray(gen.sample_labels(exp.config, n)),
+            "cond_image": jnp.asarray(tiles, jnp.float32)}
+    return np.asarray(sampler(params, x0, cond))
+
+  out = tiling.apply_tiled(fn, np.asarray(cond_image, np.float32), tile, overlap, batch_size)
+  return np.clip(out, -1.0, 1.0)
+
+
+def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_steps: int,
+                         input_is_lr: bool = False, seed: int = 0, batch_size: int = 16,
+                         overwrite: bool = False, cfg_scale: Optional[float] = None) -> Dict:
+  """Super-resolves every image of `input_dir` into `output_dir/<stem>.png`.
+
+  Without `input_is_lr` each image (cropped to a multiple of the factor) is the HR reference:
+  it is downsampled by the factor and super-resolved back to its size. With `input_is_lr` the
+  image is the LR input and the output is `factor` times larger.
+
+  Returns:
+    dict(written=[paths], skipped={file: reason}, existing=[paths not overwritten]).
+  """
+  factor = check_super_resolution_model(exp)
+  if not os.path.isdir(input_dir):
+    raise FileNotFoundError(f"--input_dir {input_dir!r} is not a folder")
+  names = sorted(f for f in os.listdir(input_dir)
+                 if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+  if not names:
+    raise FileNotFoundError(f"no PNG or JPEG images in {input_dir!r}")
+  os.makedirs(output_dir, exist_ok=True)
+  channels = exp.image_shape[-1]
+  result = {"written": [], "skipped": {}, "existing": []}
+  for name in names:
+    out_path = os.path.join(output_dir, os.path.splitext(name)[0] + ".png")
+    if os.path.exists(out_path) and not overwrite:
+      result["existing"].append(out_path)
+      continue
+    try:
+      image = read_image(os.path.join(input_dir, name), channels)
+    except (OSError, ValueError) as e:
+      result["skipped"][name] = f"unreadable: {e}"
+      continue
+    if input_is_lr:
+      lr = image
+    else:
+      hr = low_res.mod_crop(image, factor)
+      if min(hr.shape[:2]) < factor:
+        result["skipped"][name] = f"smaller than the factor {factor}"
+        continue
+      lr = low_res.make_low_res(hr, factor)
+    cond = low_res.upsample(lr, factor)
+    sr = super_resolve_image(exp, params, cond, num_steps=num_steps, seed=seed,
+                             batch_size=batch_size, cfg_scale=cfg_scale)
+    gen.save_png(out_path, gen.to_uint8(sr))
+    result["written"].append(out_path)
+    logging.info("%s: %dx%d -> %dx%d, %s", name, lr.shape[1], lr.shape[0], sr.shape[1],
+                 sr.shape[0], out_path)
+  for name, reason in result["skipped"].items():
+    logging.warning("skipped %s: %s", name, reason)
+  if result["existing"]:
+    logging.warning("%d outputs already exist and were kept (pass --overwrite to replace them)",
+                    len(result["existing"]))
+  return result
+
+
+def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] = None,
+               seed: int = 0, batch_size: int = 64, cfg_scale: Optional[float] = None,
+               split: str = "test") -> Dict:
+  """PSNR / SSIM (RGB and Y) of the held-out split's HR crops, per step budget and for bicubic.
+
+  Args:
+    exp, params: the model.
+    steps: step budgets.
+    num_images: held-out crops to score (default: the whole split).
+    seed, batch_size, cfg_scale: as for generation.
+    split: the held-out split.
+
+  Returns:
+    dict(num_images, factor, bicubic={metric: value}, steps={N: {metric: value}}).
+  """
+  factor = check_super_resolution_model(exp)
+  from shortcut_jax.data import pipeline
+  available = pipeline.dataset_info(exp.config.data)["num_examples"][split]
+  num_images = available if num_images is None else min(num_images, available)
+  held_out = gen.held_out_examples(exp.config, num_images, split)
+  hr, cond = held_out["image"], {"label": held_out["label"], "cond_image": held_out["cond_image"]}
+  results = {"num_images": int(num_images), "factor": factor, "split": split,
+             "bicubic": sr_quality.sr_metrics(hr, cond["cond_image"]), "steps": {}}
+  for n in steps:
+    images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=cfg_scale,
+                             seed=seed, batch_size=batch_size, cond=cond)
+    results["steps"][str(n)] = sr_quality.sr_metrics(hr, np.clip(images, -1.0, 1.0))
+    logging.info("%d steps: %s", n, results["steps"][str(n)])
+  return results
+
+
+def comparison_strip(exp, params, *, steps: List[int], num_images: int = 4, seed: int = 0,
+                     split: str = "test") -> np.ndarray:
+  """A uint8 picture with one row per held-out crop: LR | bicubic | N-step samples | HR."""
+  factor = check_super_resolution_model(exp)
+  held_out = gen.held_out_examples(exp.config, num_images, split)
+  hr = held_out["image"]
+  lr = low_res.make_low_res(hr, factor)
+  nearest = np.repeat(np.repeat(lr, factor, axis=1), factor, axis=2)
+  columns = [nearest, held_out["cond_image"]]
+  cond = {"label": held_out["label"], "cond_image": held_out["cond_image"]}
+  for n in steps:
+    images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=None,
+                             seed=seed, cond=cond)
+    columns.append(images)
+  columns.append(hr)
+  cells = np.stack(columns, axis=1).reshape(-1, *hr.shape[1:])
+  return gen.image_grid(gen.to_uint8(cells), cols=len(columns))
+
+
+def write_json(path: str, results: Dict) -> None:
+  if jax.process_index() == 0:
+    with open(path, "w") as f:
+      json.dump(results, f, indent=2)

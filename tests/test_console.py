@@ -1,0 +1,86 @@
+"""The console of train.py / eval.py: progress, results and warnings; library INFO records go to
+the workdir's log file. And eval.py's guidance default (the workdir config's)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import digits_configs
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# An absl INFO line: "I1201 13:48:37.459343 3905 checkpoint_manager.py:1234] ...".
+INFO_LINE = re.compile(r"^I\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\] ")
+OURS = {f for _, _, names in os.walk(os.path.join(REPO, "shortcut_jax")) for f in names
+        if f.endswith(".py")} | {"train.py", "eval.py"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+  os.environ["SHORTCUT_JAX_TEST_DATA_DIR"] = path
+  return path
+
+
+def _run(args):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # As a user runs it: console.py quiets TensorFlow.
+  out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=600)
+  console = out.stdout + out.stderr
+  assert out.returncode == 0, console[-6000:]
+  return console
+
+
+def _info_sources(text):
+  """Files of the absl-format INFO lines, less TensorFlow's oneDNN notice (port.cc), printed by
+  its C++ logging at import, before any Python code can configure it."""
+  return {m.group(1) for m in map(INFO_LINE.match, text.splitlines()) if m} - {"port.cc"}
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("console") / "w")
+  console = _run(["train.py", "--config=configs/digits_shortcut.py:smoke", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}"])
+  return workdir, console
+
+
+def test_train_console_shows_progress_and_the_log_file_the_rest(trained):
+  workdir, console = trained
+  assert re.search(r"step 2/4 .*steps/s .*images/s .*ETA", console), console[-4000:]
+  assert re.search(r"step 4/4 ", console)
+  sources = _info_sources(console)
+  assert sources and sources <= OURS, f"library INFO lines on the console: {sources - OURS}"
+  assert "orbax" not in console.lower().replace("orbax-checkpoint", "")  # no Orbax chatter
+  assert "cpu_feature_guard" not in console  # TensorFlow's C++ INFO lines (TF_CPP_MIN_LOG_LEVEL).
+  with open(os.path.join(workdir, "train.log")) as f:
+    log = f.read()
+  assert re.search(r"step 4/4 ", log) and "config:" in log and "config:" not in console
+  library = _info_sources(log) - OURS
+  assert "checkpoint_manager.py" in library, library  # Orbax's records are kept there.
+  assert any("orbax" in line for line in log.splitlines() if INFO_LINE.match(line))
+
+
+def test_eval_console_and_guidance_default(trained, monkeypatch):
+  workdir, _ = trained
+  console = _run(["eval.py", f"--workdir={workdir}", "--mode=sample", "--steps=1",
+                  "--num_samples=4", "--batch_size=4"])
+  assert "wrote 4 samples with 1 steps" in console
+  sources = _info_sources(console)
+  assert sources <= OURS, sources - OURS
+  assert os.path.exists(os.path.join(workdir, "eval.log"))
+
+  from shortcut_jax import evaluation
+  seen = []
+  monkeypatch.setattr(evaluation, "sample", lambda exp, params, w, steps, n, cfg_scale, *a:
+                      seen.append(cfg_scale))
+  for flag in (None, 0.0, 2.0):
+    evaluation.run("sample", workdir, steps=[1], num_samples=4, cfg_scale=flag)
+  # Unset: the workdir config's evals.samples.cfg_scale (1.5); 0 (--nocfg): no guidance.
+  assert seen == [1.5, None, 2.0]
+  assert digits_configs.smoke_config(None).evals.samples.cfg_scale == 1.5
