@@ -19,6 +19,7 @@ MANUAL_DATASETS = ("celebahq256", "imagenet256", "lsun_church")  # Downloaded by
 LOW_RES_FACTORS = (0, 2, 4, 8)
 LATENTS = ("none", "online", "precomputed")
 EVAL_ERRORS = ("continue", "stop")
+WEIGHT_DECAY_MASKS = ("all", "no_bias_norm_embed")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,6 +33,15 @@ def base_config() -> ml_collections.ConfigDict:
   # An evaluator that raises: 'continue' logs the error with the step and trains on (the step's
   # checkpoint is saved before evaluators run), 'stop' re-raises after the save.
   c.eval_errors = "continue"
+  # Profile train steps N..M (inclusive; (N, M), 1-based) with jax.profiler into
+  # workdir/profile (TensorBoard's profile tab, Perfetto); () = off. Process 0 only.
+  c.profile_steps = ()
+  # Weights & Biases, written next to TensorBoard by process 0 when the `wandb` package is
+  # installed and `project` is set (None: off). `mode`: 'online' | 'offline' | 'disabled'.
+  c.wandb = ml_collections.ConfigDict(dict(
+      project=ml_collections.FieldReference(None, field_type=str),
+      entity=ml_collections.FieldReference(None, field_type=str),
+      name=ml_collections.FieldReference(None, field_type=str), mode="online"))
 
   c.model = ml_collections.ConfigDict(dict(
       name="dit",  # The network (shortcut_jax.models.registry).
@@ -55,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
       ema_rate=0.999,
+      grad_clip_norm=0.0,  # > 0: gradients clipped to this global L2 norm before AdamW; 0 = off.
+      weight_decay_mask="all",  # 'all' (the original: decay everything) | 'no_bias_norm_embed'.
   ))
   c.data = ml_collections.ConfigDict(dict(
       name="digits", image_size=16, num_classes=10,
@@ -219,6 +231,19 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
     check(p.warmup_steps < c.max_steps,
           f"optim.warmup_steps ({p.warmup_steps}) must be below max_steps ({c.max_steps}) for a cosine schedule")
   check(0 <= p.ema_rate < 1, f"optim.ema_rate must be in [0, 1), got {p.ema_rate!r}")
+  clip = p.get("grad_clip_norm", 0.0)
+  check(isinstance(clip, (int, float)) and not isinstance(clip, bool) and clip >= 0,
+        f"optim.grad_clip_norm must be a number >= 0 (0 = off), got {clip!r}")
+  check(p.get("weight_decay_mask", "all") in WEIGHT_DECAY_MASKS,
+        f"optim.weight_decay_mask must be one of {WEIGHT_DECAY_MASKS}, got "
+        f"{p.get('weight_decay_mask')!r}")
+  prof = tuple(c.get("profile_steps", ()) or ())
+  check(prof == () or (len(prof) == 2 and all(isinstance(v, int) for v in prof)
+                       and 1 <= prof[0] <= prof[1]),
+        f"profile_steps must be () (off) or (N, M) with 1 <= N <= M, got {prof!r}")
+  if "wandb" in c:
+    check(c.wandb.mode in ("online", "offline", "disabled"),
+          f"wandb.mode must be 'online', 'offline' or 'disabled', got {c.wandb.mode!r}")
 
   d = c.data
   check(d.name in DATASETS, f"data.name must be one of {DATASETS}, got {d.name!r}")

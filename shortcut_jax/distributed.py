@@ -15,13 +15,24 @@ Every process of a multi-host job runs the same program (`train.py` / `eval.py`)
 `SHORTCUT_JAX_CPU_COLLECTIVES=gloo` (or `--cpu_collectives=gloo`) selects CPU collectives, needed
 for several CPU-only processes (the tests fake a cluster that way on one machine).
 
+Before any of this, `check_launch` rejects a launch that is recognised but incomplete (a
+process count without a coordinator, a SLURM job run outside `srun`, an Open MPI world JAX
+cannot read, a torchrun-style `WORLD_SIZE`): started anyway, each process would silently train
+alone. `WorkdirLock` then catches what no environment shows: several jobs (N single-process
+runs that never joined one cluster, or jobs of different process counts) writing to one workdir.
+
 `StopRequest` is the train loop's preemption check: a SIGTERM (or a TPU maintenance event) on any
 one process makes every process stop at the same step, after saving it.
 """
 
+import errno
+import json
 import os
 import signal
-from typing import Optional
+import socket
+import time
+import uuid
+from typing import Mapping, Optional
 
 import jax
 import numpy as np
@@ -46,6 +57,77 @@ def _flag(holder):
 def _env_int(name: str) -> Optional[int]:
   value = os.environ.get(name)
   return int(value) if value not in (None, "") else None
+
+
+class LaunchError(RuntimeError):
+  """A multi-process launch that is incomplete, or a workdir another run is using."""
+
+
+_SLURM_STEP_VARS = ("SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+_ESCAPE = "SHORTCUT_JAX_ALLOW_SINGLE_PROCESS"
+
+
+def check_launch(coordinator_address: Optional[str], num_processes: Optional[int],
+                 process_id: Optional[int], env: Optional[Mapping[str, str]] = None) -> None:
+  """Raises `LaunchError` for a multi-process launch that is recognised but incomplete.
+
+  Checked (first problem wins, every message says what to set):
+    * a process count or index without a coordinator (flags, `SHORTCUT_JAX_*` or `JAX_*`
+      variables) outside SLURM / Open MPI / TPU: JAX would start one lone process;
+    * an index outside [0, count), a count below 1;
+    * a SLURM job of several tasks or nodes whose step variables are missing (the script was
+      run directly in the batch shell, not under `srun`);
+    * an Open MPI world of several ranks without `OMPI_MCA_orte_hnp_uri` (Open MPI 5 / PMIx,
+      which JAX's detection does not read);
+    * a torchrun-style `WORLD_SIZE` > 1 (JAX does not read it).
+  `SHORTCUT_JAX_ALLOW_SINGLE_PROCESS=1` skips the cluster-environment checks (one process on
+  purpose inside a larger allocation).
+
+  Args:
+    coordinator_address: as resolved by `initialize` (flag, then environment), or None.
+    num_processes: likewise.
+    process_id: likewise.
+    env: the environment (default `os.environ`).
+  """
+  env = os.environ if env is None else env
+  how = ("give all three: --coordinator_address=host:port --num_processes=N --process_id=i "
+         "(or SHORTCUT_JAX_COORDINATOR / SHORTCUT_JAX_NUM_PROCESSES / SHORTCUT_JAX_PROCESS_ID)")
+  if num_processes is not None and num_processes < 1:
+    raise LaunchError(f"the process count must be >= 1, got {num_processes}")
+  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+    raise LaunchError(f"process id {process_id} is outside [0, {num_processes}) ; {how}")
+  if coordinator_address:
+    return  # Explicit: initialize() checks the count and index are there too.
+  if (num_processes or 1) > 1 or (process_id is not None and num_processes is None):
+    if not launched_as_cluster(env):
+      what = (f"{num_processes} processes" if num_processes else f"process id {process_id}")
+      raise LaunchError(
+          f"{what} asked for, but no coordinator address is set and no SLURM / Open MPI / TPU "
+          f"launch is detected: every process would run alone; {how}")
+  if env.get(_ESCAPE, "") not in ("", "0"):
+    return
+  slurm_tasks = int(env.get("SLURM_NTASKS", "1") or 1)
+  slurm_nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")) or 1)
+  if "SLURM_JOB_ID" in env and (slurm_tasks > 1 or slurm_nodes > 1):
+    missing = [v for v in _SLURM_STEP_VARS if v not in env]
+    if missing:
+      raise LaunchError(
+          f"SLURM job {env['SLURM_JOB_ID']} has {slurm_tasks} tasks on {slurm_nodes} nodes, but "
+          f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: this process "
+          "was not started by `srun` (run `srun python train.py ...` inside the batch script), "
+          f"so it would train alone; set {_ESCAPE}=1 to run one process on purpose")
+  ompi_size = int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1)
+  if ompi_size > 1 and "OMPI_MCA_orte_hnp_uri" not in env:
+    raise LaunchError(
+        f"Open MPI world of {ompi_size} ranks (rank {env.get('OMPI_COMM_WORLD_RANK', '?')}) "
+        "without OMPI_MCA_orte_hnp_uri (Open MPI 5 / PMIx): JAX cannot find the coordinator; "
+        f"{how}, e.g. --process_id=$OMPI_COMM_WORLD_RANK --num_processes=$OMPI_COMM_WORLD_SIZE")
+  world = int(env.get("WORLD_SIZE", "1") or 1)
+  if world > 1 and not launched_as_cluster(env):
+    raise LaunchError(
+        f"WORLD_SIZE={world} (a torchrun / Kubernetes-style launcher) is not read by JAX: every "
+        f"process would train alone; {how}, e.g. --coordinator_address=$MASTER_ADDR:<port> "
+        "--num_processes=$WORLD_SIZE --process_id=$RANK")
 
 
 def launched_as_cluster(env=None) -> bool:
@@ -73,6 +155,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 
   Raises:
     ValueError: a coordinator is given without the process count or index.
+    LaunchError: a launch that is recognised but incomplete (`check_launch`).
   """
   if jax.distributed.is_initialized():
     return True
@@ -80,9 +163,12 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
                          or os.environ.get("SHORTCUT_JAX_COORDINATOR")
                          or os.environ.get("JAX_COORDINATOR_ADDRESS"))
   num_processes = next((v for v in (num_processes, _flag(_NUM_PROCESSES),
-                                    _env_int("SHORTCUT_JAX_NUM_PROCESSES")) if v is not None), None)
+                                    _env_int("SHORTCUT_JAX_NUM_PROCESSES"),
+                                    _env_int("JAX_NUM_PROCESSES")) if v is not None), None)
   process_id = next((v for v in (process_id, _flag(_PROCESS_ID),
-                                 _env_int("SHORTCUT_JAX_PROCESS_ID")) if v is not None), None)
+                                 _env_int("SHORTCUT_JAX_PROCESS_ID"),
+                                 _env_int("JAX_PROCESS_ID")) if v is not None), None)
+  check_launch(coordinator_address, num_processes, process_id)
   collectives = _flag(_CPU_COLLECTIVES) or os.environ.get("SHORTCUT_JAX_CPU_COLLECTIVES")
   if collectives:
     jax.config.update("jax_cpu_collectives_implementation", collectives)
@@ -177,4 +263,150 @@ class StopRequest:
     if int(np.max(flags_all)):
       self.signal = self.signal or "SIGTERM on another process"
       return True
+    return False
+
+
+class WorkdirLock:
+  """`workdir/run.lock`: one training job per workdir, held for the job's lifetime.
+
+  Process 0 of a job takes an exclusive `fcntl.flock` on the file and writes into it the job's
+  run id (shared by all its processes), its process count, host, pid and start time; the kernel
+  drops the lock when the process exits in any way (a crash, SIGKILL, a preempted VM), so a
+  resumed run, with any process count, takes it again. A second job on the same workdir (N
+  single-process runs that never joined one cluster, or jobs of different sizes) finds it
+  held and stops before training with a `LaunchError` naming the workdir and the other run.
+  The other processes of a job check that they see the same run id in the file (a warning if
+  not: the workdir is then not storage every host shares).
+
+  Limits: `flock` is exact on one host (any local filesystem). Across hosts it works only where
+  the filesystem forwards locks (NFSv4, Lustre mounted with `-o flock`, GPFS); where it
+  silently does not, two hosts can both hold it. Where locking fails outright (ENOLCK,
+  EOPNOTSUPP) the file still records the holder and `heartbeat()` refreshes its time: a
+  record less than `stale_after_s` old from another run is then taken as held (and, on this
+  host, only if its pid is alive). Object stores (`gs://`, `s3://`) have no locks and are not
+  checked.
+  """
+
+  FILENAME = "run.lock"
+
+  def __init__(self, workdir: str, stale_after_s: float = 600.0):
+    self.workdir = os.fspath(workdir)
+    self.path = os.path.join(self.workdir, self.FILENAME)
+    self.stale_after_s = stale_after_s
+    self.run_id: Optional[str] = None
+    self._file = None
+    self._locked = False
+    self._started = time.strftime("%Y-%m-%d %H:%M:%S")
+
+  @property
+  def supported(self) -> bool:
+    return "://" not in self.workdir
+
+  def _record(self):
+    return {"run_id": self.run_id, "process_count": jax.process_count(),
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "started": self._started, "heartbeat": time.time()}
+
+  def _read(self) -> dict:
+    try:
+      with open(self.path) as f:
+        return json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+      return {}
+
+  def _busy(self, other: dict) -> LaunchError:
+    who = (f"run {other.get('run_id', '?')} ({other.get('process_count', '?')} process(es), "
+           f"host {other.get('host', '?')}, pid {other.get('pid', '?')}, started "
+           f"{other.get('started', '?')})" if other else "another run")
+    return LaunchError(
+        f"workdir {self.workdir} is in use by {who}: its {self.path} is locked. Two jobs must "
+        "not write one workdir — if this process was meant to join that job, its processes did "
+        "not form one cluster (check --coordinator_address/--num_processes/--process_id or the "
+        "launcher); otherwise use another --workdir, or wait for that run to end")
+
+  def _write(self, record: dict) -> None:
+    self._file.seek(0)
+    self._file.truncate()
+    self._file.write(json.dumps(record))
+    self._file.flush()
+    os.fsync(self._file.fileno())
+
+  def acquire(self, run_id: Optional[str] = None) -> "WorkdirLock":
+    """Takes the lock (process 0) or checks it (other processes); a collective with several.
+
+    Raises:
+      LaunchError: another run holds the workdir.
+    """
+    import fcntl  # pylint: disable=g-import-not-at-top
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      token = np.frombuffer(uuid.uuid4().bytes, np.uint32)
+      token = np.asarray(multihost_utils.broadcast_one_to_all(token), np.uint32)
+      self.run_id = run_id or token.tobytes().hex()[:12]
+    else:
+      self.run_id = run_id or uuid.uuid4().hex[:12]
+    if not self.supported:
+      return self
+    if jax.process_index() == 0:
+      os.makedirs(self.workdir, exist_ok=True)
+      self._file = open(self.path, "a+")
+      try:
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._locked = True
+      except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+          other = self._read()
+          self._file.close()
+          self._file = None
+          raise self._busy(other) from None
+        # No locks on this filesystem: fall back to the record's heartbeat.
+        other = self._read()
+        if other and self._alive(other):
+          self._file.close()
+          self._file = None
+          raise self._busy(other) from None
+        logging.warning("%s: file locks unsupported here (%s); relying on the heartbeat record",
+                        self.path, e)
+      self._write(self._record())
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices("shortcut_jax workdir lock")
+      if jax.process_index() != 0:
+        seen = self._read().get("run_id")
+        if seen != self.run_id:
+          logging.warning("%s holds run %s, not this job's %s: is %s storage that every host "
+                          "shares? (checkpoints need it)", self.path, seen, self.run_id,
+                          self.workdir)
+    return self
+
+  def _alive(self, other: dict) -> bool:
+    if time.time() - float(other.get("heartbeat", 0)) > self.stale_after_s:
+      return False
+    if other.get("host") == socket.gethostname():
+      try:
+        os.kill(int(other.get("pid", -1)), 0)
+      except (OSError, ValueError):
+        return False
+    return True
+
+  def heartbeat(self) -> None:
+    """Refreshes the record's time (what a filesystem without locks relies on)."""
+    if self._file is not None and not self._locked:
+      self._write(self._record())
+
+  def release(self) -> None:
+    """Drops the lock (the record stays, for the next run's error messages)."""
+    if self._file is not None:
+      import fcntl  # pylint: disable=g-import-not-at-top
+      if self._locked:
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+      self._file.close()
+      self._file = None
+      self._locked = False
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
     return False

@@ -14,6 +14,7 @@ from shortcut_jax.evaluators import generate as gen
 MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics")
 
 
+@gen.progress_bars  # Sampling, FID and SR metrics show a bar (rate, ETA) on process 0.
 def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int,
         cfg_scale: Optional[float], seed: int = 0, use_ema: bool = True, batch_size: int = 256,
         step: Optional[int] = None, config=None, out: Optional[str] = None, split: str = "train",
@@ -77,6 +78,11 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
                                           seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)
     results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
     super_resolution.write_json(os.path.join(workdir, "sr_metrics.json"), results)
+    # A picture to look at: LR | bicubic | fewest-step and most-step samples | HR.
+    strip = super_resolution.comparison_strip(exp, params, steps=sorted({min(steps), max(steps)}),
+                                              seed=seed)
+    if jax.process_index() == 0:
+      gen.save_png(os.path.join(workdir, "sr_strip.png"), strip, max(1, 128 // exp.config.data.image_size))
     print(json.dumps(results, indent=2))
     return results
   return digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
@@ -84,13 +90,19 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
 
 
 def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size) -> Dict[int, str]:
-  """Writes W/samples/samples_<N>.npz (images uint8 NHWC, labels) and grid_<N>.png per N."""
+  """Writes W/samples/samples_<N>.npz (images uint8 NHWC, labels) and grid_<N>.png per N.
+
+  Sharded over every device of every process (each process generates its share of the fixed
+  per-image seeds); process 0 gathers the images and writes the files.
+  """
   out_dir = os.path.join(workdir, "samples")
-  os.makedirs(out_dir, exist_ok=True)
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
   written = {}
   for n in steps:
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
-                                  cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
+                                  cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
+                                  mesh=gen.data_mesh(), desc=f"sampling {n} steps")
     images = gen.to_uint8(images)
     if jax.process_index() == 0:
       path = os.path.join(out_dir, f"samples_{n}.npz")
@@ -114,7 +126,8 @@ def digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, ba
              "steps": {}}
   for n in steps:
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
-                                  cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
+                                  cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
+                                  mesh=gen.data_mesh(), desc=f"sampling {n} steps")
     results["steps"][str(n)] = dm.digits_metrics(
         clf, ref, images, labels if gen.is_conditional(exp.config) else None)
     logging.info("%d steps: %s", n, results["steps"][str(n)])

@@ -76,6 +76,12 @@ class LatentEncoder:
       mean, std = batch.pop("latent_mean"), batch.pop("latent_std")
     noise = jax.random.normal(key, mean.shape, jnp.float32)
     batch["image"] = self.vae.scale_latents(mean.astype(jnp.float32) + std * noise)
+    if "cond_image" in batch:
+      # Super-resolution in latent space: the upsampled LR image is encoded to the HR latent
+      # size (its posterior mean: a deterministic condition).
+      cond_mean, _ = self.vae.module.apply({"params": vae_params}, batch["cond_image"],
+                                           method=vae_lib.AutoencoderKL.encode_moments)
+      batch["cond_image"] = self.vae.scale_latents(cond_mean)
     return batch
 
 
@@ -109,3 +115,12 @@ def pixel_data_config(data_config):
     copy.unlock()
   copy["latents"] = "none"
   return copy
+
+
+def encode_cond(config, cond: Mapping[str, Array]) -> Dict[str, Array]:
+  """Conditions as the model takes them: a pixel `cond_image` encoded to its (scaled, mean)
+  latent in latent space, as the train step does; unchanged in pixel space."""
+  vae = vae_from_config(config)
+  if vae is None or "cond_image" not in cond:
+    return dict(cond)
+  return dict(cond, cond_image=vae.encode(cond["cond_image"]))

@@ -4,9 +4,17 @@ The optimizer is the original's: AdamW with a learning rate that warms up linear
 `warmup_steps` and then stays constant (`schedule='constant'`) or follows a cosine decay to 0 at
 `max_steps` (`schedule='cosine'`, optax's `warmup_cosine_decay_schedule`, whose decay length
 counts the warm-up steps).
+
+Two options a large run may want, both off by default (the original's optimizer exactly):
+  * `optim.grad_clip_norm` > 0: gradients are rescaled to at most that global L2 norm before
+    AdamW (`optax.clip_by_global_norm`);
+  * `optim.weight_decay_mask`: 'all' decays every parameter, as the original does;
+    'no_bias_norm_embed' leaves biases, normalisation scales and embedding tables undecayed.
+Either changes the optimizer-state tree, so set them when a run starts (a checkpoint written
+without them does not restore into a state with them, and vice versa).
 """
 
-from typing import Any, Callable, Tuple, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import flax
 import jax
@@ -15,6 +23,7 @@ import optax
 
 Array = Any
 SCHEDULES = ("constant", "cosine")
+WEIGHT_DECAY_MASKS = ("all", "no_bias_norm_embed")
 
 
 @flax.struct.dataclass
@@ -65,19 +74,50 @@ def learning_rate_schedule(optim_config, max_steps: int) -> Callable[[Array], Ar
   return optax.constant_schedule(lr)
 
 
+def _path_names(path) -> Tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def is_decayed(path) -> bool:
+  """Whether `no_bias_norm_embed` decays the parameter at `path` (a pytree key path or names):
+  not biases, not scales / parameters of normalisation layers, not embedding tables."""
+  names = _path_names(path) if path and not isinstance(path[0], str) else tuple(path)
+  leaf = names[-1] if names else ""
+  if leaf in ("bias", "scale", "embedding"):
+    return False
+  return not any("norm" in n.lower() for n in names[:-1])
+
+
+def weight_decay_mask(kind: str) -> Optional[Callable[[Any], Any]]:
+  """The `mask` argument of `optax.adamw` for `optim.weight_decay_mask` (None: decay all)."""
+  if kind not in WEIGHT_DECAY_MASKS:
+    raise ValueError(f"optim.weight_decay_mask must be one of {WEIGHT_DECAY_MASKS}, got {kind!r}")
+  if kind == "all":
+    return None
+  return lambda params: jax.tree_util.tree_map_with_path(lambda p, _: is_decayed(p), params)
+
+
 def make_optimizer(optim_config, max_steps: int) -> Tuple[optax.GradientTransformation, Callable]:
-  """AdamW with the configured schedule.
+  """AdamW with the configured schedule, optionally after clipping by global norm.
 
   Args:
-    optim_config: fields `lr`, `b1`, `b2`, `weight_decay`, `warmup_steps`, `schedule`.
+    optim_config: fields `lr`, `b1`, `b2`, `weight_decay`, `warmup_steps`, `schedule`, and
+      optionally `grad_clip_norm` (0 = off) and `weight_decay_mask` ('all').
     max_steps: total training steps.
 
   Returns:
     (optax transformation, learning-rate schedule).
   """
   lr_schedule = learning_rate_schedule(optim_config, max_steps)
+  mask = weight_decay_mask(optim_config.get("weight_decay_mask", "all"))
   tx = optax.adamw(learning_rate=lr_schedule, b1=float(optim_config.b1),
-                   b2=float(optim_config.b2), weight_decay=float(optim_config.weight_decay))
+                   b2=float(optim_config.b2), weight_decay=float(optim_config.weight_decay),
+                   mask=mask)
+  clip = float(optim_config.get("grad_clip_norm", 0.0) or 0.0)
+  if clip < 0:
+    raise ValueError(f"optim.grad_clip_norm must be >= 0 (0 = off), got {clip}")
+  if clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(clip), tx)
   return tx, lr_schedule
 
 

@@ -183,6 +183,74 @@ class _JsonlWriter:
       f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
 
 
+class WandbWriter(metric_writers.MetricWriter):
+  """A clu metric writer into a Weights & Biases run (scalars, images, texts, hparams)."""
+
+  def __init__(self, run):
+    self.run = run
+
+  def write_scalars(self, step, scalars):
+    self.run.log({k: float(v) for k, v in scalars.items()}, step=int(step))
+
+  def write_images(self, step, images):
+    import wandb  # pylint: disable=g-import-not-at-top
+    self.run.log({k: [wandb.Image(np.asarray(im)) for im in np.asarray(v)]
+                  for k, v in images.items()}, step=int(step))
+
+  def write_texts(self, step, texts):
+    self.run.log({k: str(v) for k, v in texts.items()}, step=int(step))
+
+  def write_hparams(self, hparams):
+    self.run.config.update(dict(hparams), allow_val_change=True)
+
+  def write_summaries(self, step, values, metadata=None):
+    del step, values, metadata
+
+  def write_videos(self, step, videos):
+    del step, videos
+
+  def write_audios(self, step, audios, *, sample_rate):
+    del step, audios, sample_rate
+
+  def write_histograms(self, step, arrays, num_buckets=None):
+    del step, arrays, num_buckets
+
+  def flush(self):
+    pass
+
+  def close(self):
+    self.run.finish()
+
+
+def make_wandb_writer(config: ml_collections.ConfigDict, workdir: str) -> Optional[WandbWriter]:
+  """A `WandbWriter` when `config.wandb.project` is set and `wandb` is installed, else None.
+
+  The run id is kept in workdir/wandb_run_id, so a resumed run continues the same W&B run.
+  """
+  w = config.get("wandb")
+  if not w or not w.get("project"):
+    return None
+  try:
+    import wandb  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("wandb.project=%r is set but the wandb package is not installed "
+                    "(pip install wandb): logging to TensorBoard only", w.project)
+    return None
+  id_path = os.path.join(workdir, "wandb_run_id")
+  if os.path.exists(id_path):
+    with open(id_path) as f:
+      run_id = f.read().strip()
+  else:
+    run_id = wandb.util.generate_id() if hasattr(wandb, "util") else os.urandom(4).hex()
+    with open(id_path, "w") as f:
+      f.write(run_id)
+  run = wandb.init(project=w.project, entity=w.get("entity"),
+                   name=w.get("name") or os.path.basename(os.path.abspath(workdir)),
+                   dir=workdir, id=run_id, resume="allow", mode=w.get("mode", "online"),
+                   config=json.loads(config.to_json_best_effort()))
+  return WandbWriter(run)
+
+
 def check_finite(metrics: Dict[str, float], step: int) -> None:
   bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
   if bad:
@@ -203,10 +271,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Returns:
     The last logged training metrics.
   """
-  from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
   exp = build_experiment(config)
-  is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  # One job per workdir: a second job (e.g. processes that did not join one cluster) stops here.
+  lock = distributed.WorkdirLock(workdir).acquire()
+  try:
+    return _train_and_evaluate(config, workdir, exp, lock)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Experiment,
+                        lock: distributed.WorkdirLock) -> Dict[str, float]:
+  """`train_and_evaluate` once the workdir is this job's."""
+  from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
+  is_main = jax.process_index() == 0
   if is_main:
     save_config(config, workdir)
 
@@ -226,6 +305,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     return {}
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  wandb_writer = make_wandb_writer(config, workdir) if is_main else None
+  if wandb_writer is not None:
+    writer = metric_writers.MultiWriter([writer, wandb_writer])
   jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl")) if is_main else None
   train_iter = pipeline.make_dataset(config.data, split="train", global_batch_size=config.batch_size,
                                      seed=config.seed, train=True, start_step=start_step,
@@ -242,15 +324,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   evaluators = evaluators_lib.build_evaluators(exp, workdir)
 
   stop = distributed.StopRequest()
+  # Profiling steps N..M (config.profile_steps) into workdir/profile, on process 0.
+  profile = tuple(config.get("profile_steps", ()) or ())
+  profile_dir, profiling = os.path.join(workdir, "profile"), False
   last_metrics, pending = {}, []
   t_last, step_last = time.time(), start_step
   step = start_step
   try:
     stop.__enter__()
     while step < config.max_steps:
+      if profile and is_main and not profiling and profile[0] <= step + 1 <= profile[1]:
+        jax.block_until_ready(state)  # The trace holds steps N..M only.
+        jax.profiler.start_trace(profile_dir)
+        profiling, profile_first = True, step + 1
       batch = sharding_lib.global_batch(next(train_iter), batch_sharding)
       state, metrics = step_fn(state, batch)
       step += 1
+      if profiling and step >= profile[1]:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        profiling = False
+        logging.info("profile of steps %d..%d written to %s", profile_first, step, profile_dir)
       pending.append(metrics)
       if len(pending) > 2:
         # At most two steps in flight: the host stays a step ahead of the device (input and
@@ -277,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         writer.write_scalars(step, scalars)
         if jsonl:
           jsonl.write(step, scalars)
+        lock.heartbeat()
         eta = (config.max_steps - step) / max(steps_per_s, 1e-9)
         logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f images/s  ETA %s", step,
                      config.max_steps, last_metrics.get("train/loss", float("nan")), steps_per_s,
@@ -310,8 +405,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           if jsonl:
             jsonl.write(step, results)
   finally:
+    if profiling:
+      jax.profiler.stop_trace()
     stop.__exit__(None, None, None)
     writer.flush()
+    if wandb_writer is not None:
+      wandb_writer.close()
     ckpt.close()
   return last_metrics
 

@@ -207,3 +207,22 @@ def test_regression_objective_and_its_one_step_sampler():
   np.testing.assert_allclose(np.asarray(x1), np.asarray(cond["cond_image"]), rtol=1e-6)
   with pytest.raises(ValueError, match="at most 1"):
     objective.check_steps([1, 4])
+
+
+def test_latent_encoder_encodes_sample_and_condition_image():
+  from shortcut_jax import latents
+  from shortcut_jax.models import vae as vae_lib
+  vae = vae_lib.tiny_vae(seed=0)
+  encoder = latents.LatentEncoder(vae=vae, mode="online")
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  cond_image = jnp.asarray(rng.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+  key = jax.random.PRNGKey(4)
+  out = encoder(vae.params, {"image": images, "cond_image": cond_image, "label": jnp.zeros(2)}, key)
+  mean, std = vae.posterior(images)
+  np.testing.assert_allclose(np.asarray(out["image"]),
+                             np.asarray(vae.sample_latents(mean, std, key)), rtol=1e-5, atol=1e-6)
+  # The condition is the (deterministic) posterior mean, scaled, at the sample's latent size.
+  np.testing.assert_allclose(np.asarray(out["cond_image"]), np.asarray(vae.encode(cond_image)),
+                             rtol=1e-5, atol=1e-6)
+  assert out["image"].shape == out["cond_image"].shape == (2, 4, 4, 4)

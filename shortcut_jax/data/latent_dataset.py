@@ -13,16 +13,18 @@ Layout of the folder:
                          not). Written first (status 'in_progress') and rewritten, atomically,
                          after every completed split (status 'complete' once all are).
   dataset_info.json, features.json
-                         TFDS metadata (`tfds.folder_dataset.write_metadata`, complete splits
-                         only): `tfds.builder_from_directory(folder)` reads the dataset.
+                         TFDS metadata (as `tfds.folder_dataset.write_metadata` writes it;
+                         complete splits only): `tfds.builder_from_directory(folder)` reads
+                         the dataset.
   latents-<split>.tfrecord-<i>-of-<n>
                          shard i of n (5 digits each): examples `i·shard_size ...` of the
                          source split, in its stored order, as TFDS-serialised tf.Examples.
 
 Features of an example: 'latent_mean', 'latent_std': [h, w, c] in the storage dtype (float32,
-or float16 to halve the disk; readers cast to float32); with flips also 'latent_mean_flipped',
-'latent_std_flipped', the moments of the horizontally flipped image; 'label' (int32, the pixel
-pipeline's label) and any other per-example key of the pixel pipeline.
+or float16 to halve the disk; readers cast to float32), as raw bytes; with flips also
+'latent_mean_flipped', 'latent_std_flipped', the moments of the horizontally flipped image;
+'label' (int32, the pixel pipeline's label) and any other per-example key of the pixel
+pipeline.
 
 Writing. `ShardWriter` writes a shard to `.tmp-<name>`, fsyncs it and renames it to its final
 name, so a final name always holds a complete shard; a killed writer leaves only `.tmp-` files,
@@ -37,7 +39,8 @@ command) or `CorruptLatentsError` (naming the file) and writes nothing.
 
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Tuple
+import shutil
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -54,7 +57,7 @@ TMP_PREFIX = ".tmp-"
 STORAGE_DTYPES = ("float32", "float16")
 MOMENTS = ("latent_mean", "latent_std")
 FLIPPED_SUFFIX = "_flipped"
-# The TFDS metadata files `tfds.folder_dataset.write_metadata` creates.
+# The TFDS metadata files `DatasetInfo.write_to_directory` creates.
 _TFDS_FILES = ("dataset_info.json", "features.json")
 
 
@@ -163,14 +166,21 @@ def features_of(identity: Dict) -> tfds.features.FeaturesDict:
   names = list(MOMENTS)
   if identity["flips"]:
     names += [m + FLIPPED_SUFFIX for m in MOMENTS]
-  feats = {n: tfds.features.Tensor(shape=shape, dtype=dtype) for n in names}
+  # Raw bytes: tf.Example has no float16 list (TFDS would store float16 as float32).
+  feats = {n: tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+           for n in names}
   for key, spec in identity["extra_features"].items():
     feats[key] = tfds.features.Tensor(shape=tuple(spec["shape"]), dtype=np.dtype(spec["dtype"]))
   return tfds.features.FeaturesDict(feats)
 
 
 def write_tfds_metadata(directory: str, meta: Dict) -> None:
-  """dataset_info.json and features.json for the complete splits of `meta`."""
+  """dataset_info.json and features.json for the complete splits of `meta`.
+
+  What `tfds.folder_dataset.write_metadata` writes, without its scan of the folder's files
+  (which refuses a folder where some split is still being written); the files are written
+  beside and renamed into place.
+  """
   split_infos = []
   for split, s in sorted(meta["splits"].items()):
     if not s["complete"]:
@@ -183,11 +193,21 @@ def write_tfds_metadata(directory: str, meta: Dict) -> None:
         num_bytes=sum(f["num_bytes"] for f in s["files"]), filename_template=template))
   if not split_infos:
     return
-  tfds.folder_dataset.write_metadata(
-      data_dir=directory, features=features_of(meta["identity"]), split_infos=split_infos,
-      filename_template=_TEMPLATE, check_data=False,
-      description=f"VAE posterior moments of {meta['identity']['source']['name']} "
-                  f"(shortcut_jax.tools.encode_dataset)")
+  staging = os.path.join(directory, TMP_PREFIX + "tfds")
+  os.makedirs(staging, exist_ok=True)
+  identity = tfds.core.dataset_info.DatasetIdentity(
+      name=DATASET_NAME, version=tfds.core.Version("1.0.0"), data_dir=directory, module_name="")
+  info = tfds.core.DatasetInfo(
+      builder=identity, features=features_of(meta["identity"]),
+      description=(f"VAE posterior moments of {meta['identity']['source']['name']} "
+                   f"(shortcut_jax.tools.encode_dataset)"))
+  info.set_file_format(tfds.core.FileFormat.TFRECORD)
+  info.set_splits(tfds.core.SplitDict(split_infos))
+  info.write_to_directory(staging)
+  for name in sorted(os.listdir(staging)):
+    os.replace(os.path.join(staging, name), os.path.join(directory, name))
+  os.rmdir(staging)
+  _fsync_dir(directory)
 
 
 # --- shards ----------------------------------------------------------------------------------
@@ -259,7 +279,11 @@ def remove_temporaries(directory: str) -> List[str]:
   """Deletes the `.tmp-*` files a killed writer left; returns their names."""
   names = sorted(n for n in os.listdir(directory) if n.startswith(TMP_PREFIX))
   for n in names:
-    os.remove(os.path.join(directory, n))
+    path = os.path.join(directory, n)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
   return names
 
 

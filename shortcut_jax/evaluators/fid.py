@@ -63,6 +63,53 @@ class RunningStats:
         self.count * n / total)
     self.count = total
 
+  def merge(self, other: 'RunningStats') -> None:
+    """Adds the feature vectors `other` has seen (Chan et al.'s pairwise update)."""
+    if other.count == 0:
+      return
+    if self.dim is not None and other.dim != self.dim:
+      raise ValueError(f'cannot merge statistics of dimension {other.dim} into {self.dim}')
+    if self.count == 0:
+      self.dim, self.count = other.dim, other.count
+      self._mean, self._m2 = other._mean.copy(), other._m2.copy()
+      return
+    total = self.count + other.count
+    delta = other._mean - self._mean
+    self._mean = self._mean + delta * (other.count / total)
+    self._m2 = self._m2 + other._m2 + np.outer(delta, delta) * (
+        self.count * other.count / total)
+    self.count = total
+
+  def combine_processes(self) -> 'RunningStats':
+    """The statistics of the feature vectors every process of the JAX job has seen.
+
+    A collective: every process calls it. The float64 sums travel bit for bit (as uint32
+    pairs, whatever `jax_enable_x64` says) through `multihost_utils.process_allgather` and
+    are merged in process order, so every process gets the same result. One process: self.
+    Memory: every host holds one [D, D] float64 matrix per process (32 MiB each at D=2048).
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_count() == 1:
+      return self
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    dims = multihost_utils.process_allgather(np.int32(self.dim or 0))
+    dim = int(np.max(dims))
+    if dim == 0:
+      return RunningStats()
+    mean = self._mean if self.count else np.zeros(dim)
+    m2 = self._m2 if self.count else np.zeros((dim, dim))
+    packed = np.concatenate([np.asarray([self.count], np.float64), mean, m2.ravel()])
+    gathered = np.asarray(multihost_utils.process_allgather(packed.view(np.uint32)))
+    out = RunningStats(dim)
+    for row in gathered.reshape(jax.process_count(), -1):
+      values = np.ascontiguousarray(row).view(np.float64)
+      part = RunningStats(dim)
+      part.count = int(values[0])
+      if part.count:
+        part._mean, part._m2 = values[1:dim + 1], values[dim + 1:].reshape(dim, dim)
+        out.merge(part)
+    return out
+
   def result(self) -> Tuple[np.ndarray, np.ndarray]:
     """Returns (mu [D], sigma [D, D]) with the unbiased covariance (ddof=1)."""
     if self.count < 2:
@@ -202,13 +249,18 @@ def save_stats(path: str, mu: Array, sigma: Array, **meta: Any) -> None:
   os.replace(tmp, path)
 
 
-def progress_bar(total: Optional[int], desc: str = 'FID features'):
-  """A tqdm bar counting images, or None when tqdm is unavailable."""
+def progress_bar(total: Optional[int], desc: str = 'FID features', unit: str = 'img'):
+  """A tqdm bar counting `unit`s (rate and ETA), or None when tqdm is unavailable.
+
+  The library's one progress bar: `generate.progress_bar` wraps it for sampling, FID and SR
+  metrics (process 0 only).
+  """
   try:
     import tqdm  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  return tqdm.tqdm(total=total, unit='img', desc=desc, leave=False)
+  return tqdm.tqdm(total=total, unit=unit, desc=desc, leave=False, unit_scale=False,
+                   mininterval=1.0)
 
 
 def compute_stats(feature_fn: Callable[[Array], Array],

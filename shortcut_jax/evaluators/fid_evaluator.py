@@ -15,8 +15,14 @@
     Reference statistics and Inception weights are read when it is constructed, so a missing
     file stops the run before its first training step.
 
-Scope of the sharding: one process. With several processes each one computes the full FID on
-its own devices (correct, not faster); params sharded over several hosts are not supported.
+Scope of the sharding: every device of every process. The mesh (`gen.data_mesh()`) spans all
+processes; each process generates its rows of every batch (its share of the fixed per-image
+seeds: image i always starts from `fold_in(PRNGKey(seed), i)` with conditions `cond[k][i]`),
+runs Inception on them, and accumulates the features of its rows only; the float64 statistics
+are then merged across processes (`fid.RunningStats.combine_processes`), so the FID equals the
+one-process value on the same seeds (tests/test_sharded_eval.py). Every process must take part
+(the in-training evaluator runs on all of them; params are host copies,
+`trainer.evaluator_state`).
 """
 
 import os
@@ -57,7 +63,8 @@ class InceptionFeatures:
     Args:
       variables: FID Inception variables (`inception.load_inception_variables`).
       batch_size: images per call; rounded up to a multiple of the device count.
-      mesh: the device mesh (default `gen.data_mesh()`).
+      mesh: the device mesh (default `gen.data_mesh()`: every device of every process, so
+        every process must make the same calls).
       image_size: Inception input side; 299 for FID (smaller only in tests).
     """
     self.mesh = mesh if mesh is not None else gen.data_mesh()
@@ -74,15 +81,28 @@ class InceptionFeatures:
 
     self._apply = jax.jit(apply, in_shardings=(replicated, self.data_sharding),
                           out_shardings=self.data_sharding)
+    # The rows of every batch this process feeds and keeps ([0, batch_size) with one process).
+    self.local_rows = gen.local_rows(self.mesh, self.batch_size)
 
-  def batch_features(self, images, count: Optional[int] = None) -> np.ndarray:
-    """Features of one batch of exactly `batch_size` images; returns the first `count` rows."""
+  def _features(self, images) -> jax.Array:
     if images.shape[0] != self.batch_size:
       raise ValueError(f"expected a batch of {self.batch_size} images, got {images.shape[0]}")
     if images.shape[-1] not in (1, 3):
       raise ValueError(f"FID needs 1- or 3-channel images, got shape {images.shape}")
-    features = self._apply(self._variables, images)
-    return np.asarray(features)[:count]
+    return self._apply(self._variables, gen.put_batch(images, self.mesh))
+
+  def batch_features(self, images, count: Optional[int] = None) -> np.ndarray:
+    """Features of one batch of exactly `batch_size` images; returns the first `count` rows
+    (all rows on every process; a collective with several processes)."""
+    return gen.to_host(self._features(images))[:count]
+
+  def local_features(self, images, count: Optional[int] = None) -> np.ndarray:
+    """This process's valid rows of one batch's features: rows [lo, min(hi, count)) of the
+    batch, where [lo, hi) = `local_rows` (all `count` rows with one process). What
+    `RunningStats` accumulates before `combine_processes`."""
+    local, lo = gen.local_part(self._features(images))
+    count = self.batch_size if count is None else count
+    return local[:max(0, min(lo + len(local), count) - lo)]
 
   def __call__(self, images) -> np.ndarray:
     """Features [n, 2048] of n images (any n)."""
@@ -114,13 +134,13 @@ def load_features(inception_path: Optional[str], *, batch_size: int,
                            image_size=image_size), path
 
 
-def decode(exp, samples: jax.Array) -> jax.Array:
+def decode(exp, samples: jax.Array, mesh: Optional[Mesh] = None) -> jax.Array:
   """Model output -> images in [-1, 1] for Inception.
 
   The identity for pixel models; a latent model decodes its latents with the VAE here
-  (SPEC §5), inside the same sharded loop.
+  (SPEC §5), inside the same sharded loop (with several processes: each its own rows).
   """
-  return exp.to_images(samples)
+  return gen.decode(exp, samples, mesh)
 
 
 def model_stats(exp, params, features: InceptionFeatures, *, num_images: int, num_steps: int,
@@ -128,18 +148,14 @@ def model_stats(exp, params, features: InceptionFeatures, *, num_images: int, nu
                 ) -> Tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) of the Inception features of `num_images` generated images."""
   stats = fid.RunningStats()
-  bar = fid.progress_bar(num_images, f"FID {num_steps} steps") if progress else None
-  try:
+  with gen.progress_bar(num_images, f"FID {num_steps} steps", progress) as bar:
     for samples, n in gen.generate_batches(exp, params, num_images=num_images, num_steps=num_steps,
-                                       cfg_scale=cfg_scale, seed=seed,
-                                       batch_size=features.batch_size, mesh=features.mesh):
-      stats.update(features.batch_features(decode(exp, samples), n))
-      if bar is not None:
-        bar.update(n)
-  finally:
-    if bar is not None:
-      bar.close()
-  return stats.result()
+                                           cfg_scale=cfg_scale, seed=seed,
+                                           batch_size=features.batch_size, mesh=features.mesh):
+      # Each process keeps the features of its own rows; merged across processes below.
+      stats.update(features.local_features(decode(exp, samples, features.mesh), n))
+      bar.update(n)
+  return stats.combine_processes().result()
 
 
 def model_fid(exp, params, features: InceptionFeatures, reference: Tuple[np.ndarray, np.ndarray],
@@ -170,8 +186,9 @@ def dataset_stats(data_config, features: Callable[[Any], np.ndarray], *, split: 
                   progress: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
   """(mu, sigma, count) of a dataset split, read once in stored order (no flips).
 
-  The whole split is read by this process (no per-process slicing), so every process gets the
-  same statistics.
+  The whole split is read by every process (no per-process slicing of the input); with an
+  `InceptionFeatures` each process runs Inception on its rows of every batch and the statistics
+  are merged across processes, so every process gets the same statistics.
 
   Args:
     data_config: `config.data`.
@@ -196,8 +213,29 @@ def dataset_stats(data_config, features: Callable[[Any], np.ndarray], *, split: 
       read.append(len(b["image"]))
       yield b["image"]
 
-  mu, sigma = fid.compute_stats(features, images(), num_images=total, progress=progress)
-  return mu, sigma, total if total is not None else sum(read)
+  if not isinstance(features, InceptionFeatures):
+    mu, sigma = fid.compute_stats(features, images(), num_images=total, progress=progress)
+    return mu, sigma, total if total is not None else sum(read)
+  stats, seen = fid.RunningStats(), 0
+  with gen.progress_bar(total, f"FID statistics of {split}", progress) as bar:
+    for batch in images():
+      if total is not None and seen >= total:
+        break
+      batch = np.asarray(batch[:None if total is None else total - seen], np.float32)
+      n = len(batch)
+      for start in range(0, n, features.batch_size):
+        chunk = batch[start:start + features.batch_size]
+        k = min(features.batch_size, n - start)
+        if len(chunk) < features.batch_size:
+          chunk = np.concatenate([chunk, np.zeros((features.batch_size - len(chunk),
+                                                   *chunk.shape[1:]), np.float32)])
+        stats.update(features.local_features(chunk, k))
+      seen += n
+      bar.update(n)
+  if total is not None and seen < total:
+    raise ValueError(f"image batches ran out after {seen} images; {total} were asked for")
+  mu, sigma = stats.combine_processes().result()
+  return mu, sigma, seen
 
 
 def resolve_stats_path(stats_path: Optional[str], field: str = "--fid_stats") -> str:

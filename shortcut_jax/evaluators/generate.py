@@ -5,6 +5,7 @@ takes: labels spread evenly over the classes, and for image-conditioned models (
 the conditioning images of the held-out split in stored order (repeated when it has fewer).
 """
 
+import contextlib
 import functools
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from shortcut_jax import latents as latents_lib
 from shortcut_jax import sampling
 from shortcut_jax import sharding
 from shortcut_jax.objectives.flow_path import sample_source
@@ -48,10 +50,13 @@ def held_out_examples(config, num_images: int, split: str = "test") -> Dict[str,
 
 
 def sample_cond(exp, num_images: int, split: str = "test") -> Dict[str, np.ndarray]:
-  """The conditions of `num_images` generated images, for every kind the model takes."""
+  """The conditions of `num_images` generated images, for every kind the model takes (in the
+  model's space: a conditioning image is encoded to latents in latent space)."""
   cond = {"label": sample_labels(exp.config, num_images)}
   if "cond_image" in exp.model.conditioning.keys:
-    cond["cond_image"] = held_out_examples(exp.config, num_images, split)["cond_image"]
+    pixels = held_out_examples(exp.config, num_images, split)["cond_image"]
+    cond["cond_image"] = np.asarray(latents_lib.encode_cond(exp.config, {"cond_image": pixels})[
+        "cond_image"])
   return cond
 
 
@@ -70,8 +75,80 @@ def to_uint8(images) -> np.ndarray:
 
 
 def data_mesh() -> Mesh:
-  """A 1-D mesh over all local devices; batches are split along its `data` axis."""
+  """A 1-D mesh over every device of every process; batches are split along its `data` axis.
+
+  The devices are ordered by process (process 0's first), so every process holds one contiguous
+  block of rows of each batch (`local_rows`). With one process: all its devices.
+  """
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(devices), (sharding.DATA_AXIS,))
+
+
+def local_mesh() -> Mesh:
+  """A 1-D mesh over this process's devices only (work that one process does alone)."""
   return Mesh(np.asarray(jax.local_devices()), (sharding.DATA_AXIS,))
+
+
+def is_multi_process(mesh: Mesh) -> bool:
+  """Whether `mesh` has devices of other processes (its arrays are then not fully addressable)."""
+  return any(d.process_index != jax.process_index() for d in mesh.devices.flat)
+
+
+def local_rows(mesh: Mesh, batch_size: int) -> Tuple[int, int]:
+  """The rows [lo, hi) of a `batch_size`-row batch split over `mesh` that this process holds."""
+  spec = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
+  spans = sorted({(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+                  for s in spec.addressable_devices_indices_map((batch_size,)).values()})
+  lo, hi = spans[0][0], spans[-1][1]
+  if sum(b - a for a, b in spans) != hi - lo:
+    raise ValueError(f"this process's rows of the mesh are not contiguous: {spans}")
+  return lo, hi
+
+
+def put_batch(x, mesh: Mesh) -> jax.Array:
+  """A batch (the same host array on every process) split over `mesh`'s data axis; with several
+  processes each one transfers only its own rows (`local_rows`)."""
+  data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
+  if isinstance(x, jax.Array) and x.sharding == data:
+    return x
+  if not is_multi_process(mesh):
+    return jax.device_put(x, data)
+  x = np.asarray(x)
+  lo, hi = local_rows(mesh, x.shape[0])
+  return jax.make_array_from_process_local_data(data, x[lo:hi], x.shape)
+
+
+def local_part(x: jax.Array) -> Tuple[np.ndarray, int]:
+  """This process's rows of a batch split along its first axis, on the host, and the index of
+  the first (0 for a fully addressable array: all of it)."""
+  if x.is_fully_addressable:
+    return np.asarray(x), 0
+  shards = {}
+  for s in x.addressable_shards:
+    shards.setdefault(s.index[0].start or 0, s)
+  starts = sorted(shards)
+  return np.concatenate([np.asarray(shards[k].data) for k in starts]), starts[0]
+
+
+def to_host(x) -> np.ndarray:
+  """Every row of a batch on every process (gathered across processes when it is split)."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def decode(exp, samples: jax.Array, mesh: Optional[Mesh] = None) -> jax.Array:
+  """`exp.to_images(samples)` (the VAE decode of a latent model; the identity for pixels),
+  keeping the batch split over `mesh`: with several processes each one decodes its own rows."""
+  if mesh is None or not is_multi_process(mesh) or exp.config.data.get("latents",
+                                                                        "none") == "none":
+    return exp.to_images(samples)
+  local, _ = local_part(samples)
+  images = np.asarray(exp.to_images(local))
+  data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
+  return jax.make_array_from_process_local_data(data, images,
+                                                (samples.shape[0], *images.shape[1:]))
 
 
 def round_up_batch(batch_size: int, mesh: Mesh) -> int:
@@ -117,8 +194,11 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
     batch_size: images per sampler call. Without a mesh it is capped at `num_images`; with one
       it is rounded up to a multiple of the device count.
     mesh: a 1-D device mesh (`data_mesh()`) to run data parallel on: params are replicated onto
-      it and every batch is split along its axis. None: the arrays stay where they are (params
-      may then be sharded over any mesh, several processes included).
+      it and every batch is split along its axis. A mesh over several processes needs every
+      process to call this with the same arguments (host params, e.g. from
+      `trainer.evaluator_state`); each one then computes only its rows of each batch
+      (`local_rows`, `local_part`). None: the arrays stay where they are (params may then be
+      sharded over any mesh, several processes included).
     cond: host arrays of conditions, `num_images` rows each (default: `sample_cond`).
 
   Yields:
@@ -141,10 +221,13 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
     put, noise_fn = jnp.asarray, _noise_fn(tuple(exp.image_shape), None, exp.objective.source)
   else:
     # The sampler has no shardings of its own: it runs data parallel because its inputs are.
+    # With several processes (a mesh over all of them) each process places only its rows of
+    # every batch: it generates its share of the images, and nothing runs twice.
     batch_size = round_up_batch(batch_size, mesh)
-    data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
-    put = lambda x: jax.device_put(x, data)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = jax.device_put(params, replicated)
+    key = jax.device_put(np.asarray(key), replicated)
+    put = lambda x: put_batch(x, mesh)
     noise_fn = _noise_fn(tuple(exp.image_shape), mesh, exp.objective.source)
   for start in range(0, num_images, batch_size):
     idx = np.arange(start, min(start + batch_size, num_images))
@@ -156,18 +239,73 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
 
 def generate(exp, params, *, num_images: int, num_steps: int, cfg_scale: Optional[float],
              seed: int = 0, batch_size: int = 256,
-             cond: Optional[Mapping[str, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
-  """All of `generate_batches` (no mesh) on the host.
+             cond: Optional[Mapping[str, np.ndarray]] = None, mesh: Optional[Mesh] = None,
+             progress: Optional[bool] = None, desc: str = "sampling"
+             ) -> Tuple[np.ndarray, np.ndarray]:
+  """All of `generate_batches` on the host (decoded to images).
+
+  Args:
+    exp, params, num_images, num_steps, cfg_scale, seed, batch_size, cond: as for
+      `generate_batches`.
+    mesh: None: on the arrays' own devices (one process may call it alone). `data_mesh()`: data
+      parallel over every device of every process; every process must call it, generates its
+      share, and gets all the images back.
+    progress: show a progress bar (process 0); None: the `progress_bars()` default.
+    desc: the bar's label.
 
   Returns:
     (images float32 NHWC in [-1, 1] (not clipped; decoded by the VAE in latent space),
     labels int32).
   """
   cond = sample_cond(exp, num_images) if cond is None else cond
-  out = [np.asarray(exp.to_images(x))[:n] for x, n in generate_batches(
-      exp, params, num_images=num_images, num_steps=num_steps, cfg_scale=cfg_scale, seed=seed,
-      batch_size=batch_size, cond=cond)]
+  if mesh is not None:
+    batch_size = min(batch_size, num_images)
+  out = []
+  with progress_bar(num_images, desc, progress) as bar:
+    for x, n in generate_batches(exp, params, num_images=num_images, num_steps=num_steps,
+                                 cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
+                                 cond=cond, mesh=mesh):
+      out.append(to_host(decode(exp, x, mesh))[:n])
+      bar.update(n)
   return np.concatenate(out), np.asarray(cond["label"])
+
+
+_PROGRESS = [False]  # The default of `progress=None`: off in training, on in eval.py's modes.
+
+
+def progress_bars(fn):
+  """Decorator: progress bars default to on while `fn` runs (the offline modes of eval.py)."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    previous, _PROGRESS[0] = _PROGRESS[0], True
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      _PROGRESS[0] = previous
+  return wrapped
+
+
+class _NoBar:
+
+  def update(self, n):
+    del n
+
+
+@contextlib.contextmanager
+def progress_bar(total: Optional[int], desc: str, show: Optional[bool] = None, unit: str = "img"):
+  """The one progress bar of long offline work (sampling, FID, SR metrics): images done, rate
+  and ETA, on process 0 only (`fid.progress_bar`, tqdm). A context manager yielding an object
+  with `update(n)`; a no-op when `show` is False (None: the `progress_bars` default) or tqdm is
+  missing."""
+  from shortcut_jax.evaluators import fid  # pylint: disable=g-import-not-at-top
+  show = _PROGRESS[0] if show is None else show
+  bar = fid.progress_bar(total, desc, unit=unit) if show and jax.process_index() == 0 else None
+  try:
+    yield bar if bar is not None else _NoBar()
+  finally:
+    if bar is not None:
+      bar.close()
 
 
 def image_grid(images_uint8: np.ndarray, cols: Optional[int] = None) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Super-resolution with an image-conditioned model: whole images of any size, and PSNR / SSIM.
 
 * `super_resolve_image`: the upsampled LR image (the model's condition) is cut into overlapping
-  tiles of the training size, every tile is sampled in `num_steps` steps from its own fixed noise,
-  and the tiles are blended back (`shortcut_jax.tiling`).
+  tiles of the training size, every tile is sampled in `num_steps` steps from its own fixed noise
+  (in latent space: the tile is encoded first and the sample decoded), and the tiles are blended
+  back in pixel space (`shortcut_jax.tiling`).
 * `super_resolve_folder` (`eval.py --mode=super_resolve`): every PNG/JPEG of a folder, grey or
   RGB, any size, is degraded by the configured factor (or taken as the LR input with
   `input_is_lr`), super-resolved at full size and written as PNG under the same stem.
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from shortcut_jax import latents as latents_lib
 from shortcut_jax import sampling
 from shortcut_jax import tiling
 from shortcut_jax.data import low_res
@@ -72,7 +74,9 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
   Returns:
     float32 [H, W, C] in [-1, 1] (clipped).
   """
-  tile = exp.image_shape[0]
+  vae = latents_lib.vae_from_config(exp.config)
+  factor = 1 if vae is None else vae.downsample_factor
+  tile = exp.image_shape[0] * factor  # In pixels; a latent model samples tile latents.
   overlap = tile // 4 if overlap is None else overlap
   if cfg_scale is not None and not gen.is_guidable(exp):
     cfg_scale = None
@@ -89,9 +93,10 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
     counter["next"] += n
     x0 = jnp.stack([sample_source(jax.random.fold_in(key, int(i)), exp.image_shape, source)
                     for i in idx])
-    cond = {"label": jnp.asarray(gen.sample_labels(exp.config, n)),
-            "cond_image": jnp.asarray(tiles, jnp.float32)}
-    return np.asarray(sampler(params, x0, cond))
+    cond = latents_lib.encode_cond(exp.config, {
+        "label": jnp.asarray(gen.sample_labels(exp.config, n)),
+        "cond_image": jnp.asarray(tiles, jnp.float32)})
+    return np.asarray(exp.to_images(sampler(params, x0, cond)))
 
   out = tiling.apply_tiled(fn, np.asarray(cond_image, np.float32), tile, overlap, batch_size)
   return np.clip(out, -1.0, 1.0)
@@ -172,9 +177,12 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
   available = pipeline.dataset_info(exp.config.data)["num_examples"][split]
   num_images = available if num_images is None else min(num_images, available)
   held_out = gen.held_out_examples(exp.config, num_images, split)
-  hr, cond = held_out["image"], {"label": held_out["label"], "cond_image": held_out["cond_image"]}
+  hr = held_out["image"]
+  cond = latents_lib.encode_cond(exp.config, {"label": held_out["label"],
+                                              "cond_image": held_out["cond_image"]})
+  cond = {k: np.asarray(v) for k, v in cond.items()}
   results = {"num_images": int(num_images), "factor": factor, "split": split,
-             "bicubic": sr_quality.sr_metrics(hr, cond["cond_image"]), "steps": {}}
+             "bicubic": sr_quality.sr_metrics(hr, held_out["cond_image"]), "steps": {}}
   for n in steps:
     images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=cfg_scale,
                              seed=seed, batch_size=batch_size, cond=cond)
@@ -192,7 +200,8 @@ def comparison_strip(exp, params, *, steps: List[int], num_images: int = 4, seed
   lr = low_res.make_low_res(hr, factor)
   nearest = np.repeat(np.repeat(lr, factor, axis=1), factor, axis=2)
   columns = [nearest, held_out["cond_image"]]
-  cond = {"label": held_out["label"], "cond_image": held_out["cond_image"]}
+  cond = {k: np.asarray(v) for k, v in latents_lib.encode_cond(
+      exp.config, {"label": held_out["label"], "cond_image": held_out["cond_image"]}).items()}
   for n in steps:
     images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=None,
                              seed=seed, cond=cond)

@@ -11,8 +11,9 @@ yields for `config.data` (`pipeline.make_dataset(train=False)`: stored order, no
 standard deviation of its image (unscaled) and, with `--flips`, also those of its horizontally
 flipped image (training then picks one of the two per example where the dataset flips), plus
 the pipeline's label. Single-channel (grayscale) images are repeated to the VAE's
-`in_channels` (3 for Stable Diffusion's) before encoding (`vae_input`). `--dtype=float16` halves the disk (relative error ~5e-4 on the moments);
-the default float32 stores them exactly. The folder layout is in `data.latent_dataset`.
+`in_channels` (3 for Stable Diffusion's) before encoding (`vae_input`). `--dtype=float16`
+halves the disk (relative error ~5e-4 on the moments); the default float32 stores them
+exactly. The folder layout is in `data.latent_dataset`.
 
 Resumable: the split is cut into shards of `--shard_size` examples, each written under a
 temporary name and renamed when complete; after a crash or `kill -9` the same command keeps the
@@ -25,8 +26,8 @@ Super-resolution configs (`data.low_res_factor > 0`) are not supported.
 """
 
 import hashlib
-import math
 import os
+import sys
 import time
 from typing import Dict, Optional, Sequence
 
@@ -195,7 +196,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
           f"now has {n}; nothing was changed. Use another --out or delete {out}")
   removed = ld.remove_temporaries(out)
   if removed:
-    logging.info("removed %d partial files of an interrupted run: %s", len(removed), removed)
+    logging.warning("removed %d partial files of an interrupted run: %s", len(removed), removed)
   if meta is None:
     meta = dict(identity=identity, splits={})
   meta.update(status="in_progress", vae_source=dict(path=config.vae.get("path", None),
@@ -275,8 +276,11 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
   meta["last_run"] = dict(encoded=encoded, seconds=round(seconds, 3),
                           images_per_second=round(encoded / seconds, 2) if seconds else None)
   ld.write_metadata(out, meta)
-  logging.info("encoded %d examples in %.1f s (%.1f images/s) into %s", encoded, seconds,
-               encoded / max(seconds, 1e-9), out)
+  summary = (f"encoded {encoded} examples in {seconds:.1f} s ({encoded / max(seconds, 1e-9):.1f} "
+             f"images/s) into {out}: {done} were already there; status {meta['status']}")
+  logging.info(summary)
+  if progress:
+    print(summary)
   return meta
 
 
@@ -296,8 +300,13 @@ def _complete_split(out: str, meta: Dict, split: str) -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
-  encode_dataset(f.config, f.out, splits=f.split, flips=f.flips, batch_size=f.batch_size,
-                 shard_size=f.shard_size, dtype=f.dtype)
+  if not f["verbosity"].present:  # TFDS logs every shard it opens; keep the progress bar clean.
+    logging.set_verbosity(logging.WARNING)
+  try:
+    encode_dataset(f.config, f.out, splits=f.split, flips=f.flips, batch_size=f.batch_size,
+                   shard_size=f.shard_size, dtype=f.dtype)
+  except (ld.IncompatibleLatentsError, FileExistsError, ValueError) as e:
+    sys.exit(f"encode_dataset: {e}")  # What to change is in the message; no traceback.
 
 
 if __name__ == "__main__":

@@ -6,6 +6,12 @@
 The config must describe the checkpoint's network (sizes, num_classes, image size); every
 parameter shape is checked against it before anything is written. The workdir then works with
 eval.py and with resumed training (the Adam moments and the step are imported too).
+
+Latent space (`data.latents` 'online' or 'precomputed', as the paper's configs): the DiT's
+sample is the VAE latent of a `data.image_size` image (32x32x4 for 256x256 and the SD VAE), so
+the VAE named by the config (`vae.path` / $SHORTCUT_JAX_VAE, or `vae.random_init`) is loaded to
+read its downsampling factor and latent channels; the checkpoint's input channels must equal
+the latter. The same VAE then decodes the samples of `eval.py`.
 """
 
 import os
@@ -16,6 +22,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from shortcut_jax import latents as latents_lib
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.legacy import load_original_checkpoint
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
@@ -29,14 +36,58 @@ def _check_params(expected, got, what):
                                   f"({len(problems)} differences): " + "; ".join(problems[:8]))
 
 
+def describe_checkpoint(params) -> str:
+  """What a checkpoint's parameter shapes say about its network (for error messages)."""
+  try:
+    kernel = params["PatchEmbed_0"]["Conv_0"]["kernel"]
+    patch, _, channels, hidden = kernel.shape
+    depth = sum(1 for k in params if k.startswith("DiTBlock_"))
+    mlp = params["DiTBlock_0"]["MlpBlock_0"]["Dense_0"]["kernel"].shape[1]
+    classes = params["LabelEmbedder_0"]["Embed_0"]["embedding"].shape[0] - 1
+  except (KeyError, TypeError, ValueError):
+    return "not a DiT of the original code"
+  return (f"model.patch_size={patch} model.hidden_size={hidden} model.depth={depth} "
+          f"model.mlp_ratio={mlp / hidden:g} data.num_classes={classes}, {channels} input "
+          "channels (model.num_heads and the sample size are not stored in the parameters)")
+
+
+def sample_shape(config, channels: int):
+  """(H, W, C) of the checkpoint's samples under `config`: the image for pixel space, its VAE
+  latent in latent space (loads the config's VAE)."""
+  size = config.data.image_size
+  if not latents_lib.uses_latents(config):
+    return (size, size, channels)
+  vae = latents_lib.vae_from_config(config)
+  shape = tuple(vae.latent_shape((size, size, vae.config.in_channels)))
+  if shape[-1] != channels:
+    raise CheckpointMismatchError(
+        f"the checkpoint's DiT takes {channels} input channels, but the config's VAE makes "
+        f"{shape[-1]}-channel latents (data.latents={latents_lib.mode(config)!r}; a pixel-space "
+        "checkpoint needs --config.data.latents=none)")
+  return shape
+
+
 def import_original(checkpoint: str, config, workdir: str) -> int:
-  """Writes `workdir/checkpoints/<step>` and `workdir/config.json`; returns the step."""
+  """Writes `workdir/checkpoints/<step>` and `workdir/config.json`; returns the step.
+
+  Raises:
+    LegacyCheckpointError: not a readable checkpoint of the original code.
+    CheckpointMismatchError: the config does not describe the checkpoint's network (nothing
+      is written).
+    VAEWeightsNotFoundError: a latent-space config whose VAE weights are not there.
+    FileExistsError: the workdir already holds checkpoints.
+  """
   legacy = load_original_checkpoint(checkpoint)
   channels = legacy["params"]["PatchEmbed_0"]["Conv_0"]["kernel"].shape[2]
-  size = config.data.image_size
-  exp = trainer.build_experiment(config, image_shape=(size, size, channels))
+  shape = sample_shape(config, channels)
+  exp = trainer.build_experiment(config, image_shape=shape)
   abstract = exp.abstract_state()
-  _check_params(abstract.params, legacy["params"], "params")
+  try:
+    _check_params(abstract.params, legacy["params"], "params")
+  except CheckpointMismatchError as e:
+    raise CheckpointMismatchError(
+        f"{e}\n  The checkpoint has {describe_checkpoint(legacy['params'])}; set those in the "
+        "config (--config.model.hidden_size=..., ...)") from None
   _check_params(abstract.params, legacy["params_ema"], "params_ema")
 
   fresh = jax.jit(exp.init_state)(jax.random.PRNGKey(config.seed))
@@ -59,17 +110,19 @@ def import_original(checkpoint: str, config, workdir: str) -> int:
   if ckpt.latest_step() is not None:
     ckpt.close()
     raise FileExistsError(f"{workdir} already holds checkpoints; import into an empty workdir")
-  ckpt.save(legacy["step"], state, {"data_position": legacy["step"], "image_shape": [size, size, channels],
+  ckpt.save(legacy["step"], state, {"data_position": legacy["step"], "image_shape": list(shape),
                                     "imported_from": os.path.abspath(checkpoint)}, force=True)
   ckpt.close()
   trainer.save_config(config, workdir)
-  logging.info("imported %s (step %d) into %s", checkpoint, legacy["step"], workdir)
+  logging.info("imported %s (step %d, samples of shape %s) into %s", checkpoint, legacy["step"],
+               shape, workdir)
   return legacy["step"]
 
 
 def main(argv):
   del argv
-  import_original(FLAGS.checkpoint, FLAGS.config, FLAGS.workdir)
+  step = import_original(FLAGS.checkpoint, FLAGS.config, FLAGS.workdir)
+  print(f"imported step {step} into {FLAGS.workdir}")
 
 
 if __name__ == "__main__":
