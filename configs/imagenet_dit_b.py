@@ -4,14 +4,8 @@ Command (after preparing the data, see docs/training.md):
   python train.py --config=configs/imagenet_dit_b.py --workdir=gs://.../imagenet_dit_b
 Hardware: a TPU v3-32 pod slice / 4 nodes of 8 GPUs; 810k steps at batch 256.
 Result reported by the paper (FID-50k): 15.5 at 128 steps, 28.3 at 4 steps, 40.3 at 1 step.
-Latent space, as the paper: the frozen SD VAE (`sd-vae-ft-mse`, scaling 0.18215) encodes each
-256x256 batch to 32x32x4 latents inside the train step (`data.latents='online'`), where patch 2
-gives 256 tokens. The VAE comes from `vae.path` / $SHORTCUT_JAX_VAE (docs/training.md);
-`--config.data.latents=precomputed --config.data.latents_dir=DIR` trains on latents encoded once
-by `python -m shortcut_jax.tools.encode_dataset`.
-Smoke (`:smoke`): a stand-in of the same kind that ships offline — the `photos` dataset (RGB
-crops of scikit-image / scikit-learn photographs, unconditional) at 32x32 — and a tiny random
-VAE built in process (16x16x4 latents); seconds on a CPU.
+Latent space and smoke as `celebahq_dit_b.py` (SD-VAE latents 32x32x4 encoded in the train
+step; `:smoke` on the `photos` stand-in with a tiny random VAE).
 """
 
 from shortcut_jax import config as config_lib

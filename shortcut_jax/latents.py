@@ -19,6 +19,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from shortcut_jax.models import vae as vae_lib
 
@@ -69,7 +70,8 @@ class LatentEncoder:
   def __call__(self, vae_params, batch: Mapping[str, Array], key: Array) -> Dict[str, Array]:
     batch = dict(batch)
     if self.mode == "online":
-      mean, logvar = self.vae.module.apply({"params": vae_params}, batch.pop("image"),
+      images = vae_input(batch.pop("image"), self.vae.config.in_channels)
+      mean, logvar = self.vae.module.apply({"params": vae_params}, images,
                                            method=vae_lib.AutoencoderKL.encode_moments)
       std = jnp.exp(0.5 * logvar)
     else:
@@ -79,7 +81,8 @@ class LatentEncoder:
     if "cond_image" in batch:
       # Super-resolution in latent space: the upsampled LR image is encoded to the HR latent
       # size (its posterior mean: a deterministic condition).
-      cond_mean, _ = self.vae.module.apply({"params": vae_params}, batch["cond_image"],
+      cond = vae_input(batch["cond_image"], self.vae.config.in_channels)
+      cond_mean, _ = self.vae.module.apply({"params": vae_params}, cond,
                                            method=vae_lib.AutoencoderKL.encode_moments)
       batch["cond_image"] = self.vae.scale_latents(cond_mean)
     return batch
@@ -105,22 +108,27 @@ def to_images(config, samples: Array) -> Array:
 
 
 def pixel_data_config(data_config):
-  """`config.data` of the images a latent run was encoded from ('precomputed' -> 'none'), for
-  reference statistics and held-out images; unchanged otherwise."""
-  if data_config.get("latents", "none") != "precomputed":
-    return data_config
-  copy = data_config.copy_and_resolve_references() if hasattr(
-      data_config, "copy_and_resolve_references") else dict(data_config)
-  if hasattr(copy, "unlock"):
-    copy.unlock()
-  copy["latents"] = "none"
-  return copy
+  """A copy of `config.data` that reads the pixel dataset (`latents='none'`): the images a
+  latent run was encoded from, for reference statistics, held-out images and encoding."""
+  import ml_collections
+  d = ml_collections.ConfigDict(data_config.to_dict())
+  if "latents" in d:
+    d.latents = "none"
+  return d
 
 
-def encode_cond(config, cond: Mapping[str, Array]) -> Dict[str, Array]:
-  """Conditions as the model takes them: a pixel `cond_image` encoded to its (scaled, mean)
-  latent in latent space, as the train step does; unchanged in pixel space."""
-  vae = vae_from_config(config)
-  if vae is None or "cond_image" not in cond:
-    return dict(cond)
-  return dict(cond, cond_image=vae.encode(cond["cond_image"]))
+def vae_input(images, in_channels: int):
+  """Pipeline images [b, H, W, C] -> what the VAE encodes: grayscale repeated to `in_channels`
+  (numpy or jax arrays, also under jit).
+
+  Raises:
+    ValueError: C is neither `in_channels` nor 1.
+  """
+  channels = images.shape[-1]
+  if channels == in_channels:
+    return images
+  if channels == 1:
+    xp = np if isinstance(images, np.ndarray) else jnp
+    return xp.repeat(images, in_channels, axis=-1)
+  raise ValueError(f"the dataset's images have {channels} channels, the VAE encodes "
+                   f"{in_channels} (vae config in_channels)")

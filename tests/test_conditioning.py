@@ -12,6 +12,8 @@ from shortcut_jax import sampling
 from shortcut_jax.models import dit as dit_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 NUM_CLASSES = 5
 BOTH = cond_lib.Conditioning((cond_lib.LabelKind(NUM_CLASSES), cond_lib.ImageKind(guided=True)))
 

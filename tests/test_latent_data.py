@@ -64,7 +64,7 @@ def _stored(directory, split):
 
 
 def _pixels(c, split, **kw):
-  return pipeline.make_dataset(enc.pixel_data_config(c.data), split=split, seed=c.seed,
+  return pipeline.make_dataset(latents_lib.pixel_data_config(c.data), split=split, seed=c.seed,
                                process_index=0, process_count=1, **kw)
 
 
@@ -272,7 +272,7 @@ def test_training_batches_resume_exactly_and_flip_like_pixels(encoded, monkeypat
     for k in a:
       assert np.array_equal(a[k], b[k]), k
   # Same examples in the same order as the pixel pipeline's training batches.
-  pixels = _train(c, enc.pixel_data_config(c.data), 24, 1)[0]
+  pixels = _train(c, latents_lib.pixel_data_config(c.data), 24, 1)[0]
   mean, _ = _posterior(c, pixels["image"])
   np.testing.assert_allclose(whole[24]["latent_mean"], mean, rtol=1e-5, atol=1e-5)
   assert np.array_equal(whole[24]["label"], pixels["label"])
@@ -286,7 +286,7 @@ def test_training_batches_resume_exactly_and_flip_like_pixels(encoded, monkeypat
     for k in a:
       assert np.array_equal(a[k], b[k]), k
   # Each example takes the flipped moments exactly when the pixel pipeline flips its image.
-  pixels = _train(c, enc.pixel_data_config(c.data), 25, 1)[0]
+  pixels = _train(c, latents_lib.pixel_data_config(c.data), 25, 1)[0]
   mean, std = _posterior(c, pixels["image"])
   np.testing.assert_allclose(flipped[25]["latent_mean"], mean, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(flipped[25]["latent_std"], std, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.evaluators import sr_quality
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
 
 def _smoke(data_dir, name="sr_x4_photos"):

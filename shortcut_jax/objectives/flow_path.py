@@ -14,20 +14,12 @@ from typing import Any, Mapping, Tuple
 import jax
 import jax.numpy as jnp
 
+from shortcut_jax.config_value import config_value  # noqa: F401  (objectives read it here)
+
 Array = Any
 
 # The 1e-5 keeps the path from collapsing exactly onto the data at t = 1 (as the original does).
 SIGMA_MIN = 1e-5
-
-
-def config_value(config, name: str, default):
-  """`config.<name>`, or `default` when the config (ConfigDict or any object) lacks the field."""
-  if isinstance(config, Mapping):
-    return config.get(name, default)
-  try:
-    return getattr(config, name)
-  except (AttributeError, KeyError):
-    return default
 
 
 def finest_level(denoise_timesteps: int) -> int:

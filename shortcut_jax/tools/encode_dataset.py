@@ -33,7 +33,6 @@ from typing import Dict, Optional, Sequence
 
 from absl import app, flags, logging
 import jax
-import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
@@ -48,14 +47,6 @@ _TEST_DELAY_ENV = "SHORTCUT_JAX_ENCODE_TEST_DELAY"
 # Per-example keys of the pixel pipeline that are not stored: the image itself (its moments are)
 # and what only super-resolution or padded evaluation yields.
 _NOT_STORED = ("image", "cond_image", "mask")
-
-
-def pixel_data_config(data_config) -> ml_collections.ConfigDict:
-  """A copy of `config.data` that reads the pixel dataset (`latents='none'`)."""
-  d = ml_collections.ConfigDict(data_config.to_dict())
-  if "latents" in d:
-    d.latents = "none"
-  return d
 
 
 def params_sha256(params) -> str:
@@ -76,21 +67,6 @@ def _vae_of(config):
     c.data.latents = "precomputed"
     vae = latents_lib.vae_from_config(c)
   return vae
-
-
-def vae_input(images, in_channels: int):
-  """Pipeline images [b, H, W, C] -> what the VAE encodes: grayscale repeated to `in_channels`.
-
-  Raises:
-    ValueError: C is neither `in_channels` nor 1.
-  """
-  channels = images.shape[-1]
-  if channels == in_channels:
-    return images
-  if channels == 1:
-    return np.repeat(images, in_channels, axis=-1)
-  raise ValueError(f"the dataset's images have {channels} channels, the VAE encodes "
-                   f"{in_channels} (vae config in_channels)")
 
 
 def _identity(data_config, builder, vae, *, flips, dtype, shard_size, extra_features) -> Dict:
@@ -159,7 +135,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
     raise ValueError(f"dtype must be one of {ld.STORAGE_DTYPES}, got {dtype!r}")
   if batch_size <= 0 or shard_size <= 0:
     raise ValueError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be positive")
-  pixel_config = pixel_data_config(config.data)
+  pixel_config = latents_lib.pixel_data_config(config.data)
   builder = catalog.get_builder(pixel_config)
   known = list(builder.info.splits.keys())
   splits = list(splits) if splits else sorted(known)
@@ -248,7 +224,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
         path = os.path.join(out, ld.shard_name(split, i, s["num_shards"]))
         with ld.ShardWriter(path, features) as writer:
           for batch in _batches(pixel_config, split, a, b, batch_size):
-            images = vae_input(batch["image"], vae.config.in_channels)
+            images = latents_lib.vae_input(batch["image"], vae.config.in_channels)
             moments = dict(zip(ld.MOMENTS, vae.posterior(images)))
             if flips:
               flipped = vae.posterior(images[:, :, ::-1])

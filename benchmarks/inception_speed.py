@@ -1,0 +1,268 @@
+"""FID Inception throughput, the library's Flax port against PyTorch, measured side by side.
+
+  python benchmarks/inception_speed.py [--batch_size=64] [--rounds=7] [--threads=2]
+      [--variants=flax,flax:precision=default,flax:xla=--xla_cpu_use_onednn=true,torch]
+      [--out=F.json]
+
+Each variant runs in its own long-lived worker process (XLA flags are fixed when jax starts),
+compiled and warmed up first; the parent then asks the workers for one timed batch each, in
+turn, `rounds` times (the order rotates every round), so the variants share whatever else
+the machine is doing. Reported: the median images/s per variant (and min/max), and each one's
+ratio to the torch variant. Inputs: random images at 299x299 (no resize) or `--input_size`
+(resized inside the network, as FID of small images does), random weights (the speed does
+not depend on the values).
+
+Variants: `flax` (`InceptionV3`, the library's FID network) with `:precision=default|highest`,
+`:xla=<XLA_FLAGS>` and `:fold_bn=1`-style options (`+` joins several XLA flags); `torch`:
+pytorch-fid's `InceptionV3` when `pytorch_fid` and `torchvision` import, else the same network
+written with torch.nn.functional over a pytorch-fid state dict (the ops pytorch-fid runs in
+eval mode: conv2d, batch_norm, relu, pools, bilinear interpolate). Without torch the torch
+variant is skipped (reported as such).
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("batch_size", 64, "Images per timed call.")
+flags.DEFINE_integer("input_size", 299, "Input side (299: no resize inside the network).")
+flags.DEFINE_integer("rounds", 7, "Timed batches per variant (alternating).")
+flags.DEFINE_integer("threads", 2, "Threads for torch (XLA uses every core).")
+flags.DEFINE_string("variants", "flax,torch", "Comma-separated variants (see the docstring).")
+flags.DEFINE_string("worker", None, "Internal: run one variant as a worker.")
+flags.DEFINE_string("out", None, "Also write the JSON here.")
+
+
+def _parse(variant):
+  name, *opts = variant.split(":")
+  options = {}
+  for opt in opts:
+    key, _, value = opt.partition("=")
+    options[key] = value
+  return name, options
+
+
+def _flax_worker(options, batch_size, input_size):
+  if options.get("xla"):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                               + options["xla"].replace("+", " "))
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import jax
+  import numpy as np
+  from shortcut_jax.models import inception
+  rng = np.random.default_rng(0)
+  flat = {}
+  for path, shape in inception.expected_variable_shapes().items():
+    if path.endswith("kernel"):
+      flat[path] = rng.normal(size=shape) * np.sqrt(2.0 / np.prod(shape[:-1]))
+    else:
+      flat[path] = np.ones(shape) if path.endswith(("var", "scale")) else np.zeros(shape)
+  variables = inception.unflatten_variables({k: v.astype(np.float32) for k, v in flat.items()})
+  precision = {"default": jax.lax.Precision.DEFAULT, "highest": jax.lax.Precision.HIGHEST}[
+      options.get("precision", "highest")]
+  model = inception.InceptionV3(image_size=299 if input_size != 299 else None,
+                                antialias=False, clip=True, precision=precision)
+  variables = jax.device_put(variables)
+  apply = jax.jit(model.apply)
+  images = jax.device_put(np.random.default_rng(0).uniform(
+      -1, 1, (batch_size, input_size, input_size, 3)).astype(np.float32))
+  jax.block_until_ready(apply(variables, images))
+  return lambda: jax.block_until_ready(apply(variables, images))
+
+
+def _torch_state_dict():
+  """Random pytorch-fid state dict with the Flax port's shapes (names match pytorch-fid's)."""
+  import numpy as np
+  from shortcut_jax.models import inception
+  rng = np.random.default_rng(0)
+  sd = {}
+  for path, shape in inception.expected_variable_shapes().items():
+    collection, *module, leaf = path.split("/")
+    prefix = ".".join(module)
+    if leaf == "kernel":  # [kh, kw, in, out] -> [out, in, kh, kw]
+      kh, kw, cin, out = shape
+      sd[f"{prefix}.weight"] = (rng.normal(size=(out, cin, kh, kw)) *
+                                np.sqrt(2.0 / (kh * kw * cin))).astype(np.float32)
+    else:
+      name = {"scale": "weight", "bias": "bias", "mean": "running_mean",
+              "var": "running_var"}[leaf]
+      value = np.ones(shape) if leaf in ("scale", "var") else np.zeros(shape)
+      sd[f"{prefix}.{name}"] = value.astype(np.float32)
+  del collection
+  return sd
+
+
+def _torch_functional(torch, sd):
+  """pytorch-fid's forward (eval mode) with torch.nn.functional over its state dict."""
+  F = torch.nn.functional
+  t = {k: torch.from_numpy(v) for k, v in sd.items()}
+
+  def basic(x, p, stride=1, padding=0):
+    x = F.conv2d(x, t[f"{p}.conv.weight"], stride=stride, padding=padding)
+    x = F.batch_norm(x, t[f"{p}.bn.running_mean"], t[f"{p}.bn.running_var"],
+                     t[f"{p}.bn.weight"], t[f"{p}.bn.bias"], training=False, eps=1e-3)
+    return F.relu(x)
+
+  def avg(x):
+    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+  def block_a(x, n):
+    b1 = basic(x, f"{n}.branch1x1")
+    b5 = basic(basic(x, f"{n}.branch5x5_1"), f"{n}.branch5x5_2", padding=2)
+    b3 = basic(basic(basic(x, f"{n}.branch3x3dbl_1"), f"{n}.branch3x3dbl_2", padding=1),
+               f"{n}.branch3x3dbl_3", padding=1)
+    return torch.cat([b1, b5, b3, basic(avg(x), f"{n}.branch_pool")], 1)
+
+  def block_b(x, n):
+    b3 = basic(x, f"{n}.branch3x3", stride=2)
+    bd = basic(basic(basic(x, f"{n}.branch3x3dbl_1"), f"{n}.branch3x3dbl_2", padding=1),
+               f"{n}.branch3x3dbl_3", stride=2)
+    return torch.cat([b3, bd, F.max_pool2d(x, 3, stride=2)], 1)
+
+  def block_c(x, n):
+    b1 = basic(x, f"{n}.branch1x1")
+    b7 = basic(basic(basic(x, f"{n}.branch7x7_1"), f"{n}.branch7x7_2", padding=(0, 3)),
+               f"{n}.branch7x7_3", padding=(3, 0))
+    bd = basic(x, f"{n}.branch7x7dbl_1")
+    for i, pad in ((2, (3, 0)), (3, (0, 3)), (4, (3, 0)), (5, (0, 3))):
+      bd = basic(bd, f"{n}.branch7x7dbl_{i}", padding=pad)
+    return torch.cat([b1, b7, bd, basic(avg(x), f"{n}.branch_pool")], 1)
+
+  def block_d(x, n):
+    b3 = basic(basic(x, f"{n}.branch3x3_1"), f"{n}.branch3x3_2", stride=2)
+    b7 = basic(basic(basic(x, f"{n}.branch7x7x3_1"), f"{n}.branch7x7x3_2", padding=(0, 3)),
+               f"{n}.branch7x7x3_3", padding=(3, 0))
+    b7 = basic(b7, f"{n}.branch7x7x3_4", stride=2)
+    return torch.cat([b3, b7, F.max_pool2d(x, 3, stride=2)], 1)
+
+  def block_e(x, n, pool):
+    b1 = basic(x, f"{n}.branch1x1")
+    b3 = basic(x, f"{n}.branch3x3_1")
+    b3 = torch.cat([basic(b3, f"{n}.branch3x3_2a", padding=(0, 1)),
+                    basic(b3, f"{n}.branch3x3_2b", padding=(1, 0))], 1)
+    bd = basic(basic(x, f"{n}.branch3x3dbl_1"), f"{n}.branch3x3dbl_2", padding=1)
+    bd = torch.cat([basic(bd, f"{n}.branch3x3dbl_3a", padding=(0, 1)),
+                    basic(bd, f"{n}.branch3x3dbl_3b", padding=(1, 0))], 1)
+    return torch.cat([b1, b3, bd, basic(pool(x), f"{n}.branch_pool")], 1)
+
+  def forward(x):
+    if x.shape[-1] != 299:
+      x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    x = basic(x, "Conv2d_1a_3x3", stride=2)
+    x = basic(x, "Conv2d_2a_3x3")
+    x = F.max_pool2d(basic(x, "Conv2d_2b_3x3", padding=1), 3, stride=2)
+    x = basic(x, "Conv2d_3b_1x1")
+    x = F.max_pool2d(basic(x, "Conv2d_4a_3x3"), 3, stride=2)
+    for n in ("Mixed_5b", "Mixed_5c", "Mixed_5d"):
+      x = block_a(x, n)
+    x = block_b(x, "Mixed_6a")
+    for n in ("Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
+      x = block_c(x, n)
+    x = block_d(x, "Mixed_7a")
+    x = block_e(x, "Mixed_7b", avg)
+    x = block_e(x, "Mixed_7c", lambda y: F.max_pool2d(y, 3, stride=1, padding=1))
+    return F.adaptive_avg_pool2d(x, 1)[:, :, 0, 0]
+  return forward
+
+
+def _torch_worker(options, batch_size, input_size, threads):
+  del options
+  import numpy as np
+  import torch
+  torch.set_num_threads(threads)
+  try:
+    from pytorch_fid.inception import InceptionV3  # Needs torchvision.
+    # Its FID blocks download their weights; torchvision's blocks run the same convolutions.
+    model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=input_size != 299,
+                        normalize_input=False, use_fid_inception=False).eval()
+    forward, impl = (lambda x: model(x)[0]), "pytorch_fid.InceptionV3"
+  except Exception:  # pylint: disable=broad-except  (no pytorch_fid / torchvision)
+    forward, impl = _torch_functional(torch, _torch_state_dict()), "torch.nn.functional"
+  images = torch.from_numpy(np.random.default_rng(0).uniform(
+      -1, 1, (batch_size, 3, input_size, input_size)).astype(np.float32))
+
+  def run():
+    with torch.no_grad():
+      forward(images)
+  run()
+  return run, impl
+
+
+def worker(variant):
+  name, options = _parse(variant)
+  impl = name
+  if name == "flax":
+    run = _flax_worker(options, FLAGS.batch_size, FLAGS.input_size)
+  elif name == "torch":
+    run, impl = _torch_worker(options, FLAGS.batch_size, FLAGS.input_size, FLAGS.threads)
+  else:
+    raise ValueError(f"unknown variant {variant!r}")
+  print(json.dumps({"ready": True, "impl": impl}), flush=True)
+  for line in sys.stdin:
+    if line.strip() != "run":
+      break
+    t0 = time.perf_counter()
+    run()
+    print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+
+
+def main(argv):
+  del argv
+  if FLAGS.worker:
+    return worker(FLAGS.worker)
+  from common import emit_json
+  variants = [v for v in FLAGS.variants.split(",") if v]
+  workers, results = {}, {}
+  for v in variants:
+    if _parse(v)[0] == "torch":
+      try:
+        import torch  # noqa: F401
+      except ImportError:
+        results[v] = {"skipped": "torch is not installed"}
+        continue
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), f"--worker={v}",
+         f"--batch_size={FLAGS.batch_size}", f"--input_size={FLAGS.input_size}",
+         f"--threads={FLAGS.threads}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    ready = json.loads(proc.stdout.readline())  # Compiled and warmed up, one at a time.
+    workers[v] = proc
+    results[v] = {"impl": ready["impl"], "seconds": []}
+  order = list(workers)
+  for r in range(FLAGS.rounds):
+    for v in order[r % len(order):] + order[:r % len(order)]:
+      workers[v].stdin.write("run\n")
+      workers[v].stdin.flush()
+      results[v]["seconds"].append(json.loads(workers[v].stdout.readline())["seconds"])
+  for proc in workers.values():
+    proc.stdin.write("quit\n")
+    proc.stdin.close()
+    proc.wait()
+  torch_key = next((v for v in workers if _parse(v)[0] == "torch"), None)
+  for v in workers:
+    s = results[v]["seconds"]
+    results[v].update(images_per_s_median=FLAGS.batch_size / statistics.median(s),
+                      images_per_s_min=FLAGS.batch_size / max(s),
+                      images_per_s_max=FLAGS.batch_size / min(s))
+  for v in workers:
+    if torch_key:
+      results[v]["ratio_to_torch"] = (results[v]["images_per_s_median"]
+                                      / results[torch_key]["images_per_s_median"])
+  emit_json({"benchmark": "inception_speed", "batch_size": FLAGS.batch_size,
+             "input_size": FLAGS.input_size, "rounds": FLAGS.rounds, "threads": FLAGS.threads,
+             "cpu_count": os.cpu_count(), "variants": results}, FLAGS.out)
+
+
+if __name__ == "__main__":
+  app.run(main)
