@@ -13,7 +13,8 @@ ratio to the torch variant. Inputs: random images at 299x299 (no resize) or `--i
 not depend on the values).
 
 Variants: `flax` (`InceptionV3`, the library's FID network) with `:precision=default|highest`,
-`:xla=<XLA_FLAGS>` and `:fold_bn=1`-style options (`+` joins several XLA flags); `torch`:
+`:xla=<XLA_FLAGS>` (`+` joins several flags) and `:pools=reduce_window` (the pools as
+`nn.max_pool` / `nn.avg_pool`, as before the rewrite); `torch`:
 pytorch-fid's `InceptionV3` when `pytorch_fid` and `torchvision` import, else the same network
 written with torch.nn.functional over a pytorch-fid state dict (the ops pytorch-fid runs in
 eval mode: conv2d, batch_norm, relu, pools, bilinear interpolate). Without torch the torch
@@ -68,6 +69,14 @@ def _flax_worker(options, batch_size, input_size):
     else:
       flat[path] = np.ones(shape) if path.endswith(("var", "scale")) else np.zeros(shape)
   variables = inception.unflatten_variables({k: v.astype(np.float32) for k, v in flat.items()})
+  if options.get("pools") == "reduce_window":  # The port's pools before the slice rewrite.
+    import flax.linen as nn
+    inception._avg_pool_3x3 = lambda x: nn.avg_pool(
+        x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+    inception._max_pool_3x3 = lambda x: nn.max_pool(x, (3, 3), strides=(1, 1),
+                                                    padding=((1, 1), (1, 1)))
+    inception._max_pool_3x3_stride2 = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2),
+                                                            padding="VALID")
   precision = {"default": jax.lax.Precision.DEFAULT, "highest": jax.lax.Precision.HIGHEST}[
       options.get("precision", "highest")]
   model = inception.InceptionV3(image_size=299 if input_size != 299 else None,

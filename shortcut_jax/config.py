@@ -17,6 +17,7 @@ SHARDINGS = ("dp", "fsdp", "hybrid")
 DATASETS = ("digits", "photos", "celebahq256", "imagenet256", "lsun_church", "image_folder")
 MANUAL_DATASETS = ("celebahq256", "imagenet256", "lsun_church")  # Downloaded by hand.
 LOW_RES_FACTORS = (0, 2, 4, 8)
+PREDICTIONS = ("velocity", "data")
 LATENTS = ("none", "online", "precomputed")
 EVAL_ERRORS = ("continue", "stop")
 WEIGHT_DECAY_MASKS = ("all", "no_bias_norm_embed")
@@ -53,6 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
       # How a conditioning image (super-resolution input) enters the DiT, when the data has
       # one: 'concat' (extra input channels) | 'tokens' (second patch embedding, fused tokens).
       cond_image_mode="concat",
+      # What the network outputs: 'velocity' (the original) or 'data' (a prediction of x1,
+      # turned into the velocity it implies on the objective's path; see models.registry).
+      prediction="velocity",
   ))
   c.objective = ml_collections.ConfigDict(dict(
       name="shortcut", denoise_timesteps=128, bootstrap_every=8, bootstrap_ema=True,
@@ -61,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
       # Classifier-free-guidance dropout of a conditioning image (null: the zero image); a model
       # trained with it > 0 nulls the image in the unconditional CFG branch.
       image_dropout_prob=0.0,
+      path="linear",  # Interpolation path (objectives.paths): 'linear' | 'smoothstep' | 'cosine'.
+      # MeanFlow (objective 'meanflow'): logit-normal (mu, sigma) of the paper's times, share of
+      # the batch with r = t, adaptive loss weight 1 / (mse + c)^p.
+      meanflow_time_mu=-0.4, meanflow_time_sigma=1.0, meanflow_equal_share=0.75,
+      meanflow_adaptive_p=1.0, meanflow_adaptive_c=1e-3,
   ))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
@@ -194,6 +203,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   from shortcut_jax.models.registry import MODELS  # Imported here, like the objectives.
   check(m.name in MODELS, f"model.name must be one of {sorted(MODELS)}, got {m.name!r}")
   check(m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}")
+  check(m.prediction in PREDICTIONS,
+        f"model.prediction must be one of {PREDICTIONS}, got {m.prediction!r}")
   check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout!r}")
 
   o = c.objective
@@ -219,6 +230,18 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(0.0 <= o.image_dropout_prob <= 1.0,
         f"objective.image_dropout_prob must be in [0, 1], got {o.image_dropout_prob!r}")
   check(o.cfg_scale >= 0, f"objective.cfg_scale must be >= 0, got {o.cfg_scale!r}")
+  from shortcut_jax.objectives.paths import PATHS
+  check(o.path in PATHS, f"objective.path must be one of {sorted(PATHS)}, got {o.path!r}")
+  check(o.meanflow_time_sigma > 0, f"objective.meanflow_time_sigma must be > 0, got {o.meanflow_time_sigma!r}")
+  check(0.0 <= o.meanflow_equal_share <= 1.0,
+        f"objective.meanflow_equal_share must be in [0, 1], got {o.meanflow_equal_share!r}")
+  check(o.meanflow_adaptive_p >= 0, f"objective.meanflow_adaptive_p must be >= 0, got {o.meanflow_adaptive_p!r}")
+  check(o.meanflow_adaptive_c > 0, f"objective.meanflow_adaptive_c must be > 0, got {o.meanflow_adaptive_c!r}")
+  if objective is not None and objective.needs_jvp:
+    # cuDNN's fused attention has a VJP rule only ('auto' may pick it on a GPU).
+    check(m.attention_impl in ("xla", "einsum"),
+          f"model.attention_impl={m.attention_impl!r} has no jax.jvp rule, which objective "
+          f"{objective.name!r} needs: use 'xla' or 'einsum'")
 
   p = c.optim
   check(p.lr > 0, f"optim.lr must be positive, got {p.lr!r}")
@@ -293,7 +316,9 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         check(max(ev.steps) <= o.denoise_timesteps,
               f"evals.{name}.steps: {max(ev.steps)} steps exceed objective.denoise_timesteps "
               f"({o.denoise_timesteps})")
-      if not bad and objective is not None:
+      enabled = isinstance(ev.get("every", -1), int) and isinstance(c.eval_every, int) and \
+          eval_period(c, name) > 0
+      if not bad and objective is not None and enabled:
         try:
           objective.check_steps(ev.steps)
         except ValueError as e:

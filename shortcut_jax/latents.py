@@ -132,3 +132,13 @@ def vae_input(images, in_channels: int):
     return xp.repeat(images, in_channels, axis=-1)
   raise ValueError(f"the dataset's images have {channels} channels, the VAE encodes "
                    f"{in_channels} (vae config in_channels)")
+
+
+def encode_cond(config, cond: Mapping[str, Array]) -> Dict[str, Array]:
+  """Conditions as the model takes them: a pixel `cond_image` encoded to its (scaled, mean)
+  latent in latent space, as the train step does; unchanged in pixel space."""
+  vae = vae_from_config(config)
+  if vae is None or "cond_image" not in cond:
+    return dict(cond)
+  images = vae_input(jnp.asarray(cond["cond_image"]), vae.config.in_channels)
+  return dict(cond, cond_image=vae.encode(images))

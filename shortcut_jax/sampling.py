@@ -1,7 +1,10 @@
-"""Few-step Euler sampling of shortcut and flow-matching models (SPEC §4).
+"""Few-step sampling of shortcut, flow-matching and other objectives' models (SPEC §4).
 
-From x at t = 0 (source noise) the sampler takes N Euler steps `x <- x + d v(x, t, level)` and
-returns x at t = 1. Shortcut models ask the network for the shortcut of the step they take
+From x at t = 0 (source noise) the sampler takes N steps and returns x at t = 1. A step is the
+objective's `sampler_step` (`objectives.base`): by default the Euler step
+`x <- x + d v(x, t, level)`; MeanFlow's average-velocity jump has the same form, and an objective
+with another integrator (a second-order Taylor step, predict-and-renoise) brings its own step and,
+if it needs one, its own schedule. Without an objective the sampler is the Euler one. Shortcut models ask the network for the shortcut of the step they take
 (level k for a step of 2^-k); flow-matching models always use the finest level L and uniform
 steps 1/N.
 
@@ -17,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax.objectives.base import euler_step
 from shortcut_jax.objectives.flow_path import finest_level
 
 Array = Any
@@ -90,7 +94,7 @@ def guided_velocity(model, params, x, t, level, cond, null_cond, cfg_scale):
 
 @functools.lru_cache(maxsize=64)
 def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool = True,
-                 cfg_scale: Optional[float] = None):
+                 cfg_scale: Optional[float] = None, objective=None):
   """A jitted `fn(params, x0, cond) -> x1` running the whole N-step loop on device.
 
   Cached: the same arguments return the same jitted function, so repeated sampling (evaluators,
@@ -102,11 +106,18 @@ def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool
     denoise_timesteps: M (the finest level L = log2 M).
     uses_level: shortcut model (levels per `step_schedule`) or flow model (level L, steps 1/N).
     cfg_scale: guidance weight w; None samples without guidance (one call per step).
+    objective: a registered `Objective` whose `sampler_step` (and `schedule`, when it has one)
+      the sampler uses; None: Euler steps on the default schedule.
 
   Returns:
     The jitted sampler.
   """
-  times, sizes, levels = _schedule(num_steps, denoise_timesteps, uses_level)
+  if objective is not None and objective.schedule is not None:
+    times, sizes, levels = objective.schedule(num_steps, denoise_timesteps)
+    times, sizes = np.asarray(times, np.float32), np.asarray(sizes, np.float32)
+  else:
+    times, sizes, levels = _schedule(num_steps, denoise_timesteps, uses_level)
+  step_fn = euler_step if objective is None else objective.sampler_step
   w = None if cfg_scale is None else float(cfg_scale)
 
   def run(params, x0, cond):
@@ -114,15 +125,16 @@ def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool
     cond = dict(cond)
     null = model.null_cond(cond) if w is not None else None
 
+    def predict(x, t_b, level_b):
+      if w is None:
+        return model(params, x, t_b, level_b, cond, train=False)
+      return guided_velocity(model, params, x, t_b, level_b, cond, null, w)
+
     def body(x, step):
       t, d, level = step
       t_b = jnp.full((b,), t, jnp.float32)
-      level_b = jnp.full((b,), level, jnp.int32)
-      if w is None:
-        v = model(params, x, t_b, level_b, cond, train=False)
-      else:
-        v = guided_velocity(model, params, x, t_b, level_b, cond, null, w)
-      return x + d * v.astype(x.dtype), None
+      level_b = jnp.full((b,), level, jnp.asarray(level).dtype)
+      return step_fn(predict, x, t_b, d, level_b), None
 
     x1, _ = jax.lax.scan(body, x0, (jnp.asarray(times), jnp.asarray(sizes), jnp.asarray(levels)))
     return x1
@@ -132,8 +144,9 @@ def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool
 
 def sample(model, params, x0: Array, cond: Mapping[str, Array], *, num_steps: int,
            denoise_timesteps: int, uses_level: bool = True,
-           cfg_scale: Optional[float] = None) -> Array:
-  """Integrates from source noise x0 (t = 0) to t = 1 with `num_steps` Euler steps.
+           cfg_scale: Optional[float] = None, objective=None) -> Array:
+  """Integrates from source noise x0 (t = 0) to t = 1 with `num_steps` steps (Euler, or the
+  objective's step).
 
   Args:
     model: the `VelocityModel`.
@@ -144,11 +157,12 @@ def sample(model, params, x0: Array, cond: Mapping[str, Array], *, num_steps: in
     denoise_timesteps: M.
     uses_level: whether the model is a shortcut model (see `make_sampler`).
     cfg_scale: guidance weight, or None for no guidance.
+    objective: optional registered `Objective` (see `make_sampler`).
 
   Returns:
     The samples at t = 1, like x0.
   """
   fn = make_sampler(model, int(num_steps), int(denoise_timesteps), bool(uses_level),
-                    None if cfg_scale is None else float(cfg_scale))
+                    None if cfg_scale is None else float(cfg_scale), objective)
   return fn(params, x0, cond)
 

@@ -38,12 +38,15 @@ class TrainState:
     opt_state: optax state of the optimizer.
     rng: base PRNG key; step s uses `fold_in(rng, s)`, so the key of a step does not depend on
       how the run got there (resumes give identical randomness).
+    objective_state: the objective's own state (`objectives.base`; `{}` when stateless),
+      checkpointed with the rest.
   """
   step: Array
   params: Any
   ema_params: Any
   opt_state: Any
   rng: Array
+  objective_state: Any = flax.struct.field(default_factory=dict)
 
 
 def learning_rate_schedule(optim_config, max_steps: int) -> Callable[[Array], Array]:
@@ -121,13 +124,15 @@ def make_optimizer(optim_config, max_steps: int) -> Tuple[optax.GradientTransfor
   return tx, lr_schedule
 
 
-def create_train_state(params, tx: optax.GradientTransformation, rng: Array) -> TrainState:
+def create_train_state(params, tx: optax.GradientTransformation, rng: Array,
+                       objective_state: Any = None) -> TrainState:
   """Step 0 state; the EMA starts as a copy of the parameters.
 
   Args:
     params: initial network weights.
     tx: the optimizer.
     rng: base PRNG key of the run.
+    objective_state: the objective's initial state (`Objective.init_state`); None: `{}`.
 
   Returns:
     A `TrainState`.
@@ -135,7 +140,8 @@ def create_train_state(params, tx: optax.GradientTransformation, rng: Array) -> 
   # A real copy, so that donating the state never aliases params and ema_params.
   ema_params = jax.tree.map(jnp.array, params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
-                    opt_state=tx.init(params), rng=rng)
+                    opt_state=tx.init(params), rng=rng,
+                    objective_state={} if objective_state is None else objective_state)
 
 
 def ema_update(ema_params, params, rate: Union[float, Array]):

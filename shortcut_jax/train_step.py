@@ -3,7 +3,9 @@
 `train_step` is a pure module-level function: the model, objective, optimizer and configs are
 bound with `functools.partial` (they are static: Python objects read at trace time) and the result
 is jitted once with the state donated (`make_train_step`). Objectives are chosen outside jit
-(`objectives.get_objective`); inside, only the chosen target function is traced.
+(`objectives.get_objective`); inside, only the chosen objective's functions are traced: its
+targets (which see the step and `state.objective_state`), its loss (per-sample MSE unless the
+objective defines another) and its state update (`objectives.base`).
 
 Keys: the step's key is `fold_in(state.rng, state.step)` and is split once per use (targets,
 dropout), so the randomness of step s does not depend on how many steps ran before in this
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from shortcut_jax.objectives.base import as_objective, per_sample_mse  # noqa: F401  (re-exported)
 from shortcut_jax.train_state import TrainState, ema_update
 
 Array = Any
@@ -28,15 +31,8 @@ _EVAL_SALT = 0x5EED
 _LATENT_SALT = 0x1A7E
 
 
-def _targets_fn(objective):
-  """Accepts a registered `Objective` or a bare target function."""
-  return getattr(objective, "targets_fn", objective)
-
-
-def per_sample_mse(pred: Array, target: Array) -> Array:
-  """Mean squared error of each sample over all non-batch axes, in float32: [B]."""
-  diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
-  return jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
+def _objective_state(state: TrainState):
+  return getattr(state, "objective_state", {})
 
 
 def loss_metrics(per_sample: Array, groups: Dict[str, Array], prefix: str = "train/") -> Metrics:
@@ -64,7 +60,7 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
                lr_schedule: Callable[[Array], Array], objective_config,
                ema_rate: Union[float, Callable[[Array], Array]], encoder=None
                ) -> Tuple[TrainState, Metrics]:
-  """One AdamW update of the online weights followed by the EMA update.
+  """One AdamW update of the online weights, the EMA update, then the objective's state update.
 
   Args:
     state: the current `TrainState` (donated by `make_train_step`).
@@ -72,7 +68,7 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
       posterior moments in latent space: `encoder` turns it into latents first).
     encoder_params: the frozen VAE's parameters (latent space only).
     model: the `VelocityModel`.
-    objective: a registered `Objective` (or its target function).
+    objective: a registered `Objective` (or a bare target function: default loss and state).
     tx: the optimizer (`train_state.make_optimizer`).
     lr_schedule: its learning-rate schedule (logged only).
     objective_config: the `config.objective` section.
@@ -82,21 +78,23 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
   Returns:
     (new state, flat dict of float32 scalar metrics named `train/...`).
   """
+  objective = as_objective(objective)
+  objective_state = _objective_state(state)
   step_key = jax.random.fold_in(state.rng, state.step)
   batch = prepare_batch(batch, step_key, encoder, encoder_params)
   targets_key, dropout_key = jax.random.split(step_key)
-  targets = _targets_fn(objective)(model, state.params, state.ema_params, batch, targets_key,
-                                   objective_config)
+  targets = objective.targets(model, state.params, state.ema_params, batch, targets_key,
+                              objective_config, step=state.step, state=objective_state)
   # Targets are regression constants, whichever weights made them.
-  target = jax.lax.stop_gradient(targets.target)
+  targets = targets._replace(target=jax.lax.stop_gradient(targets.target))
 
   def loss_fn(params):
     pred = model(params, targets.x, targets.t, targets.level, targets.cond, train=True,
                  rngs={"dropout": dropout_key})
-    per_sample = per_sample_mse(pred, target)
-    return jnp.mean(per_sample), per_sample
+    per_sample, loss_terms = objective.loss_fn(pred, targets, objective_config)
+    return jnp.mean(per_sample), (per_sample, loss_terms)
 
-  (_, per_sample), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (per_sample, loss_terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   rate = ema_rate(state.step) if callable(ema_rate) else ema_rate
@@ -110,8 +108,13 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
       "train/lr": lr_schedule(state.step),
   })
   metrics.update({f"train/{k}": v for k, v in targets.metrics.items()})
+  metrics.update({f"train/{k}": v for k, v in loss_terms.items()})
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                             opt_state=opt_state)
+  if hasattr(state, "objective_state"):
+    new_state = new_state.replace(objective_state=objective.update_state(
+        objective_state, step=state.step, params=params, ema_params=ema_params,
+        config=objective_config))
   return new_state, _as_float32(metrics)
 
 
@@ -129,7 +132,7 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
     rng: key for the objective's draws; default: derived from `state.rng` and `state.step`
       (fixed for a given state, distinct from the training draws).
     model: the `VelocityModel`.
-    objective: a registered `Objective` (or its target function).
+    objective: a registered `Objective` (or a bare target function).
     objective_config: the `config.objective` section.
     use_ema: score the EMA weights (True) or the online weights.
     encoder_params, encoder: as in `train_step` (latent space).
@@ -140,17 +143,20 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
   """
   if rng is None:
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), _EVAL_SALT)
+  objective = as_objective(objective)
   batch = prepare_batch(batch, rng, encoder, encoder_params)
-  targets = _targets_fn(objective)(model, state.params, state.ema_params, batch, rng,
-                                   objective_config)
+  targets = objective.targets(model, state.params, state.ema_params, batch, rng,
+                              objective_config, step=state.step, state=_objective_state(state))
   if isinstance(use_ema, bool):
     params = state.ema_params if use_ema else state.params
   else:
     # A traced flag (jit without static_argnames): select per leaf instead of branching.
     params = jax.tree.map(lambda e, p: jnp.where(use_ema, e, p), state.ema_params, state.params)
   pred = model(params, targets.x, targets.t, targets.level, targets.cond, train=False)
-  metrics = loss_metrics(per_sample_mse(pred, targets.target), targets.groups)
+  per_sample, loss_terms = objective.loss_fn(pred, targets, objective_config)
+  metrics = loss_metrics(per_sample, targets.groups)
   metrics.update({f"train/{k}": v for k, v in targets.metrics.items()})
+  metrics.update({f"train/{k}": v for k, v in loss_terms.items()})
   return _as_float32(metrics)
 
 

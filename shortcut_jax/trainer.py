@@ -80,7 +80,10 @@ class Experiment:
   def init_state(self, rng) -> train_state_lib.TrainState:
     """A fresh train state (pure: use under jit / eval_shape)."""
     param_rng, state_rng = jax.random.split(rng)
-    return train_state_lib.create_train_state(self.network.init(param_rng), self.tx, state_rng)
+    params = self.network.init(param_rng)
+    return train_state_lib.create_train_state(
+        params, self.tx, state_rng,
+        objective_state=self.objective.init_state(params, self.config.objective))
 
   def abstract_state(self):
     return jax.eval_shape(self.init_state, jax.random.PRNGKey(0))

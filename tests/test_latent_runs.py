@@ -254,7 +254,9 @@ def _folder_of_classes(root, num_classes, size=8):
 def test_resume_from_imported_checkpoint(original, tmp_path, data_dir):
   config = paper_config("imagenet_dit_b", **TINY_LATENT_RUN, data__name="image_folder",
                         data__folder=_folder_of_classes(tmp_path / "images", NUM_CLASSES),
-                        data__data_dir=data_dir, max_steps=STEP + 2, log_every=1)
+                        data__data_dir=data_dir, max_steps=STEP + 2, log_every=1,
+                        **{f"evals__{name}__every": 0 for name in ("samples", "loss_per_t",
+                                                                    "validation", "fid")})
   workdir = str(tmp_path / "w")
   assert import_original(original[0], config, workdir) == STEP
   metrics = trainer.train_and_evaluate(config, workdir)
@@ -264,12 +266,12 @@ def test_resume_from_imported_checkpoint(original, tmp_path, data_dir):
 
   _, state, step = trainer.restore_experiment(workdir)
   assert step == STEP + 2 and int(_adam(state.opt_state).count) == ADAM_COUNT + 2
-  # Two AdamW steps at lr 1e-4 from the imported weights: moved, but only by ~1e-4 per weight
-  # (a fresh initialisation would be ~0.01 away, the noise added to the original's weights).
+  # Two AdamW steps at lr 1e-4 from the imported weights and moments: moved, but only by about
+  # 1e-4 per weight (a fresh initialisation is ~0.01 away: the noise added to the original's).
   params, imported = jax.device_get(state.params), original[1]["params"]
   kernel = lambda p: p["DiTBlock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
   moved = np.abs(kernel(params) - kernel(imported))
-  assert 0 < moved.max() < 5e-4
+  assert 0 < moved.max() < 3e-3 and moved.mean() < 4e-4
 
 
 # --- the paper configs' :smoke and their errors without it ---------------------------------

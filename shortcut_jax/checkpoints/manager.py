@@ -289,13 +289,31 @@ class CheckpointManager:
       raise _Damaged(problem)
     try:
       self._check_compatible(step, abstract_state)
+      target, missing = self._restore_target(step, abstract_state)
       out = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     except CheckpointMismatchError:
       raise
     except Exception as e:  # pylint: disable=broad-except  # TensorStore, JSON, ...
       raise _Damaged(f"{self.step_dir(step)}: could not be read ({_first_line(e)})") from e
-    return out["state"], dict(out["meta"])
+    state = out["state"]
+    if missing:
+      state = abstract_state.replace(**state, **missing)
+    return state, dict(out["meta"])
+
+  def _restore_target(self, step, abstract_state):
+    """What to ask Orbax for: `abstract_state` itself, or — for a checkpoint written before a
+    state field without arrays existed (e.g. an empty `objective_state`) — its state dict
+    without those fields, which are then filled from `abstract_state` (returned as `missing`)."""
+    saved = self._manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    if not isinstance(saved, dict) or not hasattr(abstract_state, "__dataclass_fields__"):
+      return abstract_state, {}
+    target = {f: getattr(abstract_state, f) for f in abstract_state.__dataclass_fields__}
+    missing = {k: v for k, v in target.items() if k not in saved and not jax.tree.leaves(v)}
+    if not missing:
+      return abstract_state, {}
+    return {k: v for k, v in target.items() if k not in missing}, missing
 
   def _resolve(self, step):
     step = self.latest_step() if step is None else step

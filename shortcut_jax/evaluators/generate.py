@@ -214,7 +214,7 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
   if cfg_scale is not None and not is_guidable(exp):
     cfg_scale = None
   sampler = sampling.make_sampler(exp.model, num_steps, config.objective.denoise_timesteps,
-                                  exp.objective.uses_level, cfg_scale)
+                                  exp.objective.uses_level, cfg_scale, objective=exp.objective)
   key = jax.random.PRNGKey(seed)
   if mesh is None:
     batch_size = min(batch_size, num_images)

@@ -82,7 +82,7 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
     cfg_scale = None
   exp.objective.check_steps([num_steps])
   sampler = sampling.make_sampler(exp.model, num_steps, exp.config.objective.denoise_timesteps,
-                                  exp.objective.uses_level, cfg_scale)
+                                  exp.objective.uses_level, cfg_scale, objective=exp.objective)
   key = jax.random.PRNGKey(seed)
   source = exp.objective.source
   counter = {"next": 0}

@@ -168,18 +168,47 @@ class BasicConv2d(nn.Module):
     return nn.relu(x)
 
 
+# The 3x3 pools are written as maxima / sums of shifted slices, separably (rows, then columns),
+# instead of `reduce_window` (`nn.max_pool` / `nn.avg_pool`): XLA's CPU backend runs
+# reduce_window as a scalar loop over the 9 window elements, which made the pools a large
+# share of the network's CPU time (docs/benchmarks.md, "Inception on CPU"). Max pools are
+# bit-identical; the average pool's sum is reassociated (float32 rounding, ~1e-7 relative).
+
+
+def _shifted(x: Array, axis: int, stride: int, size: int):
+  """The 3 slices x[k::stride] (k = 0, 1, 2) along `axis`, each `size` long."""
+  return [jax.lax.slice_in_dim(x, k, k + stride * (size - 1) + 1, stride, axis)
+          for k in range(3)]
+
+
+def _pool3(x: Array, op, stride: int) -> Array:
+  """A VALID 3x3 pool with `op` (jnp.maximum or jnp.add), separably."""
+  ho = (x.shape[1] - 3) // stride + 1
+  wo = (x.shape[2] - 3) // stride + 1
+  a, b, c = _shifted(x, 1, stride, ho)
+  x = op(op(a, b), c)
+  a, b, c = _shifted(x, 2, stride, wo)
+  return op(op(a, b), c)
+
+
 def _avg_pool_3x3(x: Array) -> Array:
-  # TensorFlow's average pool ignores the zero padding (pytorch-fid's patch).
-  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+  # TensorFlow's average pool ignores the zero padding (pytorch-fid's patch): divide by
+  # the number of real pixels in each window.
+  h, w = x.shape[1], x.shape[2]
+  total = _pool3(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))), jnp.add, 1)
+  count = lambda n: np.asarray([min(i + 1, n - 1) - max(i - 1, 0) + 1 for i in range(n)],
+                               np.float32)
+  rows, cols = count(h), count(w)
+  return total / jnp.asarray(np.outer(rows, cols)[None, :, :, None], x.dtype)
 
 
 def _max_pool_3x3(x: Array) -> Array:
-  return nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return _pool3(x, jnp.maximum, 1)
 
 
 def _max_pool_3x3_stride2(x: Array) -> Array:
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+  return _pool3(x, jnp.maximum, 2)
 
 
 class InceptionA(nn.Module):

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from shortcut_jax import conditioning as cond_lib
 from shortcut_jax.models import dit as dit_lib
 from shortcut_jax.models.velocity_model import VelocityModel
+from shortcut_jax.objectives import paths
 
 BatchSpec = Mapping[str, Tuple[int, ...]]
 
@@ -41,7 +42,24 @@ def build_dit(config, batch_spec: BatchSpec, objective) -> Network:
   conditioning = cond_lib.from_config(config, cond_image=has_image)
   args, kwargs = dit_lib.init_inputs(module, batch_spec)
   init = lambda rng: module.init({"params": rng}, *args, **kwargs)["params"]
-  return Network(module=module, model=dit_lib.velocity_model(module, conditioning), init=init)
+  model = dit_lib.velocity_model(module, conditioning)
+  if m.prediction == "data":
+    model = data_prediction(model, paths.path_from_config(config.objective))
+  return Network(module=module, model=model, init=init)
+
+
+def data_prediction(model: VelocityModel, path) -> VelocityModel:
+  """`model` read as a prediction of the data x1, turned into the velocity it implies on `path`
+  (`Path.velocity_from_data`): objectives, samplers and CFG keep seeing velocities.
+
+  `model.prediction='data'` ("x-prediction"): the network no longer has to reproduce the source
+  noise in its output, which a DiT with large patches relative to its width does poorly
+  (speckled samples); `'velocity'` is the original's parameterisation.
+  """
+  def apply_fn(params, x, t, level, cond, train, rngs):
+    x1_hat = model.apply_fn(params, x, t, level, cond, train, rngs)
+    return path.velocity_from_data(x1_hat, x, t)
+  return VelocityModel(apply_fn=apply_fn, conditioning=model.conditioning)
 
 
 MODELS: Dict[str, Callable[..., Network]] = {"dit": build_dit}

@@ -1,8 +1,12 @@
-"""Training objectives: a registry of target functions with one signature (see `base`)."""
+"""Training objectives: a registry of objectives with one interface (see `base`), and the
+interpolation paths they train on (`paths`)."""
 
-from shortcut_jax.objectives.base import (Objective, TrainingTargets, get_objective,
-                                          objective_names, register_objective)
+from shortcut_jax.objectives.base import (Objective, TrainingTargets, as_objective, euler_step,
+                                          get_objective, mse_loss, objective_names,
+                                          register_objective)
+from shortcut_jax.objectives.paths import Path, get_path
 # Importing the modules registers their objectives.
+from shortcut_jax.objectives import meanflow  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import naive  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import regression  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import shortcut  # noqa: F401  pylint: disable=unused-import

@@ -1,17 +1,41 @@
 """What every training objective returns, and the registry that names them.
 
-An objective is a pure function
+An objective is a registered `Objective`: a target function plus, where it needs them, its own
+loss, state and sampler step. Every part but the target function has a default that gives the
+original's behaviour (per-sample MSE, no state, Euler steps), so `naive` and `shortcut` only
+write their targets.
 
-    targets_fn(model, params, ema_params, batch, rng, config) -> TrainingTargets
+* Targets: a pure function
 
-where `model` is a `VelocityModel`, `batch` a dict (`image` float32 NHWC in [-1, 1], optional
-`label`, later `cond_image`, `embedding`), `rng` a PRNG key used only inside, and `config` the
-`config.objective` section (python values, read at trace time). Objectives are looked up by
-name outside of jit (`get_objective`), never chosen by string tests inside traced code.
+      targets_fn(model, params, ema_params, batch, rng, config, *, step=None, state=None)
+          -> TrainingTargets
+
+  where `model` is a `VelocityModel`, `batch` a dict (`image` float32 NHWC in [-1, 1], optional
+  `label`, `cond_image`, ...), `rng` a PRNG key used only inside, `config` the `config.objective`
+  section (python values, read at trace time), `step` the int32 training step (traced) and
+  `state` the objective's state (`TrainState.objective_state`). The returned `target` is a
+  regression constant (the train step stops its gradient).
+* Loss: `loss_fn(pred, targets, config) -> (per_sample_loss float32 [B], metrics)`; the train
+  step minimises the batch mean of `per_sample_loss` and logs it per group (default `mse_loss`).
+* State (optax style): `init_state(params, config) -> pytree`, stored in
+  `TrainState.objective_state` (checkpointed, sharded and restored with the rest of the state;
+  `{}` for stateless objectives), and `update_state(state, *, step, params, ema_params, config)
+  -> state`, applied after each update (a distillation phase, an N schedule, a teacher copy).
+  Both are pure, so a resumed run carries on exactly.
+* Sampling: `sampler_step(predict, x, t, d, level) -> x_next` is one step of the sampler from
+  time t (float32 [B]) by d (a float32 scalar) at the level the schedule gives (int32 [B]),
+  where `predict(x, t, level)` is the network output (guided when sampling with CFG); default
+  `euler_step`. `schedule(num_steps, denoise_timesteps)`, when set, replaces the default
+  (times, sizes, levels) of `shortcut_jax.sampling` (shortcut levels or uniform flow steps).
+
+Objectives are looked up by name outside of jit (`get_objective`), never chosen by string tests
+inside traced code.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+
+import jax.numpy as jnp
 
 Array = Any
 
@@ -22,7 +46,8 @@ class TrainingTargets(NamedTuple):
   Attributes:
     x: model input x_t, same shape as the batch images.
     t: float32 [B] times in [0, 1].
-    level: int32 [B] step-size levels (step 2^-level) the model is asked for.
+    level: [B] step-size levels (step 2^-level) the model is asked for: int32, or float32 where
+      an objective asks for steps between levels (`meanflow`).
     cond: conditioning dict passed to the model (labels possibly dropped).
     target: velocity target, same shape as x.
     groups: name -> float32 [B] mask; the trainer logs `train/loss_<name>` as the mean per-sample
@@ -38,6 +63,35 @@ class TrainingTargets(NamedTuple):
   metrics: Dict[str, Array]
 
 
+def per_sample_mse(pred: Array, target: Array) -> Array:
+  """Mean squared error of each sample over all non-batch axes, in float32: [B]."""
+  diff = pred.astype(jnp.float32) - target.astype(jnp.float32)
+  return jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
+
+
+def mse_loss(pred: Array, targets: "TrainingTargets", config=None):
+  """The original's loss: per-sample MSE against `targets.target`, no extra metrics."""
+  del config
+  return per_sample_mse(pred, targets.target), {}
+
+
+def empty_state(params, config=None) -> dict:
+  """The state of a stateless objective."""
+  del params, config
+  return {}
+
+
+def keep_state(state, **unused):
+  """`update_state` of an objective whose state does not change."""
+  del unused
+  return state
+
+
+def euler_step(predict: Callable[..., Array], x: Array, t: Array, d: Array, level: Array) -> Array:
+  """x + d · v(x, t, level): the Euler step of flow models and the shortcut step."""
+  return x + d * predict(x, t, level).astype(x.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """A registered objective.
@@ -50,12 +104,32 @@ class Objective:
     source: where sampling starts (`flow_path.sample_source`): 'gaussian' noise, or 'zeros'
       for a deterministic one-pass model.
     max_sample_steps: the most sampling steps the objective's model supports (None: any).
+    loss_fn, init_state, update_state, sampler_step, schedule: see the module docstring.
+    needs_jvp: the objective differentiates the network in forward mode (`jax.jvp`); the config
+      validation then refuses attention implementations without a jvp rule (cuDNN's).
+    takes_context: whether `targets_fn` accepts the `step` and `state` keywords (registered
+      objectives do; a bare target function wrapped by `as_objective` does not).
   """
   name: str
   targets_fn: Callable[..., TrainingTargets]
   uses_level: bool
   source: str = "gaussian"
   max_sample_steps: Optional[int] = None
+  loss_fn: Callable[..., Tuple[Array, Dict[str, Array]]] = mse_loss
+  init_state: Callable[..., Any] = empty_state
+  update_state: Callable[..., Any] = keep_state
+  sampler_step: Callable[..., Array] = euler_step
+  schedule: Optional[Callable[[int, int], Tuple[Any, Any, Any]]] = None
+  needs_jvp: bool = False
+  takes_context: bool = True
+
+  def targets(self, model, params, ema_params, batch, rng, config, *, step=None,
+              state=None) -> TrainingTargets:
+    """`targets_fn` with the step and the objective state when it takes them."""
+    if self.takes_context:
+      return self.targets_fn(model, params, ema_params, batch, rng, config, step=step,
+                             state=state)
+    return self.targets_fn(model, params, ema_params, batch, rng, config)
 
   def check_steps(self, steps) -> None:
     """Raises ValueError if a step budget in `steps` is more than the model supports."""
@@ -70,15 +144,25 @@ _REGISTRY: Dict[str, Objective] = {}
 
 
 def register_objective(name: str, *, uses_level: bool, source: str = "gaussian",
-                       max_sample_steps: Optional[int] = None):
-  """Decorator registering `targets_fn` under `name` (see `Objective` for the options)."""
+                       max_sample_steps: Optional[int] = None, **parts):
+  """Decorator registering `targets_fn` under `name` (see `Objective` for the options; `parts`
+  are its `loss_fn`, `init_state`, `update_state`, `sampler_step`, `schedule`)."""
   def wrap(fn):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")
     _REGISTRY[name] = Objective(name=name, targets_fn=fn, uses_level=uses_level, source=source,
-                                max_sample_steps=max_sample_steps)
+                                max_sample_steps=max_sample_steps, **parts)
     return fn
   return wrap
+
+
+def as_objective(objective) -> Objective:
+  """A registered `Objective` as is; a bare target function (old signature, no step or state)
+  as an objective with the default loss, state and sampler."""
+  if isinstance(objective, Objective):
+    return objective
+  return Objective(name=getattr(objective, "__name__", "targets"), targets_fn=objective,
+                   uses_level=True, takes_context=False)
 
 
 def get_objective(name: str) -> Objective:

@@ -1,11 +1,10 @@
-"""What every objective shares: the flow path and the source distribution.
+"""What every objective shares besides the path: the source distribution, the level grid and
+the batch shuffle.
 
-Conventions (SPEC §1): t = 0 is noise and t = 1 is data,
-
-    x_t = (1 - (1 - 1e-5) t) x0 + t x1,    v = x1 - (1 - 1e-5) x0,
-
-with x0 drawn from the source distribution (`sample_source`, a standard normal today) and x1 a
-data sample.
+Conventions (SPEC §1): t = 0 is noise and t = 1 is data, x0 is drawn from the source distribution
+(`sample_source`, a standard normal today) and x1 is a data sample. The interpolation paths live in
+`paths` (the original's linear path `interpolate` / `flow_velocity` is re-exported here for the
+callers that import it from this module).
 """
 
 import math
@@ -15,11 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from shortcut_jax.config_value import config_value  # noqa: F401  (objectives read it here)
+from shortcut_jax.objectives.paths import (SIGMA_MIN, flow_velocity,  # noqa: F401  (re-exported)
+                                           interpolate)
 
 Array = Any
-
-# The 1e-5 keeps the path from collapsing exactly onto the data at t = 1 (as the original does).
-SIGMA_MIN = 1e-5
 
 
 def finest_level(denoise_timesteps: int) -> int:
@@ -44,18 +42,6 @@ def sample_source(rng: Array, shape: Tuple[int, ...], source: str = "gaussian") 
   if source == "zeros":
     return jnp.zeros(shape, jnp.float32)
   raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
-
-
-def interpolate(x0: Array, x1: Array, t: Array) -> Array:
-  """x_t = (1 - (1 - 1e-5) t) x0 + t x1, with t [B] broadcast over the image axes."""
-  t_full = t.reshape((-1,) + (1,) * (x1.ndim - 1))
-  # Same operation order as the original, so that faithful mode matches it bit for bit.
-  return (1 - (1 - SIGMA_MIN) * t_full) * x0 + t_full * x1
-
-
-def flow_velocity(x0: Array, x1: Array) -> Array:
-  """The conditional velocity d x_t / dt = x1 - (1 - 1e-5) x0."""
-  return x1 - (1 - SIGMA_MIN) * x0
 
 
 def permute_batch(batch: Mapping[str, Array], rng: Array) -> dict:

@@ -1,7 +1,8 @@
 """Flow-matching ("naive") objective.
 
-The network, called at the finest level L = log2(denoise_timesteps), regresses onto the flow
-velocity v = x1 - (1 - 1e-5) x0 at x_t (`flow_path`), with t uniform on {0, 1/M, ..., (M-1)/M}.
+The network, called at the finest level L = log2(denoise_timesteps), regresses onto the path's
+velocity at x_t (`paths`; on the default linear path v = x1 - (1 - 1e-5) x0), with t uniform on
+{0, 1/M, ..., (M-1)/M}.
 """
 
 import jax
@@ -9,12 +10,14 @@ import jax.numpy as jnp
 
 from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
-from shortcut_jax.objectives.flow_path import (config_value, finest_level, flow_velocity,
-                                               interpolate, permute_batch, sample_source)
+from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
+                                               sample_source)
+from shortcut_jax.objectives.paths import path_from_config
 
 
 @register_objective("naive", uses_level=False)
-def naive_targets(model, params, ema_params, batch, rng, config) -> TrainingTargets:
+def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
+                  state=None) -> TrainingTargets:
   """Flow-matching targets for a whole batch.
 
   Args:
@@ -24,12 +27,14 @@ def naive_targets(model, params, ema_params, batch, rng, config) -> TrainingTarg
     batch: dict with `image` float32 NHWC and optional conditioning keys (`label`, ...).
     rng: PRNG key for this batch.
     config: objective config: `denoise_timesteps`, `cfg_scale`, `faithful` and each condition
-      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`).
+      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`), and `path`.
+    step, state: unused (stateless).
 
   Returns:
     TrainingTargets with a single group `flow` covering the batch.
   """
-  del params, ema_params
+  del params, ema_params, step, state
+  path = path_from_config(config)
   m = int(config_value(config, "denoise_timesteps", 128))
   level_flow = finest_level(m)
   if config_value(config, "faithful", False):
@@ -48,11 +53,11 @@ def naive_targets(model, params, ema_params, batch, rng, config) -> TrainingTarg
   x0 = sample_source(noise_key, images.shape)
   x1 = images
   return TrainingTargets(
-      x=interpolate(x0, x1, t),
+      x=path.interpolate(x0, x1, t),
       t=t,
       level=jnp.full((b,), level_flow, jnp.int32),
       cond=cond,
-      target=flow_velocity(x0, x1),
+      target=path.velocity(x0, x1, t),
       groups={"flow": jnp.ones((b,), jnp.float32)},
       metrics=drop_metrics,
   )

@@ -18,7 +18,8 @@ from shortcut_jax.objectives.flow_path import (config_value, finest_level, flow_
 
 
 @register_objective("regression", uses_level=False, source="zeros", max_sample_steps=1)
-def regression_targets(model, params, ema_params, batch, rng, config) -> TrainingTargets:
+def regression_targets(model, params, ema_params, batch, rng, config, *, step=None,
+                       state=None) -> TrainingTargets:
   """MSE regression of the batch's `image` from its conditioning (at x = 0, t = 0).
 
   Args:
@@ -33,7 +34,7 @@ def regression_targets(model, params, ema_params, batch, rng, config) -> Trainin
   Returns:
     TrainingTargets with one group `regression`.
   """
-  del params, ema_params
+  del params, ema_params, step, state
   images = batch["image"]
   b = images.shape[0]
   level = finest_level(int(config_value(config, "denoise_timesteps", 128)))

@@ -31,6 +31,7 @@ a conditioning image is kept.
   * the flow part takes the first B - B_b rows of the batch, so the first B_b images appear in
     both parts and the last B_b images are never used;
   * the CFG'd samples are the first B_b // L (resp. (B_b // 2) // L) bootstrap samples.
+  (`faithful_layout`.)
 
 The default (`faithful=False`) fixes these:
   * level assignment: when B_b is at least the number of levels, every level gets at least one
@@ -48,9 +49,14 @@ The default (`faithful=False`) fixes these:
     exactly once;
   * CFG is applied to exactly the samples at the finest bootstrap level L-1 (the original's
     intent: with its level assignment its `num_dt_cfg` first samples are those at level L-1).
+  (`default_layout`.)
+
+Both layouts share the bootstrap part (`bootstrap_part`) and the flow part's path
+(`objective.path`, linear by default: the original's).
 """
 
-from typing import Any, Optional, Tuple
+import dataclasses
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -58,8 +64,9 @@ import numpy as np
 
 from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
-from shortcut_jax.objectives.flow_path import (config_value, finest_level, flow_velocity,
-                                               interpolate, permute_batch, sample_source)
+from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
+                                               sample_source)
+from shortcut_jax.objectives.paths import Path, path_from_config
 
 Array = Any
 
@@ -174,103 +181,64 @@ def _rms(x):
   return jnp.sqrt(jnp.mean(jnp.square(x))) if x.size else jnp.zeros((), jnp.float32)
 
 
-@register_objective("shortcut", uses_level=True)
-def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingTargets:
-  """Shortcut-model targets: self-consistency part first, flow-matching part after.
+@dataclasses.dataclass(frozen=True)
+class ShortcutSettings:
+  """The objective config's fields, read once (python values at trace time)."""
+  denoise_timesteps: int
+  finest: int
+  bootstrap_every: int
+  dt_bias: int
+  use_cfg: bool
+  cfg_scale: float
+  path: Path
 
-  Args:
-    model: the `VelocityModel` (called as the teacher for the bootstrap part).
-    params: online weights (teacher when `bootstrap_ema` is off).
-    ema_params: EMA weights (teacher when `bootstrap_ema` is on).
-    batch: dict with `image` float32 NHWC and optional conditioning keys.
-    rng: PRNG key for this batch.
-    config: objective config: `denoise_timesteps`, `bootstrap_every`, `bootstrap_ema`,
-      `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `faithful` and each condition kind's
-      dropout probability (`class_dropout_prob`, `image_dropout_prob`).
+  @classmethod
+  def from_config(cls, config) -> "ShortcutSettings":
+    m = int(config_value(config, "denoise_timesteps", 128))
+    return cls(denoise_timesteps=m, finest=finest_level(m),
+               bootstrap_every=int(config_value(config, "bootstrap_every", 8)),
+               dt_bias=int(config_value(config, "bootstrap_dt_bias", 0)),
+               use_cfg=bool(config_value(config, "bootstrap_cfg", False)),
+               cfg_scale=float(config_value(config, "cfg_scale", 0.0)),
+               path=path_from_config(config))
+
+
+def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_cfg: int,
+                   cfg_mask: Optional[Array], cfg_scale: float, path: Path):
+  """The bootstrap rows: t on the grid of each row's level, x_t on the path, teacher targets.
 
   Returns:
-    TrainingTargets with groups `bootstrap` (first B // bootstrap_every rows) and `flow`.
+    (x_t, t, target, v1, v2).
   """
-  m = int(config_value(config, "denoise_timesteps", 128))
-  big_l = finest_level(m)
-  every = int(config_value(config, "bootstrap_every", 8))
-  dt_bias = int(config_value(config, "bootstrap_dt_bias", 0))
-  use_cfg = bool(config_value(config, "bootstrap_cfg", False))
-  cfg_scale = float(config_value(config, "cfg_scale", 0.0))
-  faithful = bool(config_value(config, "faithful", False))
-  teacher = ema_params if config_value(config, "bootstrap_ema", True) else params
-
-  if faithful:
-    perm_key, rng = jax.random.split(rng)
-    batch = permute_batch(batch, perm_key)
-  images = batch["image"]
-  b = images.shape[0]
-  b_boot = b // every
-  b_flow = b - b_boot
-  cond = model.unguided_cond(cond_from_batch(batch), config)
-
-  if faithful:
-    label_key, time_key, noise_key = jax.random.split(rng, 3)
-    # The original reuses the time and noise keys for the flow part.
-    boot_time_key, boot_noise_key = time_key, noise_key
-    flow_time_key, flow_noise_key = time_key, noise_key
-    levels_np, num_cfg = faithful_levels(b_boot, big_l, dt_bias)
-    boot_level = jnp.asarray(levels_np)
-    cfg_mask = None
+  n = x1.shape[0]
+  grid = jnp.asarray(2, jnp.int32) ** level
+  t = (jax.random.randint(time_key, (n,), 0, grid).astype(jnp.float32)
+       / jnp.power(2.0, level.astype(jnp.float32)))
+  x0 = sample_source(noise_key, x1.shape)
+  x_t = path.interpolate(x0, x1, t)
+  if n:
+    target, v1, v2 = bootstrap_targets(model, teacher, x_t, t, level, cond, num_cfg=num_cfg,
+                                       cfg_mask=cfg_mask, cfg_scale=cfg_scale)
   else:
-    (label_key, boot_time_key, boot_noise_key, flow_time_key, flow_noise_key,
-     level_key) = jax.random.split(rng, 6)
-    weights = level_weights(big_l, dt_bias)
-    cfg_mask = None
-    if b_boot == 0:
-      boot_level, num_cfg = jnp.zeros((0,), jnp.int32), 0
-    elif b_boot >= big_l:
-      counts = balanced_level_counts(b_boot, weights)
-      levels_np = np.repeat(np.arange(big_l)[::-1], counts[::-1]).astype(np.int32)
-      boot_level = jnp.asarray(levels_np)
-      num_cfg = int(counts[big_l - 1])
-    else:
-      drawn = jax.random.choice(level_key, big_l, (b_boot,), replace=False, p=jnp.asarray(weights))
-      boot_level = jnp.sort(drawn)[::-1].astype(jnp.int32)
-      # Sorted finest first with distinct levels: level L-1, if drawn, is row 0.
-      num_cfg = min(1, b_boot)
-      cfg_mask = boot_level[:num_cfg] == big_l - 1
-  if not use_cfg:
-    num_cfg, cfg_mask = 0, None
+    target = v1 = v2 = jnp.zeros_like(x_t)
+  return x_t, t, target, v1, v2
 
-  # Bootstrap part.
-  x1_boot = images[:b_boot]
-  cond_boot = take_rows(cond, slice(0, b_boot))
-  grid = jnp.asarray(2, jnp.int32) ** boot_level
-  boot_t = (jax.random.randint(boot_time_key, (b_boot,), 0, grid).astype(jnp.float32)
-            / jnp.power(2.0, boot_level.astype(jnp.float32)))
-  x0_boot = sample_source(boot_noise_key, x1_boot.shape)
-  boot_x = interpolate(x0_boot, x1_boot, boot_t)
-  if b_boot:
-    boot_target, v1, v2 = bootstrap_targets(model, teacher, boot_x, boot_t, boot_level, cond_boot,
-                                            num_cfg=num_cfg, cfg_mask=cfg_mask,
-                                            cfg_scale=cfg_scale)
-  else:
-    boot_target = v1 = v2 = jnp.zeros_like(boot_x)
 
-  # Flow part.
-  if faithful:
-    cond_dropped, drop_metrics = model.drop_cond(cond, label_key, config)
-    flow_t = jax.random.randint(flow_time_key, (b,), 0, m).astype(jnp.float32) / m
-    x0 = sample_source(flow_noise_key, images.shape)
-    flow_x, flow_v = interpolate(x0, images, flow_t), flow_velocity(x0, images)
-    rows = slice(0, b_flow)
-    flow_x, flow_v, flow_t = flow_x[rows], flow_v[rows], flow_t[rows]
-    cond_flow = take_rows(cond_dropped, rows)
-  else:
-    rows = slice(b_boot, b)
-    cond_flow, drop_metrics = model.drop_cond(take_rows(cond, rows), label_key, config)
-    flow_t = jax.random.randint(flow_time_key, (b_flow,), 0, m).astype(jnp.float32) / m
-    x1 = images[rows]
-    x0 = sample_source(flow_noise_key, x1.shape)
-    flow_x, flow_v = interpolate(x0, x1, flow_t), flow_velocity(x0, x1)
+def _flow_draws(path: Path, x1, time_key, noise_key, m: int):
+  """(x_t, t, velocity) of flow-matching rows, t uniform on the grid {0, 1/M, ..., (M-1)/M}."""
+  t = jax.random.randint(time_key, (x1.shape[0],), 0, m).astype(jnp.float32) / m
+  x0 = sample_source(noise_key, x1.shape)
+  return path.interpolate(x0, x1, t), t, path.velocity(x0, x1, t)
 
-  level = jnp.concatenate([boot_level, jnp.full((b_flow,), big_l, jnp.int32)])
+
+def _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics: Dict[str, Array],
+             finest: int) -> TrainingTargets:
+  """Bootstrap rows first, flow rows after, with the groups and metrics of the objective."""
+  boot_x, boot_t, boot_target, v1, v2 = boot
+  flow_x, flow_t, flow_v = flow
+  b_boot, b_flow = boot_x.shape[0], flow_x.shape[0]
+  b = b_boot + b_flow
+  level = jnp.concatenate([boot_level, jnp.full((b_flow,), finest, jnp.int32)])
   is_boot = jnp.arange(b) < b_boot
   return TrainingTargets(
       x=jnp.concatenate([boot_x, flow_x], axis=0),
@@ -281,9 +249,99 @@ def shortcut_targets(model, params, ema_params, batch, rng, config) -> TrainingT
       groups={"flow": (~is_boot).astype(jnp.float32), "bootstrap": is_boot.astype(jnp.float32)},
       metrics={
           **drop_metrics,
-          "bootstrap_ratio": jnp.mean((level != big_l).astype(jnp.float32)),
+          "bootstrap_ratio": jnp.mean((level != finest).astype(jnp.float32)),
           "v_magnitude_bootstrap": _rms(boot_target),
           "v_magnitude_b1": _rms(v1),
           "v_magnitude_b2": _rms(v2),
       },
   )
+
+
+def faithful_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> TrainingTargets:
+  """The original's `get_targets`, flaws included (see the module docstring)."""
+  perm_key, rng = jax.random.split(rng)
+  batch = permute_batch(batch, perm_key)
+  images = batch["image"]
+  b = images.shape[0]
+  b_boot = b // st.bootstrap_every
+  cond = model.unguided_cond(cond_from_batch(batch), config)
+  # One split in three; the original reuses the time and noise keys for the flow part.
+  label_key, time_key, noise_key = jax.random.split(rng, 3)
+  levels_np, num_cfg = faithful_levels(b_boot, st.finest, st.dt_bias)
+  if not st.use_cfg:
+    num_cfg = 0
+  boot_level = jnp.asarray(levels_np)
+  cond_boot = take_rows(cond, slice(0, b_boot))
+  boot = bootstrap_part(model, teacher, images[:b_boot], cond_boot, boot_level, time_key,
+                        noise_key, num_cfg=num_cfg, cfg_mask=None, cfg_scale=st.cfg_scale,
+                        path=st.path)
+  # The flow part is drawn for the whole batch and its first B - B_b rows are kept.
+  cond_dropped, drop_metrics = model.drop_cond(cond, label_key, config)
+  flow_x, flow_t, flow_v = _flow_draws(st.path, images, time_key, noise_key, st.denoise_timesteps)
+  rows = slice(0, b - b_boot)
+  flow = (flow_x[rows], flow_t[rows], flow_v[rows])
+  return _combine(boot, flow, boot_level, cond_boot, take_rows(cond_dropped, rows), drop_metrics,
+                  st.finest)
+
+
+def default_levels(b_boot: int, st: ShortcutSettings, level_key) -> Tuple[Array, int, Any]:
+  """Bootstrap levels of the default layout: (levels int32 [B_b] finest first, num_cfg, cfg_mask)."""
+  big_l = st.finest
+  weights = level_weights(big_l, st.dt_bias)
+  if b_boot == 0:
+    return jnp.zeros((0,), jnp.int32), 0, None
+  if b_boot >= big_l:
+    counts = balanced_level_counts(b_boot, weights)
+    levels_np = np.repeat(np.arange(big_l)[::-1], counts[::-1]).astype(np.int32)
+    return jnp.asarray(levels_np), int(counts[big_l - 1]), None
+  drawn = jax.random.choice(level_key, big_l, (b_boot,), replace=False, p=jnp.asarray(weights))
+  boot_level = jnp.sort(drawn)[::-1].astype(jnp.int32)
+  # Sorted finest first with distinct levels: level L-1, if drawn, is row 0.
+  return boot_level, min(1, b_boot), boot_level[:1] == big_l - 1
+
+
+def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> TrainingTargets:
+  """Independent draws, balanced levels, every image used once (see the module docstring)."""
+  images = batch["image"]
+  b = images.shape[0]
+  b_boot = b // st.bootstrap_every
+  cond = model.unguided_cond(cond_from_batch(batch), config)
+  (label_key, boot_time_key, boot_noise_key, flow_time_key, flow_noise_key,
+   level_key) = jax.random.split(rng, 6)
+  boot_level, num_cfg, cfg_mask = default_levels(b_boot, st, level_key)
+  if not st.use_cfg:
+    num_cfg, cfg_mask = 0, None
+  cond_boot = take_rows(cond, slice(0, b_boot))
+  boot = bootstrap_part(model, teacher, images[:b_boot], cond_boot, boot_level, boot_time_key,
+                        boot_noise_key, num_cfg=num_cfg, cfg_mask=cfg_mask,
+                        cfg_scale=st.cfg_scale, path=st.path)
+  rows = slice(b_boot, b)
+  cond_flow, drop_metrics = model.drop_cond(take_rows(cond, rows), label_key, config)
+  flow = _flow_draws(st.path, images[rows], flow_time_key, flow_noise_key, st.denoise_timesteps)
+  return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest)
+
+
+@register_objective("shortcut", uses_level=True)
+def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None,
+                     state=None) -> TrainingTargets:
+  """Shortcut-model targets: self-consistency part first, flow-matching part after.
+
+  Args:
+    model: the `VelocityModel` (called as the teacher for the bootstrap part).
+    params: online weights (teacher when `bootstrap_ema` is off).
+    ema_params: EMA weights (teacher when `bootstrap_ema` is on).
+    batch: dict with `image` float32 NHWC and optional conditioning keys.
+    rng: PRNG key for this batch.
+    config: objective config: `denoise_timesteps`, `bootstrap_every`, `bootstrap_ema`,
+      `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `faithful`, `path` and each condition
+      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`).
+    step, state: unused (stateless).
+
+  Returns:
+    TrainingTargets with groups `bootstrap` (first B // bootstrap_every rows) and `flow`.
+  """
+  del step, state
+  settings = ShortcutSettings.from_config(config)
+  teacher = ema_params if config_value(config, "bootstrap_ema", True) else params
+  layout = faithful_layout if config_value(config, "faithful", False) else default_layout
+  return layout(model, teacher, batch, rng, config, settings)
