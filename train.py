@@ -1,7 +1,8 @@
 """Trains a model: `python train.py --config=configs/digits_shortcut.py --workdir=workdirs/digits`.
 
 Any config field can be overridden, e.g. `--config.optim.lr=3e-4`; unknown fields are errors.
-Append `:smoke` to the config path for a seconds-long run on a CPU.
+Append `:smoke` to the config path for a seconds-long run on a CPU. Without `--config`, a
+workdir that holds a run (its config.json) resumes with that run's config.
 The console shows progress, results and warnings; library logs go to WORKDIR/train.log.
 """
 
@@ -17,7 +18,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and metrics go here.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
@@ -25,8 +26,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
   console.setup(FLAGS.workdir, "train")
-  console.detail("config:\n%s", FLAGS.config)
-  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  config = FLAGS.config
+  if config is None:
+    # Resuming a workdir (e.g. an imported checkpoint): its saved config, or a clear error.
+    config = trainer.load_config(FLAGS.workdir)
+    config.lock()
+  console.detail("config:\n%s", config)
+  trainer.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -275,6 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     The last logged training metrics.
   """
   exp = build_experiment(config)
+  pipeline.require_data(config.data)  # Missing training data: an error before compiling.
   os.makedirs(workdir, exist_ok=True)
   # One job per workdir: a second job (e.g. processes that did not join one cluster) stops here.
   lock = distributed.WorkdirLock(workdir).acquire()

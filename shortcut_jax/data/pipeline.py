@@ -225,6 +225,16 @@ def _latent_preprocess_fn(meta, data_config, spec, *, seed: int, train: bool):
   return fn
 
 
+def require_data(data_config, split: str = "train") -> None:
+  """Raises now (before anything is compiled) if `split` of the configured data cannot be read:
+  `DataNotPreparedError` with the prepare command for a manual dataset, the latents errors of
+  `latent_dataset.open_latents` for precomputed latents. Embedded datasets are built."""
+  if data_config.get("latents", "none") == "precomputed":
+    latent_dataset.open_latents(data_config, split)
+  else:
+    catalog.get_builder(data_config)
+
+
 def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
                  train: bool = True, start_step: int = 0, process_index: Optional[int] = None,
                  process_count: Optional[int] = None,

@@ -169,9 +169,9 @@ class BasicConv2d(nn.Module):
 
 
 # The 3x3 pools are written as maxima / sums of shifted slices, separably (rows, then columns),
-# instead of `reduce_window` (`nn.max_pool` / `nn.avg_pool`): XLA's CPU backend runs
-# reduce_window as a scalar loop over the 9 window elements, which made the pools a large
-# share of the network's CPU time (docs/benchmarks.md, "Inception on CPU"). Max pools are
+# instead of `reduce_window` (`nn.max_pool` / `nn.avg_pool`): on XLA's CPU backend the slice
+# form ran the network's pools 1.6-1.7x faster in isolation (docs/benchmarks.md, "Inception
+# on CPU"; the end-to-end gain is not yet resolved on the shared machine). Max pools are
 # bit-identical; the average pool's sum is reassociated (float32 rounding, ~1e-7 relative).
 
 
