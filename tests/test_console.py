@@ -10,7 +10,7 @@ import pytest
 
 import digits_configs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # An absl INFO line: "I1201 13:48:37.459343 3905 checkpoint_manager.py:1234] ...".
@@ -27,7 +27,7 @@ def data_dir(tmp_path_factory):
 
 
 def _run(args):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
   env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # As a user runs it: console.py quiets TensorFlow.
   out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)

@@ -15,7 +15,7 @@ from shortcut_jax import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager, DamagedCheckpointError
 from shortcut_jax.evaluators.validation import ValidationLossEvaluator
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
 
 @pytest.fixture(scope="module")

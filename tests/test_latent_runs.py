@@ -44,7 +44,7 @@ from shortcut_jax.models import inception
 from shortcut_jax.models.vae_weights import VAEWeightsNotFoundError
 from shortcut_jax.tools.import_original import import_original
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEP, ADAM_COUNT = 6, 5  # As in the original's fixture: five updates, saved at step 6.

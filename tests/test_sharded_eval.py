@@ -108,7 +108,9 @@ def _launch(tmp, name, workdir, stats, weights, processes):
     path = tmp / f"{name}_{i}_spec.json"
     path.write_text(json.dumps(spec))
     log = open(tmp / f"{name}_{i}.log", "w")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    # Compiling dominates these tiny runs; every process compiles the same way.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE),
+               JAX_DISABLE_MOST_OPTIMIZATIONS="true")
     env.pop("XLA_FLAGS", None)
     procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), str(path)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env), log.name))

@@ -14,7 +14,7 @@ from shortcut_jax import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager, CheckpointMismatchError
 from shortcut_jax.data import pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
 
 def smoke_config(**changes):
