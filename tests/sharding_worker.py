@@ -23,6 +23,24 @@ import os
 import sys
 
 
+def launch(script, tmp, name, specs):
+  """Starts `python script <spec.json>` once per spec (a dict), each logging to
+  `tmp/<name>_<i>.log`, with most XLA optimisations off (compiling dominates these tiny runs and
+  every process compiles the same way). Returns [(Popen, log path)]."""
+  import subprocess
+  procs = []
+  for i, spec in enumerate(specs):
+    path = tmp / f"{name}_{i}_spec.json"
+    path.write_text(json.dumps(spec))
+    log = open(tmp / f"{name}_{i}.log", "w")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+               JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+    env.pop("XLA_FLAGS", None)
+    procs.append((subprocess.Popen([sys.executable, os.path.abspath(script), str(path)],
+                                   stdout=log, stderr=subprocess.STDOUT, env=env), log.name))
+  return procs
+
+
 def _setup(spec):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={spec['devices']}")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import digits_configs
+from random_inception import random_inception_variables
 from shortcut_jax import config as config_lib
 from shortcut_jax import evaluation
 from shortcut_jax import trainer
@@ -31,20 +32,6 @@ pytestmark = pytest.mark.slow
 
 IMAGE_SIZE = 75
 REF_SPLIT = "train[:400]"
-
-
-def random_inception_variables(seed=0, gain=2.0):
-  """Random weights; gain 2 (above He's sqrt 2) keeps features well above the FID epsilon."""
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for path, shape in inception.expected_variable_shapes().items():
-    if path.endswith("kernel"):
-      flat[path] = rng.normal(size=shape) * gain / np.sqrt(np.prod(shape[:-1]))
-    elif path.endswith(("var", "scale")):
-      flat[path] = np.ones(shape)
-    else:
-      flat[path] = np.zeros(shape)
-  return inception.unflatten_variables({k: v.astype(np.float32) for k, v in flat.items()})
 
 
 def smoke_config(data_dir, **fid_changes):

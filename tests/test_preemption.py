@@ -17,6 +17,8 @@ import time
 import numpy as np
 import pytest
 
+import sharding_worker
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Only the final step is a regular checkpoint; the preemption save is the only other one.
 CONFIG = {"max_steps": 120, "log_every": 1, "checkpoint__every_steps": 120,
@@ -71,22 +73,12 @@ def _free_port():
 
 
 def _launch(tmp, name, data_dir, batch_delay_s=0.0):
-  port, procs = _free_port(), []
-  for i in (0, 1):
-    spec = {"devices": 4, "data_dir": data_dir, "workdir": str(tmp / name), "optimize": False,
+  port = _free_port()
+  specs = [{"devices": 4, "data_dir": data_dir, "workdir": str(tmp / name), "optimize": False,
             "cache_dir": str(tmp / "jax_cache"), "results": str(tmp / f"{name}.json"),
             "batch_delay_s": batch_delay_s,
-            "distributed": {"port": port, "num_processes": 2, "process_id": i}}
-    path = tmp / f"{name}_{i}_spec.json"
-    path.write_text(json.dumps(spec))
-    log = open(tmp / f"{name}_{i}.log", "w")
-    # Compiling dominates these tiny runs; every process compiles the same way.
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE),
-               JAX_DISABLE_MOST_OPTIMIZATIONS="true")
-    env.pop("XLA_FLAGS", None)
-    procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), str(path)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env), log.name))
-  return procs
+            "distributed": {"port": port, "num_processes": 2, "process_id": i}} for i in (0, 1)]
+  return sharding_worker.launch(__file__, tmp, name, specs)
 
 
 def _wait(procs, timeout):

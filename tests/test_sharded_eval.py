@@ -19,26 +19,15 @@ import time
 import numpy as np
 import pytest
 
+import sharding_worker
+from random_inception import random_inception_variables
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_SIZE = 75
 NUM_IMAGES = 36  # Not a multiple of the batch: the last batch is padded.
 BATCH = 16  # 2 rows per device on 8 devices, 4 on 4.
 STEPS = [1, 2]
 REF_SPLIT = "train[:50]"
-
-
-def random_inception_variables(seed=0, gain=2.0):
-  from shortcut_jax.models import inception
-  rng = np.random.default_rng(seed)
-  flat = {}
-  for path, shape in inception.expected_variable_shapes().items():
-    if path.endswith("kernel"):
-      flat[path] = rng.normal(size=shape) * gain / np.sqrt(np.prod(shape[:-1]))
-    elif path.endswith(("var", "scale")):
-      flat[path] = np.ones(shape)
-    else:
-      flat[path] = np.zeros(shape)
-  return inception.unflatten_variables({k: v.astype(np.float32) for k, v in flat.items()})
 
 
 def _worker(spec_path):
@@ -98,22 +87,16 @@ def _free_port():
 
 
 def _launch(tmp, name, workdir, stats, weights, processes):
-  port, procs = _free_port(), []
+  port = _free_port()
+  specs = []
   for i in range(processes):
     spec = {"devices": 4, "workdir": workdir, "stats": stats, "weights": weights,
             "ref_out": str(tmp / f"{name}_ref.npz"), "results": str(tmp / f"{name}.json"),
             "cache_dir": str(tmp / "jax_cache")}
     if processes > 1:
       spec["distributed"] = {"port": port, "num_processes": processes, "process_id": i}
-    path = tmp / f"{name}_{i}_spec.json"
-    path.write_text(json.dumps(spec))
-    log = open(tmp / f"{name}_{i}.log", "w")
-    # Compiling dominates these tiny runs; every process compiles the same way.
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE),
-               JAX_DISABLE_MOST_OPTIMIZATIONS="true")
-    env.pop("XLA_FLAGS", None)
-    procs.append((subprocess.Popen([sys.executable, os.path.abspath(__file__), str(path)],
-                                   stdout=log, stderr=subprocess.STDOUT, env=env), log.name))
+    specs.append(spec)
+  procs = sharding_worker.launch(__file__, tmp, name, specs)
   deadline = time.time() + 600
   for proc, log in procs:
     try:
