@@ -120,7 +120,7 @@ class Conditioning:
                            f"{batch_size} first")
         out[k.key] = value
       elif k.required:
-        k.missing(batch_size)
+        raise ValueError(f"the model is conditioned on {k.key!r} but the call has none")
     return out
 
   def fill_missing(self, cond: Cond, batch_size: int) -> Dict[str, Array]:

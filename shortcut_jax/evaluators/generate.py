@@ -49,12 +49,23 @@ def held_out_examples(config, num_images: int, split: str = "test") -> Dict[str,
   return {k: np.concatenate([p[k] for p in parts])[:num_images] for k in parts[0]}
 
 
-def sample_cond(exp, num_images: int, split: str = "test") -> Dict[str, np.ndarray]:
+def sample_cond(exp, num_images: int, split: str = "test",
+                examples: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
   """The conditions of `num_images` generated images, for every kind the model takes (in the
-  model's space: a conditioning image is encoded to latents in latent space)."""
+  model's space: a conditioning image is encoded to latents in latent space). Labels are always
+  `sample_labels` (the null label for a model trained without labels), never the data's.
+
+  Args:
+    exp: the experiment.
+    num_images: rows.
+    split: where image conditions come from (`held_out_examples`).
+    examples: those held-out examples when the caller already read them.
+  """
   cond = {"label": sample_labels(exp.config, num_images)}
   if "cond_image" in exp.model.conditioning.keys:
-    pixels = held_out_examples(exp.config, num_images, split)["cond_image"]
+    if examples is None:
+      examples = held_out_examples(exp.config, num_images, split)
+    pixels = np.asarray(examples["cond_image"])[:num_images]
     cond["cond_image"] = np.asarray(latents_lib.encode_cond(exp.config, {"cond_image": pixels})[
         "cond_image"])
   return cond
@@ -169,6 +180,12 @@ def _noise_fn(shape: Tuple[int, ...], mesh: Optional[Mesh], source: str = "gauss
   data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
   return jax.jit(noise, in_shardings=(NamedSharding(mesh, PartitionSpec()), data),
                  out_shardings=data)
+
+
+def source_noise(exp, key, idx) -> jax.Array:
+  """The source samples of images `idx` (int [B]): row i from `fold_in(key, idx[i])`."""
+  return _noise_fn(tuple(exp.image_shape), None, exp.objective.source)(
+      key, jnp.asarray(np.asarray(idx, np.int32)))
 
 
 def generate_batches(exp, params, *, num_images: int, num_steps: int,

@@ -25,13 +25,15 @@ class SampleGridEvaluator(Evaluator):
     if self.cfg_scale and gen.is_guidable(self.exp):
       guidance.append(self.cfg_scale)
     cols = self.exp.config.data.num_classes if gen.is_conditional(self.exp.config) else None
-    cond = gen.sample_cond(self.exp, self.num_images)
-    if "cond_image" in cond:
-      # Image-conditioned: also the inputs and the targets, in the same grid layout.
-      targets = gen.held_out_examples(self.exp.config, self.num_images)["image"]
-      for name, images in (("conditions.png", cond["cond_image"]), ("targets.png", targets)):
+    examples = None
+    if "cond_image" in self.exp.model.conditioning.keys:
+      # Image-conditioned: also the inputs and the targets (pixels), in the same grid layout.
+      examples = gen.held_out_examples(self.exp.config, self.num_images)
+      for name, images in (("conditions.png", examples["cond_image"]),
+                           ("targets.png", examples["image"])):
         gen.save_png(os.path.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
                      max(1, 64 // images.shape[1]))
+    cond = gen.sample_cond(self.exp, self.num_images, examples=examples)
     for n in self.steps:
       for w in guidance:
         images, _ = gen.generate(self.exp, params, num_images=self.num_images, num_steps=n,

@@ -17,7 +17,6 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -27,7 +26,6 @@ from shortcut_jax import tiling
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.evaluators import sr_quality
-from shortcut_jax.objectives.flow_path import sample_source
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -84,18 +82,14 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
   sampler = sampling.make_sampler(exp.model, num_steps, exp.config.objective.denoise_timesteps,
                                   exp.objective.uses_level, cfg_scale, objective=exp.objective)
   key = jax.random.PRNGKey(seed)
-  source = exp.objective.source
   counter = {"next": 0}
 
   def fn(tiles):
     n = tiles.shape[0]
     idx = np.arange(counter["next"], counter["next"] + n)
     counter["next"] += n
-    x0 = jnp.stack([sample_source(jax.random.fold_in(key, int(i)), exp.image_shape, source)
-                    for i in idx])
-    cond = latents_lib.encode_cond(exp.config, {
-        "label": jnp.asarray(gen.sample_labels(exp.config, n)),
-        "cond_image": jnp.asarray(tiles, jnp.float32)})
+    x0 = gen.source_noise(exp, key, idx)
+    cond = gen.sample_cond(exp, n, examples={"cond_image": np.asarray(tiles, np.float32)})
     return np.asarray(exp.to_images(sampler(params, x0, cond)))
 
   out = tiling.apply_tiled(fn, np.asarray(cond_image, np.float32), tile, overlap, batch_size)
@@ -178,9 +172,7 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
   num_images = available if num_images is None else min(num_images, available)
   held_out = gen.held_out_examples(exp.config, num_images, split)
   hr = held_out["image"]
-  cond = latents_lib.encode_cond(exp.config, {"label": held_out["label"],
-                                              "cond_image": held_out["cond_image"]})
-  cond = {k: np.asarray(v) for k, v in cond.items()}
+  cond = gen.sample_cond(exp, num_images, examples=held_out)
   results = {"num_images": int(num_images), "factor": factor, "split": split,
              "bicubic": sr_quality.sr_metrics(hr, held_out["cond_image"]), "steps": {}}
   for n in steps:
@@ -200,8 +192,7 @@ def comparison_strip(exp, params, *, steps: List[int], num_images: int = 4, seed
   lr = low_res.make_low_res(hr, factor)
   nearest = np.repeat(np.repeat(lr, factor, axis=1), factor, axis=2)
   columns = [nearest, held_out["cond_image"]]
-  cond = {k: np.asarray(v) for k, v in latents_lib.encode_cond(
-      exp.config, {"label": held_out["label"], "cond_image": held_out["cond_image"]}).items()}
+  cond = gen.sample_cond(exp, num_images, examples=held_out)
   for n in steps:
     images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=None,
                              seed=seed, cond=cond)
