@@ -11,7 +11,7 @@ model's condition its bicubic upsampling (`data.low_res_factor=4`), concatenated
 channels (`model.cond_image_mode='concat'`).
 Hardware: 2 CPU cores; 14 minutes of CPU time (3,000 steps; 3 steps/s when the machine is
 otherwise idle). Result (docs/results.md): at this budget the samples stay below bicubic on the
-held-out photographs (1 step: 23.4 dB / SSIM 0.45 against bicubic's 28.2 / 0.65; the MSE
+held-out photographs (1 step: 23.5 dB / SSIM 0.46 against bicubic's 28.2 / 0.65; the MSE
 regressor of the same size only ties bicubic).
 Settings: pixel space, a small DiT (hidden 128, depth 4, patch 4 on 32x32x3: 64 tokens; patch 2
 is 8x slower on this CPU), unconditional

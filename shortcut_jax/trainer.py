@@ -11,12 +11,10 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging

@@ -21,6 +21,7 @@ import pytest
 
 from shortcut_jax.models import inception
 from shortcut_jax.tools import convert_inception
+from torch_inception import functional_inception
 
 
 def _pytorch_fid_convs():
@@ -461,94 +462,11 @@ def test_antialias_option_changes_downsampling():
 
 
 def _torch_features(torch, sd, images_nhwc):
-  """pytorch-fid's forward written functionally over its state dict."""
-  functional = torch.nn.functional
-  t = {k: torch.from_numpy(v) for k, v in sd.items()}
-
-  def basic(x, prefix, stride=1, padding=0):
-    x = functional.conv2d(x, t[f'{prefix}.conv.weight'], stride=stride,
-                          padding=padding)
-    x = functional.batch_norm(x, t[f'{prefix}.bn.running_mean'],
-                              t[f'{prefix}.bn.running_var'],
-                              t[f'{prefix}.bn.weight'], t[f'{prefix}.bn.bias'],
-                              training=False, eps=1e-3)
-    return functional.relu(x)
-
-  def avg(x):
-    return functional.avg_pool2d(x, 3, stride=1, padding=1,
-                                  count_include_pad=False)
-
-  def block_a(x, n):
-    b1 = basic(x, f'{n}.branch1x1')
-    b5 = basic(basic(x, f'{n}.branch5x5_1'), f'{n}.branch5x5_2', padding=2)
-    b3 = basic(x, f'{n}.branch3x3dbl_1')
-    b3 = basic(basic(b3, f'{n}.branch3x3dbl_2', padding=1),
-               f'{n}.branch3x3dbl_3', padding=1)
-    bp = basic(avg(x), f'{n}.branch_pool')
-    return torch.cat([b1, b5, b3, bp], 1)
-
-  def block_b(x, n):
-    b3 = basic(x, f'{n}.branch3x3', stride=2)
-    bd = basic(x, f'{n}.branch3x3dbl_1')
-    bd = basic(basic(bd, f'{n}.branch3x3dbl_2', padding=1),
-               f'{n}.branch3x3dbl_3', stride=2)
-    return torch.cat([b3, bd, functional.max_pool2d(x, 3, stride=2)], 1)
-
-  def block_c(x, n):
-    b1 = basic(x, f'{n}.branch1x1')
-    b7 = basic(x, f'{n}.branch7x7_1')
-    b7 = basic(b7, f'{n}.branch7x7_2', padding=(0, 3))
-    b7 = basic(b7, f'{n}.branch7x7_3', padding=(3, 0))
-    bd = basic(x, f'{n}.branch7x7dbl_1')
-    bd = basic(bd, f'{n}.branch7x7dbl_2', padding=(3, 0))
-    bd = basic(bd, f'{n}.branch7x7dbl_3', padding=(0, 3))
-    bd = basic(bd, f'{n}.branch7x7dbl_4', padding=(3, 0))
-    bd = basic(bd, f'{n}.branch7x7dbl_5', padding=(0, 3))
-    bp = basic(avg(x), f'{n}.branch_pool')
-    return torch.cat([b1, b7, bd, bp], 1)
-
-  def block_d(x, n):
-    b3 = basic(basic(x, f'{n}.branch3x3_1'), f'{n}.branch3x3_2', stride=2)
-    b7 = basic(x, f'{n}.branch7x7x3_1')
-    b7 = basic(b7, f'{n}.branch7x7x3_2', padding=(0, 3))
-    b7 = basic(b7, f'{n}.branch7x7x3_3', padding=(3, 0))
-    b7 = basic(b7, f'{n}.branch7x7x3_4', stride=2)
-    return torch.cat([b3, b7, functional.max_pool2d(x, 3, stride=2)], 1)
-
-  def block_e(x, n, pool):
-    b1 = basic(x, f'{n}.branch1x1')
-    b3 = basic(x, f'{n}.branch3x3_1')
-    b3 = torch.cat([basic(b3, f'{n}.branch3x3_2a', padding=(0, 1)),
-                    basic(b3, f'{n}.branch3x3_2b', padding=(1, 0))], 1)
-    bd = basic(basic(x, f'{n}.branch3x3dbl_1'), f'{n}.branch3x3dbl_2',
-               padding=1)
-    bd = torch.cat([basic(bd, f'{n}.branch3x3dbl_3a', padding=(0, 1)),
-                    basic(bd, f'{n}.branch3x3dbl_3b', padding=(1, 0))], 1)
-    bp = basic(pool(x), f'{n}.branch_pool')
-    return torch.cat([b1, b3, bd, bp], 1)
-
+  """pytorch-fid's forward written functionally over its state dict, on NHWC numpy images."""
   x = torch.from_numpy(np.transpose(images_nhwc, (0, 3, 1, 2)).copy())
   # pytorch-fid: resize in [0, 1] then map to [-1, 1]; bilinear resizing
   # commutes with that affine map, so resizing the [-1, 1] input is the same.
-  x = functional.interpolate(x, size=(299, 299), mode='bilinear',
-                             align_corners=False)
-  x = basic(x, 'Conv2d_1a_3x3', stride=2)
-  x = basic(x, 'Conv2d_2a_3x3')
-  x = basic(x, 'Conv2d_2b_3x3', padding=1)
-  x = functional.max_pool2d(x, 3, stride=2)
-  x = basic(x, 'Conv2d_3b_1x1')
-  x = basic(x, 'Conv2d_4a_3x3')
-  x = functional.max_pool2d(x, 3, stride=2)
-  for n in ['Mixed_5b', 'Mixed_5c', 'Mixed_5d']:
-    x = block_a(x, n)
-  x = block_b(x, 'Mixed_6a')
-  for n in ['Mixed_6b', 'Mixed_6c', 'Mixed_6d', 'Mixed_6e']:
-    x = block_c(x, n)
-  x = block_d(x, 'Mixed_7a')
-  x = block_e(x, 'Mixed_7b', avg)
-  x = block_e(x, 'Mixed_7c',
-              lambda y: functional.max_pool2d(y, 3, stride=1, padding=1))
-  return functional.adaptive_avg_pool2d(x, 1)[:, :, 0, 0].numpy()
+  return functional_inception(torch, sd)(x).numpy()
 
 
 def test_matches_functional_pytorch_forward(state_dict, variables):

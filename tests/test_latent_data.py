@@ -263,14 +263,18 @@ def _train(c, data_config, start_step, n, batch=64):
   return [next(it) for _ in range(n)]
 
 
+def _assert_same_batches(expected, got):
+  assert len(expected) == len(got)
+  for a, b in zip(expected, got):
+    for k in a:
+      assert np.array_equal(a[k], b[k]), k
+
+
 def test_training_batches_resume_exactly_and_flip_like_pixels(encoded, monkeypatch):
   c, _, _ = encoded
   # 64-example batches: step 25 crosses the first epoch boundary (1618 examples).
   whole = _train(c, c.data, 0, 27)
-  resumed = _train(c, c.data, 24, 3)
-  for a, b in zip(whole[24:], resumed):
-    for k in a:
-      assert np.array_equal(a[k], b[k]), k
+  _assert_same_batches(whole[24:], _train(c, c.data, 24, 3))
   # Same examples in the same order as the pixel pipeline's training batches.
   pixels = _train(c, latents_lib.pixel_data_config(c.data), 24, 1)[0]
   mean, _ = _posterior(c, pixels["image"])
@@ -281,10 +285,7 @@ def test_training_batches_resume_exactly_and_flip_like_pixels(encoded, monkeypat
                       dataclasses.replace(catalog.SPECS["digits"], random_flip=True))
   assert pipeline.dataset_info(c.data)["random_flip"] is True
   flipped = _train(c, c.data, 0, 27)
-  flipped_resumed = _train(c, c.data, 25, 2)
-  for a, b in zip(flipped[25:], flipped_resumed):
-    for k in a:
-      assert np.array_equal(a[k], b[k]), k
+  _assert_same_batches(flipped[25:], _train(c, c.data, 25, 2))
   # Each example takes the flipped moments exactly when the pixel pipeline flips its image.
   pixels = _train(c, latents_lib.pixel_data_config(c.data), 25, 1)[0]
   mean, std = _posterior(c, pixels["image"])
