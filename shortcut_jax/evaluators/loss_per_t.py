@@ -50,13 +50,14 @@ class LossPerTEvaluator(Evaluator):
     c = self.exp.config
     it = pipeline.make_dataset(c.data, split="test", global_batch_size=c.batch_size, seed=c.seed,
                                train=False)
-    batches = [b for _, b in zip(range(self.num_batches), it)]
+    # Encoded once (latent space), then scored at every level and time.
+    batches = [self.exp.prepare_batch(b, jax.random.PRNGKey(bi))
+               for bi, (_, b) in enumerate(zip(range(self.num_batches), it))]
     curves, results = {}, {}
     for level in self.levels:
       ts = self._times(level)
       losses = np.zeros(len(ts))
       for bi, batch in enumerate(batches):
-        batch = self.exp.prepare_batch(batch, jax.random.PRNGKey(bi))
         x1 = jnp.asarray(batch["image"])
         b = x1.shape[0]
         x0 = flow_path.sample_source(jax.random.PRNGKey(bi), x1.shape, self.exp.objective.source)
