@@ -15,10 +15,15 @@ from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before i
 from absl import app, flags
 from ml_collections import config_flags
 
+from shortcut_jax import cpu_devices
 from shortcut_jax import distributed
 from shortcut_jax import evaluation
 
 FLAGS = flags.FLAGS
+# Modes whose work is split over every device (generation, Inception): on a CPU-only machine
+# they get one single-threaded XLA device per core (`cpu_devices`, SHORTCUT_JAX_CPU_DEVICES=0:
+# off). The super-resolution modes sample unsharded, so several devices would not help them.
+DATA_PARALLEL_MODES = ("sample", "digits_metrics", "fid_stats", "fid")
 flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).")
 flags.DEFINE_enum("mode", "sample", evaluation.MODES, "What to compute.")
 flags.DEFINE_list("steps", ["1", "4", "128"], "Step budgets to sample with.")
@@ -41,6 +46,9 @@ flags.DEFINE_string("output_dir", None, "super_resolve: where the PNG results go
 flags.DEFINE_bool("input_is_lr", False, "super_resolve: the inputs are the low-resolution images "
                   "(default: they are HR references, downsampled by the model's factor first).")
 flags.DEFINE_bool("overwrite", False, "super_resolve: replace existing outputs.")
+flags.DEFINE_string("lpips_weights", None, "sr_metrics: LPIPS (AlexNet) weights .npz from "
+                    "shortcut_jax.tools.convert_lpips (default: $SHORTCUT_JAX_LPIPS; neither: "
+                    "LPIPS is skipped).")
 flags.DEFINE_string("inception", None, "FID Inception weights (default: evals.fid.inception_path, "
                     "else $SHORTCUT_JAX_INCEPTION).")
 
@@ -50,8 +58,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if FLAGS.workdir is None and FLAGS.mode != "fid_stats":
     raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir")
+  # Before anything starts jax's backends (importing jax does not): the flags are read once.
+  if FLAGS.mode in DATA_PARALLEL_MODES:
+    cpu_devices.configure()
   distributed.initialize()
-  console.setup(FLAGS.workdir, "eval")
+  console.setup(FLAGS.workdir, f"eval.py --mode={FLAGS.mode}")
   evaluation.run(FLAGS.mode, FLAGS.workdir, steps=[int(s) for s in FLAGS.steps],
                  num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale if FLAGS.cfg else 0.0,
                  seed=FLAGS.seed,
@@ -59,7 +70,8 @@ def main(argv):
                  config=FLAGS.config, out=FLAGS.out, split=FLAGS.split,
                  fid_stats=FLAGS.fid_stats, inception_path=FLAGS.inception,
                  input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
-                 input_is_lr=FLAGS.input_is_lr, overwrite=FLAGS.overwrite)
+                 input_is_lr=FLAGS.input_is_lr, overwrite=FLAGS.overwrite,
+                 lpips_weights=FLAGS.lpips_weights)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Any config field can be overridden, e.g. `--config.optim.lr=3e-4`; unknown fields are errors.
 Append `:smoke` to the config path for a seconds-long run on a CPU. Without `--config`, a
 workdir that holds a run (its config.json) resumes with that run's config.
-The console shows progress, results and warnings; library logs go to WORKDIR/train.log.
+The console shows progress, results and warnings; library logs go to WORKDIR/log.txt.
 """
 
 from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before it is imported.
@@ -25,7 +25,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  console.setup(FLAGS.workdir, "train")
+  console.setup(FLAGS.workdir, "train.py")
   config = FLAGS.config
   if config is None:
     # Resuming a workdir (e.g. an imported checkpoint): its saved config, or a clear error.

@@ -1,7 +1,7 @@
 """FID Inception throughput, the library's Flax port against PyTorch, measured side by side.
 
   python benchmarks/inception_speed.py [--batch_size=64] [--rounds=7] [--threads=2]
-      [--variants=flax,flax:precision=default,flax:xla=--xla_cpu_use_onednn=true,torch]
+      [--variants=flax,flax:cpu_devices=2,flax:precision=default,flax:xla=--xla_cpu_use_onednn=true,torch]
       [--out=F.json]
 
 Each variant runs in its own long-lived worker process (XLA flags are fixed when jax starts),
@@ -14,7 +14,12 @@ not depend on the values).
 
 Variants: `flax` (`InceptionV3`, the library's FID network) with `:precision=default|highest`,
 `:xla=<XLA_FLAGS>` (`+` joins several flags) and `:pools=reduce_window` (the pools as
-`nn.max_pool` / `nn.avg_pool`, as before the rewrite); `torch`:
+`nn.max_pool` / `nn.avg_pool`, as before the rewrite); `flax:cpu_devices=<n>`: what eval.py's
+FID runs on a CPU-only machine, `shortcut_jax.cpu_devices.configure(n)` (n single-threaded XLA CPU
+devices) and the FID evaluator's `InceptionFeatures` (the same jitted network, every batch split
+over the n devices, weights replicated), timed on a batch already placed on the devices like the
+other variants; add `:transfer=1` to time `InceptionFeatures.batch_features` on a host batch
+instead (the copy in and the features out included); `torch`:
 pytorch-fid's `InceptionV3` when `pytorch_fid` and `torchvision` import, else the same network
 written with torch.nn.functional over a pytorch-fid state dict (the ops pytorch-fid runs in
 eval mode: conv2d, batch_norm, relu, pools, bilinear interpolate). Without torch the torch
@@ -54,6 +59,14 @@ def _parse(variant):
 
 
 def _flax_worker(options, batch_size, input_size):
+  devices = int(options.get("cpu_devices", 0))
+  if devices:
+    from shortcut_jax import cpu_devices
+    if cpu_devices.configure(devices) != devices:
+      raise SystemExit(f"cpu_devices={devices}: not applied (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}"
+                       " already sets the device count or the threading?)")
+    if batch_size % devices:
+      raise SystemExit(f"--batch_size={batch_size} is not a multiple of cpu_devices={devices}")
   if options.get("xla"):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
                                + options["xla"].replace("+", " "))
@@ -77,14 +90,28 @@ def _flax_worker(options, batch_size, input_size):
                                                     padding=((1, 1), (1, 1)))
     inception._max_pool_3x3_stride2 = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2),
                                                             padding="VALID")
+  images = np.random.default_rng(0).uniform(
+      -1, 1, (batch_size, input_size, input_size, 3)).astype(np.float32)
+  if devices:
+    from shortcut_jax.evaluators import fid_evaluator
+    from shortcut_jax.evaluators import generate
+    assert jax.device_count() == devices, jax.devices()
+    features = fid_evaluator.InceptionFeatures(
+        variables, batch_size=batch_size, image_size=299 if input_size != 299 else None)
+    if options.get("transfer"):
+      run = lambda: features.batch_features(images)
+    else:
+      placed = generate.put_batch(images, features.mesh)
+      run = lambda: jax.block_until_ready(features._apply(features._variables, placed))
+    run()
+    return run
   precision = {"default": jax.lax.Precision.DEFAULT, "highest": jax.lax.Precision.HIGHEST}[
       options.get("precision", "highest")]
   model = inception.InceptionV3(image_size=299 if input_size != 299 else None,
                                 antialias=False, clip=True, precision=precision)
   variables = jax.device_put(variables)
   apply = jax.jit(model.apply)
-  images = jax.device_put(np.random.default_rng(0).uniform(
-      -1, 1, (batch_size, input_size, input_size, 3)).astype(np.float32))
+  images = jax.device_put(images)
   jax.block_until_ready(apply(variables, images))
   return lambda: jax.block_until_ready(apply(variables, images))
 

@@ -89,6 +89,35 @@ class ImageKind:
 
 
 @dataclasses.dataclass(frozen=True)
+class EmbeddingKind:
+  """A float vector per example (e.g. a CLIP text embedding), [B, D] (or a sequence [B, L, D]).
+
+  Its null is the all-zero vector; a DiT built with `embedding_null='learned'` replaces null
+  rows by a learned vector. Nulled for the CFG branch, dropped with `embedding_dropout_prob`,
+  kept when `cfg_scale == 0` (only labels follow the original's unconditional training), and
+  optional in a model call (missing means null: unconditional samples).
+  """
+  dim: int
+  key: str = "embedding"
+  drop_prob_field: str = "embedding_dropout_prob"
+  guided: bool = True
+  null_when_unguided: bool = False
+  required: bool = False
+
+  def null(self, value: Array) -> Array:
+    return jnp.zeros_like(value)
+
+  def missing(self, batch_size: int) -> Array:
+    return jnp.zeros((batch_size, self.dim), jnp.float32)
+
+  def is_null(self, value: Array) -> Array:
+    return jnp.all(value.reshape(value.shape[0], -1) == 0, axis=1)
+
+  def drop(self, value: Array, mask: Array) -> Array:
+    return jnp.where(_rows(mask, value), jnp.zeros_like(value), value)
+
+
+@dataclasses.dataclass(frozen=True)
 class Conditioning:
   """The ordered condition kinds of one network (see the module docstring)."""
   kinds: Tuple[Any, ...] = ()
@@ -200,10 +229,14 @@ def labels_only(num_classes: int) -> Conditioning:
   return Conditioning((LabelKind(num_classes),))
 
 
-def from_config(config, *, cond_image: bool, num_classes: Optional[int] = None) -> Conditioning:
+def from_config(config, *, cond_image: bool, num_classes: Optional[int] = None,
+                embedding_dim: int = 0) -> Conditioning:
   """The kinds of an experiment: labels always (the original's DiT has a label table), plus the
-  image condition when the data has one (`data.low_res_factor > 0`)."""
+  image condition when the data has one (`data.low_res_factor > 0`) and a vector embedding when
+  it has one (`data.embedding_dim > 0`)."""
   kinds = [LabelKind(config.data.num_classes if num_classes is None else num_classes)]
   if cond_image:
     kinds.append(ImageKind(guided=float(config.objective.image_dropout_prob) > 0))
+  if embedding_dim:
+    kinds.append(EmbeddingKind(int(embedding_dim)))
   return Conditioning(tuple(kinds))

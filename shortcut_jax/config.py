@@ -17,6 +17,7 @@ SHARDINGS = ("dp", "fsdp", "hybrid")
 DATASETS = ("digits", "photos", "celebahq256", "imagenet256", "lsun_church", "image_folder")
 MANUAL_DATASETS = ("celebahq256", "imagenet256", "lsun_church")  # Downloaded by hand.
 LOW_RES_FACTORS = (0, 2, 4, 8)
+ACCELERATIONS = ("network", "head")
 PREDICTIONS = ("velocity", "data")
 LATENTS = ("none", "online", "precomputed")
 EVAL_ERRORS = ("continue", "stop")
@@ -57,6 +58,13 @@ def base_config() -> ml_collections.ConfigDict:
       # What the network outputs: 'velocity' (the original) or 'data' (a prediction of x1,
       # turned into the velocity it implies on the objective's path; see models.registry).
       prediction="velocity",
+      # Where a higher-order objective's acceleration comes from (objective 'homo'): 'network'
+      # (a second DiT taking the velocity as input) | 'head' (a second output of one DiT).
+      acceleration="network",
+      # A vector condition (`data.embedding_dim > 0`, e.g. CLIP text embeddings): 'add' (projected
+      # and added to c, where the label embedding goes) | 'tokens' (extra tokens); its null:
+      # 'zero' (the zero vector) | 'learned' (a learned vector replaces null rows).
+      embedding_mode="add", embedding_null="zero",
   ))
   c.objective = ml_collections.ConfigDict(dict(
       name="shortcut", denoise_timesteps=128, bootstrap_every=8, bootstrap_ema=True,
@@ -65,12 +73,32 @@ def base_config() -> ml_collections.ConfigDict:
       # Classifier-free-guidance dropout of a conditioning image (null: the zero image); a model
       # trained with it > 0 nulls the image in the unconditional CFG branch.
       image_dropout_prob=0.0,
+      embedding_dropout_prob=0.1,  # CFG dropout of a vector condition (`embedding`).
       path="linear",  # Interpolation path (objectives.paths): 'linear' | 'smoothstep' | 'cosine'.
+      # Where flows start (objectives.flow_path.Source): 'gaussian' noise (the original) or
+      # 'cond_image' (coupling flow matching from the upsampled LR input of super-resolution
+      # data), optionally noised by the DDPM forward process at `source_noise_step` (0 = none;
+      # linear 1,000-step schedule).
+      source="gaussian", source_noise_step=0,
       # MeanFlow (objective 'meanflow'): logit-normal (mu, sigma) of the paper's times, share of
       # the batch with r = t, adaptive loss weight 1 / (mse + c)^p.
       meanflow_time_mu=-0.4, meanflow_time_sigma=1.0, meanflow_equal_share=0.75,
       meanflow_adaptive_p=1.0, meanflow_adaptive_c=1e-3,
+      # HOMO (objective 'homo'): loss weights of the velocity, acceleration and self-consistency
+      # terms (the seed project's 1.0 / 0.5 / 0.1), whether the self-consistency rows also
+      # train the acceleration, and whether u1's velocity enters u2 without its gradient.
+      homo_lambda_v=1.0, homo_lambda_a=0.5, homo_lambda_sc=0.1, homo_sc_acceleration=True,
+      homo_velocity_stop_grad=False,
   ))
+  # The original's baselines (objectives.progressive, .consistency): the frozen teacher of
+  # 'progressive' and 'consistency-distillation' is the training workdir (or one
+  # `<workdir>/checkpoints/<step>` folder) of a flow-matching run of the same model and data,
+  # at checkpoint `teacher_step` (-1: its latest). `schedule_steps` is the number of training
+  # steps over which progressive distillation's phases and consistency training's N schedule
+  # run (the original's max_steps; it follows `max_steps` unless set).
+  c.objective.teacher_workdir = ml_collections.FieldReference(None, field_type=str)
+  c.objective.teacher_step = -1
+  c.objective.schedule_steps = c.get_ref("max_steps") + 0
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
       ema_rate=0.999,
@@ -91,6 +119,11 @@ def base_config() -> ml_collections.ConfigDict:
       # written once by `python -m shortcut_jax.tools.encode_dataset` into `latents_dir`).
       latents="none",
       latents_dir=ml_collections.FieldReference(None, field_type=str),
+      # Text / vector conditioning: > 0 = every example carries `embedding`, a float32 vector
+      # of this size (a TFDS feature 'embedding'; for `image_folder`, the .npz `embeddings`
+      # written by `python -m shortcut_jax.tools.embed_text`).
+      embedding_dim=0,
+      embeddings=ml_collections.FieldReference(None, field_type=str),
   ))
   # The Stable Diffusion VAE of latent runs: `path` is a folder (diffusers or Flax layout) or a
   # hub id (None: $SHORTCUT_JAX_VAE, else stabilityai/sd-vae-ft-mse); `random_init` builds a tiny
@@ -217,7 +250,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"objective.denoise_timesteps must be a power of two, got {o.denoise_timesteps!r}")
   check(isinstance(o.bootstrap_every, int) and o.bootstrap_every >= 1,
         f"objective.bootstrap_every must be a positive integer, got {o.bootstrap_every!r}")
-  if objective is not None and objective.name == "shortcut" and isinstance(o.bootstrap_every, int) \
+  if objective is not None and objective.name in ("shortcut", "homo") \
+      and isinstance(o.bootstrap_every, int) \
       and o.bootstrap_every >= 1:
     check(c.batch_size % o.bootstrap_every == 0,
           f"batch_size ({c.batch_size}) must be divisible by objective.bootstrap_every "
@@ -237,6 +271,40 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"objective.meanflow_equal_share must be in [0, 1], got {o.meanflow_equal_share!r}")
   check(o.meanflow_adaptive_p >= 0, f"objective.meanflow_adaptive_p must be >= 0, got {o.meanflow_adaptive_p!r}")
   check(o.meanflow_adaptive_c > 0, f"objective.meanflow_adaptive_c must be > 0, got {o.meanflow_adaptive_c!r}")
+  check(o.source in ("gaussian", "cond_image"),
+        f"objective.source must be 'gaussian' or 'cond_image', got {o.source!r}")
+  if objective is not None and objective.source != "gaussian":
+    check(o.source == "gaussian", f"objective {objective.name!r} starts from its own source "
+          f"({objective.source!r}); objective.source={o.source!r} does not apply")
+  if o.source == "cond_image":
+    check(c.data.low_res_factor > 0, "objective.source='cond_image' (coupling) starts from the "
+          "upsampled low-resolution input: set data.low_res_factor (2, 4 or 8)")
+  check(isinstance(o.source_noise_step, int) and 0 <= o.source_noise_step <= 1000,
+        f"objective.source_noise_step must be an integer in [0, 1000], got {o.source_noise_step!r}")
+  check(o.source_noise_step == 0 or o.source == "cond_image",
+        "objective.source_noise_step noises a coupling source: it needs objective.source="
+        "'cond_image'")
+  for name in ("homo_lambda_v", "homo_lambda_a", "homo_lambda_sc"):
+    check(o[name] >= 0, f"objective.{name} must be >= 0, got {o[name]!r}")
+  from shortcut_jax.models.dit import EMBEDDING_MODES, EMBEDDING_NULLS
+  check(m.embedding_mode in EMBEDDING_MODES,
+        f"model.embedding_mode must be one of {EMBEDDING_MODES}, got {m.embedding_mode!r}")
+  check(m.embedding_null in EMBEDDING_NULLS,
+        f"model.embedding_null must be one of {EMBEDDING_NULLS}, got {m.embedding_null!r}")
+  check(isinstance(c.data.embedding_dim, int) and c.data.embedding_dim >= 0,
+        f"data.embedding_dim must be an integer >= 0, got {c.data.embedding_dim!r}")
+  check(not (c.data.embedding_dim and c.data.latents == "precomputed"),
+        "data.embedding_dim with data.latents='precomputed' is not supported: precomputed "
+        "latents do not store embeddings; use data.latents='online'")
+  check(0.0 <= o.embedding_dropout_prob <= 1.0,
+        f"objective.embedding_dropout_prob must be in [0, 1], got {o.embedding_dropout_prob!r}")
+  check(m.acceleration in ACCELERATIONS,
+        f"model.acceleration must be one of {ACCELERATIONS}, got {m.acceleration!r}")
+  if objective is not None and len(objective.outputs) > 1:
+    check(m.prediction == "velocity",
+          f"model.prediction={m.prediction!r} is for single-output objectives; objective "
+          f"{objective.name!r} predicts {objective.outputs}: use 'velocity'")
+  _check_baselines(c, objective, check)
   if objective is not None and objective.needs_jvp:
     # cuDNN's fused attention has a VJP rule only ('auto' may pick it on a GPU).
     check(m.attention_impl in ("xla", "einsum"),
@@ -339,6 +407,39 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
 
   if errors:
     raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_baselines(c: ml_collections.ConfigDict, objective, check) -> None:
+  """The fields of the original's baselines (`objectives.progressive`, `.consistency`,
+  `.livereflow`): a teacher where one is needed, the schedule length, the linear path of the
+  consistency parameterisation, the reflow share of the batch."""
+  o = c.objective
+  name = getattr(objective, "name", None)
+  if name in ("progressive", "consistency-distillation"):
+    check(bool(o.teacher_workdir),
+          f"objective.teacher_workdir must be set for objective {name!r}: its frozen teacher is "
+          f"a flow-matching run of the same model and data; train one first, e.g. `python "
+          f"train.py --config=configs/digits_naive.py --workdir=workdirs/digits_naive`")
+  check(isinstance(o.teacher_step, int) and o.teacher_step >= -1,
+        f"objective.teacher_step must be -1 (the latest) or a checkpoint step, got "
+        f"{o.teacher_step!r}")
+  check(isinstance(o.schedule_steps, int) and o.schedule_steps >= 1,
+        f"objective.schedule_steps must be a positive integer, got {o.schedule_steps!r}")
+  if name in ("progressive", "consistency") and _is_power_of_two(o.denoise_timesteps) \
+      and isinstance(o.schedule_steps, int):
+    phases = o.denoise_timesteps.bit_length() - 1
+    check(o.schedule_steps >= phases,
+          f"objective.schedule_steps ({o.schedule_steps}) must be at least the number of "
+          f"phases, log2(objective.denoise_timesteps) = {phases}")
+  if name in ("consistency-distillation", "consistency"):
+    check(o.path == "linear",
+          f"objective {name!r} parameterises the consistency function on the linear path "
+          f"(f = x + (1 - t) v): objective.path must be 'linear', got {o.path!r}")
+  if name == "livereflow" and isinstance(o.bootstrap_every, int) and o.bootstrap_every >= 1:
+    check(c.batch_size % o.bootstrap_every == 0 and c.batch_size >= o.bootstrap_every,
+          f"batch_size ({c.batch_size}) must be a multiple of objective.bootstrap_every "
+          f"({o.bootstrap_every}): the first batch_size // bootstrap_every rows get reflow "
+          f"targets")
 
 
 def eval_period(c: ml_collections.ConfigDict, name: str) -> int:

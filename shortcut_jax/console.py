@@ -1,13 +1,15 @@
 """What train.py and eval.py print: progress, results and warnings on the console; everything
 else in a log file in the workdir.
 
-`setup(workdir, "train")` (called by the programs' `main`, after `distributed.initialize`):
+`setup(workdir, "train.py")` (called by the programs' `main`, after `distributed.initialize`):
   * the console (absl's stderr handler) shows this library's own records (the progress line
     `step N/M ... steps/s ... ETA`, evaluator results, what eval.py wrote) and WARNING and above
     from anywhere; INFO records of other libraries (Orbax, TensorFlow Datasets, JAX, ...), often
     kilobytes each, are dropped from it (`--log_libraries` keeps them);
-  * `workdir/<name>.log` gets every INFO record and above, ours and the libraries'
-    (`<name>.process_<i>.log` on processes other than 0), appended across runs.
+  * `workdir/log.txt` gets every INFO record and above, ours and the libraries'
+    (`log.process_<i>.txt` on processes other than 0), appended across runs. train.py and
+    eval.py share the file: every run starts with a header line naming the program (and
+    eval.py's mode) and its command line, e.g. `==== eval.py --mode=fid started: ...`.
 
 `detail(msg, *args)` logs an INFO record that goes to the log file only (e.g. the full config).
 Importing this module first also quiets TensorFlow's C++ INFO lines (`TF_CPP_MIN_LOG_LEVEL=1`
@@ -16,6 +18,7 @@ unless set), which must happen before TensorFlow is imported.
 
 import logging as std_logging
 import os
+import sys
 from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -25,7 +28,7 @@ from absl import logging  # noqa: E402
 
 _LOG_LIBRARIES = flags.DEFINE_bool(
     "log_libraries", False, "Also show other libraries' INFO records (Orbax, TFDS, JAX, ...) on "
-    "the console; they always go to the workdir's log file (train.log / eval.log).")
+    "the console; they always go to the workdir's log file (log.txt).")
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _PROGRAMS = {os.path.join(os.path.dirname(_PACKAGE), name) for name in ("train.py", "eval.py")}
@@ -58,13 +61,25 @@ def _flag(holder, default):
     return default
 
 
-def setup(workdir: Optional[str], name: str, *, libraries: Optional[bool] = None,
+LOG_FILE = "log.txt"
+
+
+def log_file_name(process_index: int = 0) -> str:
+  """The log file's name in the workdir: `log.txt` on process 0, `log.process_<i>.txt` else."""
+  if process_index == 0:
+    return LOG_FILE
+  stem, ext = os.path.splitext(LOG_FILE)
+  return f"{stem}.process_{process_index}{ext}"
+
+
+def setup(workdir: Optional[str], program: str, *, libraries: Optional[bool] = None,
           process_index: Optional[int] = None) -> Optional[str]:
   """Filters the console and opens the log file; returns the log file's path (None: no workdir).
 
   Args:
     workdir: where the log file goes; None: console filtering only.
-    name: the file's stem, e.g. "train" or "eval".
+    program: what this run is, for the header line that starts its records in the file,
+      e.g. "train.py" or "eval.py --mode=fid".
     libraries: keep library INFO records on the console (default: `--log_libraries`).
     process_index: this process's index (default: `jax.process_index()`).
   """
@@ -82,8 +97,7 @@ def setup(workdir: Optional[str], name: str, *, libraries: Optional[bool] = None
     import jax
     process_index = jax.process_index()
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(os.path.abspath(workdir),
-                      f"{name}.log" if process_index == 0 else f"{name}.process_{process_index}.log")
+  path = os.path.join(os.path.abspath(workdir), log_file_name(process_index))
   for old in [h for h in root.handlers if getattr(h, "_shortcut_jax_log_file", False)]:
     root.removeHandler(old)
     old.close()
@@ -92,6 +106,8 @@ def setup(workdir: Optional[str], name: str, *, libraries: Optional[bool] = None
   handler.setFormatter(logging.PythonFormatter())
   handler._shortcut_jax_log_file = True  # pylint: disable=protected-access
   root.addHandler(handler)
+  detail("==== %s started (process %d, pid %d): %s", program, process_index, os.getpid(),
+         " ".join(sys.argv))
   logging.info("library logs go to %s%s", path, "" if libraries else " (--log_libraries: console too)")
   return path
 

@@ -20,12 +20,14 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
         step: Optional[int] = None, config=None, out: Optional[str] = None, split: str = "train",
         fid_stats: Optional[str] = None, inception_path: Optional[str] = None,
         input_dir: Optional[str] = None, output_dir: Optional[str] = None,
-        input_is_lr: bool = False, overwrite: bool = False):
+        input_is_lr: bool = False, overwrite: bool = False,
+        lpips_weights: Optional[str] = None):
   """Runs one evaluation mode; returns its results (also written into the workdir).
 
   `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,
   `fid_stats` and `inception_path` are used by the two FID modes only; `input_dir`,
-  `output_dir`, `input_is_lr` and `overwrite` by `super_resolve` only.
+  `output_dir`, `input_is_lr` and `overwrite` by `super_resolve` only; `lpips_weights` (else
+  `$SHORTCUT_JAX_LPIPS`; neither: LPIPS is skipped) by `sr_metrics` only.
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
@@ -75,7 +77,8 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
   if mode == "sr_metrics":
     from shortcut_jax.evaluators import super_resolution
     results = super_resolution.sr_metrics(exp, params, steps=steps, num_images=num_samples,
-                                          seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)
+                                          seed=seed, batch_size=batch_size, cfg_scale=cfg_scale,
+                                          lpips_weights=lpips_weights)
     results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
     super_resolution.write_json(os.path.join(workdir, "sr_metrics.json"), results)
     # A picture to look at: LR | bicubic | fewest-step and most-step samples | HR.

@@ -271,13 +271,15 @@ def _match_to_params(tree, param_specs, param_shapes):
 def state_partition_specs(abstract_state, mode: str, mesh: Union[Mesh, int],
                           rules: Iterable[Tuple[str, Placement]] = DEFAULT_RULES,
                           min_size: int = MIN_SHARD_SIZE):
-  """PartitionSpecs of a `TrainState`: params rules, shared by the EMA and Adam's moments; the
-  objective's own state (`objective_state`) is replicated."""
+  """PartitionSpecs of a `TrainState`: params rules, shared by the EMA and Adam's moments and by
+  the leaves of the objective's own state (`objective_state`) that mirror a parameter (a
+  distillation teacher's weights); its other leaves (phases, counters) are replicated."""
   params_specs = param_partition_specs(abstract_state.params, mode, mesh, rules, min_size)
   replicated = lambda tree: jax.tree.map(lambda _: PartitionSpec(), tree)
   return abstract_state.replace(
       step=PartitionSpec(), rng=replicated(abstract_state.rng), params=params_specs,
-      objective_state=replicated(abstract_state.objective_state),
+      objective_state=_match_to_params(abstract_state.objective_state, params_specs,
+                                       abstract_state.params),
       ema_params=_match_to_params(abstract_state.ema_params, params_specs, abstract_state.params),
       opt_state=_match_to_params(abstract_state.opt_state, params_specs, abstract_state.params))
 

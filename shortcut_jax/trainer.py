@@ -31,6 +31,7 @@ from shortcut_jax.checkpoints.manager import CheckpointManager
 from shortcut_jax.data import pipeline
 from shortcut_jax.models import registry as models_lib
 from shortcut_jax.models.velocity_model import VelocityModel
+from shortcut_jax.objectives import flow_path
 
 
 class NonFiniteMetricError(FloatingPointError):
@@ -55,6 +56,12 @@ class Experiment:
   @property
   def module(self):
     return self.network.module
+
+  @property
+  def source(self) -> flow_path.Source:
+    """Where the run's flows start (`flow_path.Source`): the objective's own fixed start, else
+    `objective.source` of the config (Gaussian noise by default)."""
+    return flow_path.source_from_config(self.config.objective, self.objective.source)
 
   @functools.cached_property
   def encoder(self):
@@ -93,11 +100,14 @@ def _encode_jit(encoder):
 
 
 def batch_spec(config: ml_collections.ConfigDict, image_shape) -> Dict[str, Tuple[int, ...]]:
-  """Per-example shapes of the model's inputs: the sample (`image`) and, for super-resolution
-  (`data.low_res_factor > 0`), the upsampled low-resolution input (`cond_image`, same shape)."""
+  """Per-example shapes of the model's inputs: the sample (`image`), for super-resolution
+  (`data.low_res_factor > 0`) the upsampled low-resolution input (`cond_image`, same shape),
+  and for text / vector conditioning (`data.embedding_dim > 0`) the `embedding` [D]."""
   spec = {"image": tuple(int(d) for d in image_shape)}
   if config.data.low_res_factor:
     spec["cond_image"] = spec["image"]
+  if config.data.get("embedding_dim", 0):
+    spec["embedding"] = (int(config.data.embedding_dim),)
   return spec
 
 
@@ -159,7 +169,11 @@ def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
     state, meta = ckpt.restore_latest_intact(abstract)
     logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
     return state, int(meta.get("data_position", meta["step"]))
-  state = jax.jit(exp.init_state, out_shardings=shardings)(jax.random.PRNGKey(exp.config.seed))
+  init = lambda: jax.jit(exp.init_state, out_shardings=shardings)(
+      jax.random.PRNGKey(exp.config.seed))
+  # A fresh run starts where its objective says (a distillation student from its teacher).
+  state = exp.objective.start_state(init, config=exp.config, abstract_state=abstract,
+                                    shardings=shardings, mesh=mesh)
   return state, 0
 
 

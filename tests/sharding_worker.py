@@ -9,12 +9,14 @@ SPEC: {"devices": 8, "data_dir": ..., "results": "out.json", "optimize": true, "
        "distributed": {"port": 12345, "num_processes": 2, "process_id": 0},   # optional
        "jobs": [{"workdir": ..., "config": {"sharding": "fsdp", "mesh__fsdp": 8, ...},
                  "combine_processes": 2,            # optional, see below
+                 "wait_for": "path",                # optional: start once it exists
                  "dump": "params.npz"}]}            # optional
 Each job runs `trainer.train_and_evaluate` on a `configs/digits_shortcut.py:smoke` config changed
 by `config` (keys with `__` for nesting), then restores the final checkpoint with
 `trainer.restore_experiment` onto this process's devices and reports the shardings it got; with
 `dump`, process 0 writes the restored params and EMA params to an .npz.
-`combine_processes: k` makes a single process read the concatenation of the per-process slices
+`wait_for` lets a job start while its workdir is still being prepared by the test (which
+writes that path last). `combine_processes: k` makes a single process read the concatenation of the per-process slices
 of k processes (the global batches a k-process run assembles), for comparisons.
 """
 
@@ -23,18 +25,19 @@ import os
 import sys
 
 
-def launch(script, tmp, name, specs):
+def launch(script, tmp, name, specs, fast_compile=True):
   """Starts `python script <spec.json>` once per spec (a dict), each logging to
-  `tmp/<name>_<i>.log`, with most XLA optimisations off (compiling dominates these tiny runs and
-  every process compiles the same way). Returns [(Popen, log path)]."""
+  `tmp/<name>_<i>.log`, by default with most XLA optimisations off (compiling dominates these
+  tiny runs and every process compiles the same way; `fast_compile=False` keeps them, for runs
+  whose compiled code runs long, e.g. Inception). Returns [(Popen, log path)]."""
   import subprocess
   procs = []
   for i, spec in enumerate(specs):
     path = tmp / f"{name}_{i}_spec.json"
     path.write_text(json.dumps(spec))
     log = open(tmp / f"{name}_{i}.log", "w")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-               JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true" if fast_compile else "false"
     env.pop("XLA_FLAGS", None)
     procs.append((subprocess.Popen([sys.executable, os.path.abspath(script), str(path)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env), log.name))
@@ -85,7 +88,14 @@ def _combine(k):
 
 
 def run_job(jax, job, data_dir):
+  import time
   import numpy as np
+  deadline = time.time() + 600
+  while job.get("wait_for") and not os.path.exists(job["wait_for"]):
+    if time.time() > deadline:
+      raise TimeoutError(f"{job['wait_for']} did not appear within 600 s")
+    time.sleep(0.2)
+  t0 = time.perf_counter()
   from shortcut_jax import trainer
   import digits_configs  # tests/ is sys.path[0] when this file runs as a script
   c = digits_configs.smoke_config(data_dir, **job.get("config", {}))
@@ -117,6 +127,7 @@ def run_job(jax, job, data_dir):
       flat = {f"{k}/" + "/".join(str(p.key) for p in path): np.asarray(v)
               for k in host for path, v in jax.tree_util.tree_leaves_with_path(host[k])}
       np.savez(job["dump"], **flat)
+  out["wall_s"] = time.perf_counter() - t0  # For finding where the tests' time goes.
   return out
 
 

@@ -58,9 +58,14 @@ def test_train_console_shows_progress_and_the_log_file_the_rest(trained):
   assert sources and sources <= OURS, f"library INFO lines on the console: {sources - OURS}"
   assert "orbax" not in console.lower().replace("orbax-checkpoint", "")  # no Orbax chatter
   assert "cpu_feature_guard" not in console  # TensorFlow's C++ INFO lines (TF_CPP_MIN_LOG_LEVEL).
-  with open(os.path.join(workdir, "train.log")) as f:
+  with open(os.path.join(workdir, "log.txt")) as f:
     log = f.read()
+  assert not os.path.exists(os.path.join(workdir, "train.log"))
   assert re.search(r"step 4/4 ", log) and "config:" in log and "config:" not in console
+  # The run's records start with its header line (file only), before the training's own.
+  header = re.search(r"==== train\.py started \(process 0, pid \d+\): \S*train\.py "
+                     r"--config=configs/digits_shortcut\.py:smoke", log)
+  assert header and header.start() < log.index("config:") and "==== " not in console
   library = _info_sources(log) - OURS
   assert "checkpoint_manager.py" in library, library  # Orbax's records are kept there.
   assert any("orbax" in line for line in log.splitlines() if INFO_LINE.match(line))
@@ -73,7 +78,12 @@ def test_eval_console_and_guidance_default(trained, monkeypatch):
   assert "wrote 4 samples with 1 steps" in console
   sources = _info_sources(console)
   assert sources <= OURS, sources - OURS
-  assert os.path.exists(os.path.join(workdir, "eval.log"))
+  # eval.py appends to the same log.txt, after its own header line.
+  with open(os.path.join(workdir, "log.txt")) as f:
+    log = f.read()
+  assert not os.path.exists(os.path.join(workdir, "eval.log"))
+  assert log.index("==== train.py started") < log.index("==== eval.py --mode=sample started")
+  assert "wrote 4 samples with 1 steps" in log[log.index("==== eval.py --mode=sample"):]
 
   from shortcut_jax import evaluation
   seen = []
@@ -84,3 +94,28 @@ def test_eval_console_and_guidance_default(trained, monkeypatch):
   # Unset: the workdir config's evals.samples.cfg_scale (1.5); 0 (--nocfg): no guidance.
   assert seen == [1.5, None, 2.0]
   assert digits_configs.smoke_config(None).evals.samples.cfg_scale == 1.5
+
+
+def test_log_file_name_per_process_and_header(tmp_path):
+  import logging as std_logging
+  from absl import logging
+  from shortcut_jax import console
+  assert console.log_file_name(0) == "log.txt"
+  assert console.log_file_name(3) == "log.process_3.txt"
+  root = std_logging.getLogger()
+  try:
+    path = console.setup(str(tmp_path), "eval.py --mode=fid", libraries=False, process_index=2)
+    assert path == str(tmp_path / "log.process_2.txt")
+    logging.info("a record for the file")
+    console.setup(str(tmp_path), "train.py", libraries=False, process_index=2)  # Appends.
+    logging.info("a second run")
+  finally:
+    for handler in [h for h in root.handlers if getattr(h, "_shortcut_jax_log_file", False)]:
+      root.removeHandler(handler)
+      handler.close()
+  assert sorted(os.listdir(tmp_path)) == ["log.process_2.txt"]
+  text = (tmp_path / "log.process_2.txt").read_text()
+  order = [text.index(s) for s in ("==== eval.py --mode=fid started (process 2, pid ",
+                                   "a record for the file", "==== train.py started (process 2",
+                                   "a second run")]
+  assert order == sorted(order), text

@@ -31,7 +31,7 @@ from shortcut_jax.models import inception
 pytestmark = pytest.mark.slow
 
 IMAGE_SIZE = 75
-REF_SPLIT = "train[:400]"
+REF_SPLIT = "train[:200]"
 
 
 def smoke_config(data_dir, **fid_changes):
@@ -50,7 +50,14 @@ def setup(tmp_path_factory):
   inception.save_inception_variables(weights, variables)
   config = smoke_config(data_dir)
   workdir = str(root / "workdir")
-  trainer.train_and_evaluate(config, workdir)
+  # The 4 smoke steps compile with most optimisations off (compiling is their whole cost); the
+  # tests' Inception keeps them (it runs 5x slower without).
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    trainer.train_and_evaluate(config, workdir)
+  finally:
+    jax.config.update("jax_disable_most_optimizations", previous)
   return dict(root=root, config=config, workdir=workdir, weights=weights, variables=variables)
 
 
@@ -68,9 +75,15 @@ def split_images(config, split):
   return np.concatenate([b["image"] for b in batches])
 
 
+_FEATURE_FNS = {}  # One jitted network per weights (compiling it costs seconds).
+
+
 def numpy_stats(variables, images_grey):
   """Reference statistics computed without the code under test's batching or sharding."""
-  feature_fn = inception.make_feature_fn(variables, image_size=IMAGE_SIZE)
+  if id(variables) not in _FEATURE_FNS:
+    _FEATURE_FNS[id(variables)] = (variables, inception.make_feature_fn(variables,
+                                                                        image_size=IMAGE_SIZE))
+  feature_fn = _FEATURE_FNS[id(variables)][1]
   rgb = np.repeat(images_grey, 3, axis=-1)
   n = len(rgb)
   rgb = np.concatenate([rgb, np.zeros((-n % 100, *rgb.shape[1:]), rgb.dtype)])  # One shape.
@@ -79,48 +92,74 @@ def numpy_stats(variables, images_grey):
   return features.mean(0), np.cov(features, rowvar=False)
 
 
-def independent_fid(setup, *, num_images, num_steps, reference, config=None):
-  """FID of `generate.generate`'s images (seed 0, EMA, CFG 1.5) with `numpy_stats`."""
+def independent_stats(setup, *, num_images, num_steps, config=None):
+  """`numpy_stats` of `generate.generate`'s images (seed 0, EMA, CFG 1.5; no mesh)."""
   exp, state, _ = trainer.restore_experiment(setup["workdir"], config=config)
   images, _ = gen.generate(exp, state.ema_params, num_images=num_images, num_steps=num_steps,
                            cfg_scale=1.5, seed=0)
-  return fid.fid_from_stats(*numpy_stats(setup["variables"], images), *reference)
+  return numpy_stats(setup["variables"], images)
 
 
-def test_fid_stats_then_fid_write_sane_results(setup):
+@pytest.fixture
+def fid_calls(monkeypatch):
+  """Records every `fid.fid_from_stats` call the code under test makes: (args, result).
+
+  Each call costs a 2048x2048 matrix square root (seconds here); the tests compare the
+  statistics that went into a reported FID with independently computed ones instead of
+  computing a second FID from those.
+  """
+  calls, real = [], fid.fid_from_stats
+
+  def recording(*args, **kwargs):
+    value = real(*args, **kwargs)
+    calls.append(([np.asarray(a) for a in args], value))
+    return value
+  monkeypatch.setattr(fid, "fid_from_stats", recording)
+  return calls
+
+
+def assert_stats_close(got, want, rtol=1e-4):
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.abs(w).max())
+
+
+def test_fid_stats_then_fid_write_sane_results(setup, fid_calls):
   c, root = setup["config"], setup["root"]
-  stats_path = str(root / "digits_train400.npz")
+  stats_path = str(root / "digits_train200.npz")
   evaluation.run("fid_stats", None, steps=[], num_samples=0, cfg_scale=None, batch_size=48,
                  config=c, out=stats_path, split=REF_SPLIT, inception_path=setup["weights"])
   ref = fid.load_reference_stats(stats_path)
   assert ref.mu.shape == (2048,) and ref.sigma.shape == (2048, 2048)
 
-  # Same split through an independent path: the statistics agree, so their FID is ~0, far
-  # below the FID of the held-out split.
+  # Same split through an independent path: the statistics agree; noise images are farther
+  # from them than the held-out digits are (the Frechet distance of the first 256 features:
+  # the same function, milliseconds instead of seconds for all 2048).
   mu_np, sigma_np = numpy_stats(setup["variables"], split_images(c, REF_SPLIT))
-  np.testing.assert_allclose(ref.mu, mu_np, rtol=1e-4, atol=1e-4 * np.abs(mu_np).max())
-  np.testing.assert_allclose(ref.sigma, sigma_np, rtol=1e-4, atol=1e-4 * np.abs(sigma_np).max())
+  assert_stats_close((ref.mu, ref.sigma), (mu_np, sigma_np))
+  k = 256
+  marginal = lambda mu, sigma: fid.fid_from_stats(mu[:k], sigma[:k, :k], ref.mu[:k],
+                                                  ref.sigma[:k, :k])
   test_images = split_images(c, "test")
-  mu_test, sigma_test = numpy_stats(setup["variables"], test_images)
-  fid_self = fid.fid_from_stats(mu_np, sigma_np, ref.mu, ref.sigma)
-  fid_test = fid.fid_from_stats(mu_test, sigma_test, ref.mu, ref.sigma)
+  fid_test = marginal(*numpy_stats(setup["variables"], test_images))
   noise = np.random.default_rng(0).uniform(-1, 1, test_images.shape).astype(np.float32)
-  mu_noise, sigma_noise = numpy_stats(setup["variables"], noise)
-  fid_noise = fid.fid_from_stats(mu_noise, sigma_noise, ref.mu, ref.sigma)
-  assert abs(fid_self) < 1e-3 * fid_test
+  fid_noise = marginal(*numpy_stats(setup["variables"], noise))
   assert fid_noise > 2 * fid_test > 0
 
-  # One step budget: each FID costs a 2048x2048 matrix square root (tens of seconds here).
+  # One step budget: each FID of 2048 features costs seconds here (two 2048x2048 `eigh`).
+  del fid_calls[:]
   out = evaluation.run("fid", setup["workdir"], steps=[8], num_samples=80, cfg_scale=1.5,
                        batch_size=48, fid_stats=stats_path, inception_path=setup["weights"])
   with open(os.path.join(setup["workdir"], "fid.json")) as f:
     written = json.load(f)
   assert written == json.loads(json.dumps(out))
   assert set(written["steps"]) == {"8"}
-  # The same 80 images (seed 0, EMA weights) through the unsharded generator and the numpy-side
-  # statistics give the same FID.
-  np.testing.assert_allclose(written["steps"]["8"], independent_fid(
-      setup, num_images=80, num_steps=8, reference=(ref.mu, ref.sigma)), rtol=1e-3)
+  # The reported FID is the distance between the reference file's statistics and those of the
+  # same 80 images (seed 0, EMA weights) through the unsharded generator and the numpy side.
+  [((mu, sigma, mu_ref, sigma_ref), value)] = fid_calls
+  assert written["steps"]["8"] == value
+  np.testing.assert_array_equal(mu_ref, ref.mu)
+  np.testing.assert_array_equal(sigma_ref, ref.sigma)
+  assert_stats_close((mu, sigma), independent_stats(setup, num_images=80, num_steps=8))
   assert written["num_samples"] == 80 and written["cfg_scale"] == 1.5
   assert written["checkpoint_step"] == c.max_steps
   assert written["reference_stats"] == stats_path
@@ -140,7 +179,7 @@ def test_generation_does_not_depend_on_batch_size_or_mesh(setup):
   np.testing.assert_allclose(np.concatenate(got), expected, atol=1e-5)
 
 
-def test_in_training_evaluator_logs_fid_per_step_budget(setup):
+def test_in_training_evaluator_logs_fid_per_step_budget(setup, fid_calls):
   stats_path = str(setup["root"] / "ref_for_evaluator.npz")
   rng = np.random.default_rng(1)
   fake = rng.normal(size=(64, 2048))
@@ -151,12 +190,14 @@ def test_in_training_evaluator_logs_fid_per_step_budget(setup):
   from shortcut_jax.evaluators import registry
   [ev] = registry.build_evaluators(exp, setup["workdir"])
   assert isinstance(ev, fid_evaluator.FIDEvaluator) and ev.due(2) and not ev.due(3)
-  metrics = ev.run(state, 4)
+  metrics = ev.run(state, 4)  # Its one (2048-feature) FID.
   assert set(metrics) == {"fid/steps_1"}
   reference = fid.load_reference_stats(stats_path)
-  np.testing.assert_allclose(metrics["fid/steps_1"], independent_fid(
-      setup, num_images=24, num_steps=1, reference=(reference.mu, reference.sigma), config=c),
-      rtol=1e-3)
+  [((mu, sigma, mu_ref, sigma_ref), value)] = fid_calls
+  assert metrics["fid/steps_1"] == value
+  np.testing.assert_array_equal(mu_ref, reference.mu)
+  np.testing.assert_array_equal(sigma_ref, reference.sigma)
+  assert_stats_close((mu, sigma), independent_stats(setup, num_images=24, num_steps=1, config=c))
 
 
 def test_evaluator_with_missing_files_fails_at_construction(setup, tmp_path):
@@ -183,30 +224,50 @@ def test_evaluator_with_missing_files_fails_at_construction(setup, tmp_path):
 
 _SHARDED_SCRIPT = r"""
 import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+from shortcut_jax import cpu_devices
+assert cpu_devices.configure(2) == 2  # What eval.py does on a 2-core machine, here forced to 2.
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax, numpy as np
-from shortcut_jax.evaluators import fid_evaluator
-from shortcut_jax.models import inception
-assert jax.device_count() == 2
+from shortcut_jax.evaluators import fid, fid_evaluator
+assert jax.device_count() == 2 and "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"]
 variables = random_inception_variables()
 features = fid_evaluator.InceptionFeatures(variables, batch_size=3, image_size=75)
-assert features.batch_size == 4, features.batch_size
-images = np.random.default_rng(0).uniform(-1, 1, (5, 16, 16, 1)).astype(np.float32)
+assert features.batch_size == 4, features.batch_size  # Rounded up to the device count.
+images = np.random.default_rng(0).uniform(-1, 1, (7, 16, 16, 1)).astype(np.float32)
 out = features._apply(features._variables, images[:4])
 assert len(out.sharding.device_set) == 2 and out.addressable_shards[0].data.shape[0] == 2
 got = features(images)
-expected = np.asarray(inception.make_feature_fn(variables, image_size=75)(np.repeat(images, 3, -1)))
-np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+mu, sigma = fid.compute_stats(features, (images[i:i + 4] for i in range(0, 7, 4)), progress=False)
+np.savez(sys.argv[1], features=got, mu=mu, sigma=sigma)
 print("OK")
 """
 
 
-def test_features_are_sharded_over_devices_and_match_one_device():
-  # The script defines the random weights the same way this module does, then runs its checks.
-  header, checks = _SHARDED_SCRIPT.split("assert jax.device_count", 1)
-  script = header + inspect.getsource(random_inception_variables) + "assert jax.device_count" + checks
-  result = subprocess.run([sys.executable, "-c", script],
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+def test_features_on_single_threaded_cpu_devices_match_one_device(tmp_path):
+  """`cpu_devices.configure(2)` (2 single-threaded CPU devices, eval.py's FID setting) gives the
+  features and statistics this process computes on its one default device, unsharded."""
+  header, checks = _SHARDED_SCRIPT.split("variables = random_inception_variables()", 1)
+  script = header + inspect.getsource(random_inception_variables) + (
+      "variables = random_inception_variables()" + checks)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  for name in ("XLA_FLAGS", "SHORTCUT_JAX_CPU_DEVICES", "JAX_NUM_CPU_DEVICES"):
+    env.pop(name, None)
+  result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.npz")],
+                          capture_output=True, text=True, timeout=300, env=env)
   assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+  assert jax.device_count() == 1
+  images = np.random.default_rng(0).uniform(-1, 1, (7, 16, 16, 1)).astype(np.float32)
+  feature_fn = inception.make_feature_fn(random_inception_variables(), image_size=IMAGE_SIZE)
+  expected = np.asarray(feature_fn(np.repeat(images, 3, -1)), np.float64)
+  mu, sigma = expected.mean(0), np.cov(expected, rowvar=False)
+  with np.load(tmp_path / "out.npz") as got:
+    assert got["features"].shape == (7, 2048)
+    np.testing.assert_allclose(got["features"], expected, rtol=1e-5,
+                               atol=1e-6 * np.abs(expected).max())
+    # Covariances of 7 vectors amplify the features' float32 differences (measured: 8.9e-2 at
+    # most, 8e-6 of the largest entry, from the single-threaded convolutions' summation order).
+    np.testing.assert_allclose(got["mu"], mu, rtol=1e-5, atol=1e-6 * np.abs(mu).max())
+    np.testing.assert_allclose(got["sigma"], sigma, rtol=1e-4, atol=3e-5 * np.abs(sigma).max())
+  # The tolerance is tight enough to see a wrong or missing row: features of different images
+  # differ by far more.
+  assert np.abs(expected[0] - expected[1]).max() > 1e-3 * np.abs(expected).max()

@@ -1,6 +1,11 @@
-"""Preemption across processes: a SIGTERM to one process of a 2-process job (4 CPU devices each,
+"""Preemption across processes: a SIGTERM to one process of a 2-process job (2 CPU devices each,
 gloo collectives) makes both save the same step and exit 0; the resumed run ends with the
 weights of an uninterrupted one.
+
+Cost: three 2-process launches of 30 smoke steps at most. The interrupted run sleeps
+`PREEMPTED_DELAY_S` per batch (its numbers do not change), so the signal, sent after step 3,
+lands mid-training however slow the machine is: the stop (measured: 4-5 steps after the signal,
+1-10 s) has 27 steps (>= 8 s of sleeping alone) to happen in, and sleeping costs no CPU.
 
 The processes run this file as a script (`python tests/test_preemption.py SPEC.json`): the device
 count is fixed when jax is imported, and pytest has imported it with one device.
@@ -21,8 +26,10 @@ import sharding_worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Only the final step is a regular checkpoint; the preemption save is the only other one.
-CONFIG = {"max_steps": 120, "log_every": 1, "checkpoint__every_steps": 120,
+CONFIG = {"max_steps": 30, "log_every": 1, "checkpoint__every_steps": 30,
           "checkpoint__max_to_keep": 5}
+PREEMPTED_DELAY_S = 0.3  # Per batch, in the interrupted run only.
+DEVICES = 2  # Per process.
 STOP_BOUND_S = 90  # Both processes exit this soon after the SIGTERM (the notice takes ~1 s).
 
 
@@ -74,7 +81,7 @@ def _free_port():
 
 def _launch(tmp, name, data_dir, batch_delay_s=0.0):
   port = _free_port()
-  specs = [{"devices": 4, "data_dir": data_dir, "workdir": str(tmp / name), "optimize": False,
+  specs = [{"devices": DEVICES, "data_dir": data_dir, "workdir": str(tmp / name), "optimize": False,
             "cache_dir": str(tmp / "jax_cache"), "results": str(tmp / f"{name}.json"),
             "batch_delay_s": batch_delay_s,
             "distributed": {"port": port, "num_processes": 2, "process_id": i}} for i in (0, 1)]
@@ -125,7 +132,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   assert _steps(tmp_path / "straight") == [CONFIG["max_steps"]]
 
   # Interrupted: SIGTERM to process 0 only, a few steps in.
-  procs = _launch(tmp_path, "preempted", data_dir, batch_delay_s=0.05)
+  procs = _launch(tmp_path, "preempted", data_dir, batch_delay_s=PREEMPTED_DELAY_S)
   metrics = tmp_path / "preempted" / "metrics.jsonl"
   deadline = time.time() + 300
   while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):

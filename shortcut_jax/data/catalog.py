@@ -152,7 +152,8 @@ def get_builder(data_config, *, prepare: bool = True):
   if spec.name in _EMBEDDED_BUILDERS:
     builder = _EMBEDDED_BUILDERS[spec.name](data_dir=data_dir)
   elif spec.name == "image_folder":
-    builder = image_folder.make_builder(data_config.folder, data_config.image_size, data_dir)
+    builder = image_folder.make_builder(data_config.folder, data_config.image_size, data_dir,
+                                        embeddings=data_config.get("embeddings", None))
   else:
     builder = manual.BUILDERS[spec.name](data_dir=data_dir)
     if not builder.is_prepared():

@@ -21,6 +21,7 @@ import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
+import numpy as np
 import tensorflow_datasets as tfds
 
 from shortcut_jax.data import images
@@ -38,6 +39,27 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
   image_size: int = 0
   class_names: Tuple[str, ...] = ()
   split_dirs: Tuple[Tuple[str, str], ...] = ()  # ((split, sub-folder), ...) for layout 1.
+  embeddings: str = ""  # .npz of `tools.embed_text` ('' = none): an `embedding` per image.
+  embedding_dim: int = 0
+
+
+def load_embeddings(path: str) -> Dict[str, "np.ndarray"]:
+  """`{relative image path: float32 [D]}` from an .npz with `paths` and `embedding` [N, D]
+  (as `python -m shortcut_jax.tools.embed_text` writes)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.embeddings: {path} does not exist; write it with "
+                            "`python -m shortcut_jax.tools.embed_text --captions=F --model=PATH "
+                            f"--out={path}`")
+  with np.load(path, allow_pickle=False) as f:
+    missing = [k for k in ("paths", "embedding") if k not in f]
+    if missing:
+      raise ValueError(f"data.embeddings: {path} has no {missing} (expected the arrays "
+                       "'paths' [N] and 'embedding' [N, D] of tools.embed_text)")
+    paths, emb = [str(p) for p in f["paths"]], np.asarray(f["embedding"], np.float32)
+  if emb.ndim != 2 or emb.shape[0] != len(paths):
+    raise ValueError(f"data.embeddings: {path}: 'embedding' has shape {emb.shape}, expected "
+                     f"[{len(paths)}, D]")
+  return {os.path.normpath(p): e for p, e in zip(paths, emb)}
 
 
 def _split_dirs(folder: str) -> Dict[str, str]:
@@ -95,14 +117,17 @@ class ImageFolder(base.OfflineBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     c = self.builder_config
     num_classes = max(1, len(c.class_names))
+    features = {
+        "image": tfds.features.Image(shape=(c.image_size, c.image_size, 3)),
+        "label": tfds.features.ClassLabel(
+            names=list(c.class_names) if c.class_names else None,
+            num_classes=None if c.class_names else num_classes),
+    }
+    if c.embeddings:
+      features["embedding"] = tfds.features.Tensor(shape=(c.embedding_dim,), dtype=np.float32)
     return self.dataset_info_from_configs(
         description=f"Images from {c.folder} at {c.image_size}x{c.image_size}.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(c.image_size, c.image_size, 3)),
-            "label": tfds.features.ClassLabel(
-                names=list(c.class_names) if c.class_names else None,
-                num_classes=None if c.class_names else num_classes),
-        }),
+        features=tfds.features.FeaturesDict(features),
         supervised_keys=("image", "label"),
     )
 
@@ -130,17 +155,29 @@ class ImageFolder(base.OfflineBuilder, skip_registration=True):
 
   def _generate_examples(self, items, split):
     c = self.builder_config
+    if c.embeddings:
+      table = load_embeddings(c.embeddings)
+      rel = lambda path: os.path.normpath(os.path.relpath(path, c.folder))
+      missing = [rel(path) for _, path, _ in items if rel(path) not in table]
+      if missing:
+        raise ValueError(f"data.embeddings: {c.embeddings} has no embedding for {len(missing)} "
+                         f"image(s) of split {split!r}, e.g. {missing[:3]}")
+      items = [(key, path, dict(extra, embedding=table[rel(path)]))
+               for key, path, extra in items]
     yield from images.read_images_skipping_bad(items, c.image_size, "RGB",
                                                what=f"images of split {split!r} in {c.folder}")
 
 
-def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None) -> ImageFolder:
+def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None,
+                 embeddings: Optional[str] = None) -> ImageFolder:
   """The (not yet prepared) builder for `folder` at `image_size`.
 
   Args:
     folder: the image folder (see the module docstring for layouts).
     image_size: side of the stored square images.
     data_dir: TFDS data directory (None: the TFDS default).
+    embeddings: an .npz of per-image embeddings (`load_embeddings`), stored as the feature
+      `embedding` next to each image (text conditioning); None: none.
 
   Returns:
     An `ImageFolder` builder; call `download_and_prepare()` (a no-op once built).
@@ -158,9 +195,18 @@ def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None) -
   roots = [os.path.join(folder, sub) for sub in split_dirs.values()] or [folder]
   class_names = _class_names(roots)
   slug = "".join(ch if ch.isalnum() else "_" for ch in os.path.basename(folder))[:40] or "root"
+  fingerprint = _fingerprint(folder, image_size)
+  dim = 0
+  if embeddings:
+    embeddings = os.path.abspath(os.path.expanduser(embeddings))
+    table = load_embeddings(embeddings)
+    dim = int(next(iter(table.values())).shape[0]) if table else 0
+    with open(embeddings, "rb") as f:
+      fingerprint += "_e" + hashlib.sha256(f.read()).hexdigest()[:8]
   config = ImageFolderConfig(
-      name=f"{slug}_{image_size}px_{_fingerprint(folder, image_size)}",
+      name=f"{slug}_{image_size}px_{fingerprint}",
       description=f"{folder} at {image_size}x{image_size}",
       folder=folder, image_size=image_size, class_names=class_names,
-      split_dirs=tuple(sorted(split_dirs.items())))
+      split_dirs=tuple(sorted(split_dirs.items())), embeddings=embeddings or "",
+      embedding_dim=dim)
   return ImageFolder(config=config, data_dir=data_dir)

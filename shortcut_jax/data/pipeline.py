@@ -128,7 +128,21 @@ def dataset_info(data_config) -> Dict:
   info["num_examples"] = {k: v.num_examples for k, v in builder.info.splits.items()}
   info["channels"] = builder.info.features["image"].shape[-1]
   info["num_classes"] = builder.info.features["label"].num_classes
+  check_embedding(builder, data_config)
   return info
+
+
+def check_embedding(builder, data_config) -> None:
+  """Raises ValueError unless the dataset's `embedding` feature matches `data.embedding_dim`."""
+  want = int(data_config.get("embedding_dim", 0) or 0)
+  features = builder.info.features
+  have = int(features["embedding"].shape[-1]) if "embedding" in features.keys() else 0
+  if want and not have:
+    raise ValueError(f"data.embedding_dim={want}, but dataset {builder.name!r} has no "
+                     "'embedding' feature (for image_folder set data.embeddings to the .npz of "
+                     "`python -m shortcut_jax.tools.embed_text`)")
+  if want and have != want:
+    raise ValueError(f"data.embedding_dim={want}, but the dataset's embeddings have size {have}")
 
 
 def _process_layout(process_index, process_count):
@@ -166,6 +180,7 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
   factor = low_res_factor_of(data_config)
   unconditional = data_config.num_classes == 1
   flip = train and spec.random_flip
+  embedding = bool(data_config.get("embedding_dim", 0))
 
   def fn(position, example):
     image = image_feature.decode_example(example["image"])
@@ -185,6 +200,8 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
     out = {"image": image, "label": label}
     if factor:
       out["cond_image"] = low_res.cond_image_tf(image, factor)
+    if embedding:
+      out["embedding"] = tf.cast(example["embedding"], tf.float32)
     return out
 
   return fn
@@ -281,6 +298,7 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
     builder, meta = latent_dataset.open_latents(data_config, split)
   else:
     builder = catalog.get_builder(data_config)
+    check_embedding(builder, data_config)
   known = list(builder.info.splits.keys())
   if split.split("[")[0] not in known:
     raise ValueError(f"split {split!r} not in dataset {spec.name!r} (splits: {known})")

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import sampling
 from shortcut_jax import sharding
-from shortcut_jax.objectives.flow_path import sample_source
+from shortcut_jax.objectives.flow_path import Source, sample_source
 
 
 def is_conditional(config) -> bool:
@@ -53,7 +53,8 @@ def sample_cond(exp, num_images: int, split: str = "test",
                 examples: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
   """The conditions of `num_images` generated images, for every kind the model takes (in the
   model's space: a conditioning image is encoded to latents in latent space). Labels are always
-  `sample_labels` (the null label for a model trained without labels), never the data's.
+  `sample_labels` (the null label for a model trained without labels), never the data's;
+  images and embeddings come from held-out examples.
 
   Args:
     exp: the experiment.
@@ -62,12 +63,16 @@ def sample_cond(exp, num_images: int, split: str = "test",
     examples: those held-out examples when the caller already read them.
   """
   cond = {"label": sample_labels(exp.config, num_images)}
-  if "cond_image" in exp.model.conditioning.keys:
-    if examples is None:
-      examples = held_out_examples(exp.config, num_images, split)
+  keys = exp.model.conditioning.keys
+  if ("cond_image" in keys or "embedding" in keys) and examples is None:
+    examples = held_out_examples(exp.config, num_images, split)
+  if "cond_image" in keys:
     pixels = np.asarray(examples["cond_image"])[:num_images]
     cond["cond_image"] = np.asarray(latents_lib.encode_cond(exp.config, {"cond_image": pixels})[
         "cond_image"])
+  if "embedding" in keys:
+    # Text-conditioned models sample the held-out captions' embeddings.
+    cond["embedding"] = np.asarray(examples["embedding"], np.float32)[:num_images]
   return cond
 
 
@@ -170,22 +175,35 @@ def round_up_batch(batch_size: int, mesh: Mesh) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _noise_fn(shape: Tuple[int, ...], mesh: Optional[Mesh], source: str = "gaussian"):
-  """Jitted `(key, idx [B]) -> sample_source(fold_in(key, idx[i]), shape)` rows, split over
-  `mesh`'s data axis when given; cached so that repeated generation compiles it once per shape."""
-  noise = jax.vmap(lambda key, i: sample_source(jax.random.fold_in(key, i), shape, source),
-                   in_axes=(None, 0))
+def _noise_fn(shape: Tuple[int, ...], mesh: Optional[Mesh], source: Source = Source()):
+  """Jitted `(key, idx [B], cond_image [B, ...] | None) -> rows source.draw(fold_in(key, idx[i]),
+  shape, cond row i)`, split over `mesh`'s data axis when given; cached so that repeated
+  generation compiles it once per shape."""
+  def row(key, i, cond_image):
+    cond = None if cond_image is None else {"cond_image": cond_image}
+    return sample_source(jax.random.fold_in(key, i), shape, source, cond)
+  noise = jax.vmap(row, in_axes=(None, 0, 0))
   if mesh is None:
     return jax.jit(noise)
   data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
-  return jax.jit(noise, in_shardings=(NamedSharding(mesh, PartitionSpec()), data),
+  return jax.jit(noise, in_shardings=(NamedSharding(mesh, PartitionSpec()), data, data),
                  out_shardings=data)
 
 
-def source_noise(exp, key, idx) -> jax.Array:
-  """The source samples of images `idx` (int [B]): row i from `fold_in(key, idx[i])`."""
-  return _noise_fn(tuple(exp.image_shape), None, exp.objective.source)(
-      key, jnp.asarray(np.asarray(idx, np.int32)))
+def source_noise(exp, key, idx, cond: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
+  """The source samples of images `idx` (int [B]): row i from `fold_in(key, idx[i])` (and, for a
+  coupling source, from row i of `cond['cond_image']`, in the model's space)."""
+  return _noise_fn(tuple(exp.image_shape), None, exp.source)(
+      key, jnp.asarray(np.asarray(idx, np.int32)), _source_cond(exp, cond))
+
+
+def _source_cond(exp, cond):
+  """The condition rows a coupling source starts from (None for noise sources)."""
+  if not exp.source.needs_cond:
+    return None
+  if cond is None or "cond_image" not in cond:
+    raise ValueError(f"source {exp.source.name!r} needs the conditioning image of every sample")
+  return cond["cond_image"]
 
 
 def generate_batches(exp, params, *, num_images: int, num_steps: int,
@@ -195,8 +213,9 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
                      ) -> Iterator[Tuple[jax.Array, int]]:
   """Samples `num_images` images batch by batch (50,000 images never sit in memory at once).
 
-  Image i starts from the source sample `sample_source(fold_in(PRNGKey(seed), i))` (the
-  objective's source: Gaussian noise, or zeros for a regressor) and gets the conditions
+  Image i starts from the source sample `exp.source.draw(fold_in(PRNGKey(seed), i), ...)` (the
+  run's source: Gaussian noise, zeros for a regressor, or the image's own conditioning image
+  for a coupling flow) and gets the conditions
   `cond[key][i]`, so the same seed gives the same images for any batch size, any mesh and any
   step count (rows of a grid are comparable across step budgets). Every batch has the same size
   (the last one padded) so the sampler compiles once.
@@ -235,7 +254,7 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
   key = jax.random.PRNGKey(seed)
   if mesh is None:
     batch_size = min(batch_size, num_images)
-    put, noise_fn = jnp.asarray, _noise_fn(tuple(exp.image_shape), None, exp.objective.source)
+    put, noise_fn = jnp.asarray, _noise_fn(tuple(exp.image_shape), None, exp.source)
   else:
     # The sampler has no shardings of its own: it runs data parallel because its inputs are.
     # With several processes (a mesh over all of them) each process places only its rows of
@@ -245,13 +264,14 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
     params = jax.device_put(params, replicated)
     key = jax.device_put(np.asarray(key), replicated)
     put = lambda x: put_batch(x, mesh)
-    noise_fn = _noise_fn(tuple(exp.image_shape), mesh, exp.objective.source)
+    noise_fn = _noise_fn(tuple(exp.image_shape), mesh, exp.source)
   for start in range(0, num_images, batch_size):
     idx = np.arange(start, min(start + batch_size, num_images))
     n = len(idx)
     idx = np.concatenate([idx, np.full(batch_size - n, idx[-1])])
-    x0 = noise_fn(key, put(idx.astype(np.int32)))
-    yield sampler(params, x0, {k: put(np.asarray(v)[idx]) for k, v in cond.items()}), n
+    rows = {k: put(np.asarray(v)[idx]) for k, v in cond.items()}
+    x0 = noise_fn(key, put(idx.astype(np.int32)), _source_cond(exp, rows))
+    yield sampler(params, x0, rows), n
 
 
 def generate(exp, params, *, num_images: int, num_steps: int, cfg_scale: Optional[float],

@@ -1,9 +1,11 @@
 """Loss as a function of t for each step-size level (a PNG plot and per-level means).
 
-For the finest level L the loss is the flow-matching loss against v = x1 - (1 - 1e-5) x0. For a
-level k < L it is the self-consistency residual: the model's step of size d = 2^-k against the
-average of two of its own (EMA) half steps at level k + 1 — the quantity shortcut training
-drives to zero. Flow models (no level input) are evaluated at level L only.
+For the finest level L the loss is the flow-matching loss against the path's velocity (on the
+default linear path v = x1 - (1 - 1e-5) x0). For a level k < L it is the self-consistency
+residual: the model's step of size d = 2^-k against the average of two of its own (EMA) half
+steps at level k + 1 — the quantity shortcut training drives to zero. Flow models (no level
+input) are evaluated at level L only. Objectives with several outputs (`homo`) are scored on
+their velocity output (`Objective.velocity_of`).
 """
 
 import os
@@ -15,15 +17,26 @@ import numpy as np
 from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators.base import Evaluator
+from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives import flow_path
+from shortcut_jax.objectives import paths
 from shortcut_jax.objectives import shortcut
 
 
-def _loss_fn(model, params, teacher_params, x1, x0, cond, t, level, finest, with_levels):
+def velocity_model_of(model: VelocityModel, objective) -> VelocityModel:
+  """`model` with only its velocity output (the model itself for single-output objectives)."""
+  if len(objective.outputs) == 1:
+    return model
+  return VelocityModel(
+      apply_fn=lambda *args: objective.velocity_of(model.apply_fn(*args)),
+      conditioning=model.conditioning)
+
+
+def _loss_fn(model, path, params, teacher_params, x1, x0, cond, t, level, finest, with_levels):
   """Per-sample losses for times t [B] and levels level [B] (one compile for every level)."""
-  xt = flow_path.interpolate(x0, x1, t)
+  xt = path.interpolate(x0, x1, t)
   pred = model(params, xt, t, level, cond)
-  target = flow_path.flow_velocity(x0, x1)
+  target = path.velocity(x0, x1, t)
   if with_levels:
     shortcut_target, _, _ = shortcut.bootstrap_targets(model, teacher_params, xt, t, level, cond)
     target = jnp.where((level == finest)[:, None, None, None], target, shortcut_target)
@@ -39,8 +52,10 @@ class LossPerTEvaluator(Evaluator):
     self.finest = int(np.log2(exp.config.objective.denoise_timesteps))
     self.levels = list(range(self.finest + 1)) if exp.objective.uses_level else [self.finest]
     with_levels = exp.objective.uses_level
+    model = velocity_model_of(exp.model, exp.objective)
+    path = paths.path_from_config(exp.config.objective)
     self._loss = jax.jit(lambda p, tp, x1, x0, cond, t, lv: _loss_fn(
-        exp.model, p, tp, x1, x0, cond, t, lv, self.finest, with_levels))
+        model, path, p, tp, x1, x0, cond, t, lv, self.finest, with_levels))
 
   def _times(self, level):
     n = 2 ** level
@@ -60,8 +75,8 @@ class LossPerTEvaluator(Evaluator):
       for bi, batch in enumerate(batches):
         x1 = jnp.asarray(batch["image"])
         b = x1.shape[0]
-        x0 = flow_path.sample_source(jax.random.PRNGKey(bi), x1.shape, self.exp.objective.source)
         cond = {k: jnp.asarray(v) for k, v in cond_from_batch(batch).items()}
+        x0 = flow_path.sample_source(jax.random.PRNGKey(bi), x1.shape, self.exp.source, cond)
         for i, t in enumerate(ts):
           out = self._loss(state.params, state.ema_params, x1, x0, cond,
                            jnp.full((b,), t, jnp.float32), jnp.full((b,), level, jnp.int32))

@@ -9,12 +9,12 @@
   `input_is_lr`), super-resolved at full size and written as PNG under the same stem.
 * `sr_metrics` (`eval.py --mode=sr_metrics`): PSNR and SSIM (RGB and Y) on the held-out split
   against HR, next to the bicubic upsampling of the same LR input (which is exactly the model's
-  `cond_image`).
+  `cond_image`); LPIPS too when given its weights (`evaluators.lpips`).
 """
 
 import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -25,6 +25,7 @@ from shortcut_jax import sampling
 from shortcut_jax import tiling
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import lpips
 from shortcut_jax.evaluators import sr_quality
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -88,8 +89,8 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
     n = tiles.shape[0]
     idx = np.arange(counter["next"], counter["next"] + n)
     counter["next"] += n
-    x0 = gen.source_noise(exp, key, idx)
     cond = gen.sample_cond(exp, n, examples={"cond_image": np.asarray(tiles, np.float32)})
+    x0 = gen.source_noise(exp, key, idx, cond)
     return np.asarray(exp.to_images(sampler(params, x0, cond)))
 
   out = tiling.apply_tiled(fn, np.asarray(cond_image, np.float32), tile, overlap, batch_size)
@@ -151,9 +152,39 @@ def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_st
   return result
 
 
+LPIPS_SKIPPED = (f"LPIPS skipped: no weights given (pass {lpips.FLAG}=lpips_alex.npz or set "
+                 f"${lpips.ENV_VAR}; make the file with python -m "
+                 "shortcut_jax.tools.convert_lpips, see docs/evaluation.md)")
+
+
+def lpips_scorer(weights: Optional[str], batch_size: int = 32
+                 ) -> Tuple[Optional[lpips.LPIPSScorer], Dict]:
+  """(scorer, JSON note) for `weights` (else `$SHORTCUT_JAX_LPIPS`); (None, skipped note) when
+  neither is set. Raises FileNotFoundError / ValueError for a missing or wrong file."""
+  path = lpips.weights_path_or_none(weights)
+  if path is None:
+    return None, {"skipped": LPIPS_SKIPPED}
+  scorer = lpips.LPIPSScorer.from_file(path, batch_size=batch_size)
+  return scorer, {"weights": path, "net": "alex", "version": "0.1",
+                  "note": "mean over images of 8-bit-rounded pairs; lower is better"}
+
+
+def score_images(hr: np.ndarray, images: np.ndarray,
+                 scorer: Optional[lpips.LPIPSScorer] = None) -> Dict[str, float]:
+  """`sr_quality.sr_metrics` of `images` against `hr`, plus `lpips` (mean) with a scorer.
+
+  LPIPS sees the same 8-bit-rounded images as PSNR / SSIM, mapped back to [-1, 1].
+  """
+  metrics = sr_quality.sr_metrics(hr, images)
+  if scorer is not None:
+    as_png = lambda x: sr_quality.to_pixels(x) / 127.5 - 1.0
+    metrics["lpips"] = scorer.mean(as_png(hr), as_png(images))
+  return metrics
+
+
 def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] = None,
                seed: int = 0, batch_size: int = 64, cfg_scale: Optional[float] = None,
-               split: str = "test") -> Dict:
+               split: str = "test", lpips_weights: Optional[str] = None) -> Dict:
   """PSNR / SSIM (RGB and Y) of the held-out split's HR crops, per step budget and for bicubic.
 
   Args:
@@ -162,23 +193,36 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
     num_images: held-out crops to score (default: the whole split).
     seed, batch_size, cfg_scale: as for generation.
     split: the held-out split.
+    lpips_weights: LPIPS weights `.npz` (None: `$SHORTCUT_JAX_LPIPS`; neither: no LPIPS).
 
   Returns:
-    dict(num_images, factor, bicubic={metric: value}, steps={N: {metric: value}}).
+    dict(num_images, factor, bicubic={metric: value}, steps={N: {metric: value}},
+    lpips={weights, ...} or {skipped: how to enable it}); the metrics include `lpips` when
+    it was computed.
+
+  Raises:
+    FileNotFoundError / ValueError: LPIPS weights were given but are missing or wrong, or the
+      crops are too small for LPIPS (before anything is sampled).
   """
   factor = check_super_resolution_model(exp)
   from shortcut_jax.data import pipeline
   available = pipeline.dataset_info(exp.config.data)["num_examples"][split]
   num_images = available if num_images is None else min(num_images, available)
+  scorer, lpips_note = lpips_scorer(lpips_weights, batch_size=min(batch_size, 32))
+  if scorer is None:
+    logging.info("%s", LPIPS_SKIPPED)
   held_out = gen.held_out_examples(exp.config, num_images, split)
   hr = held_out["image"]
+  if scorer is not None:
+    lpips.check_size(*hr.shape[1:3])
   cond = gen.sample_cond(exp, num_images, examples=held_out)
   results = {"num_images": int(num_images), "factor": factor, "split": split,
-             "bicubic": sr_quality.sr_metrics(hr, held_out["cond_image"]), "steps": {}}
+             "bicubic": score_images(hr, held_out["cond_image"], scorer), "steps": {},
+             "lpips": lpips_note}
   for n in steps:
     images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=cfg_scale,
                              seed=seed, batch_size=batch_size, cond=cond)
-    results["steps"][str(n)] = sr_quality.sr_metrics(hr, np.clip(images, -1.0, 1.0))
+    results["steps"][str(n)] = score_images(hr, np.clip(images, -1.0, 1.0), scorer)
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   return results
 

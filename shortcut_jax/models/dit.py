@@ -48,6 +48,10 @@ DIT_PRESETS = {
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "einsum")
 ATTENTION_SCALES = ("original", "sqrt")
 COND_IMAGE_MODES = ("concat", "tokens")
+# How a vector condition (`embedding`, e.g. a CLIP text embedding) enters: projected and added
+# to the conditioning vector c where the label embedding goes, or as extra tokens.
+EMBEDDING_MODES = ("add", "tokens")
+EMBEDDING_NULLS = ("zero", "learned")
 
 
 def xavier_uniform_torch_style(key, shape, dtype=jnp.float32):
@@ -246,13 +250,18 @@ class DiT(nn.Module):
   attention_scale: str = "original"
   remat: bool = False
   cond_image_mode: Optional[str] = None
+  embedding_mode: Optional[str] = None
+  embedding_null: str = "zero"
 
   @nn.compact
-  def __call__(self, x, t, dt, y, train: bool = False, cond_image=None):
+  def __call__(self, x, t, dt, y, train: bool = False, cond_image=None, embedding=None):
     batch, height, width, _ = x.shape
     if (cond_image is None) != (self.cond_image_mode is None):
       raise ValueError(f"DiT(cond_image_mode={self.cond_image_mode!r}) called "
                        f"{'without' if cond_image is None else 'with'} a cond_image")
+    if (embedding is None) != (self.embedding_mode is None):
+      raise ValueError(f"DiT(embedding_mode={self.embedding_mode!r}) called "
+                       f"{'without' if embedding is None else 'with'} an embedding")
     if cond_image is not None and cond_image.shape[1:3] != (height, width):
       raise ValueError(f"cond_image of spatial size {cond_image.shape[1:3]} does not match x "
                        f"({height}x{width}); upsample it to the sample's size first")
@@ -276,11 +285,19 @@ class DiT(nn.Module):
     dte = TimestepEmbedder(self.hidden_size, self.dtype, name="TimestepEmbedder_1")(dt)
     ye = LabelEmbedder(self.num_classes, self.hidden_size, self.dtype, name="LabelEmbedder_0")(y)
     c = te + ye + dte  # float32: the timestep embedders' last layers compute in float32.
+    num_tokens = x.shape[1]
+    if embedding is not None:
+      e = self._embedding(embedding)
+      if self.embedding_mode == "add":
+        c = c + jnp.mean(e, axis=1).astype(c.dtype)
+      else:  # 'tokens': extra tokens the image tokens attend to, dropped before the output.
+        x = jnp.concatenate([x, e.astype(x.dtype)], axis=1)
 
     block_cls = nn.remat(DiTBlock, static_argnums=(3,)) if self.remat else DiTBlock
     for i in range(self.depth):
       x = block_cls(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.dropout,
                     self.attention_impl, self.attention_scale, name=f"DiTBlock_{i}")(x, c, train)
+    x = x[:, :num_tokens]
     x = FinalLayer(p, self.out_channels, self.hidden_size, self.dtype, name="FinalLayer_0")(x, c)
     x = x.reshape(batch, grid_h, grid_w, p, p, self.out_channels)
     x = jnp.einsum("bhwpqc->bhpwqc", x).reshape(batch, height, width, self.out_channels)
@@ -290,6 +307,25 @@ class DiT(nn.Module):
     t_bucket = jnp.clip(jnp.floor(t * 256).astype(jnp.int32), 0, 255)
     nn.Embed(256, 1, embedding_init=nn.initializers.zeros, name="Embed_0")(t_bucket)
     return x
+
+  def _embedding(self, embedding):
+    """[B, D] or [B, L, D] vectors -> [B, L, hidden]: null rows (all zero) replaced by a learned
+    vector when `embedding_null='learned'`, a two-layer projection, and (tokens mode, L > 1) a
+    learned position table."""
+    e = jnp.asarray(embedding, jnp.float32)
+    if e.ndim == 2:
+      e = e[:, None]
+    if self.embedding_null == "learned":
+      null = self.param("EmbeddingNull_0", nn.initializers.normal(0.02), (e.shape[-1],))
+      is_null = jnp.all(e.reshape(e.shape[0], -1) == 0, axis=1)
+      e = jnp.where(is_null[:, None, None], null[None, None], e)
+    h = _dense(self.hidden_size, self.dtype, "EmbeddingProj_0")(e.astype(self.dtype))
+    h = _dense(self.hidden_size, self.dtype, "EmbeddingProj_1")(nn.silu(h))
+    if self.embedding_mode == "tokens" and e.shape[1] > 1:
+      pos = self.param("EmbeddingPos_0", nn.initializers.normal(0.02),
+                       (e.shape[1], self.hidden_size))
+      h = (h.astype(jnp.float32) + pos[None]).astype(self.dtype)
+    return h
 
 
 def validate_dit_args(*, patch_size, hidden_size, num_heads, depth, mlp_ratio, image_size=None,
@@ -334,6 +370,9 @@ def velocity_model(module: DiT, conditioning=None) -> VelocityModel:
       `cond_image_mode`). A missing label means the null label.
   """
   if conditioning is None:
+    if module.embedding_mode is not None:
+      raise ValueError("a DiT with an embedding_mode needs its `conditioning` (the embedding's "
+                       "size): pass conditioning.from_config(...)")
     kinds = [cond_lib.LabelKind(module.num_classes)]
     if module.cond_image_mode is not None:
       kinds.append(cond_lib.ImageKind())
@@ -342,7 +381,7 @@ def velocity_model(module: DiT, conditioning=None) -> VelocityModel:
   def apply_fn(params, x, t, level, cond, train, rngs):
     cond = conditioning.fill_missing(cond, x.shape[0])
     out = module.apply({"params": params}, x, t, level, cond["label"], train=train, rngs=rngs,
-                       cond_image=cond.get("cond_image"))
+                       cond_image=cond.get("cond_image"), embedding=cond.get("embedding"))
     return out.astype(jnp.float32)
   return VelocityModel(apply_fn=apply_fn, conditioning=conditioning)
 
@@ -358,6 +397,11 @@ def init_inputs(module: DiT, batch_spec: Mapping[str, Tuple[int, ...]], batch: i
       raise ValueError(f"DiT(cond_image_mode={module.cond_image_mode!r}) needs 'cond_image' in "
                        f"the batch spec {dict(batch_spec)}")
     kwargs["cond_image"] = jnp.zeros((batch, *batch_spec["cond_image"]), jnp.float32)
+  if module.embedding_mode is not None:
+    if "embedding" not in batch_spec:
+      raise ValueError(f"DiT(embedding_mode={module.embedding_mode!r}) needs 'embedding' in the "
+                       f"batch spec {dict(batch_spec)}")
+    kwargs["embedding"] = jnp.zeros((batch, *batch_spec["embedding"]), jnp.float32)
   args = (jnp.zeros(shape, jnp.float32), jnp.zeros((batch,)), jnp.zeros((batch,)),
           jnp.zeros((batch,), jnp.int32))
   return args, kwargs

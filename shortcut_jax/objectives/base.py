@@ -22,6 +22,12 @@ write their targets.
   `{}` for stateless objectives), and `update_state(state, *, step, params, ema_params, config)
   -> state`, applied after each update (a distillation phase, an N schedule, a teacher copy).
   Both are pure, so a resumed run carries on exactly.
+* Start: `start_state(init_fn, *, config, abstract_state, shardings, mesh) -> TrainState`, run
+  on the host once when a run starts without a checkpoint (`trainer.restore_or_init`; never on
+  resume, where the checkpoint holds the whole state). `init_fn()` returns the fresh state,
+  placed with `shardings`; `config` is the whole experiment config. Default `fresh_state`
+  (`init_fn()` itself); the distillation objectives load their frozen teacher here, check it
+  before anything is compiled, and start the student from it (`objectives.teacher`).
 * Sampling: `sampler_step(predict, x, t, d, level) -> x_next` is one step of the sampler from
   time t (float32 [B]) by d (a float32 scalar) at the level the schedule gives (int32 [B]),
   where `predict(x, t, level)` is the network output (guided when sampling with CFG); default
@@ -87,6 +93,12 @@ def keep_state(state, **unused):
   return state
 
 
+def fresh_state(init_fn, **unused):
+  """`start_state` of an objective that starts from the freshly initialised state."""
+  del unused
+  return init_fn()
+
+
 def euler_step(predict: Callable[..., Array], x: Array, t: Array, d: Array, level: Array) -> Array:
   """x + d · v(x, t, level): the Euler step of flow models and the shortcut step."""
   return x + d * predict(x, t, level).astype(x.dtype)
@@ -109,6 +121,11 @@ class Objective:
       validation then refuses attention implementations without a jvp rule (cuDNN's).
     takes_context: whether `targets_fn` accepts the `step` and `state` keywords (registered
       objectives do; a bare target function wrapped by `as_objective` does not).
+    outputs: what the network predicts, in order: ('velocity',) for every first-order
+      objective; ('velocity', 'acceleration') for `homo`, whose network output concatenates
+      both along the channel axis (`models.registry` builds a second network or head for it,
+      `velocity_of` reads the first part).
+    start_state: how a run without a checkpoint starts (see the module docstring).
   """
   name: str
   targets_fn: Callable[..., TrainingTargets]
@@ -122,6 +139,14 @@ class Objective:
   schedule: Optional[Callable[[int, int], Tuple[Any, Any, Any]]] = None
   needs_jvp: bool = False
   takes_context: bool = True
+  outputs: Tuple[str, ...] = ("velocity",)
+  start_state: Callable[..., Any] = fresh_state
+
+  def velocity_of(self, output: Array) -> Array:
+    """The velocity part of a network output (all of it for single-output objectives)."""
+    if len(self.outputs) == 1:
+      return output
+    return jnp.split(output, len(self.outputs), axis=-1)[self.outputs.index("velocity")]
 
   def targets(self, model, params, ema_params, batch, rng, config, *, step=None,
               state=None) -> TrainingTargets:
@@ -146,7 +171,7 @@ _REGISTRY: Dict[str, Objective] = {}
 def register_objective(name: str, *, uses_level: bool, source: str = "gaussian",
                        max_sample_steps: Optional[int] = None, **parts):
   """Decorator registering `targets_fn` under `name` (see `Objective` for the options; `parts`
-  are its `loss_fn`, `init_state`, `update_state`, `sampler_step`, `schedule`)."""
+  are its `loss_fn`, `init_state`, `update_state`, `sampler_step`, `schedule`, `start_state`)."""
   def wrap(fn):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")

@@ -2,16 +2,19 @@
 the batch shuffle.
 
 Conventions (SPEC §1): t = 0 is noise and t = 1 is data, x0 is drawn from the source distribution
-(`sample_source`, a standard normal today) and x1 is a data sample. The interpolation paths live in
+(`Source`, `sample_source`: standard normal noise by default; zeros, or the batch's
+conditioning image for coupling flows) and x1 is a data sample. The interpolation paths live in
 `paths` (the original's linear path `interpolate` / `flow_velocity` is re-exported here for the
 callers that import it from this module).
 """
 
+import dataclasses
 import math
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from shortcut_jax.config_value import config_value  # noqa: F401  (objectives read it here)
 from shortcut_jax.objectives.paths import (SIGMA_MIN, flow_velocity,  # noqa: F401  (re-exported)
@@ -28,20 +31,84 @@ def finest_level(denoise_timesteps: int) -> int:
   return int(round(math.log2(m)))
 
 
-SOURCES = ("gaussian", "zeros")
+SOURCES = ("gaussian", "zeros", "cond_image")
+# The DDPM forward process that can noise a coupling source: linear betas over 1,000 steps.
+DDPM_STEPS = 1000
+DDPM_BETA_START, DDPM_BETA_END = 1e-4, 0.02
 
 
-def sample_source(rng: Array, shape: Tuple[int, ...], source: str = "gaussian") -> Array:
-  """Draws x0 from the source distribution: `'gaussian'` (standard normal, the default) or
-  `'zeros'` (a fixed all-zero start: a deterministic one-pass regressor, see `regression`).
+def ddpm_alpha_bar(step: int) -> float:
+  """ᾱ_s = prod_{i <= s} (1 - β_i) of the linear 1,000-step DDPM schedule (s = 0: 1, no noise)."""
+  step = int(step)
+  if not 0 <= step <= DDPM_STEPS:
+    raise ValueError(f"DDPM step must be in [0, {DDPM_STEPS}], got {step}")
+  betas = np.linspace(DDPM_BETA_START, DDPM_BETA_END, DDPM_STEPS, dtype=np.float64)
+  return float(np.prod(1.0 - betas[:step]))
 
-  Every objective and generation draw their source through this one function.
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """Where a flow starts (x0, t = 0): the one source abstraction of objectives, samplers,
+  generation, loss-per-t and FID.
+
+  Attributes:
+    name: 'gaussian' (standard normal noise, the default and the original), 'zeros' (a fixed
+      all-zero start: a deterministic one-pass regressor, see `regression`) or 'cond_image'
+      (coupling flow matching: the batch's conditioning image, e.g. the upsampled low-resolution
+      input of super-resolution, in the model's space — pixels, or its latent in latent space).
+    noise_step: 'cond_image' only: noise the start by the DDPM forward process at this step of
+      the linear 1,000-step schedule, x0 = sqrt(ᾱ_s) c + sqrt(1 - ᾱ_s) ε (0: x0 = c exactly;
+      the boosting seed uses 400).
   """
-  if source == "gaussian":
-    return jax.random.normal(rng, shape)
-  if source == "zeros":
-    return jnp.zeros(shape, jnp.float32)
-  raise ValueError(f"unknown source {source!r}; known: {SOURCES}")
+  name: str = "gaussian"
+  noise_step: int = 0
+
+  def __post_init__(self):
+    if self.name not in SOURCES:
+      raise ValueError(f"unknown source {self.name!r}; known: {SOURCES}")
+
+  @property
+  def needs_cond(self) -> bool:
+    """Whether `draw` reads the conditioning (a `cond_image`)."""
+    return self.name == "cond_image"
+
+  def draw(self, rng: Array, shape: Tuple[int, ...], cond: Optional[Mapping[str, Array]] = None
+           ) -> Array:
+    """x0 of shape `shape` (the batch's rows of `cond` for a coupling source)."""
+    if self.name == "gaussian":
+      return jax.random.normal(rng, shape)
+    if self.name == "zeros":
+      return jnp.zeros(shape, jnp.float32)
+    if cond is None or "cond_image" not in cond:
+      raise ValueError("source 'cond_image' starts from the batch's conditioning image, but the "
+                       "batch has none: set data.low_res_factor (super-resolution data)")
+    c = jnp.asarray(cond["cond_image"], jnp.float32)
+    if tuple(c.shape) != tuple(shape):
+      raise ValueError(f"source 'cond_image': the conditioning image has shape {tuple(c.shape)}, "
+                       f"the samples {tuple(shape)}; a coupling needs both the same")
+    if not self.noise_step:
+      return c
+    a = ddpm_alpha_bar(self.noise_step)
+    return np.sqrt(a) * c + np.sqrt(1.0 - a) * jax.random.normal(rng, shape)
+
+
+def source_from_config(config, objective_source: str = "gaussian") -> Source:
+  """The source of a run: an objective with its own fixed start (`Objective.source`, e.g. the
+  regressor's zeros) keeps it; otherwise `config.source` / `config.source_noise_step` of the
+  objective config (default Gaussian noise)."""
+  if objective_source != "gaussian":
+    return Source(objective_source)
+  return Source(str(config_value(config, "source", "gaussian")),
+                int(config_value(config, "source_noise_step", 0)))
+
+
+def sample_source(rng: Array, shape: Tuple[int, ...], source="gaussian",
+                  cond: Optional[Mapping[str, Array]] = None) -> Array:
+  """Draws x0: `source` is a `Source` or a source name (see `Source`). Every objective and
+  generation draw their source through this one function."""
+  if isinstance(source, str):
+    source = Source(source)
+  return source.draw(rng, shape, cond)
 
 
 def permute_batch(batch: Mapping[str, Array], rng: Array) -> dict:

@@ -56,7 +56,8 @@ import jax.numpy as jnp
 from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import (TrainingTargets, euler_step, per_sample_mse,
                                           register_objective)
-from shortcut_jax.objectives.flow_path import config_value, finest_level, sample_source
+from shortcut_jax.objectives.flow_path import (config_value, finest_level, sample_source,
+                                               source_from_config)
 from shortcut_jax.objectives.paths import Path, broadcast_time, path_from_config
 
 Array = Any
@@ -156,7 +157,7 @@ def meanflow_targets(model, params, ema_params, batch, rng, config, *, step=None
   label_key, time_key, noise_key = jax.random.split(rng, 3)
   cond, drop_metrics = model.drop_cond(cond, label_key, config)
   t, d = sample_times(time_key, b, st)
-  x0 = sample_source(noise_key, images.shape)
+  x0 = sample_source(noise_key, images.shape, source_from_config(config), batch)
   x = st.path.interpolate(x0, images, t)
   v = st.path.velocity(x0, images, t)
   frozen = jax.lax.stop_gradient(params)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
-                                               sample_source)
+                                               sample_source, source_from_config)
 from shortcut_jax.objectives.paths import path_from_config
 
 
@@ -27,7 +27,8 @@ def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
     batch: dict with `image` float32 NHWC and optional conditioning keys (`label`, ...).
     rng: PRNG key for this batch.
     config: objective config: `denoise_timesteps`, `cfg_scale`, `faithful` and each condition
-      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`), and `path`.
+      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`), `path` and the
+      source (`source`, `source_noise_step`; `flow_path.Source`).
     step, state: unused (stateless).
 
   Returns:
@@ -50,7 +51,9 @@ def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
   label_key, time_key, noise_key = jax.random.split(rng, 3)
   cond, drop_metrics = model.drop_cond(cond, label_key, config)
   t = jax.random.randint(time_key, (b,), 0, m).astype(jnp.float32) / m
-  x0 = sample_source(noise_key, images.shape)
+  # The source sees the condition before dropout: a coupling starts from the LR image even
+  # where CFG dropout hides it from the network.
+  x0 = sample_source(noise_key, images.shape, source_from_config(config), batch)
   x1 = images
   return TrainingTargets(
       x=path.interpolate(x0, x1, t),

@@ -64,8 +64,8 @@ import numpy as np
 
 from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
-from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
-                                               sample_source)
+from shortcut_jax.objectives.flow_path import (Source, config_value, finest_level,
+                                               permute_batch, sample_source, source_from_config)
 from shortcut_jax.objectives.paths import Path, path_from_config
 
 Array = Any
@@ -131,8 +131,8 @@ def balanced_level_counts(n: int, weights: np.ndarray) -> np.ndarray:
   return counts
 
 
-def _teacher_velocity(model, params, x, t, level, cond, num_cfg: int, cfg_mask: Optional[Array],
-                      cfg_scale: float):
+def teacher_output(model, params, x, t, level, cond, num_cfg: int, cfg_mask: Optional[Array],
+                   cfg_scale: float):
   """s(x, t, level), CFG-guided on the first `num_cfg` rows where `cfg_mask` (one batched call)."""
   n = x.shape[0]
   if num_cfg == 0:
@@ -167,7 +167,7 @@ def bootstrap_targets(model, teacher_params, x_t, t, level, cond, *, num_cfg: in
   level_f = level.astype(jnp.float32)
   half = (1 / (2 ** level_f)) / 2
   teacher_level = level + 1
-  velocity = lambda x, tt: jax.lax.stop_gradient(_teacher_velocity(
+  velocity = lambda x, tt: jax.lax.stop_gradient(teacher_output(
       model, teacher_params, x, tt, teacher_level, cond, num_cfg, cfg_mask, cfg_scale))
   v1 = velocity(x_t, t)
   x_mid = jnp.clip(x_t + half.reshape((-1,) + (1,) * (x_t.ndim - 1)) * v1,
@@ -175,6 +175,24 @@ def bootstrap_targets(model, teacher_params, x_t, t, level, cond, *, num_cfg: in
   v2 = velocity(x_mid, t + half)
   target = jnp.clip((v1 + v2) / 2, -TEACHER_CLIP, TEACHER_CLIP)
   return target, v1, v2
+
+
+def first_order_flow_target(path: Path, x0, x1, t):
+  """The flow rows' target of a first-order objective: the path's velocity."""
+  return path.velocity(x0, x1, t)
+
+
+@dataclasses.dataclass(frozen=True)
+class JumpRule:
+  """What a shortcut-style objective regresses onto, given the shared layout of its rows:
+  `flow_target(path, x0, x1, t)` for the flow rows and `bootstrap_targets(model, teacher, x_t,
+  t, level, cond, *, num_cfg, cfg_mask, cfg_scale) -> (target, v1, v2)` for the
+  self-consistency rows. `FIRST_ORDER` is the shortcut model's; `homo` has a second-order one."""
+  flow_target: Any = first_order_flow_target
+  bootstrap_targets: Any = bootstrap_targets
+
+
+FIRST_ORDER = JumpRule()
 
 
 def _rms(x):
@@ -191,20 +209,23 @@ class ShortcutSettings:
   use_cfg: bool
   cfg_scale: float
   path: Path
+  rule: JumpRule = FIRST_ORDER
+  source: Source = Source()
 
   @classmethod
-  def from_config(cls, config) -> "ShortcutSettings":
+  def from_config(cls, config, rule: JumpRule = FIRST_ORDER) -> "ShortcutSettings":
     m = int(config_value(config, "denoise_timesteps", 128))
     return cls(denoise_timesteps=m, finest=finest_level(m),
                bootstrap_every=int(config_value(config, "bootstrap_every", 8)),
                dt_bias=int(config_value(config, "bootstrap_dt_bias", 0)),
                use_cfg=bool(config_value(config, "bootstrap_cfg", False)),
                cfg_scale=float(config_value(config, "cfg_scale", 0.0)),
-               path=path_from_config(config))
+               path=path_from_config(config), rule=rule, source=source_from_config(config))
 
 
 def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_cfg: int,
-                   cfg_mask: Optional[Array], cfg_scale: float, path: Path):
+                   cfg_mask: Optional[Array], cfg_scale: float, path: Path,
+                   rule: JumpRule = FIRST_ORDER, source: Source = Source()):
   """The bootstrap rows: t on the grid of each row's level, x_t on the path, teacher targets.
 
   Returns:
@@ -214,21 +235,24 @@ def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_
   grid = jnp.asarray(2, jnp.int32) ** level
   t = (jax.random.randint(time_key, (n,), 0, grid).astype(jnp.float32)
        / jnp.power(2.0, level.astype(jnp.float32)))
-  x0 = sample_source(noise_key, x1.shape)
+  x0 = sample_source(noise_key, x1.shape, source, cond)
   x_t = path.interpolate(x0, x1, t)
   if n:
-    target, v1, v2 = bootstrap_targets(model, teacher, x_t, t, level, cond, num_cfg=num_cfg,
-                                       cfg_mask=cfg_mask, cfg_scale=cfg_scale)
+    target, v1, v2 = rule.bootstrap_targets(model, teacher, x_t, t, level, cond,
+                                            num_cfg=num_cfg, cfg_mask=cfg_mask,
+                                            cfg_scale=cfg_scale)
   else:
     target = v1 = v2 = jnp.zeros_like(x_t)
   return x_t, t, target, v1, v2
 
 
-def _flow_draws(path: Path, x1, time_key, noise_key, m: int):
-  """(x_t, t, velocity) of flow-matching rows, t uniform on the grid {0, 1/M, ..., (M-1)/M}."""
+def _flow_draws(path: Path, x1, time_key, noise_key, m: int, st: ShortcutSettings, cond):
+  """(x_t, t, target) of flow-matching rows, t uniform on the grid {0, 1/M, ..., (M-1)/M};
+  `cond` (the rows' conditions before dropout) feeds a coupling source."""
+  rule = st.rule
   t = jax.random.randint(time_key, (x1.shape[0],), 0, m).astype(jnp.float32) / m
-  x0 = sample_source(noise_key, x1.shape)
-  return path.interpolate(x0, x1, t), t, path.velocity(x0, x1, t)
+  x0 = sample_source(noise_key, x1.shape, st.source, cond)
+  return path.interpolate(x0, x1, t), t, rule.flow_target(path, x0, x1, t)
 
 
 def _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics: Dict[str, Array],
@@ -274,10 +298,11 @@ def faithful_layout(model, teacher, batch, rng, config, st: ShortcutSettings) ->
   cond_boot = take_rows(cond, slice(0, b_boot))
   boot = bootstrap_part(model, teacher, images[:b_boot], cond_boot, boot_level, time_key,
                         noise_key, num_cfg=num_cfg, cfg_mask=None, cfg_scale=st.cfg_scale,
-                        path=st.path)
+                        path=st.path, rule=st.rule, source=st.source)
   # The flow part is drawn for the whole batch and its first B - B_b rows are kept.
   cond_dropped, drop_metrics = model.drop_cond(cond, label_key, config)
-  flow_x, flow_t, flow_v = _flow_draws(st.path, images, time_key, noise_key, st.denoise_timesteps)
+  flow_x, flow_t, flow_v = _flow_draws(st.path, images, time_key, noise_key, st.denoise_timesteps,
+                                       st, cond)
   rows = slice(0, b - b_boot)
   flow = (flow_x[rows], flow_t[rows], flow_v[rows])
   return _combine(boot, flow, boot_level, cond_boot, take_rows(cond_dropped, rows), drop_metrics,
@@ -314,10 +339,11 @@ def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> 
   cond_boot = take_rows(cond, slice(0, b_boot))
   boot = bootstrap_part(model, teacher, images[:b_boot], cond_boot, boot_level, boot_time_key,
                         boot_noise_key, num_cfg=num_cfg, cfg_mask=cfg_mask,
-                        cfg_scale=st.cfg_scale, path=st.path)
+                        cfg_scale=st.cfg_scale, path=st.path, rule=st.rule, source=st.source)
   rows = slice(b_boot, b)
   cond_flow, drop_metrics = model.drop_cond(take_rows(cond, rows), label_key, config)
-  flow = _flow_draws(st.path, images[rows], flow_time_key, flow_noise_key, st.denoise_timesteps)
+  flow = _flow_draws(st.path, images[rows], flow_time_key, flow_noise_key, st.denoise_timesteps,
+                     st, take_rows(cond, rows))
   return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest)
 
 

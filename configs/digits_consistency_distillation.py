@@ -1,0 +1,27 @@
+"""Consistency distillation on the embedded digits: the network, data and optimizer of
+`digits_shortcut.py`, the student started from the flow-matching run `digits_naive.py`.
+
+Commands (the teacher first: its run is the naive baseline's, about 10 minutes):
+  python train.py --config=configs/digits_naive.py --workdir=workdirs/digits_naive
+  python train.py --config=configs/digits_consistency_distillation.py \\
+      --workdir=workdirs/digits_consistency_distillation
+Smoke run (seconds): `configs/digits_naive.py:smoke` into workdirs/smoke_naive, then this
+file with `:smoke` (its teacher is workdirs/smoke_naive).
+Budget: 2,000 steps at batch 64 (the default's); a step costs about 1.55 naive steps (1.4
+shortcut steps: one teacher and one target-network pass per sample), about 20 minutes on the
+default's 2 cores (`--config.max_steps=1400` for the default's compute). The target network
+is the student's EMA (rate 0.99, the default's); the teacher's Euler step is 1/128.
+Result: 1-step samples f(x0, 0); Euler sampling for more steps, as the original evaluates it.
+FD-digits and class accuracy via `python eval.py --mode=digits_metrics ...`.
+"""
+
+from shortcut_jax import config as config_lib
+
+
+def get_config(arg=None):
+  c = config_lib.load_sibling_config(__file__, "digits_shortcut")()
+  c.unlock()
+  c.objective.name = "consistency-distillation"
+  c.objective.teacher_workdir = ("workdirs/smoke_naive" if arg == "smoke"
+                                 else "workdirs/digits_naive")
+  return config_lib.finalize(c, arg)
