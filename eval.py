@@ -25,6 +25,8 @@ FLAGS = flags.FLAGS
 # off). The super-resolution modes sample unsharded, so several devices would not help them.
 DATA_PARALLEL_MODES = ("sample", "digits_metrics", "fid_stats", "fid")
 flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and checkpoints/).")
+flags.DEFINE_list("workdirs", None, "cascade: the generator's workdir, then each upscaler's "
+                  "(one --steps entry per stage).")
 flags.DEFINE_enum("mode", "sample", evaluation.MODES, "What to compute.")
 flags.DEFINE_list("steps", ["1", "4", "128"], "Step budgets to sample with.")
 flags.DEFINE_integer("num_samples", 1000, "Images per step budget.")
@@ -42,7 +44,8 @@ flags.DEFINE_string("split", "train", "fid_stats: the dataset split to read (TFD
 flags.DEFINE_string("fid_stats", None, "fid: reference statistics .npz (mu/sigma, or ADM arr_0) "
                     "(default: the workdir config's evals.fid.stats_path).")
 flags.DEFINE_string("input_dir", None, "super_resolve: folder of PNG/JPEG images (any size).")
-flags.DEFINE_string("output_dir", None, "super_resolve: where the PNG results go (same stems).")
+flags.DEFINE_string("output_dir", None, "super_resolve: where the PNG results go (same stems); "
+                    "cascade: where samples.npz, the grids and cascade.json go.")
 flags.DEFINE_bool("input_is_lr", False, "super_resolve: the inputs are the low-resolution images "
                   "(default: they are HR references, downsampled by the model's factor first).")
 flags.DEFINE_bool("overwrite", False, "super_resolve: replace existing outputs.")
@@ -56,13 +59,14 @@ flags.DEFINE_string("inception", None, "FID Inception weights (default: evals.fi
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.workdir is None and FLAGS.mode != "fid_stats":
+  if FLAGS.workdir is None and FLAGS.mode not in ("fid_stats", "cascade"):
     raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir")
   # Before anything starts jax's backends (importing jax does not): the flags are read once.
   if FLAGS.mode in DATA_PARALLEL_MODES:
     cpu_devices.configure()
   distributed.initialize()
-  console.setup(FLAGS.workdir, f"eval.py --mode={FLAGS.mode}")
+  console.setup(FLAGS.output_dir if FLAGS.mode == "cascade" else FLAGS.workdir,
+                f"eval.py --mode={FLAGS.mode}")
   evaluation.run(FLAGS.mode, FLAGS.workdir, steps=[int(s) for s in FLAGS.steps],
                  num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale if FLAGS.cfg else 0.0,
                  seed=FLAGS.seed,
@@ -71,7 +75,7 @@ def main(argv):
                  fid_stats=FLAGS.fid_stats, inception_path=FLAGS.inception,
                  input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
                  input_is_lr=FLAGS.input_is_lr, overwrite=FLAGS.overwrite,
-                 lpips_weights=FLAGS.lpips_weights)
+                 lpips_weights=FLAGS.lpips_weights, workdirs=FLAGS.workdirs)
 
 
 if __name__ == "__main__":

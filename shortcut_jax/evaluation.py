@@ -11,7 +11,7 @@ from absl import logging
 from shortcut_jax import trainer
 from shortcut_jax.evaluators import generate as gen
 
-MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics")
+MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics", "cascade")
 
 
 @gen.progress_bars  # Sampling, FID and SR metrics show a bar (rate, ETA) on process 0.
@@ -21,16 +21,20 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
         fid_stats: Optional[str] = None, inception_path: Optional[str] = None,
         input_dir: Optional[str] = None, output_dir: Optional[str] = None,
         input_is_lr: bool = False, overwrite: bool = False,
-        lpips_weights: Optional[str] = None):
+        lpips_weights: Optional[str] = None, workdirs: Optional[List[str]] = None):
   """Runs one evaluation mode; returns its results (also written into the workdir).
 
   `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,
   `fid_stats` and `inception_path` are used by the two FID modes only; `input_dir`,
   `output_dir`, `input_is_lr` and `overwrite` by `super_resolve` only; `lpips_weights` (else
-  `$SHORTCUT_JAX_LPIPS`; neither: LPIPS is skipped) by `sr_metrics` only.
+  `$SHORTCUT_JAX_LPIPS`; neither: LPIPS is skipped) by `sr_metrics` only; `workdirs` (generator
+  first, then upscalers; one entry of `steps` each) and `output_dir` by `cascade`.
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
+  if mode == "cascade":
+    return cascade(workdirs, steps=steps, num_samples=num_samples, cfg_scale=cfg_scale,
+                   seed=seed, use_ema=use_ema, batch_size=batch_size, output_dir=output_dir)
   if mode == "fid_stats":
     if config is None:
       if not workdir:
@@ -198,3 +202,28 @@ def fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
       json.dump(results, f, indent=2)
   print(json.dumps(results, indent=2))
   return results
+
+
+def cascade(workdirs: Optional[List[str]], *, steps: List[int], num_samples: int,
+            cfg_scale: Optional[float], seed: int, use_ema: bool, batch_size: int,
+            output_dir: Optional[str]) -> Dict:
+  """`--mode=cascade`: restores every stage (checked against the next before sampling), then
+  `evaluators.cascade.run_cascade`. cfg_scale None: each stage's own config default."""
+  from shortcut_jax.evaluators import cascade as cascade_lib
+  if not workdirs or not output_dir:
+    raise ValueError("--mode=cascade needs --workdirs=GEN,UP1[,UP2...] and --output_dir")
+  restored = [trainer.restore_experiment(w) for w in workdirs]
+  exps = [r[0] for r in restored]
+  cascade_lib.check_stages(exps, steps, workdirs)
+  params = []
+  for exp, state, _ in restored:
+    state = trainer.evaluator_state(state)
+    params.append(state.ema_params if use_ema else state.params)
+  if cfg_scale is None:
+    cfg_scale = exps[0].config.evals.samples.get("cfg_scale")
+  cfg_scale = float(cfg_scale) if cfg_scale else None
+  result = cascade_lib.run_cascade(exps, params, steps, num_samples=num_samples,
+                                   output_dir=output_dir, cfg_scale=cfg_scale, seed=seed,
+                                   batch_size=batch_size, names=workdirs)
+  print(json.dumps(result, indent=2))
+  return result

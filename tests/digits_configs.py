@@ -30,3 +30,17 @@ def smoke_config(data_dir, **changes):
   for name in c.evals:
     c.evals[name].every = 0
   return override(c, **changes)
+
+
+def quick_run_config(name, data_dir, steps):
+  """`configs/<name>.py:smoke` for a run of `steps` steps on `data_dir`: synchronous checkpoint
+  at the last step, every evaluator off."""
+  c = importlib.import_module(f"configs.{name}").get_config("smoke")
+  c.unlock()
+  c.data.data_dir = data_dir
+  c.checkpoint.async_save = False
+  c.max_steps = steps
+  c.checkpoint.every_steps = steps
+  for ev in c.evals.values():
+    ev.every = 0
+  return c

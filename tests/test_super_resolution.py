@@ -1,12 +1,13 @@
 """Super-resolution end to end under `:smoke`: train, `sr_metrics`, `super_resolve` on files."""
 
-import importlib
 import json
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
+
+import digits_configs
 
 from shortcut_jax import evaluation
 from shortcut_jax import trainer
@@ -17,23 +18,12 @@ from shortcut_jax.evaluators import sr_quality
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
 
-def _smoke(data_dir, name="sr_x4_photos"):
-  c = importlib.import_module(f"configs.{name}").get_config("smoke")
-  c.unlock()
-  c.data.data_dir = data_dir
-  c.checkpoint.async_save = False
-  c.max_steps = 2
-  c.checkpoint.every_steps = 2
-  for ev in c.evals.values():
-    ev.every = 0
-  return c
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("sr")
   workdir = str(root / "w")
-  trainer.train_and_evaluate(_smoke(str(root / "data")), workdir)
+  trainer.train_and_evaluate(digits_configs.quick_run_config("sr_x4_photos", str(root / "data"), 2),
+                             workdir)
   return workdir
 
 

@@ -1,0 +1,57 @@
+"""Cascades: stage checks before anything runs, and a generator + upscaler cascade under
+`:smoke` through `evaluation.run('cascade')` (samples, grids, timing JSON)."""
+
+import importlib
+import json
+import os
+
+import numpy as np
+import pytest
+
+import digits_configs
+
+from shortcut_jax import evaluation, trainer
+from shortcut_jax.evaluators import cascade
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
+def test_stages_that_do_not_fit_are_errors_before_sampling():
+  gen16 = trainer.build_experiment(importlib.import_module("configs.digits_shortcut")
+                                   .get_config("smoke"), image_shape=(16, 16, 1))
+  gen8 = trainer.build_experiment(importlib.import_module("configs.digits_8px_shortcut")
+                                  .get_config("smoke"), image_shape=(8, 8, 1))
+  up = trainer.build_experiment(importlib.import_module("configs.digits_upscale_x2")
+                                .get_config("smoke"), image_shape=(16, 16, 1))
+  cascade.check_stages([gen8, up], [1, 1], ["gen8", "up"])
+  with pytest.raises(ValueError, match=r"takes 8x8x1 inputs.*outputs 16x16x1"):
+    cascade.check_stages([gen16, up], [1, 1], ["gen16", "up"])
+  with pytest.raises(ValueError, match="not an upscaler"):
+    cascade.check_stages([gen8, gen16], [1, 1], ["gen8", "gen16"])
+  with pytest.raises(ValueError, match="one step budget per stage"):
+    cascade.check_stages([gen8, up], [1], ["gen8", "up"])
+  with pytest.raises(ValueError, match="at least one upscaler"):
+    cascade.check_stages([gen8], [1], ["gen8"])
+
+
+@pytest.mark.slow
+def test_generator_and_upscaler_cascade(tmp_path):
+  data_dir = str(tmp_path / "tfds")
+  gen_dir, up_dir = str(tmp_path / "gen"), str(tmp_path / "up")
+  trainer.train_and_evaluate(digits_configs.quick_run_config("digits_8px_shortcut", data_dir, 1), gen_dir)
+  trainer.train_and_evaluate(digits_configs.quick_run_config("digits_upscale_x2", data_dir, 1), up_dir)
+  out = str(tmp_path / "out")
+  result = evaluation.run("cascade", None, workdirs=[gen_dir, up_dir], steps=[1, 2],
+                          num_samples=5, cfg_scale=1.5, output_dir=out, batch_size=4)
+  with np.load(os.path.join(out, "samples.npz")) as f:
+    assert f["images"].shape == (5, 16, 16, 1) and f["images"].dtype == np.uint8
+    assert f["labels"].shape == (5,)
+  with open(os.path.join(out, "cascade.json")) as f:
+    written = json.load(f)
+  assert [s["image_shape"] for s in written["stages"]] == [[8, 8, 1], [16, 16, 1]]
+  assert all(s["seconds"] > 0 and s["images_per_s"] > 0 for s in written["stages"])
+  assert written["seconds"] == pytest.approx(sum(s["seconds"] for s in written["stages"]))
+  assert all(os.path.exists(s["grid"]) for s in written["stages"]) and result == written
+  with pytest.raises(ValueError, match="do not fit"):
+    evaluation.run("cascade", None, workdirs=[up_dir, up_dir], steps=[1, 1], num_samples=2,
+                   cfg_scale=None, output_dir=out)
