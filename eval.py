@@ -12,7 +12,7 @@
 
 from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before it is imported.
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from shortcut_jax import cpu_devices
@@ -62,11 +62,13 @@ def main(argv):
   if FLAGS.workdir is None and FLAGS.mode not in ("fid_stats", "cascade"):
     raise app.UsageError(f"--mode={FLAGS.mode} needs --workdir")
   # Before anything starts jax's backends (importing jax does not): the flags are read once.
-  if FLAGS.mode in DATA_PARALLEL_MODES:
-    cpu_devices.configure()
+  cpu_count = cpu_devices.configure() if FLAGS.mode in DATA_PARALLEL_MODES else 0
   distributed.initialize()
   console.setup(FLAGS.output_dir if FLAGS.mode == "cascade" else FLAGS.workdir,
                 f"eval.py --mode={FLAGS.mode}")
+  if cpu_count:
+    logging.info("XLA CPU: %d single-threaded devices, batches split over them "
+                 "(SHORTCUT_JAX_CPU_DEVICES=0: off)", cpu_count)
   evaluation.run(FLAGS.mode, FLAGS.workdir, steps=[int(s) for s in FLAGS.steps],
                  num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale if FLAGS.cfg else 0.0,
                  seed=FLAGS.seed,

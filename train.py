@@ -8,9 +8,12 @@ The console shows progress, results and warnings; library logs go to WORKDIR/log
 
 from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before it is imported.
 
-from absl import app, flags
+import os
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
+from shortcut_jax import cpu_devices
 from shortcut_jax import distributed
 from shortcut_jax import trainer
 
@@ -24,13 +27,25 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  distributed.initialize()
-  console.setup(FLAGS.workdir, "train.py")
   config = FLAGS.config
   if config is None:
     # Resuming a workdir (e.g. an imported checkpoint): its saved config, or a clear error.
     config = trainer.load_config(FLAGS.workdir)
     config.lock()
+  # Before jax starts its backends: on a CPU-only machine, one single-threaded XLA device per
+  # core (as many as the batch and config.mesh allow), the batch split over them: 1.2-1.3x the
+  # steps/s of the default single device on the digits default (docs/benchmarks.md).
+  # Single-process runs only; SHORTCUT_JAX_CPU_DEVICES=0 turns it off.
+  multi_process = (distributed.launched_as_cluster() or FLAGS.coordinator_address
+                   or os.environ.get("SHORTCUT_JAX_COORDINATOR")
+                   or os.environ.get("JAX_COORDINATOR_ADDRESS"))
+  cpu_count = 0 if multi_process else cpu_devices.configure(
+      batch_size=config.batch_size, mesh=dict(config.mesh))
+  distributed.initialize()
+  console.setup(FLAGS.workdir, "train.py")
+  if cpu_count:
+    logging.info("XLA CPU: %d single-threaded devices, batches split over them "
+                 "(SHORTCUT_JAX_CPU_DEVICES=0: off)", cpu_count)
   console.detail("config:\n%s", config)
   trainer.train_and_evaluate(config, FLAGS.workdir)
 

@@ -90,7 +90,8 @@ def setup(workdir: Optional[str], program: str, *, libraries: Optional[bool] = N
   console.addFilter(ConsoleFilter(libraries))
   root = std_logging.getLogger()
   root.setLevel(min(root.level or std_logging.WARNING, std_logging.INFO))
-  logging.set_verbosity(min(logging.get_verbosity(), logging.INFO))
+  # absl counts verbosity up (INFO 0, WARNING -1): at least INFO.
+  logging.set_verbosity(max(logging.get_verbosity(), logging.INFO))
   if not workdir:
     return None
   if process_index is None:

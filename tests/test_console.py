@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import digits_configs
+from shortcut_jax import cpu_devices
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
@@ -54,6 +55,9 @@ def test_train_console_shows_progress_and_the_log_file_the_rest(trained):
   workdir, console = trained
   assert re.search(r"step 2/4 .*steps/s .*images/s .*ETA", console), console[-4000:]
   assert re.search(r"step 4/4 ", console)
+  if len(os.sched_getaffinity(0)) >= 2:  # The smoke batch (16) splits over the cores' devices.
+    cores = cpu_devices.fitting_count(len(os.sched_getaffinity(0)), 16)
+    assert f"XLA CPU: {cores} single-threaded devices" in console, console[-3000:]
   sources = _info_sources(console)
   assert sources and sources <= OURS, f"library INFO lines on the console: {sources - OURS}"
   assert "orbax" not in console.lower().replace("orbax-checkpoint", "")  # no Orbax chatter
@@ -76,6 +80,9 @@ def test_eval_console_and_guidance_default(trained, monkeypatch):
   console = _run(["eval.py", f"--workdir={workdir}", "--mode=sample", "--steps=1",
                   "--num_samples=4", "--batch_size=4"])
   assert "wrote 4 samples with 1 steps" in console
+  if len(os.sched_getaffinity(0)) >= 2:  # eval.py's sampling runs on one CPU device per core.
+    cores = cpu_devices.core_count()
+    assert f"XLA CPU: {cores} single-threaded devices" in console, console[-3000:]
   sources = _info_sources(console)
   assert sources <= OURS, sources - OURS
   # eval.py appends to the same log.txt, after its own header line.
@@ -103,6 +110,8 @@ def test_log_file_name_per_process_and_header(tmp_path):
   assert console.log_file_name(0) == "log.txt"
   assert console.log_file_name(3) == "log.process_3.txt"
   root = std_logging.getLogger()
+  verbosity, root_level = logging.get_verbosity(), root.level
+  console_filters = list(logging.get_absl_handler().filters)
   try:
     path = console.setup(str(tmp_path), "eval.py --mode=fid", libraries=False, process_index=2)
     assert path == str(tmp_path / "log.process_2.txt")
@@ -113,6 +122,11 @@ def test_log_file_name_per_process_and_header(tmp_path):
     for handler in [h for h in root.handlers if getattr(h, "_shortcut_jax_log_file", False)]:
       root.removeHandler(handler)
       handler.close()
+    logging.set_verbosity(verbosity)  # What this process logged before.
+    root.setLevel(root_level)
+    handler = logging.get_absl_handler()
+    for f in [f for f in handler.filters if f not in console_filters]:
+      handler.removeFilter(f)
   assert sorted(os.listdir(tmp_path)) == ["log.process_2.txt"]
   text = (tmp_path / "log.process_2.txt").read_text()
   order = [text.index(s) for s in ("==== eval.py --mode=fid started (process 2, pid ",

@@ -104,3 +104,21 @@ def test_importing_the_module_and_eval_py_starts_no_backend():
   out = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_training_runs_get_a_count_their_batch_and_mesh_fit(cores):
+  fit = cpu_devices.fitting_count
+  assert fit(2, 64, {"data": -1, "fsdp": 1}) == 2
+  assert fit(4, 6, {"data": -1, "fsdp": 1}) == 3  # The batch splits 3 ways, not 4.
+  assert fit(2, 7) == 0  # An odd batch: one device, as before.
+  assert fit(8, 64, {"data": 1, "fsdp": -1}) == 8
+  assert fit(8, 64, {"data": 2, "fsdp": -1}) == 8 and fit(3, 64, {"data": 2, "fsdp": -1}) == 2
+  assert fit(8, 64, {"data": 2, "fsdp": 2}) == 4  # A fixed mesh: exactly its size.
+  assert fit(2, 64, {"data": 2, "fsdp": 4}) == 0  # Does not fit here either way.
+  assert fit(2, None, None) == 2
+  env = {}
+  assert cpu_devices.configure(environ=env, batch_size=15, mesh={"data": -1, "fsdp": 1}) == 0
+  assert env == {}
+  cores(6)
+  assert cpu_devices.configure(environ=env, batch_size=20, mesh={"data": -1, "fsdp": 1}) == 5
+  assert "device_count=5 " in env["XLA_FLAGS"]
