@@ -1,7 +1,9 @@
 """The second stage of the digits cascade: 2x upscaling from 8x8 to the 16x16 digits, a
 one-step shortcut model on a coupling flow from the upsampled 8x8 image.
 
-Command: see `configs/digits_8px_shortcut.py` (train both, then `eval.py --mode=cascade`).
+Command:
+  python train.py --config=configs/digits_upscale_x2.py --workdir=workdirs/digits_up_x2
+  (then the cascade with `configs/digits_8px_shortcut.py`'s generator: see its docstring)
 Hardware: 2 CPU cores; the network and budget of `digits_shortcut.py` (2,000 steps at batch 64).
 Data: the 16x16 digits (HR, whole images), LR = their antialiased 8x8 downsample; its bicubic
 upsampling is both the flow's start (`objective.source='cond_image'`) and context channels.

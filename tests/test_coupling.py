@@ -146,3 +146,14 @@ def test_coupling_smoke_run_starts_at_bicubic(tmp_path, tmp_path_factory):
   # Two steps of training barely move the zero-initialised velocity: the 1-step output is
   # within a fraction of a dB of bicubic (a noise-source model is many dB below it).
   assert abs(model - bicubic) < 0.5, (model, bicubic)
+
+
+def test_latent_coupling_config_trains_under_smoke(tmp_path):
+  # The seed's setting: latent space, the start noised at DDPM step 400; one smoke step runs.
+  import digits_configs
+  from shortcut_jax import trainer
+  c = digits_configs.quick_run_config("coupling_latent_x2", str(tmp_path / "tfds"), 1)
+  exp = trainer.build_experiment(c)
+  assert exp.source == Source("cond_image", 400) and exp.config.data.latents == "online"
+  metrics = trainer.train_and_evaluate(c, str(tmp_path / "w"))
+  assert np.isfinite(metrics["train/loss"])
