@@ -67,7 +67,7 @@ def _worker(spec_path):
     return out
   fid_evaluator.InceptionFeatures.local_features = counted
   from shortcut_jax.evaluators import fid as fid_lib
-  model_stats, fid_from_stats = [], fid_lib.fid_from_stats
+  model_stats = []
 
   def recording(mu, sigma, mu_ref, sigma_ref, **kwargs):
     """Records the generated images' statistics (per budget); returns the Frechet distance of
