@@ -32,15 +32,17 @@ def main(argv):
     # Resuming a workdir (e.g. an imported checkpoint): its saved config, or a clear error.
     config = trainer.load_config(FLAGS.workdir)
     config.lock()
-  # Before jax starts its backends: on a CPU-only machine, one single-threaded XLA device per
-  # core (as many as the batch and config.mesh allow), the batch split over them: 1.2-1.3x the
-  # steps/s of the default single device on the digits default (docs/benchmarks.md).
-  # Single-process runs only; SHORTCUT_JAX_CPU_DEVICES=0 turns it off.
+  # Opt-in (SHORTCUT_JAX_CPU_DEVICES=auto or =N), before jax starts its backends: one
+  # single-threaded XLA CPU device per core (as many as the batch and config.mesh allow), the
+  # batch split over them. Off by default: on the idle 2-core machine the digits default ran
+  # 0.9x the steps/s of the default single device, 1.2-1.3x only while other jobs held the
+  # cores (docs/benchmarks.md). Single-process runs only.
   multi_process = (distributed.launched_as_cluster() or FLAGS.coordinator_address
                    or os.environ.get("SHORTCUT_JAX_COORDINATOR")
                    or os.environ.get("JAX_COORDINATOR_ADDRESS"))
-  cpu_count = 0 if multi_process else cpu_devices.configure(
-      batch_size=config.batch_size, mesh=dict(config.mesh))
+  cpu_count = 0
+  if os.environ.get(cpu_devices.ENV_VAR, "").strip() and not multi_process:
+    cpu_count = cpu_devices.configure(batch_size=config.batch_size, mesh=dict(config.mesh))
   distributed.initialize()
   console.setup(FLAGS.workdir, "train.py")
   if cpu_count:

@@ -2,11 +2,13 @@
 
 Why. By default XLA's CPU backend is one device that runs each op (convolution, matmul) with a
 multi-threaded Eigen pool. On small batches of mid-sized convolutions that parallelises poorly:
-the FID InceptionV3 (`models/inception.py`) ran at 5.6-6.0 images/s (299x299, batch 64) on a
-2-core machine, below PyTorch's 6.3-7.0, and XLA flags (oneDNN, XNNPACK, default precision) did
-not change that. Exposing one *single-threaded* device per core and splitting the batch over
-them (the evaluation code already shards every batch over all local devices) ran the same
-network at 8.6-9.3 images/s on the same machine (docs/benchmarks.md, "FID Inception on CPU").
+the FID InceptionV3 (`models/inception.py`) ran at 5.78 images/s (median; 299x299, batch 64)
+on an idle 2-core machine, below PyTorch's 6.34 in the same run, and XLA flags (oneDNN, XNNPACK,
+default precision) did not change that. Exposing one *single-threaded* device per core and
+splitting the batch over them (the evaluation code already shards every batch over all local
+devices) ran the same network at 8.75 images/s: 1.51x, and 1.38x PyTorch (docs/benchmarks.md,
+"Inception on CPU"). The gain needs idle cores: with other jobs holding them it shrank to
+1.0-1.15x.
 
 What. `configure()` must run before jax creates its backends, i.e. before the first
 `jax.devices()`, array or jitted call (importing jax is fine); eval.py calls it first thing in
@@ -23,15 +25,18 @@ When it does nothing (returns 0):
   * `SHORTCUT_JAX_CPU_DEVICES=0` (or 1, or `off`/`false`/`no`): disabled; `=<n>`: n devices
     instead of the core count; unset / empty / `auto`: the core count. An explicit `count`
     argument takes precedence over the variable.
-  * fewer than 2 devices would result (a 1-core machine);
+  * fewer than 2 devices would result (a 1-core machine), or, with `batch_size` / `mesh`, no
+    count >= 2 fits them (`fitting_count`);
   * `XLA_FLAGS` already sets the device count or the Eigen threading
     (`--xla_force_host_platform_device_count`, `--xla_cpu_multi_thread_eigen`), or
     `JAX_NUM_CPU_DEVICES` is set: the user's choice stands, nothing is added;
   * `JAX_PLATFORMS` is set and does not include `cpu`;
   * jax's backends already exist (too late: the flags are read once; a warning says so).
 
-train.py calls it too (single-process runs, as many devices as the batch and `config.mesh`
-allow): the digits default trained 1.2-1.3x faster that way (docs/benchmarks.md).
+train.py calls it only when `SHORTCUT_JAX_CPU_DEVICES` is set (e.g. `=auto`; single-process
+runs, as many devices as the batch and `config.mesh` allow): the digits default trained at
+0.9x the default's steps/s on the idle 2-core machine, 1.2-1.3x only while other jobs held the
+cores (docs/benchmarks.md).
 """
 
 import math
