@@ -9,14 +9,12 @@ SPEC: {"devices": 8, "data_dir": ..., "results": "out.json", "optimize": true, "
        "distributed": {"port": 12345, "num_processes": 2, "process_id": 0},   # optional
        "jobs": [{"workdir": ..., "config": {"sharding": "fsdp", "mesh__fsdp": 8, ...},
                  "combine_processes": 2,            # optional, see below
-                 "wait_for": "path",                # optional: start once it exists
                  "dump": "params.npz"}]}            # optional
 Each job runs `trainer.train_and_evaluate` on a `configs/digits_shortcut.py:smoke` config changed
 by `config` (keys with `__` for nesting), then restores the final checkpoint with
 `trainer.restore_experiment` onto this process's devices and reports the shardings it got; with
 `dump`, process 0 writes the restored params and EMA params to an .npz.
-`wait_for` lets a job start while its workdir is still being prepared by the test (which
-writes that path last). `combine_processes: k` makes a single process read the concatenation of the per-process slices
+`combine_processes: k` makes a single process read the concatenation of the per-process slices
 of k processes (the global batches a k-process run assembles), for comparisons.
 """
 
@@ -90,11 +88,6 @@ def _combine(k):
 def run_job(jax, job, data_dir):
   import time
   import numpy as np
-  deadline = time.time() + 600
-  while job.get("wait_for") and not os.path.exists(job["wait_for"]):
-    if time.time() > deadline:
-      raise TimeoutError(f"{job['wait_for']} did not appear within 600 s")
-    time.sleep(0.2)
   t0 = time.perf_counter()
   from shortcut_jax import trainer
   import digits_configs  # tests/ is sys.path[0] when this file runs as a script

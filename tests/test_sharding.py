@@ -274,18 +274,6 @@ def runs(tmp_path_factory):
                                            dump=str(tmp / "two_proc.npz"),
                                            combine_processes=None)],
                 data_dir, {"port": port, "num_processes": 2, "process_id": i}) for i in (0, 1)]
-  # Started at once too; its last job resumes the 1-device run below once that has written
-  # `resume/ready` (the worker waits for it).
-  ready = tmp / "resume" / "ready"
-  eight = _spawn(tmp, "eight", 8, [
-      _job(tmp, "dp", sharding="dp"),
-      dict(_job(tmp, "fsdp", sharding="fsdp", mesh__data=1, mesh__fsdp=8),
-           dump=str(tmp / "fsdp.npz"), sample=True),
-      _job(tmp, "hybrid", sharding="hybrid", mesh__data=2, mesh__fsdp=4),
-      dict(_job(tmp, "resume", sharding="fsdp", mesh__data=1, mesh__fsdp=8, max_steps=4),
-           wait_for=str(ready)),
-  ], data_dir)
-
   # One device, in this process: 4 steps, checkpoints at 2, 3 and 4.
   restore = sharding_worker._combine(2)
   jax.config.update("jax_disable_most_optimizations", True)
@@ -299,8 +287,14 @@ def runs(tmp_path_factory):
   os.makedirs(tmp / "resume" / "checkpoints")
   shutil.copytree(tmp / "ref" / "checkpoints" / "2", tmp / "resume" / "checkpoints" / "2")
   shutil.copy(tmp / "ref" / "config.json", tmp / "resume" / "config.json")
-  ready.write_text("")
 
+  eight = _spawn(tmp, "eight", 8, [
+      _job(tmp, "dp", sharding="dp"),
+      dict(_job(tmp, "fsdp", sharding="fsdp", mesh__data=1, mesh__fsdp=8),
+           dump=str(tmp / "fsdp.npz"), sample=True),
+      _job(tmp, "hybrid", sharding="hybrid", mesh__data=2, mesh__fsdp=4),
+      _job(tmp, "resume", sharding="fsdp", mesh__data=1, mesh__fsdp=8, max_steps=4),
+  ], data_dir)
   out = {"eight": _wait(*eight)}
   out["two"] = _wait(*two[0])
   _wait(two[1][0], None, two[1][2])
