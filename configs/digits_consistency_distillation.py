@@ -19,9 +19,9 @@ from shortcut_jax import config as config_lib
 
 
 def get_config(arg=None):
-  c = config_lib.load_sibling_config(__file__, "digits_shortcut")()
+  # `digits_progressive.py` (the same student, teacher and budget) with the other objective.
+  c = config_lib.load_sibling_config(__file__, "digits_progressive")(arg)
   c.unlock()
   c.objective.name = "consistency-distillation"
-  c.objective.teacher_workdir = ("workdirs/smoke_naive" if arg == "smoke"
-                                 else "workdirs/digits_naive")
-  return config_lib.finalize(c, arg)
+  c.lock()
+  return c

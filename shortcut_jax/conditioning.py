@@ -62,8 +62,21 @@ class LabelKind:
     return jnp.where(mask, self.num_classes, value).astype(jnp.int32)
 
 
+class ZeroNullKind:
+  """A float condition whose null is all zeros (images, embeddings): null, test, dropout."""
+
+  def null(self, value: Array) -> Array:
+    return jnp.zeros_like(value)
+
+  def is_null(self, value: Array) -> Array:
+    return jnp.all(value.reshape(value.shape[0], -1) == 0, axis=1)
+
+  def drop(self, value: Array, mask: Array) -> Array:
+    return jnp.where(_rows(mask, value), jnp.zeros_like(value), value)
+
+
 @dataclasses.dataclass(frozen=True)
-class ImageKind:
+class ImageKind(ZeroNullKind):
   """An image of the sample's size (NHWC, [-1, 1]); its null is the all-zero (mid-grey) image.
 
   `guided` (set when the model was trained with image dropout) says whether the CFG branch
@@ -75,21 +88,12 @@ class ImageKind:
   null_when_unguided: bool = False
   required: bool = True
 
-  def null(self, value: Array) -> Array:
-    return jnp.zeros_like(value)
-
   def missing(self, batch_size: int):
     raise ValueError(f"the model is conditioned on {self.key!r} but the call has none")
 
-  def is_null(self, value: Array) -> Array:
-    return jnp.all(value.reshape(value.shape[0], -1) == 0, axis=1)
-
-  def drop(self, value: Array, mask: Array) -> Array:
-    return jnp.where(_rows(mask, value), jnp.zeros_like(value), value)
-
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddingKind:
+class EmbeddingKind(ZeroNullKind):
   """A float vector per example (e.g. a CLIP text embedding), [B, D] (or a sequence [B, L, D]).
 
   Its null is the all-zero vector; a DiT built with `embedding_null='learned'` replaces null
@@ -104,17 +108,8 @@ class EmbeddingKind:
   null_when_unguided: bool = False
   required: bool = False
 
-  def null(self, value: Array) -> Array:
-    return jnp.zeros_like(value)
-
   def missing(self, batch_size: int) -> Array:
     return jnp.zeros((batch_size, self.dim), jnp.float32)
-
-  def is_null(self, value: Array) -> Array:
-    return jnp.all(value.reshape(value.shape[0], -1) == 0, axis=1)
-
-  def drop(self, value: Array, mask: Array) -> Array:
-    return jnp.where(_rows(mask, value), jnp.zeros_like(value), value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,5 +233,6 @@ def from_config(config, *, cond_image: bool, num_classes: Optional[int] = None,
   if cond_image:
     kinds.append(ImageKind(guided=float(config.objective.image_dropout_prob) > 0))
   if embedding_dim:
-    kinds.append(EmbeddingKind(int(embedding_dim)))
+    kinds.append(EmbeddingKind(int(embedding_dim),
+                               guided=float(config.objective.embedding_dropout_prob) > 0))
   return Conditioning(tuple(kinds))

@@ -8,6 +8,7 @@ is checked by `validate(config)` before anything is compiled; errors name the fi
 from typing import Optional
 
 import ml_collections
+from absl import logging
 
 from shortcut_jax.models.dit import validate_dit_args
 
@@ -250,14 +251,12 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"objective.denoise_timesteps must be a power of two, got {o.denoise_timesteps!r}")
   check(isinstance(o.bootstrap_every, int) and o.bootstrap_every >= 1,
         f"objective.bootstrap_every must be a positive integer, got {o.bootstrap_every!r}")
-  if objective is not None and objective.name in ("shortcut", "homo") \
-      and isinstance(o.bootstrap_every, int) \
+  if getattr(objective, "splits_batch", False) and isinstance(o.bootstrap_every, int) \
       and o.bootstrap_every >= 1:
-    check(c.batch_size % o.bootstrap_every == 0,
-          f"batch_size ({c.batch_size}) must be divisible by objective.bootstrap_every "
-          f"({o.bootstrap_every})")
-    check(c.batch_size // o.bootstrap_every >= 1,
-          f"batch_size ({c.batch_size}) is smaller than objective.bootstrap_every ({o.bootstrap_every})")
+    check(c.batch_size % o.bootstrap_every == 0 and c.batch_size >= o.bootstrap_every,
+          f"batch_size ({c.batch_size}) must be a multiple of objective.bootstrap_every "
+          f"({o.bootstrap_every}): the first batch_size // bootstrap_every rows of objective "
+          f"{objective.name!r} get other targets")
   check(o.bootstrap_dt_bias in (0, 1), f"objective.bootstrap_dt_bias must be 0 or 1, got {o.bootstrap_dt_bias!r}")
   check(0.0 <= o.class_dropout_prob <= 1.0,
         f"objective.class_dropout_prob must be in [0, 1], got {o.class_dropout_prob!r}")
@@ -273,7 +272,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(o.meanflow_adaptive_c > 0, f"objective.meanflow_adaptive_c must be > 0, got {o.meanflow_adaptive_c!r}")
   check(o.source in ("gaussian", "cond_image"),
         f"objective.source must be 'gaussian' or 'cond_image', got {o.source!r}")
-  if objective is not None and objective.source != "gaussian":
+  if objective is not None and not objective.takes_source:
     check(o.source == "gaussian", f"objective {objective.name!r} starts from its own source "
           f"({objective.source!r}); objective.source={o.source!r} does not apply")
   if o.source == "cond_image":
@@ -284,6 +283,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(o.source_noise_step == 0 or o.source == "cond_image",
         "objective.source_noise_step noises a coupling source: it needs objective.source="
         "'cond_image'")
+  if getattr(objective, "needs_curved_path", False) and o.path == "linear":
+    logging.warning("objective %r on the linear path: its acceleration target d²x/dt² is zero, "
+                    "so that output learns nothing; set objective.path='smoothstep' or "
+                    "'cosine'", objective.name)
   for name in ("homo_lambda_v", "homo_lambda_a", "homo_lambda_sc"):
     check(o[name] >= 0, f"objective.{name} must be >= 0, got {o[name]!r}")
   from shortcut_jax.models.dit import EMBEDDING_MODES, EMBEDDING_NULLS
@@ -412,10 +415,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
 def _check_baselines(c: ml_collections.ConfigDict, objective, check) -> None:
   """The fields of the original's baselines (`objectives.progressive`, `.consistency`,
   `.livereflow`): a teacher where one is needed, the schedule length, the linear path of the
-  consistency parameterisation, the reflow share of the batch."""
+  consistency parameterisation (what each needs is a property of the `Objective`)."""
   o = c.objective
   name = getattr(objective, "name", None)
-  if name in ("progressive", "consistency-distillation"):
+  if getattr(objective, "needs_teacher", False):
     check(bool(o.teacher_workdir),
           f"objective.teacher_workdir must be set for objective {name!r}: its frozen teacher is "
           f"a flow-matching run of the same model and data; train one first, e.g. `python "
@@ -425,21 +428,16 @@ def _check_baselines(c: ml_collections.ConfigDict, objective, check) -> None:
         f"{o.teacher_step!r}")
   check(isinstance(o.schedule_steps, int) and o.schedule_steps >= 1,
         f"objective.schedule_steps must be a positive integer, got {o.schedule_steps!r}")
-  if name in ("progressive", "consistency") and _is_power_of_two(o.denoise_timesteps) \
+  if getattr(objective, "phased", False) and _is_power_of_two(o.denoise_timesteps) \
       and isinstance(o.schedule_steps, int):
     phases = o.denoise_timesteps.bit_length() - 1
     check(o.schedule_steps >= phases,
           f"objective.schedule_steps ({o.schedule_steps}) must be at least the number of "
           f"phases, log2(objective.denoise_timesteps) = {phases}")
-  if name in ("consistency-distillation", "consistency"):
+  if getattr(objective, "linear_path_only", False):
     check(o.path == "linear",
           f"objective {name!r} parameterises the consistency function on the linear path "
           f"(f = x + (1 - t) v): objective.path must be 'linear', got {o.path!r}")
-  if name == "livereflow" and isinstance(o.bootstrap_every, int) and o.bootstrap_every >= 1:
-    check(c.batch_size % o.bootstrap_every == 0 and c.batch_size >= o.bootstrap_every,
-          f"batch_size ({c.batch_size}) must be a multiple of objective.bootstrap_every "
-          f"({o.bootstrap_every}): the first batch_size // bootstrap_every rows get reflow "
-          f"targets")
 
 
 def eval_period(c: ml_collections.ConfigDict, name: str) -> int:

@@ -14,6 +14,23 @@ from shortcut_jax.evaluators import generate as gen
 MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics", "cascade")
 
 
+def restore_weights(workdir: str, step: Optional[int], use_ema: bool):
+  """(experiment, weights to sample with, checkpoint step) of a workdir. With several processes
+  every one gets the whole weights, as evaluators in training do (the generation and Inception
+  loops run on each process's own devices)."""
+  exp, state, ckpt_step = trainer.restore_experiment(workdir, step=step)
+  state = trainer.evaluator_state(state)
+  return exp, (state.ema_params if use_ema else state.params), ckpt_step
+
+
+def guidance(exp, cfg_scale: Optional[float]) -> Optional[float]:
+  """The guidance to sample with: None (eval.py without --cfg_scale) means the workdir config's
+  evals.samples.cfg_scale, the guidance the in-training evaluators use; 0 (--cfg_scale=0,
+  --nocfg) means none (returned as None)."""
+  cfg_scale = exp.config.evals.samples.get("cfg_scale") if cfg_scale is None else cfg_scale
+  return float(cfg_scale) if cfg_scale else None
+
+
 @gen.progress_bars  # Sampling, FID and SR metrics show a bar (rate, ETA) on process 0.
 def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int,
         cfg_scale: Optional[float], seed: int = 0, use_ema: bool = True, batch_size: int = 256,
@@ -46,20 +63,13 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
                                batch_size=batch_size)
   if not workdir:
     raise ValueError(f"--mode={mode} needs --workdir")
-  exp, state, ckpt_step = trainer.restore_experiment(workdir, step=step)
-  # cfg_scale None (eval.py without --cfg_scale): the workdir config's evals.samples.cfg_scale,
-  # the guidance the in-training evaluators use; 0 (--cfg_scale=0, --nocfg): no guidance.
-  cfg_scale = exp.config.evals.samples.get("cfg_scale") if cfg_scale is None else cfg_scale
-  cfg_scale = float(cfg_scale) if cfg_scale else None
-  # Several processes: every one gets the whole weights, as evaluators in training do (the
-  # generation and Inception loops run on each process's own devices).
-  state = trainer.evaluator_state(state)
+  exp, params, ckpt_step = restore_weights(workdir, step, use_ema)
+  cfg_scale = guidance(exp, cfg_scale)
   M = exp.config.objective.denoise_timesteps
   bad = [n for n in steps if not 1 <= n <= M]
   if bad:
     raise ValueError(f"--steps {bad}: each must be between 1 and denoise_timesteps ({M})")
   exp.objective.check_steps(steps)
-  params = state.ema_params if use_ema else state.params
   logging.info("restored step %d from %s", ckpt_step, workdir)
   if mode == "sample":
     return sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size)
@@ -123,13 +133,14 @@ def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size
 
 
 def digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size, ckpt_step):
-  """FD-digits and class accuracy per step budget -> W/digits_metrics.json."""
+  """FD-digits and class accuracy per step budget -> W/digits_metrics.json (seed 0) or
+  W/digits_metrics_seed{seed}.json, so runs with other noise seeds keep the first one."""
   from shortcut_jax.evaluators import digits_metrics as dm
   clf = dm.get_classifier(exp.config.data)
   ref = dm.reference_stats(clf, exp.config.data)
   test_images, test_labels = dm.load_split(exp.config.data, "test")
   results = {"checkpoint_step": ckpt_step, "cfg_scale": cfg_scale, "num_samples": num_samples,
-             "held_out_test_split": dm.digits_metrics(clf, ref, test_images, test_labels),
+             "seed": seed, "held_out_test_split": dm.digits_metrics(clf, ref, test_images, test_labels),
              "steps": {}}
   for n in steps:
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
@@ -139,7 +150,8 @@ def digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, ba
         clf, ref, images, labels if gen.is_conditional(exp.config) else None)
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "digits_metrics.json"), "w") as f:
+    name = "digits_metrics.json" if seed == 0 else f"digits_metrics_seed{seed}.json"
+    with open(os.path.join(workdir, name), "w") as f:
       json.dump(results, f, indent=2)
   print(json.dumps(results, indent=2))
   return results
@@ -207,21 +219,18 @@ def fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
 def cascade(workdirs: Optional[List[str]], *, steps: List[int], num_samples: int,
             cfg_scale: Optional[float], seed: int, use_ema: bool, batch_size: int,
             output_dir: Optional[str]) -> Dict:
-  """`--mode=cascade`: restores every stage (checked against the next before sampling), then
-  `evaluators.cascade.run_cascade`. cfg_scale None: each stage's own config default."""
+  """`--mode=cascade`: restores every stage, then `evaluators.cascade.run_cascade` (which checks
+  the stages against each other before sampling). cfg_scale None: the generator's config
+  default, used by every stage trained with condition dropout."""
   from shortcut_jax.evaluators import cascade as cascade_lib
   if not workdirs or not output_dir:
     raise ValueError("--mode=cascade needs --workdirs=GEN,UP1[,UP2...] and --output_dir")
-  restored = [trainer.restore_experiment(w) for w in workdirs]
-  exps = [r[0] for r in restored]
-  cascade_lib.check_stages(exps, steps, workdirs)
-  params = []
-  for exp, state, _ in restored:
-    state = trainer.evaluator_state(state)
-    params.append(state.ema_params if use_ema else state.params)
-  if cfg_scale is None:
-    cfg_scale = exps[0].config.evals.samples.get("cfg_scale")
-  cfg_scale = float(cfg_scale) if cfg_scale else None
+  exps, params = [], []
+  for w in workdirs:
+    exp, weights, _ = restore_weights(w, None, use_ema)
+    exps.append(exp)
+    params.append(weights)
+  cfg_scale = guidance(exps[0], cfg_scale)
   result = cascade_lib.run_cascade(exps, params, steps, num_samples=num_samples,
                                    output_dir=output_dir, cfg_scale=cfg_scale, seed=seed,
                                    batch_size=batch_size, names=workdirs)

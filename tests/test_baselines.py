@@ -14,6 +14,7 @@ import pytest
 
 import digits_configs
 import gaussian_oracle as go
+import run_checks
 from shortcut_jax import config as config_lib
 from shortcut_jax import objectives
 from shortcut_jax import sampling
@@ -283,8 +284,9 @@ def test_condition_dropout_unless_faithful(name):
   labels = np.asarray(tg.cond["label"])
   assert sorted(labels.tolist()) == sorted(np.asarray(batch["label"]).tolist())
   assert not np.array_equal(labels, np.asarray(batch["label"]))  # The faithful shuffle.
-  tg = fn(model, {}, {}, batch, jax.random.PRNGKey(0), dict(base, cfg_scale=0.0),
-          step=jnp.int32(0), state=state)
+  # No dropout: only cfg_scale = 0 can null the labels here.
+  tg = fn(model, {}, {}, batch, jax.random.PRNGKey(0),
+          dict(base, cfg_scale=0.0, class_dropout_prob=0.0), step=jnp.int32(0), state=state)
   np.testing.assert_array_equal(np.asarray(tg.cond["label"]), NUM_CLASSES)
 
 
@@ -386,19 +388,19 @@ def test_consistency_sampler_one_and_few_steps():
   twice = run(4, jnp.concatenate([x0[:2], x0[:1]], axis=0))
   np.testing.assert_array_equal(twice[0], twice[2])
   np.testing.assert_array_equal(twice[:2], few[:2])
-  # The re-noising really draws noise: the mid-point of 2 steps is 0.5 x1 + 0.5 eps with eps
-  # standard normal and independent of x1.
+  # The re-noising really draws noise: a step of 0.25 from t = 0 lands on 0.25 x1 + 0.75 eps
+  # with eps standard normal and independent of x1 (0.25, not 0.5: swapped weights show).
   x = x0[:2048]
   x1 = consistency.consistency_fn(x, jnp.zeros(2048), consistency_velocity(x, jnp.zeros(2048)))
   mid = consistency.renoise_step(lambda xx, tt, lv: consistency_velocity(xx, tt), x,
-                                 jnp.zeros(2048), jnp.float32(0.5), jnp.zeros(2048, jnp.int32))
-  eps = np.asarray(2 * mid - x1).reshape(2048, -1)
+                                 jnp.zeros(2048), jnp.float32(0.25), jnp.zeros(2048, jnp.int32))
+  eps = np.asarray((mid - 0.25 * x1) / 0.75).reshape(2048, -1)
   assert abs(eps.mean()) < 0.02 and abs(eps.std() - 1) < 0.02
   assert abs(np.corrcoef(eps[:, 0], np.asarray(x1).reshape(2048, -1)[:, 0])[0, 1]) < 0.1
   assert abs(np.corrcoef(eps[:, 0], np.asarray(x).reshape(2048, -1)[:, 0])[0, 1]) < 0.1
 
 
-def test_distillation_and_progressive_sample_with_euler_steps():
+def test_baseline_sampler_steps_and_level_inputs():
   for name in ("progressive", "consistency-distillation"):
     obj = objectives.get_objective(name)
     assert not obj.uses_level and obj.sampler_step is objectives.euler_step
@@ -468,22 +470,6 @@ RUN_STEPS = 12  # Phases of 4 steps (schedule_steps 12, L = 3): boundaries at st
 RESUME_FROM = 6  # Mid-phase: progressive's teacher was refreshed at 4 and is next at 8.
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-  """A persistent XLA cache for this module: the resumed run, the start-state check and the
-  fixed-batch loop compile what the first run of each objective compiled (one compile each)."""
-  from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
-  keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-  old = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update(keys[0], str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update(keys[1], 0)
-  compilation_cache.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
 def smoke(config_name, data_dir, **changes):
   import importlib  # pylint: disable=g-import-not-at-top
   c = importlib.import_module(f"configs.{config_name}").get_config("smoke")
@@ -535,7 +521,7 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, compile_cache):
+def runs(tmp_path_factory):
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
   return Runs(tmp_path_factory.mktemp("runs"), data_dir)
 
@@ -552,7 +538,6 @@ def trees_differ(a, b) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(NAMES))
 def test_smoke_run_resumes_exactly_and_samples(runs, name):
-  from shortcut_jax import evaluation  # pylint: disable=g-import-not-at-top
   straight, resumed = runs.get(name)
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     first_logged = json.loads(f.readline())["step"]
@@ -564,11 +549,7 @@ def test_smoke_run_resumes_exactly_and_samples(runs, name):
                                     "consistency-distillation": {"teacher"}}.get(name, set())
   if name == "progressive":
     assert int(a.objective_state["phase"]) == 2
-  written = evaluation.run("sample", straight, steps=[1, 2], num_samples=3, cfg_scale=1.5)
-  for n in (1, 2):
-    with np.load(written[n]) as f:
-      assert f["images"].shape[0] == 3 and f["images"].dtype == np.uint8
-      assert f["images"].std() > 0
+  run_checks.assert_samples(straight, (16, 16, 1))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@
 import importlib
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -41,17 +42,21 @@ def test_generator_and_upscaler_cascade(tmp_path):
   trainer.train_and_evaluate(digits_configs.quick_run_config("digits_8px_shortcut", data_dir, 1), gen_dir)
   trainer.train_and_evaluate(digits_configs.quick_run_config("digits_upscale_x2", data_dir, 1), up_dir)
   out = str(tmp_path / "out")
-  result = evaluation.run("cascade", None, workdirs=[gen_dir, up_dir], steps=[1, 2],
+  start = time.perf_counter()
+  evaluation.run("cascade", None, workdirs=[gen_dir, up_dir], steps=[1, 2],
                           num_samples=5, cfg_scale=1.5, output_dir=out, batch_size=4)
+  wall = time.perf_counter() - start
   with np.load(os.path.join(out, "samples.npz")) as f:
     assert f["images"].shape == (5, 16, 16, 1) and f["images"].dtype == np.uint8
     assert f["labels"].shape == (5,)
   with open(os.path.join(out, "cascade.json")) as f:
     written = json.load(f)
   assert [s["image_shape"] for s in written["stages"]] == [[8, 8, 1], [16, 16, 1]]
-  assert all(s["seconds"] > 0 and s["images_per_s"] > 0 for s in written["stages"])
-  assert written["seconds"] == pytest.approx(sum(s["seconds"] for s in written["stages"]))
-  assert all(os.path.exists(s["grid"]) for s in written["stages"]) and result == written
+  # Timed without compilation: the stages' seconds are a part of the call's wall time (which
+  # also compiles every stage once).
+  assert all(s["seconds"] > 0 for s in written["stages"])
+  assert sum(s["seconds"] for s in written["stages"]) < wall
+  assert all(os.path.exists(s["grid"]) for s in written["stages"])
   with pytest.raises(ValueError, match="do not fit"):
     evaluation.run("cascade", None, workdirs=[up_dir, up_dir], steps=[1, 1], num_samples=2,
                    cfg_scale=None, output_dir=out)

@@ -129,12 +129,9 @@ def test_a_fresh_coupling_model_returns_its_input():
 @pytest.mark.slow
 def test_coupling_smoke_run_starts_at_bicubic(tmp_path, tmp_path_factory):
   from shortcut_jax import evaluation, trainer
-  c = _sr_config(max_steps=2)
-  c.data.data_dir = str(tmp_path_factory.mktemp("photos"))
-  c.checkpoint.async_save = False
-  c.checkpoint.every_steps = 2
-  for ev in c.evals.values():
-    ev.every = 0
+  import digits_configs
+  c = digits_configs.quick_run_config("photos_coupling_x2", str(tmp_path_factory.mktemp("photos")),
+                                      2)
   c.evals.loss_per_t.every = 2  # its x0 comes from the same source
   workdir = str(tmp_path / "w")
   trainer.train_and_evaluate(c, workdir)
@@ -148,6 +145,7 @@ def test_coupling_smoke_run_starts_at_bicubic(tmp_path, tmp_path_factory):
   assert abs(model - bicubic) < 0.5, (model, bicubic)
 
 
+@pytest.mark.slow
 def test_latent_coupling_config_trains_under_smoke(tmp_path):
   # The seed's setting: latent space, the start noised at DDPM step 400; one smoke step runs.
   import digits_configs

@@ -30,9 +30,9 @@ def test_default_is_one_single_threaded_device_per_core(cores):
   assert cpu_devices.configure(environ=env) == 2
   assert env == {"XLA_FLAGS": FLAGS_2}
   cores(6)
-  env = {"XLA_FLAGS": " --xla_dump_to=/tmp/d ", "JAX_PLATFORMS": "cpu"}
+  env = {"XLA_FLAGS": " --xla_dump_to=xla_dumps/d ", "JAX_PLATFORMS": "cpu"}
   assert cpu_devices.configure(environ=env) == 6
-  assert env["XLA_FLAGS"] == ("--xla_dump_to=/tmp/d --xla_force_host_platform_device_count=6 "
+  assert env["XLA_FLAGS"] == ("--xla_dump_to=xla_dumps/d --xla_force_host_platform_device_count=6 "
                               "--xla_cpu_multi_thread_eigen=false")
   assert cpu_devices.core_count() == 6
 
@@ -69,7 +69,7 @@ def test_one_core_machine_is_left_alone(cores):
 @pytest.mark.parametrize("flags", [
     "--xla_force_host_platform_device_count=8",
     "--xla_cpu_multi_thread_eigen=true",
-    "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=false",
+    "--xla_dump_to=xla_dumps/x --xla_cpu_multi_thread_eigen=false",
 ])
 def test_user_device_count_or_threading_flags_are_never_changed(cores, flags):
   env = {"XLA_FLAGS": flags}

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
-from absl import logging
 
 from shortcut_jax import config as config_lib
 from shortcut_jax import objectives, sampling
@@ -108,21 +107,26 @@ def test_taylor_sampler_lands_on_the_data_with_the_exact_model():
 
 
 def test_loss_terms_on_known_targets():
-  n = 4
-  target = jnp.zeros((n, 2, 2, 2))
-  # Velocity errors 1, acceleration errors 2 (squared errors 1 and 4) on every row.
-  pred = jnp.concatenate([jnp.ones((n, 2, 2, 1)), 2 * jnp.ones((n, 2, 2, 1))], axis=-1)
+  # Rows 0-1 self-consistency rows with velocity / acceleration errors 3 / 5 (squared 9 / 25),
+  # rows 2-3 flow rows with errors 1 / 2 (squared 1 / 4): a swapped mask or a dropped weight
+  # changes every number below.
+  target = jnp.zeros((4, 2, 2, 2))
+  err_v = jnp.asarray([3.0, 3.0, 1.0, 1.0]).reshape(4, 1, 1, 1)
+  err_a = jnp.asarray([5.0, 5.0, 2.0, 2.0]).reshape(4, 1, 1, 1)
+  pred = jnp.concatenate([jnp.broadcast_to(err_v, (4, 2, 2, 1)),
+                          jnp.broadcast_to(err_a, (4, 2, 2, 1))], axis=-1)
   boot = jnp.asarray([1.0, 1.0, 0.0, 0.0])
   tg = objectives.TrainingTargets(x=None, t=None, level=None, cond={}, target=target,
                                   groups={"bootstrap": boot, "flow": 1 - boot}, metrics={})
-  config = {"homo_lambda_v": 1.0, "homo_lambda_a": 0.5, "homo_lambda_sc": 0.1}
+  config = {"homo_lambda_v": 2.0, "homo_lambda_a": 0.5, "homo_lambda_sc": 0.1}
   loss, metrics = homo.homo_loss(pred, tg, config)
-  np.testing.assert_allclose(loss, [0.1 * 5, 0.1 * 5, 1 + 0.5 * 4, 1 + 0.5 * 4], rtol=1e-6)
+  np.testing.assert_allclose(loss, [0.1 * 34, 0.1 * 34, 2 * 1 + 0.5 * 4, 2 * 1 + 0.5 * 4],
+                             rtol=1e-6)
   np.testing.assert_allclose([metrics["mse_velocity"], metrics["mse_acceleration"],
                               metrics["mse_sc_velocity"], metrics["mse_sc_acceleration"]],
-                             [1, 4, 1, 4])
+                             [1, 4, 9, 25])
   loss, _ = homo.homo_loss(pred, tg, {**config, "homo_sc_acceleration": False})
-  np.testing.assert_allclose(loss[:2], [0.1, 0.1], rtol=1e-6)
+  np.testing.assert_allclose(loss, [0.9, 0.9, 4.0, 4.0], rtol=1e-6)
 
 
 def _experiment(**changes):
@@ -183,28 +187,25 @@ def test_config_checks_and_linear_path_warning(monkeypatch):
   with pytest.raises(ValueError, match="bootstrap_every"):
     config_lib.validate(digits_configs.digits_config(objective__name="homo", batch_size=60))
   warned = []
-  monkeypatch.setattr(logging, "warning", lambda msg, *a: warned.append(msg % a if a else msg))
-  images = jnp.zeros((16, 2, 2, 1))
-  hm = objectives.get_objective("homo")
+  monkeypatch.setattr(config_lib.logging, "warning",
+                      lambda msg, *a: warned.append(msg % a if a else msg))
   for path in ("smoothstep", "linear"):
-    hm.targets(_exact_homo_model(), {}, {}, {"image": images}, jax.random.PRNGKey(0),
-               {"path": path, "denoise_timesteps": 8, "cfg_scale": 0.0})
+    warned.clear()
+    config_lib.validate(digits_configs.digits_config(objective__name="homo", objective__path=path))
     assert any("linear path" in w for w in warned) == (path == "linear")
+  warned.clear()
+  config_lib.validate(digits_configs.digits_config(objective__name="shortcut"))
+  assert not warned  # only objectives that need a curved path warn
 
 
 @pytest.mark.slow
-def test_smoke_run_reduces_loss_resumes_and_samples(tmp_path, tmp_path_factory):
-  from shortcut_jax import evaluation, trainer
+def test_smoke_run_logs_resumes_exactly_and_samples(tmp_path, tmp_path_factory):
+  from shortcut_jax import trainer
   import digits_configs
+  import run_checks
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
-  c = importlib.import_module("configs.digits_homo").get_config("smoke")
-  c.unlock()
-  c.data.data_dir = data_dir
-  c.checkpoint.async_save = False
-  for name in c.evals:
-    c.evals[name].every = 0
+  c = digits_configs.quick_run_config("digits_homo", data_dir, 4)
   c.evals.loss_per_t.every = 4  # scores the velocity output on the smoothstep path
-  c.max_steps = 4
   metrics = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   for key in ("train/loss", "train/loss_flow", "train/loss_bootstrap", "train/mse_velocity",
               "train/mse_acceleration", "train/mse_sc_velocity"):
@@ -214,14 +215,8 @@ def test_smoke_run_reduces_loss_resumes_and_samples(tmp_path, tmp_path_factory):
   trainer.train_and_evaluate(c, str(tmp_path / "run"))
   c.evals.loss_per_t.every = 0
   trainer.train_and_evaluate(c, str(tmp_path / "straight"))
-  p1 = jax.device_get(trainer.restore_experiment(str(tmp_path / "run"))[1].params)
-  p2 = jax.device_get(trainer.restore_experiment(str(tmp_path / "straight"))[1].params)
-  jax.tree.map(np.testing.assert_array_equal, p1, p2)
-  written = evaluation.run("sample", str(tmp_path / "run"), steps=[1, 2], num_samples=3,
-                           cfg_scale=1.5)
-  for n in (1, 2):
-    with np.load(written[n]) as f:
-      assert f["images"].shape == (3, 16, 16, 1) and f["images"].dtype == np.uint8
+  run_checks.assert_same_weights(tmp_path / "run", tmp_path / "straight")
+  run_checks.assert_samples(tmp_path / "run", (16, 16, 1))
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch():
@@ -244,4 +239,4 @@ def test_training_reduces_the_loss_on_a_fixed_batch():
   after = eval_loss(state)
   # Most of the initial loss is the irreducible variance of the targets given x_t.
   assert float(after["train/loss"]) < 0.9 * float(before["train/loss"])
-  assert float(after["train/mse_acceleration"]) < float(before["train/mse_acceleration"])
+  assert float(after["train/mse_acceleration"]) < 0.95 * float(before["train/mse_acceleration"])

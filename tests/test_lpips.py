@@ -293,7 +293,16 @@ def test_sr_metrics_mode_reports_lpips(tmp_path, monkeypatch):
   for entry in (saved["bicubic"], saved["steps"]["1"]):
     assert np.isfinite(entry["lpips"]) and entry["lpips"] > 0
   assert saved["lpips"]["weights"] == weights
-  assert saved["steps"]["1"]["lpips"] == pytest.approx(results["steps"]["1"]["lpips"])
+  # The bicubic entry, recomputed here: the held-out HR crops, their LR's bicubic upsampling,
+  # both rounded to 8 bits.
+  from shortcut_jax.data import low_res
+  from shortcut_jax.evaluators import generate as gen
+  exp = trainer.restore_experiment(workdir)[0]
+  hr = gen.held_out_examples(exp.config, 3)["image"]
+  eight_bit = lambda x: gen.to_uint8(x).astype(np.float32) / 127.5 - 1.0
+  want = lpips.LPIPSScorer.from_file(weights).mean(eight_bit(hr),
+                                                   eight_bit(low_res.cond_image(hr, 4)))
+  assert saved["bicubic"]["lpips"] == pytest.approx(want, rel=1e-4)
   skipped = evaluation.run("sr_metrics", workdir, **args)
   assert "lpips" not in skipped["bicubic"] and "lpips" not in skipped["steps"]["1"]
   assert "--lpips_weights" in skipped["lpips"]["skipped"]

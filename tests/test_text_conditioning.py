@@ -211,7 +211,8 @@ def test_embed_text_with_a_tiny_random_clip(tmp_path):
 @pytest.mark.slow
 def test_smoke_run_on_embeddings_trains_and_samples(tmp_path):
   import digits_configs
-  from shortcut_jax import evaluation, trainer
+  import run_checks
+  from shortcut_jax import trainer
   emb_path = _captioned_folder(str(tmp_path / "imgs"), n=20)
   c = digits_configs.digits_config("smoke")
   c.data.update(name="image_folder", image_size=8, num_classes=1, folder=str(tmp_path / "imgs"),
@@ -226,7 +227,4 @@ def test_smoke_run_on_embeddings_trains_and_samples(tmp_path):
   assert np.isfinite(metrics["train/loss"]) and "train/dropped_ratio_embedding" in metrics
   exp, state, _ = trainer.restore_experiment(str(tmp_path / "run"))
   assert "EmbeddingNull_0" in state.params and exp.batch_spec["embedding"] == (DIM,)
-  written = evaluation.run("sample", str(tmp_path / "run"), steps=[1], num_samples=3,
-                           cfg_scale=1.5)
-  with np.load(written[1]) as f:
-    assert f["images"].shape == (3, 8, 8, 3)
+  run_checks.assert_samples(tmp_path / "run", (8, 8, 3), steps=(1,))

@@ -16,6 +16,7 @@ size and modification time: an unchanged folder is reused, a changed one is buil
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -45,11 +46,18 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 
 def load_embeddings(path: str) -> Dict[str, "np.ndarray"]:
   """`{relative image path: float32 [D]}` from an .npz with `paths` and `embedding` [N, D]
-  (as `python -m shortcut_jax.tools.embed_text` writes)."""
+  (as `python -m shortcut_jax.tools.embed_text` writes); read once per file version."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"data.embeddings: {path} does not exist; write it with "
                             "`python -m shortcut_jax.tools.embed_text --captions=F --model=PATH "
                             f"--out={path}`")
+  st = os.stat(path)
+  return _read_embeddings(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_embeddings(path: str, size: int, mtime_ns: int) -> Dict[str, "np.ndarray"]:
+  del size, mtime_ns  # The cache key: a rewritten file is read again.
   with np.load(path, allow_pickle=False) as f:
     missing = [k for k in ("paths", "embedding") if k not in f]
     if missing:
@@ -201,8 +209,9 @@ def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None,
     embeddings = os.path.abspath(os.path.expanduser(embeddings))
     table = load_embeddings(embeddings)
     dim = int(next(iter(table.values())).shape[0]) if table else 0
-    with open(embeddings, "rb") as f:
-      fingerprint += "_e" + hashlib.sha256(f.read()).hexdigest()[:8]
+    st = os.stat(embeddings)  # Like the images: a changed file (size, mtime) is built again.
+    fingerprint += "_e" + hashlib.sha256(
+        f"{embeddings}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:8]
   config = ImageFolderConfig(
       name=f"{slug}_{image_size}px_{fingerprint}",
       description=f"{folder} at {image_size}x{image_size}",

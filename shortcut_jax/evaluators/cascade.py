@@ -4,7 +4,8 @@ Stage 0 is any trained workdir (it generates images from its source, with labels
 conditions as `generate.sample_cond` gives them); every later stage is a super-resolution model
 (`data.low_res_factor = f`) whose input is the previous stage's output, bicubic-upsampled by f
 to its size — exactly the condition it was trained on (and, for a coupling model, its start).
-Labels travel down the cascade: an upscaler trained with classes gets the generator's labels.
+Labels travel down the cascade: an upscaler trained with the generator's classes gets its
+labels.
 
 Before anything is sampled every stage is checked: an upscaler's LR size (its image size / f)
 and channels must be the previous stage's output size and channels, and each step budget must be
@@ -18,7 +19,7 @@ decoder), then timed on all `num_samples` images; the JSON gives seconds and ima
 import json
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 from absl import logging
@@ -65,12 +66,16 @@ def check_stages(exps: Sequence, steps: Sequence[int], names: Sequence[str]) -> 
     raise ValueError("cascade stages do not fit: " + "; ".join(problems))
 
 
-def _stage_cond(exp, previous: Optional[np.ndarray], labels: Optional[np.ndarray], n: int):
+def _stage_cond(exp, previous: Optional[np.ndarray], labels: Optional[np.ndarray],
+                generator_config, n: int):
+  """Stage conditions: the previous output upsampled; the generator's labels when both stages
+  were trained with the same classes (else the stage's own `sample_cond` labels)."""
   if previous is None:
     return gen.sample_cond(exp, n)
   factor = int(exp.config.data.low_res_factor)
   cond = gen.sample_cond(exp, n, examples={"cond_image": low_res.upsample(previous, factor)})
-  if labels is not None and exp.config.data.num_classes > 1:
+  if (gen.is_conditional(exp.config) and gen.is_conditional(generator_config)
+      and exp.config.data.num_classes == generator_config.data.num_classes):
     cond["label"] = np.asarray(labels, np.int32)
   return cond
 
@@ -98,7 +103,7 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
   os.makedirs(output_dir, exist_ok=True)
   previous, labels, stages = None, None, []
   for k, (exp, p, n_steps) in enumerate(zip(exps, params, steps)):
-    cond = _stage_cond(exp, previous, labels, num_samples)
+    cond = _stage_cond(exp, previous, labels, exps[0].config, num_samples)
     kwargs = dict(num_steps=n_steps, cfg_scale=cfg_scale, seed=seed + k, progress=False)
     # Compile (and warm up) on one batch; then time the whole stage.
     warm = min(batch_size, num_samples)
@@ -128,10 +133,3 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     json.dump(result, f, indent=2)
   return result
 
-
-def parse_list(text, what: str) -> List[str]:
-  items = [s.strip() for s in (text if isinstance(text, (list, tuple)) else str(text).split(","))]
-  items = [s for s in items if s]
-  if not items:
-    raise ValueError(f"--{what} is empty")
-  return items

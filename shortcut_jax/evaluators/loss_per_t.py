@@ -65,22 +65,24 @@ class LossPerTEvaluator(Evaluator):
     c = self.exp.config
     it = pipeline.make_dataset(c.data, split="test", global_batch_size=c.batch_size, seed=c.seed,
                                train=False)
-    # Encoded once (latent space), then scored at every level and time.
-    batches = [self.exp.prepare_batch(b, jax.random.PRNGKey(bi))
-               for bi, (_, b) in enumerate(zip(range(self.num_batches), it))]
+    # Encoded once (latent space), with its source draw, then scored at every level and time.
+    inputs = []
+    for bi, (_, b) in enumerate(zip(range(self.num_batches), it)):
+      batch = self.exp.prepare_batch(b, jax.random.PRNGKey(bi))
+      x1 = jnp.asarray(batch["image"])
+      cond = {k: jnp.asarray(v) for k, v in cond_from_batch(batch).items()}
+      x0 = flow_path.sample_source(jax.random.PRNGKey(bi), x1.shape, self.exp.source, cond)
+      inputs.append((x1, x0, cond))
     curves, results = {}, {}
     for level in self.levels:
       ts = self._times(level)
       losses = np.zeros(len(ts))
-      for bi, batch in enumerate(batches):
-        x1 = jnp.asarray(batch["image"])
+      for x1, x0, cond in inputs:
         b = x1.shape[0]
-        cond = {k: jnp.asarray(v) for k, v in cond_from_batch(batch).items()}
-        x0 = flow_path.sample_source(jax.random.PRNGKey(bi), x1.shape, self.exp.source, cond)
         for i, t in enumerate(ts):
           out = self._loss(state.params, state.ema_params, x1, x0, cond,
                            jnp.full((b,), t, jnp.float32), jnp.full((b,), level, jnp.int32))
-          losses[i] += float(jnp.mean(out)) / len(batches)
+          losses[i] += float(jnp.mean(out)) / len(inputs)
       curves[level] = (ts, losses)
       results[f"loss_per_t/level_{level}"] = float(losses.mean())
     if jax.process_index() == 0:

@@ -317,7 +317,7 @@ class DiT(nn.Module):
       e = e[:, None]
     if self.embedding_null == "learned":
       null = self.param("EmbeddingNull_0", nn.initializers.normal(0.02), (e.shape[-1],))
-      is_null = jnp.all(e.reshape(e.shape[0], -1) == 0, axis=1)
+      is_null = cond_lib.EmbeddingKind(e.shape[-1]).is_null(e)
       e = jnp.where(is_null[:, None, None], null[None, None], e)
     h = _dense(self.hidden_size, self.dtype, "EmbeddingProj_0")(e.astype(self.dtype))
     h = _dense(self.hidden_size, self.dtype, "EmbeddingProj_1")(nn.silu(h))

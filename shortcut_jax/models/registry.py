@@ -57,7 +57,8 @@ def build_dit(config, batch_spec: BatchSpec, objective) -> Network:
       embedding_dim=batch_spec["embedding"][-1] if has_embedding else 0)
   channels = batch_spec["image"][-1]
   if len(getattr(objective, "outputs", ("velocity",))) > 1:
-    return velocity_and_acceleration(config, batch_spec, objective, conditioning)
+    return velocity_and_acceleration(config, batch_spec, objective, conditioning, has_image,
+                                     has_embedding)
   module = _dit_module(config, objective, channels, has_image, has_embedding)
   model = dit_lib.velocity_model(module, conditioning)
   if config.model.prediction == "data":
@@ -65,8 +66,8 @@ def build_dit(config, batch_spec: BatchSpec, objective) -> Network:
   return Network(module=module, model=model, init=_init_fn(module, batch_spec))
 
 
-def velocity_and_acceleration(config, batch_spec: BatchSpec, objective,
-                              conditioning) -> Network:
+def velocity_and_acceleration(config, batch_spec: BatchSpec, objective, conditioning,
+                              has_image: bool, has_embedding: bool) -> Network:
   """The two outputs of a higher-order objective (`objectives.homo`), concatenated along the
   channel axis: [velocity u1, acceleration u2].
 
@@ -79,32 +80,31 @@ def velocity_and_acceleration(config, batch_spec: BatchSpec, objective,
     * 'head': one DiT whose final layer outputs both (2C channels): half the parameters and
       about half the step time, but u2 does not see u1's output.
   """
-  has_image, has_embedding = "cond_image" in batch_spec, "embedding" in batch_spec
   channels = batch_spec["image"][-1]
   if config.model.acceleration == "head":
     module = _dit_module(config, objective, 2 * channels, has_image, has_embedding)
     return Network(module=module, model=dit_lib.velocity_model(module, conditioning),
                    init=_init_fn(module, batch_spec))
-  u1 = _dit_module(config, objective, channels, has_image, has_embedding)
-  u2 = u1.clone(out_channels=channels)
-  m1 = dit_lib.velocity_model(u1, conditioning)
-  m2 = dit_lib.velocity_model(u2, conditioning)
+  # One DiT definition for both (it infers its input channels: C for u1, 2C for u2), each
+  # network with its own parameters.
+  module = _dit_module(config, objective, channels, has_image, has_embedding)
+  dit = dit_lib.velocity_model(module, conditioning)
   stop = bool(config.objective.homo_velocity_stop_grad)
   spec2 = {**batch_spec, "image": (*batch_spec["image"][:-1], 2 * channels)}
-  init1, init2 = _init_fn(u1, batch_spec), _init_fn(u2, spec2)
+  init1, init2 = _init_fn(module, batch_spec), _init_fn(module, spec2)
 
   def init(rng):
     k1, k2 = jax.random.split(rng)
     return {"velocity": init1(k1), "acceleration": init2(k2)}
 
   def apply_fn(params, x, t, level, cond, train, rngs):
-    v = m1.apply_fn(params["velocity"], x, t, level, cond, train, rngs)
+    v = dit.apply_fn(params["velocity"], x, t, level, cond, train, rngs)
     v_in = jax.lax.stop_gradient(v) if stop else v
     rngs2 = None if rngs is None else {k: jax.random.fold_in(r, 1) for k, r in rngs.items()}
-    a = m2.apply_fn(params["acceleration"], jnp.concatenate([x, v_in.astype(x.dtype)], axis=-1),
+    a = dit.apply_fn(params["acceleration"], jnp.concatenate([x, v_in.astype(x.dtype)], axis=-1),
                     t, level, cond, train, rngs2)
     return jnp.concatenate([v, a], axis=-1)
-  return Network(module=u1, model=VelocityModel(apply_fn=apply_fn, conditioning=conditioning),
+  return Network(module=module, model=VelocityModel(apply_fn=apply_fn, conditioning=conditioning),
                  init=init)
 
 

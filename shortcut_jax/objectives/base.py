@@ -75,6 +75,13 @@ def per_sample_mse(pred: Array, target: Array) -> Array:
   return jnp.mean(jnp.square(diff), axis=tuple(range(1, diff.ndim)))
 
 
+def rms(x: Array) -> Array:
+  """Root mean square of all of `x` in float32 (0 for an empty array): a logged magnitude."""
+  if not x.size:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
+
+
 def mse_loss(pred: Array, targets: "TrainingTargets", config=None):
   """The original's loss: per-sample MSE against `targets.target`, no extra metrics."""
   del config
@@ -121,6 +128,16 @@ class Objective:
       validation then refuses attention implementations without a jvp rule (cuDNN's).
     takes_context: whether `targets_fn` accepts the `step` and `state` keywords (registered
       objectives do; a bare target function wrapped by `as_objective` does not).
+    takes_source: the targets draw x0 from the configured source (`objective.source`, e.g. a
+      coupling from the LR image); objectives without it start from their own (noise, zeros)
+      and the config validation refuses another source for them.
+    splits_batch: the first B // `bootstrap_every` rows of each batch get other targets
+      (self-consistency, reflow), so the batch size must be a multiple of it.
+    needs_teacher: the run starts from a frozen teacher (`teacher_workdir`).
+    phased: training runs in log2(M) phases over `schedule_steps`.
+    linear_path_only: the parameterisation assumes the linear path.
+    needs_curved_path: part of the objective learns nothing on the linear path (HOMO's
+      acceleration); the config validation warns.
     outputs: what the network predicts, in order: ('velocity',) for every first-order
       objective; ('velocity', 'acceleration') for `homo`, whose network output concatenates
       both along the channel axis (`models.registry` builds a second network or head for it,
@@ -140,6 +157,12 @@ class Objective:
   needs_jvp: bool = False
   takes_context: bool = True
   outputs: Tuple[str, ...] = ("velocity",)
+  takes_source: bool = False
+  splits_batch: bool = False
+  needs_teacher: bool = False
+  phased: bool = False
+  linear_path_only: bool = False
+  needs_curved_path: bool = False
   start_state: Callable[..., Any] = fresh_state
 
   def velocity_of(self, output: Array) -> Array:

@@ -62,13 +62,13 @@ import jax.numpy as jnp
 
 from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives import teacher as teacher_lib
-from shortcut_jax.objectives.base import TrainingTargets, register_objective
+from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
+from shortcut_jax.objectives.shortcut import TEACHER_CLIP  # The original's bound on teacher states.
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
                                                sample_source)
 from shortcut_jax.objectives.paths import broadcast_time, path_from_config
 
 Array = Any
-CLIP = 4.0  # Bound on the teacher's Euler step, as in the original.
 _NOISE_SALT = 0xC0515
 
 
@@ -87,10 +87,6 @@ def target_weights(params, ema_params, config):
   weights (no gradient)."""
   weights = ema_params if config_value(config, "bootstrap_ema", True) else params
   return jax.lax.stop_gradient(weights)
-
-
-def _rms(x):
-  return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
 
 
 def _prepare(model, batch, rng, config, num_keys: int):
@@ -116,7 +112,8 @@ def distillation_step_target(model, teacher, target_net, x_t, t, d, level, cond)
     (target, teacher velocity, target-network velocity).
   """
   v_teacher = jax.lax.stop_gradient(model(teacher, x_t, t, level, cond, train=False))
-  x_next = jnp.clip(x_t + broadcast_time(d, x_t.ndim) * v_teacher.astype(x_t.dtype), -CLIP, CLIP)
+  x_next = jnp.clip(x_t + broadcast_time(d, x_t.ndim) * v_teacher.astype(x_t.dtype),
+                    -TEACHER_CLIP, TEACHER_CLIP)
   t_next = t + d
   v_next = jax.lax.stop_gradient(model(target_net, x_next, t_next, level, cond, train=False))
   return velocity_target(x_t, t, consistency_fn(x_next, t_next, v_next)), v_teacher, v_next
@@ -136,7 +133,8 @@ def training_pair_target(model, target_net, x0, x1, t, t_next, level, cond, path
 
 @register_objective("consistency-distillation", uses_level=False,
                     init_state=teacher_lib.init_teacher_state,
-                    start_state=teacher_lib.start_from_teacher)
+                    start_state=teacher_lib.start_from_teacher, needs_teacher=True,
+                    linear_path_only=True)
 def consistency_distillation_targets(model, params, ema_params, batch, rng, config, *, step=None,
                                      state=None) -> TrainingTargets:
   """Consistency-distillation targets for the whole batch (see the module docstring).
@@ -169,8 +167,8 @@ def consistency_distillation_targets(model, params, ema_params, batch, rng, conf
   return TrainingTargets(
       x=x_t, t=t, level=level, cond=cond, target=target,
       groups={"consistency": jnp.ones((b,), jnp.float32)},
-      metrics={**drop_metrics, "v_magnitude_bootstrap": _rms(target),
-               "v_magnitude_b1": _rms(v_teacher), "v_magnitude_b2": _rms(v_next)})
+      metrics={**drop_metrics, "v_magnitude_bootstrap": rms(target),
+               "v_magnitude_b1": rms(v_teacher), "v_magnitude_b2": rms(v_next)})
 
 
 def _row_noise(x: Array, t: Array) -> Array:
@@ -205,7 +203,8 @@ def training_phase(step, config) -> Array:
   return jnp.minimum(step * finest // total, finest - 1).astype(jnp.int32)
 
 
-@register_objective("consistency", uses_level=False, sampler_step=renoise_step)
+@register_objective("consistency", uses_level=False, sampler_step=renoise_step, phased=True,
+                    linear_path_only=True)
 def consistency_training_targets(model, params, ema_params, batch, rng, config, *, step=None,
                                  state=None) -> TrainingTargets:
   """Consistency-training targets for the whole batch (see the module docstring).
@@ -239,4 +238,4 @@ def consistency_training_targets(model, params, ema_params, batch, rng, config, 
       x=x_t, t=t, level=level, cond=cond, target=target,
       groups={"consistency": jnp.ones((b,), jnp.float32)},
       metrics={**drop_metrics, "dt_base": phase.astype(jnp.float32), "num_intervals": n,
-               "v_magnitude_bootstrap": _rms(target), "v_magnitude_b2": _rms(v_next)})
+               "v_magnitude_bootstrap": rms(target), "v_magnitude_b2": rms(v_next)})

@@ -31,7 +31,7 @@ means; `train/mse_velocity`, `train/mse_acceleration` (flow rows) and `train/mse
 `train/mse_sc_acceleration` the plain ones.
 
 On the straight `linear` path the acceleration target is zero and u2 learns nothing: use a
-curved path (`smoothstep`, `cosine`); the objective warns when traced on the linear path.
+curved path (`smoothstep`, `cosine`); the config validation warns on the linear path.
 """
 
 import functools
@@ -39,7 +39,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from absl import logging
 
 from shortcut_jax.objectives.base import per_sample_mse, register_objective
 from shortcut_jax.objectives.flow_path import config_value
@@ -115,7 +114,8 @@ def homo_loss(pred: Array, targets, config):
 
 
 @register_objective("homo", uses_level=True, outputs=OUTPUTS, loss_fn=homo_loss,
-                    sampler_step=taylor_step)
+                    sampler_step=taylor_step, takes_source=True, splits_batch=True,
+                    needs_curved_path=True)
 def homo_targets(model, params, ema_params, batch, rng, config, *, step=None, state=None):
   """HOMO targets: self-consistency rows first, flow rows after (see the module docstring).
 
@@ -128,9 +128,5 @@ def homo_targets(model, params, ema_params, batch, rng, config, *, step=None, st
                   bootstrap_targets=functools.partial(second_order_bootstrap,
                                                       sc_acceleration=sc_acc))
   settings = ShortcutSettings.from_config(config, rule=rule)
-  if settings.path.name == "linear":
-    logging.warning("objective 'homo' on the linear path: the acceleration target "
-                    "d²x/dt² is zero, so the acceleration network learns nothing; set "
-                    "objective.path='smoothstep' or 'cosine'")
   teacher = ema_params if config_value(config, "bootstrap_ema", True) else params
   return default_layout(model, teacher, batch, rng, config, settings)

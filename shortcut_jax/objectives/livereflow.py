@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
-from shortcut_jax.objectives.base import TrainingTargets, register_objective
+from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, interpolate,
                                                permute_batch, sample_source)
 from shortcut_jax.objectives.paths import path_from_config
@@ -77,11 +77,8 @@ def rollout(model, params, x0, cond, finest: int, cfg_scale: float,
   return jax.lax.stop_gradient(jax.lax.fori_loop(0, steps, body, x0))
 
 
-def _rms(x):
-  return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))) if x.size else jnp.zeros(())
-
-
-@register_objective("livereflow", uses_level=True, schedule=reflow_schedule)
+@register_objective("livereflow", uses_level=True, schedule=reflow_schedule,
+                    splits_batch=True)
 def livereflow_targets(model, params, ema_params, batch, rng, config, *, step=None,
                        state=None) -> TrainingTargets:
   """Live-reflow targets: reflow rows first, flow-matching rows after (see the module docstring).
@@ -119,7 +116,7 @@ def livereflow_targets(model, params, ema_params, batch, rng, config, *, step=No
     cond_dropped, drop_metrics = model.drop_cond(cond, label_key, config)
     t = jax.random.randint(time_key, (b,), 0, m).astype(jnp.float32) / m
     x0 = sample_source(noise_key, images.shape)
-    x0_r = sample_source(noise_key, images.shape)[:b_r]
+    x0_r = x0[:b_r]  # The original draws the same noise again for the reflow rows.
     t_r = jax.random.randint(time_key, (b_r,), 0, m).astype(jnp.float32) / m
     flow_rows = slice(0, b - b_r)
     x1_flow, t_flow, x0_flow = images[flow_rows], t[flow_rows], x0[flow_rows]
@@ -152,5 +149,5 @@ def livereflow_targets(model, params, ema_params, batch, rng, config, *, step=No
       cond=concat_rows(cond_r, cond_flow),
       target=jnp.concatenate([v_r, v_flow], axis=0),
       groups={"reflow": is_reflow.astype(jnp.float32), "flow": (~is_reflow).astype(jnp.float32)},
-      metrics={**drop_metrics, "v_magnitude_reflow": _rms(v_r),
+      metrics={**drop_metrics, "v_magnitude_reflow": rms(v_r),
                "reflow_ratio": jnp.mean(is_reflow.astype(jnp.float32))})

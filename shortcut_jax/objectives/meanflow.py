@@ -131,7 +131,7 @@ def adaptive_loss(pred: Array, targets: TrainingTargets, config):
 
 
 @register_objective("meanflow", uses_level=True, loss_fn=adaptive_loss,
-                    sampler_step=mean_flow_step, needs_jvp=True)
+                    sampler_step=mean_flow_step, needs_jvp=True, takes_source=True)
 def meanflow_targets(model, params, ema_params, batch, rng, config, *, step=None,
                      state=None) -> TrainingTargets:
   """MeanFlow targets for a whole batch (see the module docstring).

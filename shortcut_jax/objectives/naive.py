@@ -15,7 +15,7 @@ from shortcut_jax.objectives.flow_path import (config_value, finest_level, permu
 from shortcut_jax.objectives.paths import path_from_config
 
 
-@register_objective("naive", uses_level=False)
+@register_objective("naive", uses_level=False, takes_source=True)
 def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
                   state=None) -> TrainingTargets:
   """Flow-matching targets for a whole batch.

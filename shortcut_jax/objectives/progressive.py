@@ -53,13 +53,13 @@ import jax.numpy as jnp
 
 from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives import teacher as teacher_lib
-from shortcut_jax.objectives.base import TrainingTargets, register_objective
+from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
+from shortcut_jax.objectives.shortcut import TEACHER_CLIP  # The original's bound on teacher states.
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
                                                sample_source)
 from shortcut_jax.objectives.paths import Path, broadcast_time, path_from_config
 
 Array = Any
-CLIP = 4.0  # Bound on the teacher's intermediate point, as in the original.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +116,7 @@ def two_step_target(model, teacher, x_t, t, level, cond, weight=None):
   velocity = lambda x, tt: jax.lax.stop_gradient(
       teacher_velocity(model, teacher, x, tt, level + 1, cond, weight))
   v1 = velocity(x_t, t)
-  x_mid = jnp.clip(x_t + half * v1.astype(x_t.dtype), -CLIP, CLIP)
+  x_mid = jnp.clip(x_t + half * v1.astype(x_t.dtype), -TEACHER_CLIP, TEACHER_CLIP)
   v2 = velocity(x_mid, t + half.reshape(-1))
   return (v1 + v2) / 2, v1, v2
 
@@ -144,13 +144,10 @@ def update_progressive_state(state, *, step, params, ema_params, config):
   return {**state, teacher_lib.TEACHER: teacher, "phase": phase}
 
 
-def _rms(x):
-  return jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32))))
-
-
 @register_objective("progressive", uses_level=False, init_state=init_progressive_state,
                     update_state=update_progressive_state,
-                    start_state=teacher_lib.start_from_teacher)
+                    start_state=teacher_lib.start_from_teacher, needs_teacher=True,
+                    phased=True)
 def progressive_targets(model, params, ema_params, batch, rng, config, *, step=None,
                         state=None) -> TrainingTargets:
   """Progressive-distillation targets for the whole batch (see the module docstring).
@@ -200,5 +197,5 @@ def progressive_targets(model, params, ema_params, batch, rng, config, *, step=N
       groups={"distill": jnp.ones((b,), jnp.float32)},
       metrics={**drop_metrics, "phase": phase.astype(jnp.float32),
                "dt_base": level[0].astype(jnp.float32),
-               "v_magnitude_bootstrap": _rms(target), "v_magnitude_b1": _rms(v1),
-               "v_magnitude_b2": _rms(v2)})
+               "v_magnitude_bootstrap": rms(target), "v_magnitude_b1": rms(v1),
+               "v_magnitude_b2": rms(v2)})

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
-from shortcut_jax.objectives.base import TrainingTargets, register_objective
+from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
 from shortcut_jax.objectives.flow_path import (Source, config_value, finest_level,
                                                permute_batch, sample_source, source_from_config)
 from shortcut_jax.objectives.paths import Path, path_from_config
@@ -195,10 +195,6 @@ class JumpRule:
 FIRST_ORDER = JumpRule()
 
 
-def _rms(x):
-  return jnp.sqrt(jnp.mean(jnp.square(x))) if x.size else jnp.zeros((), jnp.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class ShortcutSettings:
   """The objective config's fields, read once (python values at trace time)."""
@@ -274,9 +270,9 @@ def _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics: Dict[st
       metrics={
           **drop_metrics,
           "bootstrap_ratio": jnp.mean((level != finest).astype(jnp.float32)),
-          "v_magnitude_bootstrap": _rms(boot_target),
-          "v_magnitude_b1": _rms(v1),
-          "v_magnitude_b2": _rms(v2),
+          "v_magnitude_bootstrap": rms(boot_target),
+          "v_magnitude_b1": rms(v1),
+          "v_magnitude_b2": rms(v2),
       },
   )
 
@@ -347,7 +343,7 @@ def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> 
   return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest)
 
 
-@register_objective("shortcut", uses_level=True)
+@register_objective("shortcut", uses_level=True, takes_source=True, splits_batch=True)
 def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None,
                      state=None) -> TrainingTargets:
   """Shortcut-model targets: self-consistency part first, flow-matching part after.

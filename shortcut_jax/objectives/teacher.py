@@ -174,8 +174,3 @@ def init_teacher_state(params, config=None) -> dict:
   loaded teacher when the run starts (`start_from_teacher`)."""
   del config
   return {TEACHER: jax.tree.map(jnp.array, params)}
-
-
-def state_teacher(state: Any):
-  """The teacher weights in an objective state."""
-  return state[TEACHER]

@@ -33,6 +33,7 @@ from absl import logging
 import numpy as np
 
 from shortcut_jax.models import inception
+from shortcut_jax.tools.torch_weights import load_torch_state_dict
 
 _SUFFIXES = {
     'conv.weight': ('params', 'conv', 'kernel'),
@@ -80,27 +81,6 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
                      f'InceptionV3: {sorted(unknown)[:10]}')
   return inception.check_variables(inception.unflatten_variables(flat),
                                    source='converted state dict')
-
-
-def load_torch_state_dict(path: str) -> dict:
-  """Reads a `.pth` state dict into numpy arrays (imports torch lazily).
-
-  Args:
-    path: the pytorch-fid checkpoint.
-
-  Returns:
-    key -> numpy array.
-  """
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        'Converting a .pth file needs PyTorch (`pip install torch`, the CPU '
-        'build is enough); the rest of shortcut_jax does not.') from e
-  state_dict = torch.load(path, map_location='cpu', weights_only=True)
-  if 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
-    state_dict = state_dict['state_dict']
-  return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
 
 
 def convert_file(pth_path: str, out_path: str) -> dict:

@@ -40,6 +40,7 @@ from absl import flags
 from absl import logging
 
 from shortcut_jax.evaluators import lpips
+from shortcut_jax.tools.torch_weights import load_torch_state_dict
 
 # torchvision `features` index of each convolution (its ReLU follows at index + 1).
 _FEATURE_INDEX = {0: "conv1", 3: "conv2", 6: "conv3", 8: "conv4", 10: "conv5"}
@@ -93,19 +94,6 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> lpips.Variables:
                        f"{origin[target]!r} and {key!r}")
     flat[target], origin[target] = np.ascontiguousarray(array), key
   return lpips.check_variables(flat, source="converted state dicts")
-
-
-def load_torch_state_dict(path: str) -> dict:
-  """Reads a `.pth` state dict into numpy arrays (imports torch lazily, loads tensors only)."""
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("Converting .pth files needs PyTorch (`pip install torch`, the CPU build "
-                      "is enough); the rest of shortcut_jax does not.") from e
-  state_dict = torch.load(path, map_location="cpu", weights_only=True)
-  if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-    state_dict = state_dict["state_dict"]
-  return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
 
 
 def convert_files(alexnet_path: str, lin_path: Optional[str], out_path: str) -> lpips.Variables:
