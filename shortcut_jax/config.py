@@ -296,9 +296,6 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"model.embedding_null must be one of {EMBEDDING_NULLS}, got {m.embedding_null!r}")
   check(isinstance(c.data.embedding_dim, int) and c.data.embedding_dim >= 0,
         f"data.embedding_dim must be an integer >= 0, got {c.data.embedding_dim!r}")
-  check(not (c.data.embedding_dim and c.data.latents == "precomputed"),
-        "data.embedding_dim with data.latents='precomputed' is not supported: precomputed "
-        "latents do not store embeddings; use data.latents='online'")
   check(0.0 <= o.embedding_dropout_prob <= 1.0,
         f"objective.embedding_dropout_prob must be in [0, 1], got {o.embedding_dropout_prob!r}")
   check(m.acceleration in ACCELERATIONS,

@@ -6,8 +6,9 @@ The one place that knows whether a run is in pixel or latent space (`config.data
     says so) and the frozen VAE encodes them inside the jitted train step, a posterior sample
     with its own key per step.
   * 'precomputed': the pipeline yields the posterior moments written once by
-    `python -m shortcut_jax.tools.encode_dataset` (`latent_mean`, `latent_std`), and the train
-    step draws the posterior sample.
+    `python -m shortcut_jax.tools.encode_dataset` (`latent_mean`, `latent_std`; for
+    super-resolution also `cond_latent`, the conditioning image's mean), and the train step
+    draws the posterior sample.
 Either way the DiT sees scaled latents `scaling_factor * (z - shift_factor)` under the batch key
 `image`, and every generated sample is decoded back to pixels (`to_images`) before anything
 downstream (grids, `.npz`, FID, metrics) sees it.
@@ -25,6 +26,9 @@ from shortcut_jax.models import vae as vae_lib
 
 Array = Any
 LATENT_KEYS = ("latent_mean", "latent_std")
+# A latent pair dataset's encoded conditioning image (`tools.encode_dataset` of a
+# super-resolution config): its posterior mean, unscaled.
+COND_LATENT = "cond_latent"
 
 
 def mode(config) -> str:
@@ -74,17 +78,19 @@ class LatentEncoder:
       mean, logvar = self.vae.module.apply({"params": vae_params}, images,
                                            method=vae_lib.AutoencoderKL.encode_moments)
       std = jnp.exp(0.5 * logvar)
+      if "cond_image" in batch:
+        # Super-resolution in latent space: the upsampled LR image is encoded to the HR latent
+        # size (its posterior mean: a deterministic condition).
+        cond = vae_input(batch["cond_image"], self.vae.config.in_channels)
+        cond_mean, _ = self.vae.module.apply({"params": vae_params}, cond,
+                                             method=vae_lib.AutoencoderKL.encode_moments)
+        batch["cond_image"] = self.vae.scale_latents(cond_mean)
     else:
       mean, std = batch.pop("latent_mean"), batch.pop("latent_std")
+      if COND_LATENT in batch:  # A latent pair dataset: the same posterior mean, stored.
+        batch["cond_image"] = self.vae.scale_latents(batch.pop(COND_LATENT).astype(jnp.float32))
     noise = jax.random.normal(key, mean.shape, jnp.float32)
     batch["image"] = self.vae.scale_latents(mean.astype(jnp.float32) + std * noise)
-    if "cond_image" in batch:
-      # Super-resolution in latent space: the upsampled LR image is encoded to the HR latent
-      # size (its posterior mean: a deterministic condition).
-      cond = vae_input(batch["cond_image"], self.vae.config.in_channels)
-      cond_mean, _ = self.vae.module.apply({"params": vae_params}, cond,
-                                           method=vae_lib.AutoencoderKL.encode_moments)
-      batch["cond_image"] = self.vae.scale_latents(cond_mean)
     return batch
 
 

@@ -212,6 +212,8 @@ def test_a_folder_encoded_differently_is_refused(data_dir, tmp_path, encoded):
     enc.encode_dataset(_config(data_dir, out, data__image_size=8), **kw)
   with pytest.raises(ld.IncompatibleLatentsError, match="flips"):
     enc.encode_dataset(c2, flips=False, shard_size=SHARD, progress=False)
+  with pytest.raises(ld.IncompatibleLatentsError, match="low_res_factor"):  # Pairs: not these.
+    enc.encode_dataset(_config(data_dir, out, data__low_res_factor=2), **kw)
   assert _snapshot(str(out)) == before  # Nothing overwritten.
 
   foreign = tmp_path / "foreign"
@@ -220,9 +222,6 @@ def test_a_folder_encoded_differently_is_refused(data_dir, tmp_path, encoded):
   with pytest.raises(FileExistsError, match="not empty"):
     enc.encode_dataset(_config(data_dir, foreign), progress=False)
   assert os.listdir(foreign) == ["notes.txt"]
-
-  with pytest.raises(ValueError, match="super-resolution"):
-    enc.encode_dataset(_config(data_dir, tmp_path / "sr", data__low_res_factor=2), progress=False)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -350,3 +349,108 @@ def test_corrupt_or_missing_shards_are_named(data_dir, tmp_path, encoded):
   assert (out / name).read_bytes() == original
   assert {n: os.stat(out / n).st_ino for n in others} == others
   ld.verify(str(out))
+
+
+# --- latent pairs (super-resolution) and embeddings ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoded_pairs(fast_compile, data_dir, tmp_path_factory):
+  """The digits as 2x super-resolution pairs, with flips."""
+  out = tmp_path_factory.mktemp("pairs") / "digits_x2"
+  c = _config(data_dir, out, data__low_res_factor=2, objective__source="cond_image")
+  enc.encode_dataset(c, flips=True, batch_size=256, shard_size=1024, progress=False)
+  return c, str(out)
+
+
+def test_pair_datasets_store_the_conditioning_images_posterior_mean(encoded_pairs):
+  c, out = encoded_pairs
+  stored = _stored(out, "test")
+  pixels = next(_pixels(c, "test", global_batch_size=179, train=False))
+  assert stored[latents_lib.COND_LATENT].shape == (179, 8, 8, 4)
+  np.testing.assert_allclose(stored[latents_lib.COND_LATENT],
+                             _posterior(c, pixels["cond_image"])[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stored[latents_lib.COND_LATENT + ld.FLIPPED_SUFFIX],
+                             _posterior(c, pixels["cond_image"][:, :, ::-1])[0], rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose(stored["latent_mean"], _posterior(c, pixels["image"])[0],
+                             rtol=1e-5, atol=1e-5)
+  # The condition is the blurred image, not the image: the two latents differ.
+  assert not np.allclose(stored[latents_lib.COND_LATENT], stored["latent_mean"], atol=1e-2)
+  # A config without (or with another) low-resolution factor is refused, nothing read.
+  for factor in (0, 4):
+    with pytest.raises(ld.IncompatibleLatentsError, match="low_res_factor"):
+      pipeline.make_dataset(_config(c.data.data_dir, out, data__low_res_factor=factor).data,
+                            split="test", global_batch_size=8, seed=0)
+
+
+def test_pair_batches_flip_together_and_give_the_online_condition(encoded_pairs, monkeypatch):
+  from shortcut_jax import trainer  # pylint: disable=g-import-not-at-top
+  c, out = encoded_pairs
+  stored = _stored(out, "test")
+  monkeypatch.setitem(catalog.SPECS, "digits",
+                      dataclasses.replace(catalog.SPECS["digits"], random_flip=True))
+  batch = next(pipeline.make_dataset(c.data, split="test", global_batch_size=179, seed=3,
+                                     process_index=0, process_count=1))
+  assert set(batch) == {"latent_mean", "latent_std", latents_lib.COND_LATENT, "label"}
+  # Match each training row to its stored example by its moments: the condition is flipped
+  # exactly when the image is.
+  flips = []
+  for mean, cond in zip(batch["latent_mean"], batch[latents_lib.COND_LATENT]):
+    plain = np.flatnonzero(np.all(stored["latent_mean"] == mean, axis=(1, 2, 3)))
+    flipped = np.flatnonzero(np.all(stored["latent_mean_flipped"] == mean, axis=(1, 2, 3)))
+    i, suffix = (plain[0], "") if len(plain) else (flipped[0], ld.FLIPPED_SUFFIX)
+    assert np.array_equal(cond, stored[latents_lib.COND_LATENT + suffix][i])
+    flips.append(bool(suffix))
+  assert 30 < sum(flips) < 150
+
+  # The experiment's encoder gives the model the scaled condition latent, as online encoding
+  # of the same pixels does (its posterior mean); the image is a posterior sample.
+  exp = trainer.build_experiment(c)
+  assert exp.batch_spec == {"image": (8, 8, 4), "cond_image": (8, 8, 4)}
+  prepared = exp.prepare_batch(dict(batch), jax.random.PRNGKey(0))
+  vae = exp.encoder.vae
+  np.testing.assert_allclose(prepared["cond_image"],
+                             vae.scale_latents(batch[latents_lib.COND_LATENT]), rtol=1e-6)
+  assert prepared["image"].shape == (179, 8, 8, 4) and latents_lib.COND_LATENT not in prepared
+  pixels = next(_pixels(c, "test", global_batch_size=179, train=False))
+  online = latents_lib.encode_cond(c, {"cond_image": pixels["cond_image"]})["cond_image"]
+  unflipped = [i for i, f in enumerate(flips) if not f]
+  rows = [int(np.flatnonzero(np.all(stored["latent_mean"] == batch["latent_mean"][i],
+                                    axis=(1, 2, 3)))[0]) for i in unflipped]
+  np.testing.assert_allclose(np.asarray(prepared["cond_image"])[unflipped],
+                             np.asarray(online)[rows], rtol=1e-4, atol=1e-5)
+
+
+def test_precomputed_latents_carry_embeddings(tmp_path):
+  from test_text_conditioning import DIM, _captioned_folder  # pylint: disable=g-import-not-at-top
+  emb_path = _captioned_folder(str(tmp_path / "imgs"))
+  changes = dict(data__name="image_folder", data__image_size=8, data__num_classes=1,
+                 data__folder=str(tmp_path / "imgs"), data__embeddings=emb_path,
+                 data__embedding_dim=DIM)
+  c = _config(str(tmp_path / "tfds"), tmp_path / "latents", **changes)
+  meta = enc.encode_dataset(c, progress=False)
+  assert meta["identity"]["extra_features"]["embedding"] == dict(shape=[DIM], dtype="float32")
+  batch = next(pipeline.make_dataset(c.data, split="train", global_batch_size=12, seed=0,
+                                     train=False, process_index=0, process_count=1))
+  pixels = next(_pixels(c, "train", global_batch_size=12, train=False))
+  np.testing.assert_array_equal(batch["embedding"], pixels["embedding"])
+  # Each row's embedding is its own image's ([i, i, ...] for grey level 12 i).
+  level = np.round((pixels["image"][:, 0, 0, 0] + 1) * 127.5 / 12)
+  np.testing.assert_allclose(batch["embedding"][:, 0], level)
+  with pytest.raises(ld.IncompatibleLatentsError, match="embedding_dim"):
+    pipeline.make_dataset(_config(str(tmp_path / "tfds"), tmp_path / "latents",
+                                  **dict(changes, data__embedding_dim=DIM + 1)).data,
+                          split="train", global_batch_size=4, seed=0)
+
+
+def test_coupling_run_trains_on_precomputed_pairs(encoded_pairs, tmp_path):
+  from shortcut_jax import trainer  # pylint: disable=g-import-not-at-top
+  c, _ = encoded_pairs
+  c = c.copy_and_resolve_references()
+  c.unlock()
+  c.update(max_steps=3, log_every=1)
+  c.checkpoint.every_steps = 3
+  metrics = trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  assert np.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
+  assert os.listdir(tmp_path / "run" / "checkpoints")

@@ -116,9 +116,6 @@ def validate_data_config(data_config) -> DatasetSpec:
     if not data_config.get("latents_dir", None):
       problems.append("data.latents_dir must be set when data.latents='precomputed' (write it "
                       "with `python -m shortcut_jax.tools.encode_dataset --config=... --out=DIR`)")
-    if factor:
-      problems.append(f"data.latents='precomputed' does not support super-resolution "
-                      f"(data.low_res_factor={factor}); use 0")
   if problems:
     raise ValueError("invalid data config:\n  " + "\n  ".join(problems))
   return spec

@@ -24,7 +24,9 @@ Features of an example: 'latent_mean', 'latent_std': [h, w, c] in the storage dt
 or float16 to halve the disk; readers cast to float32), as raw bytes; with flips also
 'latent_mean_flipped', 'latent_std_flipped', the moments of the horizontally flipped image;
 'label' (int32, the pixel pipeline's label) and any other per-example key of the pixel
-pipeline.
+pipeline (e.g. 'embedding'). A latent pair dataset (encoded from a super-resolution config,
+`identity.source.low_res_factor` > 0) also stores 'cond_latent' (and 'cond_latent_flipped'):
+the posterior mean of the upsampled low-resolution image, the coupling source.
 
 Writing. `ShardWriter` writes a shard to `.tmp-<name>`, fsyncs it and renames it to its final
 name, so a final name always holds a complete shard; a killed writer leaves only `.tmp-` files,
@@ -32,7 +34,8 @@ which the next run deletes (`remove_temporaries`). `check_shard` reads a shard b
 (TFRecord CRCs) and counts its records.
 
 Reading. `open_latents` checks, before anything is compiled, that the folder holds an encoded
-dataset that matches `config.data` (dataset, image size, classes) and that every shard named in
+dataset that matches `config.data` (dataset, image size, classes, low-resolution factor,
+embedding size) and that every shard named in
 the metadata exists with its recorded size; it raises `LatentsNotFoundError` (with the encode
 command) or `CorruptLatentsError` (naming the file) and writes nothing.
 """
@@ -47,6 +50,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from shortcut_jax.data import errors
+from shortcut_jax.latents import COND_LATENT
 
 FORMAT_VERSION = 1
 METADATA_FILE = "encode_metadata.json"
@@ -56,6 +60,7 @@ _TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 TMP_PREFIX = ".tmp-"
 STORAGE_DTYPES = ("float32", "float16")
 MOMENTS = ("latent_mean", "latent_std")
+# Latent pair datasets (encoded from a super-resolution config) also store `COND_LATENT`.
 FLIPPED_SUFFIX = "_flipped"
 # The TFDS metadata files `DatasetInfo.write_to_directory` creates.
 _TFDS_FILES = ("dataset_info.json", "features.json")
@@ -159,13 +164,23 @@ def identity_differences(old: Dict, new: Dict, prefix: str = "") -> List[str]:
   return out
 
 
+def is_pair_dataset(identity: Dict) -> bool:
+  """Whether the folder stores super-resolution pairs (`COND_LATENT` next to the moments)."""
+  return bool(identity["source"].get("low_res_factor", 0))
+
+
+def latent_names(identity: Dict) -> List[str]:
+  """The stored latent arrays of an example (without the flipped copies)."""
+  return list(MOMENTS) + ([COND_LATENT] if is_pair_dataset(identity) else [])
+
+
 def features_of(identity: Dict) -> tfds.features.FeaturesDict:
   """The TFDS features of a dataset with this identity (see the module docstring)."""
   shape = tuple(identity["latent_shape"])
   dtype = np.dtype(identity["dtype"])
-  names = list(MOMENTS)
+  names = latent_names(identity)
   if identity["flips"]:
-    names += [m + FLIPPED_SUFFIX for m in MOMENTS]
+    names += [m + FLIPPED_SUFFIX for m in names]
   # Raw bytes: tf.Example has no float16 list (TFDS would store float16 as float32).
   feats = {n: tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
            for n in names}
@@ -376,6 +391,15 @@ def open_latents(data_config, split: Optional[str] = None):
   if data_config.get("folder", None) != source.get("folder", None):
     problems.append(f"data.folder is {data_config.get('folder', None)!r}, the latents encode "
                     f"{source.get('folder')!r}")
+  factor = int(data_config.get("low_res_factor", 0) or 0)
+  if factor != int(source.get("low_res_factor", 0)):
+    problems.append(f"data.low_res_factor is {factor}, the latents were encoded with "
+                    f"{source.get('low_res_factor', 0)} (0: no super-resolution pairs)")
+  dim = int(data_config.get("embedding_dim", 0) or 0)
+  stored = meta["identity"]["extra_features"].get("embedding")
+  if dim and (stored is None or stored["shape"] != [dim]):
+    problems.append(f"data.embedding_dim is {dim}, the latents store "
+                    + ("no embeddings" if stored is None else f"embeddings of shape {stored['shape']}"))
   if problems:
     raise IncompatibleLatentsError(f"{directory} (data.latents_dir) does not match config.data: "
                                    + "; ".join(problems))

@@ -215,7 +215,8 @@ def _flip_decision(example_seed):
 
 
 def _latent_preprocess_fn(meta, data_config, spec, *, seed: int, train: bool):
-  """One (position, encoded example) pair -> float32 'latent_mean', 'latent_std', int32 label.
+  """One (position, encoded example) pair -> float32 'latent_mean', 'latent_std' (and
+  'cond_latent' for a latent pair dataset), int32 label.
 
   In training, where the dataset flips and both flips are stored, the flipped image's moments
   are taken exactly when the pixel pipeline would flip the example.
@@ -223,7 +224,7 @@ def _latent_preprocess_fn(meta, data_config, spec, *, seed: int, train: bool):
   flips = meta["identity"]["flips"]
   flip = train and spec.random_flip and flips
   unconditional = data_config.num_classes == 1
-  names = latent_dataset.MOMENTS
+  names = latent_dataset.latent_names(meta["identity"])
 
   def fn(position, example):
     out = {k: tf.cast(example[k], tf.float32) for k in names}

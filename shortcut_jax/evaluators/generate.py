@@ -35,12 +35,14 @@ def sample_labels(config, num_images: int) -> np.ndarray:
 
 def held_out_examples(config, num_images: int, split: str = "test") -> Dict[str, np.ndarray]:
   """The first `num_images` examples of `split` (evaluation preprocessing, stored order; the
-  split is cycled when smaller), every key the pipeline yields ('image', 'label',
-  'cond_image'). Read whole by every process, so all processes agree."""
+  split is cycled when smaller), every key the pixel pipeline yields ('image', 'label',
+  'cond_image', 'embedding'): a run on precomputed latents reads the pixel dataset they were
+  encoded from. Read whole by every process, so all processes agree."""
   from shortcut_jax.data import pipeline  # TensorFlow is only needed here.
+  data_config = latents_lib.pixel_data_config(config.data)
   parts, have = [], 0
   while have < num_images:
-    for batch in pipeline.make_dataset(config.data, split=split, global_batch_size=256, seed=0,
+    for batch in pipeline.make_dataset(data_config, split=split, global_batch_size=256, seed=0,
                                        train=False, process_index=0, process_count=1):
       parts.append(batch)
       have += len(batch["image"])

@@ -22,7 +22,12 @@ the rest. A folder holding latents encoded differently (another dataset, image s
 architecture or weights, flips, dtype or shard size) is refused and left as it is. One run at a
 time per folder.
 
-Super-resolution configs (`data.low_res_factor > 0`) are not supported.
+Super-resolution configs (`data.low_res_factor > 0`) give latent pair datasets: every example
+also stores `cond_latent`, the posterior mean of its upsampled low-resolution image (the
+coupling source and context of `objective.source='cond_image'`; with `--flips` also that of
+the flipped one). The pair is encoded from the evaluation crop (central), so training on
+precomputed pairs has no random crops: encode a dataset whose stored images are the training
+size to use every pixel.
 """
 
 import hashlib
@@ -44,8 +49,8 @@ from shortcut_jax.data import pipeline
 DEFAULT_SHARD_SIZE = 4096
 # Test hook: seconds to sleep after every encoded batch (makes a run slow enough to kill).
 _TEST_DELAY_ENV = "SHORTCUT_JAX_ENCODE_TEST_DELAY"
-# Per-example keys of the pixel pipeline that are not stored: the image itself (its moments are)
-# and what only super-resolution or padded evaluation yields.
+# Per-example keys of the pixel pipeline that are not stored as they are: the images (their
+# moments are: `cond_latent` for the super-resolution input) and padded evaluation's mask.
 _NOT_STORED = ("image", "cond_image", "mask")
 
 
@@ -72,10 +77,14 @@ def _vae_of(config):
 def _identity(data_config, builder, vae, *, flips, dtype, shard_size, extra_features) -> Dict:
   size = data_config.image_size
   latent_shape = vae.latent_shape((size, size, vae.config.in_channels))
+  source = dict(name=data_config.name, image_size=size, num_classes=data_config.num_classes,
+                folder=data_config.get("folder", None), builder=builder.info.full_name)
+  factor = pipeline.low_res_factor_of(data_config)
+  if factor:  # A latent pair dataset (absent otherwise: earlier folders stay readable).
+    source["low_res_factor"] = factor
   return dict(
       format_version=ld.FORMAT_VERSION,
-      source=dict(name=data_config.name, image_size=size, num_classes=data_config.num_classes,
-                  folder=data_config.get("folder", None), builder=builder.info.full_name),
+      source=source,
       vae=dict(config=vae.config.to_dict(), params_sha256=params_sha256(vae.params),
                compute_dtype=np.dtype(vae.dtype).name),
       flips=bool(flips), dtype=dtype, shard_size=shard_size, latent_shape=list(latent_shape),
@@ -95,11 +104,21 @@ def _extra_features(pixel_config, split) -> Dict:
           for k, v in sorted(first.items()) if k not in _NOT_STORED}
 
 
-def _check_source(config) -> None:
-  if pipeline.low_res_factor_of(config.data):
-    raise ValueError(f"data.low_res_factor={config.data.low_res_factor}: precomputed latents of "
-                     f"super-resolution datasets (their cond_image) are not supported; encode a "
-                     f"config with data.low_res_factor=0")
+def _moments(vae, batch, flips: bool) -> Dict[str, np.ndarray]:
+  """The stored latents of one pixel batch: the image's posterior moments and, for a
+  super-resolution batch, the posterior mean of its conditioning image (each also of the
+  horizontally flipped images with `flips`)."""
+  images = latents_lib.vae_input(batch["image"], vae.config.in_channels)
+  out = dict(zip(ld.MOMENTS, vae.posterior(images)))
+  cond = None
+  if "cond_image" in batch:
+    cond = latents_lib.vae_input(batch["cond_image"], vae.config.in_channels)
+    out[ld.COND_LATENT] = vae.posterior(cond)[0]
+  if flips:
+    out.update(zip([m + ld.FLIPPED_SUFFIX for m in ld.MOMENTS], vae.posterior(images[:, :, ::-1])))
+    if cond is not None:
+      out[ld.COND_LATENT + ld.FLIPPED_SUFFIX] = vae.posterior(cond[:, :, ::-1])[0]
+  return out
 
 
 def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequence[str]] = None,
@@ -123,11 +142,10 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
     The written encode_metadata.json as a dict.
 
   Raises:
-    ValueError: bad arguments or a super-resolution config.
+    ValueError: bad arguments.
     FileExistsError: `out` holds files that are not an encoded dataset.
     IncompatibleLatentsError: `out` holds latents encoded differently (nothing is changed).
   """
-  _check_source(config)
   out = os.path.expanduser(out or config.data.get("latents_dir", None) or "")
   if not out:
     raise ValueError("no output folder: pass --out or set data.latents_dir")
@@ -224,18 +242,15 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
         path = os.path.join(out, ld.shard_name(split, i, s["num_shards"]))
         with ld.ShardWriter(path, features) as writer:
           for batch in _batches(pixel_config, split, a, b, batch_size):
-            images = latents_lib.vae_input(batch["image"], vae.config.in_channels)
-            moments = dict(zip(ld.MOMENTS, vae.posterior(images)))
-            if flips:
-              flipped = vae.posterior(images[:, :, ::-1])
-              moments.update(zip([m + ld.FLIPPED_SUFFIX for m in ld.MOMENTS], flipped))
-            arrays = {k: np.asarray(v).astype(storage) for k, v in moments.items()}
+            arrays = {k: np.asarray(v).astype(storage)
+                      for k, v in _moments(vae, batch, flips).items()}
             arrays.update({k: np.asarray(batch[k]) for k in identity["extra_features"]})
-            for j in range(len(images)):
+            rows = len(batch["image"])
+            for j in range(rows):
               writer.write({k: v[j] for k, v in arrays.items()})
-            encoded += len(images)
+            encoded += rows
             if bar is not None:
-              bar.update(len(images))
+              bar.update(rows)
               bar.set_postfix_str(f"{split} shard {i + 1}/{s['num_shards']}")
             if delay:
               time.sleep(delay)
