@@ -57,6 +57,15 @@ def test_generator_and_upscaler_cascade(tmp_path):
   assert all(s["seconds"] > 0 for s in written["stages"])
   assert sum(s["seconds"] for s in written["stages"]) < wall
   assert all(os.path.exists(s["grid"]) for s in written["stages"])
+  # The final 16x16 digits scored as a one-stage model would be, on the saved images.
+  from shortcut_jax.evaluators import digits_metrics as dm  # pylint: disable=g-import-not-at-top
+  data = digits_configs.quick_run_config("digits_upscale_x2", data_dir, 1).data
+  clf = dm.get_classifier(data)
+  with np.load(os.path.join(out, "samples.npz")) as f:
+    expected = dm.digits_metrics(clf, dm.reference_stats(clf, data),
+                                 f["images"] / 127.5 - 1.0, f["labels"])
+  assert written["digits_metrics"] == pytest.approx(expected, rel=1e-6)
+  assert set(expected) == {"fd_digits", "accuracy"}
   with pytest.raises(ValueError, match="do not fit"):
     evaluation.run("cascade", None, workdirs=[up_dir, up_dir], steps=[1, 1], num_samples=2,
                    cfg_scale=None, output_dir=out)

@@ -11,6 +11,10 @@ Before anything is sampled every stage is checked: an upscaler's LR size (its im
 and channels must be the previous stage's output size and channels, and each step budget must be
 one its objective supports; a mismatch is an error naming the stages.
 
+A cascade ending at the embedded digits' size also gets FD-digits and class accuracy of its
+saved images (as `--mode=digits_metrics` scores a one-stage model), for the comparison with a
+direct generator.
+
 Timing: each stage is first run on one batch (compiling its sampler and, in latent space, its
 decoder), then timed on all `num_samples` images; the JSON gives seconds and images/s per stage
 (compile excluded) and for the whole cascade.
@@ -83,7 +87,8 @@ def _stage_cond(exp, previous: Optional[np.ndarray], labels: Optional[np.ndarray
 def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_samples: int,
                 output_dir: str, cfg_scale: Optional[float], seed: int = 0,
                 batch_size: int = 256, names: Optional[Sequence[str]] = None) -> Dict:
-  """Runs the cascade; writes OUT/samples.npz, OUT/stage_<k>.png grids and OUT/cascade.json.
+  """Runs the cascade; writes OUT/samples.npz, OUT/stage_<k>.png grids and OUT/cascade.json
+  (with `digits_metrics` when the last stage is a digits model).
 
   Args:
     exps, params: each stage's experiment and weights, generator first.
@@ -124,11 +129,22 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     logging.info("cascade stage %d (%s): %d images %s in %.2f s (%.1f images/s)", k, names[k],
                  num_samples, tuple(previous.shape[1:]), seconds, num_samples / seconds)
   samples = os.path.join(output_dir, "samples.npz")
-  np.savez(samples, images=gen.to_uint8(previous), labels=np.asarray(labels, np.int32))
+  pixels = gen.to_uint8(previous)
+  np.savez(samples, images=pixels, labels=np.asarray(labels, np.int32))
   total = sum(s["seconds"] for s in stages)
   result = {"stages": stages, "num_samples": num_samples, "seconds": total,
             "images_per_s": num_samples / total, "samples": samples,
             "cfg_scale": cfg_scale, "seed": seed}
+  final = exps[-1].config.data
+  if final.name == "digits":
+    # Scored like a one-stage digits model (`--mode=digits_metrics`), on the saved images.
+    from shortcut_jax.evaluators import digits_metrics as dm  # pylint: disable=g-import-not-at-top
+    clf = dm.get_classifier(final)
+    conditional = gen.is_conditional(exps[0].config)
+    result["digits_metrics"] = dm.digits_metrics(
+        clf, dm.reference_stats(clf, final), pixels.astype(np.float32) / 127.5 - 1.0,
+        labels if conditional else None)
+    logging.info("cascade digits metrics: %s", result["digits_metrics"])
   with open(os.path.join(output_dir, "cascade.json"), "w") as f:
     json.dump(result, f, indent=2)
   return result
