@@ -52,6 +52,11 @@ flags.DEFINE_bool("overwrite", False, "super_resolve: replace existing outputs."
 flags.DEFINE_string("lpips_weights", None, "sr_metrics: LPIPS (AlexNet) weights .npz from "
                     "shortcut_jax.tools.convert_lpips (default: $SHORTCUT_JAX_LPIPS; neither: "
                     "LPIPS is skipped).")
+flags.DEFINE_string("prompts", None, "sample: a text file, one prompt a line, embedded with the "
+                    "run's text model (data.text_model, or the digit words of the embedded demo); "
+                    "image i gets prompt i % N.")
+flags.DEFINE_string("embeddings", None, "sample: .npy [N, D] (or an .npz with 'embedding') of "
+                    "vectors to condition on instead of --prompts.")
 flags.DEFINE_string("inception", None, "FID Inception weights (default: evals.fid.inception_path, "
                     "else $SHORTCUT_JAX_INCEPTION).")
 
@@ -77,7 +82,8 @@ def main(argv):
                  fid_stats=FLAGS.fid_stats, inception_path=FLAGS.inception,
                  input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
                  input_is_lr=FLAGS.input_is_lr, overwrite=FLAGS.overwrite,
-                 lpips_weights=FLAGS.lpips_weights, workdirs=FLAGS.workdirs)
+                 lpips_weights=FLAGS.lpips_weights, workdirs=FLAGS.workdirs,
+                 prompts=FLAGS.prompts, embeddings=FLAGS.embeddings)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,12 @@ def base_config() -> ml_collections.ConfigDict:
       # written by `python -m shortcut_jax.tools.embed_text`).
       embedding_dim=0,
       embeddings=ml_collections.FieldReference(None, field_type=str),
+      # `embeddings='digit_words'` (digits only): each example's embedding is its class word's
+      # fixed vector plus noise of this standard deviation (`shortcut_jax.text_encoders`).
+      embedding_noise=0.0,
+      # The CLIP text model folder the embeddings were made with (`tools.embed_text --model`):
+      # `eval.py --mode=sample --prompts=FILE` embeds prompts with it.
+      text_model=ml_collections.FieldReference(None, field_type=str),
   ))
   # The Stable Diffusion VAE of latent runs: `path` is a folder (diffusers or Flax layout) or a
   # hub id (None: $SHORTCUT_JAX_VAE, else stabilityai/sd-vae-ft-mse); `random_init` builds a tiny
@@ -296,6 +302,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"model.embedding_null must be one of {EMBEDDING_NULLS}, got {m.embedding_null!r}")
   check(isinstance(c.data.embedding_dim, int) and c.data.embedding_dim >= 0,
         f"data.embedding_dim must be an integer >= 0, got {c.data.embedding_dim!r}")
+  check(c.data.embedding_noise >= 0, f"data.embedding_noise must be >= 0, got "
+        f"{c.data.embedding_noise!r}")
+  check(c.data.embeddings != "digit_words" or (c.data.name == "digits" and c.data.embedding_dim),
+        "data.embeddings='digit_words' needs data.name='digits' and data.embedding_dim > 0")
   check(0.0 <= o.embedding_dropout_prob <= 1.0,
         f"objective.embedding_dropout_prob must be in [0, 1], got {o.embedding_dropout_prob!r}")
   check(m.acceleration in ACCELERATIONS,

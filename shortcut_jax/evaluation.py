@@ -38,17 +38,26 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
         fid_stats: Optional[str] = None, inception_path: Optional[str] = None,
         input_dir: Optional[str] = None, output_dir: Optional[str] = None,
         input_is_lr: bool = False, overwrite: bool = False,
-        lpips_weights: Optional[str] = None, workdirs: Optional[List[str]] = None):
+        lpips_weights: Optional[str] = None, workdirs: Optional[List[str]] = None,
+        prompts: Optional[str] = None, embeddings: Optional[str] = None):
   """Runs one evaluation mode; returns its results (also written into the workdir).
 
   `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,
   `fid_stats` and `inception_path` are used by the two FID modes only; `input_dir`,
   `output_dir`, `input_is_lr` and `overwrite` by `super_resolve` only; `lpips_weights` (else
   `$SHORTCUT_JAX_LPIPS`; neither: LPIPS is skipped) by `sr_metrics` only; `workdirs` (generator
-  first, then upscalers; one entry of `steps` each) and `output_dir` by `cascade`.
+  first, then upscalers; one entry of `steps` each) and `output_dir` by `cascade`; `prompts`
+  (a text file, one prompt a line) or `embeddings` (.npy [N, D], or an .npz with 'embedding')
+  by `sample` only, for a model trained with embeddings: image i gets prompt i % N.
   """
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
+  if (prompts or embeddings) and mode != "sample":
+    raise ValueError("--prompts and --embeddings are for --mode=sample")
+  if prompts and embeddings:
+    raise ValueError("give --prompts or --embeddings, not both")
+  if prompts and not os.path.isfile(prompts):
+    raise FileNotFoundError(f"--prompts: {prompts} does not exist")
   if mode == "cascade":
     return cascade(workdirs, steps=steps, num_samples=num_samples, cfg_scale=cfg_scale,
                    seed=seed, use_ema=use_ema, batch_size=batch_size, output_dir=output_dir)
@@ -72,7 +81,9 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
   exp.objective.check_steps(steps)
   logging.info("restored step %d from %s", ckpt_step, workdir)
   if mode == "sample":
-    return sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size)
+    prompted = prompted_cond(exp, num_samples, prompts, embeddings)
+    return sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
+                  prompted)
   if mode == "fid":
     return fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
                              batch_size, ckpt_step, fid_stats=fid_stats,
@@ -106,12 +117,43 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
                         ckpt_step)
 
 
-def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size) -> Dict[int, str]:
+def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Optional[str]):
+  """(cond, prompt_index, prompts) for `--prompts` / `--embeddings`, or None without either:
+  the model's usual conditions with image i's embedding replaced by prompt i % N's."""
+  if not prompts and not embeddings:
+    return None
+  from shortcut_jax import text_encoders  # pylint: disable=g-import-not-at-top
+  if "embedding" not in exp.model.conditioning.keys:
+    raise ValueError("--prompts / --embeddings: this model was trained without embeddings "
+                     "(data.embedding_dim=0)")
+  if prompts:
+    texts = text_encoders.read_prompts(prompts)
+    vectors = text_encoders.encode_prompts(exp.config.data, texts)
+  else:
+    vectors = text_encoders.load_embeddings_file(embeddings, int(exp.config.data.embedding_dim))
+    texts = [f"embedding {i}" for i in range(len(vectors))]
+  index = np.arange(num_samples) % len(vectors)
+  cond = gen.sample_cond(exp, num_samples)
+  cond["embedding"] = vectors[index]
+  return cond, index, texts
+
+
+def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
+           prompted=None) -> Dict[int, str]:
   """Writes W/samples/samples_<N>.npz (images uint8 NHWC, labels) and grid_<N>.png per N.
 
-  Sharded over every device of every process (each process generates its share of the fixed
-  per-image seeds); process 0 gathers the images and writes the files.
+  `prompted` (`prompted_cond`): the images follow those prompts; the .npz then also holds
+  `prompt_index` and `prompts`, and the grid has a column per prompt (up to 20). Sharded over
+  every device of every process (each process generates its share of the fixed per-image
+  seeds); process 0 gathers the images and writes the files.
   """
+  cond, extra, cols = None, {}, None
+  if gen.is_conditional(exp.config):
+    cols = exp.config.data.num_classes
+  if prompted is not None:
+    cond, index, texts = prompted
+    extra = {"prompt_index": index, "prompts": np.asarray(texts)}
+    cols = len(texts) if len(texts) <= 20 else None
   out_dir = os.path.join(workdir, "samples")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
@@ -119,12 +161,11 @@ def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size
   for n in steps:
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
                                   cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
-                                  mesh=gen.data_mesh(), desc=f"sampling {n} steps")
+                                  cond=cond, mesh=gen.data_mesh(), desc=f"sampling {n} steps")
     images = gen.to_uint8(images)
     if jax.process_index() == 0:
       path = os.path.join(out_dir, f"samples_{n}.npz")
-      np.savez(path, images=images, labels=labels)
-      cols = exp.config.data.num_classes if gen.is_conditional(exp.config) else None
+      np.savez(path, images=images, labels=labels, **extra)
       gen.save_png(os.path.join(out_dir, f"grid_{n}.png"), gen.image_grid(images[:100], cols),
                    max(1, 64 // images.shape[1]))
       written[n] = path
@@ -146,8 +187,8 @@ def digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, ba
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
                                   cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
                                   mesh=gen.data_mesh(), desc=f"sampling {n} steps")
-    results["steps"][str(n)] = dm.digits_metrics(
-        clf, ref, images, labels if gen.is_conditional(exp.config) else None)
+    results["steps"][str(n)] = dm.digits_metrics(clf, ref, images,
+                                                 gen.intended_classes(exp, labels))
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   if jax.process_index() == 0:
     name = "digits_metrics.json" if seed == 0 else f"digits_metrics_seed{seed}.json"

@@ -228,3 +228,104 @@ def test_smoke_run_on_embeddings_trains_and_samples(tmp_path):
   exp, state, _ = trainer.restore_experiment(str(tmp_path / "run"))
   assert "EmbeddingNull_0" in state.params and exp.batch_spec["embedding"] == (DIM,)
   run_checks.assert_samples(tmp_path / "run", (8, 8, 3), steps=(1,))
+
+
+# --- prompts: the digit-word demo and CLIP ---------------------------------------------------
+
+
+def test_digit_word_vectors_and_prompt_classes():
+  from shortcut_jax import text_encoders as te
+  v = te.digit_word_vectors(16)
+  assert v.shape == (10, 16) and v.dtype == np.float32
+  np.testing.assert_array_equal(v, te.digit_word_vectors(16))  # Fixed: part of the data.
+  assert np.min(np.linalg.norm(v[:, None] - v[None], axis=-1) + 1e9 * np.eye(10)) > 2.0
+  assert list(te.digit_word_classes(["three", "A Seven.", "the digit zero"])) == [3, 7, 0]
+  for bad in ("cat", "one two"):
+    with pytest.raises(ValueError, match="exactly one of"):
+      te.digit_word_classes([bad])
+  data = ml_collections.ConfigDict(dict(embeddings="digit_words", embedding_dim=16))
+  np.testing.assert_array_equal(te.encode_prompts(data, ["nine", "two"]), v[[9, 2]])
+  with pytest.raises(ValueError, match="text_model"):
+    te.encode_prompts(ml_collections.ConfigDict(dict(embeddings="e.npz", embedding_dim=16,
+                                                     text_model=None)), ["a cat"])
+  with pytest.raises(ValueError, match="without embeddings"):
+    te.encode_prompts(ml_collections.ConfigDict(dict(embedding_dim=0)), ["nine"])
+
+
+def test_digits_batches_carry_their_class_words_vector_plus_noise(tmp_path):
+  from shortcut_jax import text_encoders as te
+  data = ml_collections.ConfigDict(dict(
+      name="digits", image_size=16, num_classes=10, data_dir=str(tmp_path / "tfds"),
+      embedding_dim=32, embeddings="digit_words", embedding_noise=0.5))
+  kw = dict(split="train", global_batch_size=64, seed=1, process_index=0, process_count=1)
+  batch = next(pipeline.make_dataset(data, **kw))
+  noise = batch["embedding"] - te.digit_word_vectors(32)[batch["label"]]
+  assert 0.45 < noise.std() < 0.55 and abs(noise.mean()) < 0.05
+  np.testing.assert_array_equal(batch["embedding"], next(pipeline.make_dataset(data, **kw))[
+      "embedding"])  # Fixed per example and seed (exact resumption).
+  exact = next(pipeline.make_dataset(ml_collections.ConfigDict(dict(data, embedding_noise=0.0)),
+                                     **kw))
+  np.testing.assert_array_equal(exact["embedding"], te.digit_word_vectors(32)[exact["label"]])
+  with pytest.raises(ValueError, match="embedding_dim"):
+    pipeline.make_dataset(ml_collections.ConfigDict(dict(data, embedding_dim=0)), **kw)
+
+
+@pytest.mark.slow
+def test_word_vector_demo_trains_scores_classes_and_follows_prompts(tmp_path):
+  import digits_configs
+  from shortcut_jax import evaluation
+  from shortcut_jax import text_encoders as te
+  from shortcut_jax import trainer
+  work = str(tmp_path / "run")
+  c = digits_configs.quick_run_config("digits_word_vectors", str(tmp_path / "tfds"), 2)
+  trainer.train_and_evaluate(c, work)
+  exp = trainer.build_experiment(c)
+  assert exp.batch_spec["embedding"] == (32,) and not evaluation.gen.is_conditional(c)
+  # Accuracy is scored against the prompted words (the labels are all null).
+  metrics = evaluation.run("digits_metrics", work, steps=[1], num_samples=20, cfg_scale=1.5,
+                           batch_size=20)
+  assert 0.0 <= metrics["steps"]["1"]["accuracy"] <= 1.0
+
+  def sample(name, **kw):
+    out = evaluation.run("sample", work, steps=[1], num_samples=4, cfg_scale=1.5, batch_size=4,
+                         **kw)
+    with np.load(out[1]) as f:
+      return {k: f[k] for k in f.files}, name
+
+  (tmp_path / "a.txt").write_text("three\nseven\n")
+  (tmp_path / "b.txt").write_text("three\nthree\n")
+  a, _ = sample("a", prompts=str(tmp_path / "a.txt"))
+  b, _ = sample("b", prompts=str(tmp_path / "b.txt"))
+  assert list(a["prompt_index"]) == [0, 1, 0, 1] and list(a["prompts"]) == ["three", "seven"]
+  np.testing.assert_array_equal(a["images"][0], b["images"][0])  # Same prompt, same noise.
+  # Image i is conditioned on prompt i % 2's word vector (the model's output depends on the
+  # vector: test_dit_output_follows_the_embedding); the label stays the null class.
+  cond, _, _ = evaluation.prompted_cond(exp, 4, str(tmp_path / "a.txt"), None)
+  np.testing.assert_array_equal(cond["embedding"], te.digit_word_vectors(32)[[3, 7, 3, 7]])
+  assert (cond["label"] == c.data.num_classes).all()
+  np.save(tmp_path / "v.npy", te.digit_word_vectors(32)[[3, 7]])
+  v, _ = sample("v", embeddings=str(tmp_path / "v.npy"))
+  np.testing.assert_array_equal(v["images"], a["images"])
+  with pytest.raises(ValueError, match="not both"):
+    evaluation.run("sample", work, steps=[1], num_samples=2, cfg_scale=None,
+                   prompts=str(tmp_path / "a.txt"), embeddings=str(tmp_path / "v.npy"))
+  np.save(tmp_path / "bad.npy", np.zeros((2, 5), np.float32))
+  with pytest.raises(ValueError, match=r"\[N, 32\]"):
+    evaluation.run("sample", work, steps=[1], num_samples=2, cfg_scale=None,
+                   embeddings=str(tmp_path / "bad.npy"))
+
+
+def test_prompts_through_a_tiny_random_clip(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("transformers")
+  from shortcut_jax import text_encoders as te
+  from shortcut_jax.tools import embed_text
+  folder = str(tmp_path / "clip")
+  _tiny_clip(folder)
+  data = ml_collections.ConfigDict(dict(embeddings="e.npz", embedding_dim=8, text_model=folder))
+  got = te.encode_prompts(data, ["a cat", "the sea"])
+  direct = embed_text.embed(["a cat", "the sea"], *embed_text.load_text_model(folder),
+                            max_length=16, progress=False)
+  np.testing.assert_allclose(got, direct, rtol=1e-6)
+  with pytest.raises(ValueError, match="size 8"):
+    te.encode_prompts(ml_collections.ConfigDict(dict(data, embedding_dim=9)), ["a cat"])

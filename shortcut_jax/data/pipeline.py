@@ -64,6 +64,7 @@ from shortcut_jax.data import catalog
 from shortcut_jax.data import errors
 from shortcut_jax.data import latent_dataset
 from shortcut_jax.data import low_res
+from shortcut_jax import text_encoders
 
 # Examples held in the shuffle buffer (encoded bytes: ~1 GB for 256×256 JPEGs).
 SHUFFLE_BUFFER = 16_384
@@ -71,6 +72,7 @@ SHUFFLE_BUFFER = 16_384
 _EPOCH_SEED_STRIDE = 1_000_003
 # Folded into the per-example seed for the crop offsets, so they are independent of the flip.
 _CROP_SEED_SALT = 1
+_WORD_NOISE_SALT = 2
 # A 1x2 image whose flip shows the pixel pipeline's flip decision (precomputed latents).
 _FLIP_MARKER = ((0.0,), (1.0,))
 
@@ -135,6 +137,14 @@ def dataset_info(data_config) -> Dict:
 def check_embedding(builder, data_config) -> None:
   """Raises ValueError unless the dataset's `embedding` feature matches `data.embedding_dim`."""
   want = int(data_config.get("embedding_dim", 0) or 0)
+  if text_encoders.uses_digit_words(data_config):
+    if data_config.name != "digits":
+      raise ValueError(f"data.embeddings='{text_encoders.DIGIT_WORDS_NAME}' gives the digits' "
+                       f"class words as vectors; data.name is {data_config.name!r}")
+    if not want:
+      raise ValueError(f"data.embeddings='{text_encoders.DIGIT_WORDS_NAME}' needs "
+                       "data.embedding_dim > 0 (the vectors' size)")
+    return
   features = builder.info.features
   have = int(features["embedding"].shape[-1]) if "embedding" in features.keys() else 0
   if want and not have:
@@ -181,6 +191,10 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
   unconditional = data_config.num_classes == 1
   flip = train and spec.random_flip
   embedding = bool(data_config.get("embedding_dim", 0))
+  words = None
+  if embedding and text_encoders.uses_digit_words(data_config):
+    words = tf.constant(text_encoders.digit_word_vectors(int(data_config.embedding_dim)))
+    word_noise = float(data_config.get("embedding_noise", 0.0) or 0.0)
 
   def fn(position, example):
     image = image_feature.decode_example(example["image"])
@@ -200,7 +214,13 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
     out = {"image": image, "label": label}
     if factor:
       out["cond_image"] = low_res.cond_image_tf(image, factor)
-    if embedding:
+    if words is not None:
+      # The class word's vector plus noise, fixed per example (position) and seed.
+      noise = tf.random.stateless_normal(
+          [words.shape[1]], seed=tf.random.experimental.stateless_fold_in(example_seed,
+                                                                          _WORD_NOISE_SALT))
+      out["embedding"] = tf.gather(words, tf.cast(example["label"], tf.int32)) + word_noise * noise
+    elif embedding:
       out["embedding"] = tf.cast(example["embedding"], tf.float32)
     return out
 

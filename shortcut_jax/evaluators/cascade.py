@@ -140,10 +140,9 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     # Scored like a one-stage digits model (`--mode=digits_metrics`), on the saved images.
     from shortcut_jax.evaluators import digits_metrics as dm  # pylint: disable=g-import-not-at-top
     clf = dm.get_classifier(final)
-    conditional = gen.is_conditional(exps[0].config)
     result["digits_metrics"] = dm.digits_metrics(
         clf, dm.reference_stats(clf, final), pixels.astype(np.float32) / 127.5 - 1.0,
-        labels if conditional else None)
+        gen.intended_classes(exps[0], labels))
     logging.info("cascade digits metrics: %s", result["digits_metrics"])
   with open(os.path.join(output_dir, "cascade.json"), "w") as f:
     json.dump(result, f, indent=2)

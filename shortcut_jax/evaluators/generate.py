@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import sampling
+from shortcut_jax import text_encoders
 from shortcut_jax import sharding
 from shortcut_jax.objectives.flow_path import Source, sample_source
 
@@ -66,16 +67,37 @@ def sample_cond(exp, num_images: int, split: str = "test",
   """
   cond = {"label": sample_labels(exp.config, num_images)}
   keys = exp.model.conditioning.keys
-  if ("cond_image" in keys or "embedding" in keys) and examples is None:
+  words = "embedding" in keys and text_encoders.uses_digit_words(exp.config.data)
+  if ("cond_image" in keys or ("embedding" in keys and not words)) and examples is None:
     examples = held_out_examples(exp.config, num_images, split)
   if "cond_image" in keys:
     pixels = np.asarray(examples["cond_image"])[:num_images]
     cond["cond_image"] = np.asarray(latents_lib.encode_cond(exp.config, {"cond_image": pixels})[
         "cond_image"])
-  if "embedding" in keys:
+  if words:
+    # The digit-word demo: image i is prompted with the word of class i % 10 (noise-free).
+    cond["embedding"] = text_encoders.encode_prompts(
+        exp.config.data, [text_encoders.DIGIT_WORDS[c] for c in word_classes(num_images)])
+  elif "embedding" in keys:
     # Text-conditioned models sample the held-out captions' embeddings.
     cond["embedding"] = np.asarray(examples["embedding"], np.float32)[:num_images]
   return cond
+
+
+def word_classes(num_images: int) -> np.ndarray:
+  """The classes `sample_cond` prompts a digit-word model with: 0, 1, …, 9, 0, 1, …"""
+  return (np.arange(num_images) % len(text_encoders.DIGIT_WORDS)).astype(np.int32)
+
+
+def intended_classes(exp, labels: np.ndarray) -> Optional[np.ndarray]:
+  """The class each `sample_cond` image was asked for, for class accuracy: its label for a
+  label-conditional model, its prompt's word for a digit-word model, else None."""
+  if is_conditional(exp.config):
+    return labels
+  if ("embedding" in exp.model.conditioning.keys
+      and text_encoders.uses_digit_words(exp.config.data)):
+    return word_classes(len(labels))
+  return None
 
 
 def is_guidable(exp) -> bool:

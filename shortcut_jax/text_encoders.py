@@ -1,0 +1,96 @@
+"""Prompts to embedding vectors: what `eval.py --mode=sample --prompts=FILE` conditions on.
+
+Two text models, chosen by the run's data config:
+  * `data.embeddings='digit_words'` (the embedded demo, no download): the ten digit words
+    "zero" … "nine" each have a fixed random vector (`digit_word_vectors`); a prompt is the word
+    it contains. The digits pipeline gives every training example its class word's vector plus
+    Gaussian noise of standard deviation `data.embedding_noise`, so the model learns the class
+    from the vector alone (its labels are all dropped: `objective.class_dropout_prob=1`).
+  * otherwise `data.text_model`: a local CLIP text model folder (`tools.embed_text`, the model
+    the dataset's embeddings were computed with).
+"""
+
+import re
+from typing import List, Sequence
+
+import numpy as np
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_WORDS_NAME = "digit_words"
+_WORD_SEED = 20250101  # Fixed: the vectors are part of the demo's data.
+
+
+def uses_digit_words(data_config) -> bool:
+  return data_config.get("embeddings", None) == DIGIT_WORDS_NAME
+
+
+def digit_word_vectors(dim: int) -> np.ndarray:
+  """float32 [10, dim]: row c is the vector of DIGIT_WORDS[c] (unit variance per entry)."""
+  if dim <= 0:
+    raise ValueError(f"digit word vectors need data.embedding_dim > 0, got {dim}")
+  return np.random.default_rng(_WORD_SEED).standard_normal((len(DIGIT_WORDS), dim)).astype(
+      np.float32)
+
+
+def digit_word_classes(prompts: Sequence[str]) -> np.ndarray:
+  """The class of each prompt: the one digit word it contains (ValueError otherwise)."""
+  out = []
+  for p in prompts:
+    words = [w for w in re.findall(r"[a-z]+", p.lower()) if w in DIGIT_WORDS]
+    if len(set(words)) != 1:
+      raise ValueError(f"prompt {p!r}: the digit-word model needs exactly one of "
+                       f"{', '.join(DIGIT_WORDS)} in each prompt")
+    out.append(DIGIT_WORDS.index(words[0]))
+  return np.asarray(out, np.int32)
+
+
+def read_prompts(path: str) -> List[str]:
+  """The non-blank lines of a UTF-8 prompts file (one prompt a line)."""
+  from shortcut_jax.tools import embed_text  # pylint: disable=g-import-not-at-top
+  _, captions = embed_text.read_captions(path)
+  return captions
+
+
+def encode_prompts(data_config, prompts: Sequence[str]) -> np.ndarray:
+  """float32 [len(prompts), data.embedding_dim] with the run's text model (module docstring)."""
+  dim = int(data_config.get("embedding_dim", 0) or 0)
+  if not dim:
+    raise ValueError("this model was trained without embeddings (data.embedding_dim=0): it "
+                     "cannot be prompted")
+  if uses_digit_words(data_config):
+    return digit_word_vectors(dim)[digit_word_classes(prompts)]
+  from shortcut_jax.tools import embed_text  # pylint: disable=g-import-not-at-top
+  folder = data_config.get("text_model", None)
+  if not folder:
+    raise ValueError("prompts need the text model the training embeddings were made with: set "
+                     f"--config.data.text_model=FOLDER in training, or pass --embeddings=NPY "
+                     f"instead ({embed_text.DOWNLOAD_HINT})")
+  tokenizer, model, has_projection = embed_text.load_text_model(folder)
+  # The model's own context length (77 for CLIP), as the dataset's captions were embedded.
+  length = int(getattr(model.config, "max_position_embeddings", 77))
+  vectors = embed_text.embed(list(prompts), tokenizer, model, has_projection,
+                             max_length=min(77, length), progress=False)
+  if vectors.shape[1] != dim:
+    raise ValueError(f"data.text_model {folder} gives embeddings of size {vectors.shape[1]}, "
+                     f"the model takes {dim}")
+  return vectors
+
+
+def load_embeddings_file(path: str, dim: int) -> np.ndarray:
+  """float32 [N, dim] from an .npy array or an .npz with 'embedding' (e.g. `embed_text`'s)."""
+  import os  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--embeddings: {path} does not exist")
+  data = np.load(path, allow_pickle=False)
+  if isinstance(data, np.lib.npyio.NpzFile):
+    with data:
+      if "embedding" not in data.files:
+        raise ValueError(f"--embeddings: {path} has no 'embedding' array ({data.files})")
+      data = data["embedding"]
+  data = np.asarray(data, np.float32)
+  if data.ndim == 1:
+    data = data[None]
+  if data.ndim != 2 or data.shape[1] != dim or not len(data):
+    raise ValueError(f"--embeddings: {path} holds shape {data.shape}, the model takes "
+                     f"[N, {dim}] (data.embedding_dim)")
+  return data
