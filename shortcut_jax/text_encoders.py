@@ -10,6 +10,7 @@ Two text models, chosen by the run's data config:
     the dataset's embeddings were computed with).
 """
 
+import os
 import re
 from typing import List, Sequence
 
@@ -78,7 +79,6 @@ def encode_prompts(data_config, prompts: Sequence[str]) -> np.ndarray:
 
 def load_embeddings_file(path: str, dim: int) -> np.ndarray:
   """float32 [N, dim] from an .npy array or an .npz with 'embedding' (e.g. `embed_text`'s)."""
-  import os  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--embeddings: {path} does not exist")
   data = np.load(path, allow_pickle=False)
