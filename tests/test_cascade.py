@@ -66,6 +66,15 @@ def test_generator_and_upscaler_cascade(tmp_path):
                                  f["images"] / 127.5 - 1.0, f["labels"])
   assert written["digits_metrics"] == pytest.approx(expected, rel=1e-6)
   assert set(expected) == {"fd_digits", "accuracy"}
+  # The control: the generator's own images (stage 0: seed + 0), bicubic-upsampled.
+  from shortcut_jax.data import low_res  # pylint: disable=g-import-not-at-top
+  from shortcut_jax.evaluators import generate as gen  # pylint: disable=g-import-not-at-top
+  exp, params, _ = evaluation.restore_weights(gen_dir, None, True)
+  images, labels = gen.generate(exp, params, num_images=5, num_steps=1, cfg_scale=1.5, seed=0,
+                                batch_size=4, progress=False)
+  bicubic = gen.to_uint8(low_res.upsample(np.clip(images, -1, 1), 2)) / 127.5 - 1.0
+  assert written["digits_metrics_bicubic_last_stage"] == pytest.approx(
+      dm.digits_metrics(clf, dm.reference_stats(clf, data), bicubic, labels), rel=1e-6)
   with pytest.raises(ValueError, match="do not fit"):
     evaluation.run("cascade", None, workdirs=[up_dir, up_dir], steps=[1, 1], num_samples=2,
                    cfg_scale=None, output_dir=out)

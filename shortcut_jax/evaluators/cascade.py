@@ -13,7 +13,7 @@ one its objective supports; a mismatch is an error naming the stages.
 
 A cascade ending at the embedded digits' size also gets FD-digits and class accuracy of its
 saved images (as `--mode=digits_metrics` scores a one-stage model), for the comparison with a
-direct generator.
+direct generator, and of the control that replaces the last upscaler by bicubic upsampling.
 
 Timing: each stage is first run on one batch (compiling its sampler and, in latent space, its
 decoder), then timed on all `num_samples` images; the JSON gives seconds and images/s per stage
@@ -106,7 +106,7 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
   names = list(names or [f"stage{k}" for k in range(len(exps))])
   check_stages(exps, steps, names)
   os.makedirs(output_dir, exist_ok=True)
-  previous, labels, stages = None, None, []
+  previous, labels, stages, before_last = None, None, [], None
   for k, (exp, p, n_steps) in enumerate(zip(exps, params, steps)):
     cond = _stage_cond(exp, previous, labels, exps[0].config, num_samples)
     kwargs = dict(num_steps=n_steps, cfg_scale=cfg_scale, seed=seed + k, progress=False)
@@ -120,7 +120,7 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     seconds = time.perf_counter() - start
     if labels is None:
       labels = stage_labels
-    previous = np.clip(images, -1.0, 1.0)
+    before_last, previous = previous, np.clip(images, -1.0, 1.0)
     grid = os.path.join(output_dir, f"stage_{k}.png")
     gen.save_png(grid, gen.image_grid(gen.to_uint8(previous[:64])))
     stages.append({"workdir": names[k], "steps": int(n_steps),
@@ -140,10 +140,15 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     # Scored like a one-stage digits model (`--mode=digits_metrics`), on the saved images.
     from shortcut_jax.evaluators import digits_metrics as dm  # pylint: disable=g-import-not-at-top
     clf = dm.get_classifier(final)
+    ref, classes = dm.reference_stats(clf, final), gen.intended_classes(exps[0], labels)
     result["digits_metrics"] = dm.digits_metrics(
-        clf, dm.reference_stats(clf, final), pixels.astype(np.float32) / 127.5 - 1.0,
-        gen.intended_classes(exps[0], labels))
-    logging.info("cascade digits metrics: %s", result["digits_metrics"])
+        clf, ref, pixels.astype(np.float32) / 127.5 - 1.0, classes)
+    # The control: the last upscaler replaced by bicubic upsampling of its input.
+    bicubic = gen.to_uint8(low_res.upsample(before_last, int(final.low_res_factor)))
+    result["digits_metrics_bicubic_last_stage"] = dm.digits_metrics(
+        clf, ref, bicubic.astype(np.float32) / 127.5 - 1.0, classes)
+    logging.info("cascade digits metrics: %s (last stage bicubic: %s)", result["digits_metrics"],
+                 result["digits_metrics_bicubic_last_stage"])
   with open(os.path.join(output_dir, "cascade.json"), "w") as f:
     json.dump(result, f, indent=2)
   return result
