@@ -81,11 +81,12 @@ def _cell(values: Sequence[float], fmt: str, scale: float = 1.0) -> str:
   v = np.asarray(values) * scale
   if len(v) == 1:
     return format(v[0], fmt)
-  return f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)} ({len(v)} seeds)"
+  return f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
 
 
 def table(results: Mapping[str, Dict]) -> str:
-  """Markdown: one row per run, one column per step budget, 'FD-digits (accuracy %)'."""
+  """Markdown: one row per run, one column per step budget, 'FD-digits (accuracy %)'; a cell
+  with several seeds is 'mean ± std (mean ± std%, n seeds)'."""
   budgets = sorted({n for r in results.values() for n in r["steps"]})
   lines = ["| objective | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in budgets)
            + " |", "|---" * (len(budgets) + 1) + "|"]
@@ -93,8 +94,9 @@ def table(results: Mapping[str, Dict]) -> str:
     cells = []
     for n in budgets:
       s = r["steps"].get(n)
+      seeds = "" if s is None or len(s["fd"]) < 2 else f", {len(s['fd'])} seeds"
       cells.append("–" if s is None else
-                   f"{_cell(s['fd'], '.2f')} ({_cell(s['accuracy'], '.1f', 100.0)}%)")
+                   f"{_cell(s['fd'], '.2f')} ({_cell(s['accuracy'], '.1f', 100.0)}%{seeds})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
