@@ -10,6 +10,7 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
+from shortcut_jax import text_encoders
 from shortcut_jax.models.dit import validate_dit_args
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -115,6 +116,9 @@ def base_config() -> ml_collections.ConfigDict:
       # images are then crops of image_size (random crop + flip in training, centre crop in
       # evaluation) instead of resized images.
       low_res_factor=0,
+      # Training augmentation on top of the dataset's flips: each training image is also turned
+      # by a random multiple of 90 degrees (square images; pixel or online-latent pipelines).
+      random_rot90=False,
       # Latent space (SPEC §5): 'none' (pixels), 'online' (the frozen VAE of `vae` encodes each
       # batch inside the train step: the original's way) or 'precomputed' (posterior moments
       # written once by `python -m shortcut_jax.tools.encode_dataset` into `latents_dir`).
@@ -304,8 +308,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"data.embedding_dim must be an integer >= 0, got {c.data.embedding_dim!r}")
   check(c.data.embedding_noise >= 0, f"data.embedding_noise must be >= 0, got "
         f"{c.data.embedding_noise!r}")
-  check(c.data.embeddings != "digit_words" or (c.data.name == "digits" and c.data.embedding_dim),
-        "data.embeddings='digit_words' needs data.name='digits' and data.embedding_dim > 0")
+  check(not text_encoders.uses_digit_words(c.data)
+        or (c.data.name == "digits" and c.data.embedding_dim),
+        f"data.embeddings='{text_encoders.DIGIT_WORDS_NAME}' (the digits' class words as vectors) "
+        f"needs data.name='digits' and data.embedding_dim > 0, got {c.data.name!r} and "
+        f"{c.data.embedding_dim!r}")
   check(0.0 <= o.embedding_dropout_prob <= 1.0,
         f"objective.embedding_dropout_prob must be in [0, 1], got {o.embedding_dropout_prob!r}")
   check(m.acceleration in ACCELERATIONS,
@@ -362,6 +369,9 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
           f"data.image_size ({d.image_size}) must be divisible by data.low_res_factor "
           f"({d.low_res_factor})")
   check(d.latents in LATENTS, f"data.latents must be one of {LATENTS}, got {d.latents!r}")
+  check(not d.random_rot90 or d.latents != "precomputed",
+        "data.random_rot90 turns pixels before encoding: it needs data.latents='none' or "
+        "'online' (precomputed latents store flips only)")
   if d.latents == "precomputed":
     check(bool(d.latents_dir), "data.latents_dir must be set when data.latents='precomputed' "
           "(write it with `python -m shortcut_jax.tools.encode_dataset --config=... --out=DIR`)")

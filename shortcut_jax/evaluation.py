@@ -133,9 +133,7 @@ def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Opt
     vectors = text_encoders.load_embeddings_file(embeddings, int(exp.config.data.embedding_dim))
     texts = [f"embedding {i}" for i in range(len(vectors))]
   index = np.arange(num_samples) % len(vectors)
-  cond = gen.sample_cond(exp, num_samples)
-  cond["embedding"] = vectors[index]
-  return cond, index, texts
+  return gen.sample_cond(exp, num_samples, embedding=vectors[index]), index, texts
 
 
 def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,

@@ -12,7 +12,7 @@ Two text models, chosen by the run's data config:
 
 import os
 import re
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +43,20 @@ def digit_word_classes(prompts: Sequence[str]) -> np.ndarray:
                        f"{', '.join(DIGIT_WORDS)} in each prompt")
     out.append(DIGIT_WORDS.index(words[0]))
   return np.asarray(out, np.int32)
+
+
+def default_prompts(data_config, num_images: int) -> Optional[List[str]]:
+  """The prompts of `num_images` generated images when no prompts are given, where the text model
+  defines them: the digit-word demo prompts image i with the word of class i % 10. None for other
+  text models (their samples take the held-out captions' embeddings)."""
+  if not uses_digit_words(data_config):
+    return None
+  return [DIGIT_WORDS[i % len(DIGIT_WORDS)] for i in range(num_images)]
+
+
+def prompt_classes(data_config, prompts: Sequence[str]) -> Optional[np.ndarray]:
+  """The class each prompt asks for, where the text model knows it (the digit words), else None."""
+  return digit_word_classes(prompts) if uses_digit_words(data_config) else None
 
 
 def read_prompts(path: str) -> List[str]:

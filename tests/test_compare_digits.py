@@ -37,8 +37,25 @@ def test_table_reports_seed_means_and_plot_is_written(tmp_path):
   acc = np.array([0.9, 0.85, 0.9]) * 100
   assert text[2] == (
       f"| A | {fd.mean():.2f} ± {fd.std(ddof=1):.2f} "
-      f"({acc.mean():.1f} ± {acc.std(ddof=1):.1f}%, 3 seeds) | 8.00 (97.0%) | 5.50 (99.0%) |")
+      f"({acc.mean():.1f} ± {acc.std(ddof=1):.1f}%, 3 sampling seeds) | 8.00 (97.0%) | 5.50 (99.0%) |")
   assert text[3] == "| B | 10.04 (97.6%) | 7.21 (98.9%) | – |"
+
+  # Training seeds: each model's seed-0 file is one repeat; A's sampling seeds stay out.
+  c = tmp_path / "c"
+  c.mkdir()
+  _write(c / "digits_metrics.json", {1: (12.0, 0.95), 4: (7.0, 0.99)})
+  pooled = cd.collect(f"{a}+{b}+{c}")
+  assert pooled["steps"][1]["fd"] == [20.0, 10.04, 12.0] and pooled["steps"][4]["fd"] == [
+      8.0, 7.21, 7.0]
+  row = cd.table({"P": pooled}).splitlines()[2]
+  fd = np.array([20.0, 10.04, 12.0])
+  assert row.startswith(f"| P | {fd.mean():.2f} ± {fd.std(ddof=1):.2f} (") and (
+      "%, 3 training seeds) |" in row)
+  only_seeds = tmp_path / "d"
+  only_seeds.mkdir()
+  _write(only_seeds / "digits_metrics_seed1.json", {1: (11.0, 0.9)})
+  with pytest.raises(FileNotFoundError, match="seed-0"):
+    cd.collect(f"{a}+{only_seeds}")
 
   out = tmp_path / "plot" / "fd.png"
   cd.plot(results, str(out))

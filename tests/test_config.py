@@ -53,6 +53,8 @@ def test_unknown_key_is_an_error():
     (dict(checkpoint__every_steps=0), "checkpoint.every_steps"),
     (dict(max_steps=0), "max_steps"),
     (dict(evals__samples__steps=(1, 256)), "evals.samples.steps"),
+    (dict(data__random_rot90=True, data__latents="precomputed", data__latents_dir="/x"),
+     "data.random_rot90"),
 ])
 def test_validation_names_the_field(changes, field):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):

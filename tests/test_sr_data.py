@@ -279,3 +279,24 @@ def test_no_low_res_factor_keeps_the_resize(data_dir):
   expected = tf.image.resize(stored, (32, 32), "bilinear", antialias=True).numpy() / 127.5 - 1
   np.testing.assert_allclose(batch["image"], expected, atol=1e-5)
   assert pipeline.dataset_info(cfg)["low_res_factor"] == 0
+
+
+def test_random_rot90_turns_training_crops_only(data_dir, monkeypatch):
+  monkeypatch.setitem(catalog.SPECS, "photos",
+                      dataclasses.replace(catalog.SPECS["photos"], random_flip=False))
+  plain = _config(data_dir, image_size=128, low_res_factor=4)  # The whole stored crop.
+  turned = ml_collections.ConfigDict(dict(plain, random_rot90=True))
+  kw = dict(split="train", global_batch_size=32, seed=3, process_index=0, process_count=1)
+  a, b = next(pipeline.make_dataset(plain, **kw)), next(pipeline.make_dataset(turned, **kw))
+  turns = []
+  for x, y in zip(a["image"], b["image"]):
+    hits = [k for k in range(4) if np.array_equal(np.rot90(x, k), y)]
+    assert hits, "a training image is not a quarter turn of the same example"
+    turns.append(hits[0])
+  assert set(turns) == {0, 1, 2, 3}
+  # The condition is made from the turned image.
+  np.testing.assert_allclose(b["cond_image"], low_res.cond_image(b["image"], 4), atol=1e-5)
+  np.testing.assert_array_equal(b["image"], next(pipeline.make_dataset(turned, **kw))["image"])
+  ev = dict(kw, split="test", train=False)
+  np.testing.assert_array_equal(next(pipeline.make_dataset(plain, **ev))["image"],
+                                next(pipeline.make_dataset(turned, **ev))["image"])

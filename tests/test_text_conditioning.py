@@ -245,6 +245,12 @@ def test_digit_word_vectors_and_prompt_classes():
       te.digit_word_classes([bad])
   data = ml_collections.ConfigDict(dict(embeddings="digit_words", embedding_dim=16))
   np.testing.assert_array_equal(te.encode_prompts(data, ["nine", "two"]), v[[9, 2]])
+  # Without prompts the demo samples every class in turn, and scores each against its word.
+  prompts = te.default_prompts(data, 12)
+  assert prompts[:2] == ["zero", "one"] and prompts[10] == "zero"
+  np.testing.assert_array_equal(te.prompt_classes(data, prompts), np.arange(12) % 10)
+  clip = ml_collections.ConfigDict(dict(embeddings="e.npz", embedding_dim=16))
+  assert te.default_prompts(clip, 4) is None and te.prompt_classes(clip, ["a cat"]) is None
   with pytest.raises(ValueError, match="text_model"):
     te.encode_prompts(ml_collections.ConfigDict(dict(embeddings="e.npz", embedding_dim=16,
                                                      text_model=None)), ["a cat"])
@@ -266,8 +272,13 @@ def test_digits_batches_carry_their_class_words_vector_plus_noise(tmp_path):
   exact = next(pipeline.make_dataset(ml_collections.ConfigDict(dict(data, embedding_noise=0.0)),
                                      **kw))
   np.testing.assert_array_equal(exact["embedding"], te.digit_word_vectors(32)[exact["label"]])
-  with pytest.raises(ValueError, match="embedding_dim"):
-    pipeline.make_dataset(ml_collections.ConfigDict(dict(data, embedding_dim=0)), **kw)
+  import digits_configs
+  from shortcut_jax import config as config_lib
+  for bad, what in ((dict(embedding_dim=0), "0"), (dict(name="photos"), "'photos'")):
+    c = digits_configs.quick_run_config("digits_word_vectors", str(tmp_path / "tfds"), 2)
+    c.data.update(bad)
+    with pytest.raises(ValueError, match=f"digit_words.*got .*{what}"):
+      config_lib.validate(c)
 
 
 @pytest.mark.slow

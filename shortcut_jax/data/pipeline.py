@@ -73,6 +73,7 @@ _EPOCH_SEED_STRIDE = 1_000_003
 # Folded into the per-example seed for the crop offsets, so they are independent of the flip.
 _CROP_SEED_SALT = 1
 _WORD_NOISE_SALT = 2
+_ROT90_SEED_SALT = 3
 # A 1x2 image whose flip shows the pixel pipeline's flip decision (precomputed latents).
 _FLIP_MARKER = ((0.0,), (1.0,))
 
@@ -138,13 +139,7 @@ def check_embedding(builder, data_config) -> None:
   """Raises ValueError unless the dataset's `embedding` feature matches `data.embedding_dim`."""
   want = int(data_config.get("embedding_dim", 0) or 0)
   if text_encoders.uses_digit_words(data_config):
-    if data_config.name != "digits":
-      raise ValueError(f"data.embeddings='{text_encoders.DIGIT_WORDS_NAME}' gives the digits' "
-                       f"class words as vectors; data.name is {data_config.name!r}")
-    if not want:
-      raise ValueError(f"data.embeddings='{text_encoders.DIGIT_WORDS_NAME}' needs "
-                       "data.embedding_dim > 0 (the vectors' size)")
-    return
+    return  # The vectors come from text_encoders, not the dataset (config.validate checks them).
   features = builder.info.features
   have = int(features["embedding"].shape[-1]) if "embedding" in features.keys() else 0
   if want and not have:
@@ -190,6 +185,7 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
   factor = low_res_factor_of(data_config)
   unconditional = data_config.num_classes == 1
   flip = train and spec.random_flip
+  rotate = train and bool(data_config.get("random_rot90", False))
   embedding = bool(data_config.get("embedding_dim", 0))
   words = None
   if embedding and text_encoders.uses_digit_words(data_config):
@@ -203,6 +199,11 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
       image = tf.image.stateless_random_flip_left_right(image, seed=example_seed)
     if factor:
       image = _crop(image, example_seed, stored=stored, size=size, train=train)
+    if rotate:
+      turns = tf.random.stateless_uniform(
+          [], seed=tf.random.experimental.stateless_fold_in(example_seed, _ROT90_SEED_SALT),
+          minval=0, maxval=4, dtype=tf.int32)
+      image = tf.ensure_shape(tf.image.rot90(image, k=turns), image.shape)  # Square.
     image = tf.cast(image, tf.float32)
     if size != stored and not factor:
       image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)

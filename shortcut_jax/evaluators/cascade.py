@@ -141,12 +141,14 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     from shortcut_jax.evaluators import digits_metrics as dm  # pylint: disable=g-import-not-at-top
     clf = dm.get_classifier(final)
     ref, classes = dm.reference_stats(clf, final), gen.intended_classes(exps[0], labels)
-    result["digits_metrics"] = dm.digits_metrics(
-        clf, ref, pixels.astype(np.float32) / 127.5 - 1.0, classes)
+
+    def score(images):  # As saved: quantised to uint8.
+      return dm.digits_metrics(clf, ref, gen.to_uint8(images) / 127.5 - 1.0, classes)
+
+    result["digits_metrics"] = score(previous)
     # The control: the last upscaler replaced by bicubic upsampling of its input.
-    bicubic = gen.to_uint8(low_res.upsample(before_last, int(final.low_res_factor)))
-    result["digits_metrics_bicubic_last_stage"] = dm.digits_metrics(
-        clf, ref, bicubic.astype(np.float32) / 127.5 - 1.0, classes)
+    result["digits_metrics_bicubic_last_stage"] = score(
+        low_res.upsample(before_last, int(final.low_res_factor)))
     logging.info("cascade digits metrics: %s (last stage bicubic: %s)", result["digits_metrics"],
                  result["digits_metrics_bicubic_last_stage"])
   with open(os.path.join(output_dir, "cascade.json"), "w") as f:

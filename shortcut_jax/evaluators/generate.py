@@ -53,50 +53,50 @@ def held_out_examples(config, num_images: int, split: str = "test") -> Dict[str,
 
 
 def sample_cond(exp, num_images: int, split: str = "test",
-                examples: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, np.ndarray]:
+                examples: Optional[Mapping[str, np.ndarray]] = None,
+                embedding: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
   """The conditions of `num_images` generated images, for every kind the model takes (in the
   model's space: a conditioning image is encoded to latents in latent space). Labels are always
   `sample_labels` (the null label for a model trained without labels), never the data's;
-  images and embeddings come from held-out examples.
+  images come from held-out examples, embeddings from the text model's own prompts
+  (`text_encoders.default_prompts`) or else the held-out captions.
 
   Args:
     exp: the experiment.
     num_images: rows.
     split: where image conditions come from (`held_out_examples`).
     examples: those held-out examples when the caller already read them.
+    embedding: float32 [num_images, embedding_dim] to use instead (e.g. `--prompts`).
   """
   cond = {"label": sample_labels(exp.config, num_images)}
   keys = exp.model.conditioning.keys
-  words = "embedding" in keys and text_encoders.uses_digit_words(exp.config.data)
-  if ("cond_image" in keys or ("embedding" in keys and not words)) and examples is None:
+  if "embedding" in keys and embedding is None:
+    prompts = text_encoders.default_prompts(exp.config.data, num_images)
+    if prompts is not None:
+      embedding = text_encoders.encode_prompts(exp.config.data, prompts)
+  needs_examples = "cond_image" in keys or ("embedding" in keys and embedding is None)
+  if needs_examples and examples is None:
     examples = held_out_examples(exp.config, num_images, split)
   if "cond_image" in keys:
     pixels = np.asarray(examples["cond_image"])[:num_images]
     cond["cond_image"] = np.asarray(latents_lib.encode_cond(exp.config, {"cond_image": pixels})[
         "cond_image"])
-  if words:
-    # The digit-word demo: image i is prompted with the word of class i % 10 (noise-free).
-    cond["embedding"] = text_encoders.encode_prompts(
-        exp.config.data, [text_encoders.DIGIT_WORDS[c] for c in word_classes(num_images)])
-  elif "embedding" in keys:
-    # Text-conditioned models sample the held-out captions' embeddings.
-    cond["embedding"] = np.asarray(examples["embedding"], np.float32)[:num_images]
+  if "embedding" in keys:
+    if embedding is None:
+      embedding = examples["embedding"]
+    cond["embedding"] = np.asarray(embedding, np.float32)[:num_images]
   return cond
-
-
-def word_classes(num_images: int) -> np.ndarray:
-  """The classes `sample_cond` prompts a digit-word model with: 0, 1, …, 9, 0, 1, …"""
-  return (np.arange(num_images) % len(text_encoders.DIGIT_WORDS)).astype(np.int32)
 
 
 def intended_classes(exp, labels: np.ndarray) -> Optional[np.ndarray]:
   """The class each `sample_cond` image was asked for, for class accuracy: its label for a
-  label-conditional model, its prompt's word for a digit-word model, else None."""
+  label-conditional model, its prompt's class where the text model knows it, else None."""
   if is_conditional(exp.config):
     return labels
-  if ("embedding" in exp.model.conditioning.keys
-      and text_encoders.uses_digit_words(exp.config.data)):
-    return word_classes(len(labels))
+  if "embedding" in exp.model.conditioning.keys:
+    prompts = text_encoders.default_prompts(exp.config.data, len(labels))
+    if prompts is not None:
+      return text_encoders.prompt_classes(exp.config.data, prompts)
   return None
 
 

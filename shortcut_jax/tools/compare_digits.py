@@ -9,8 +9,10 @@ Each run is `NAME=WORKDIR`; its `WORKDIR/digits_metrics.json` (written by
 `WORKDIR/digits_metrics_seed{N}.json` (the same command with `--seed=N`) adds repeats: a budget
 with several seeds is reported as mean ± standard deviation (ddof=1) over them. A run may also
 name a metrics JSON file directly (`NAME=path/to/file.json`, e.g. a result kept from an earlier
-machine). The table (Markdown) goes to stdout and to `--table`; the plot (log-log: FD-digits
-against steps, one line per run, the held-out split's floor dashed) to `--plot`.
+machine). `NAME=W1+W2+W3` pools separately trained models (training seeds: each workdir's
+seed-0 evaluation is one repeat; their sampling-seed files are not used). The table (Markdown)
+goes to stdout and to `--table`; the plot (log-log: FD-digits against steps, one line per run,
+the held-out split's floor dashed) to `--plot`.
 """
 
 import glob
@@ -24,7 +26,8 @@ from absl import app, flags
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("runs", None, "NAME=WORKDIR (or NAME=metrics.json), in table order.")
+flags.DEFINE_list("runs", None, "NAME=WORKDIR (or NAME=metrics.json, or NAME=W1+W2+... for "
+                  "training seeds), in table order.")
 flags.DEFINE_string("plot", None, "PNG to write (FD-digits against steps, log scale).")
 flags.DEFINE_string("table", None, "Markdown file to write the table to (also printed).")
 
@@ -60,10 +63,10 @@ def metrics_files(path: str) -> Dict[int, str]:
   return files
 
 
-def collect(path: str) -> Dict:
-  """{'steps': {n: {'fd': [per seed], 'accuracy': [per seed]}}, 'floor': fd of held-out}."""
+def _read(files: Sequence[str]) -> Dict:
+  """{'steps': {n: {'fd': [per file], 'accuracy': [per file]}}, 'floor': fd of held-out}."""
   steps, floor = {}, None
-  for _, f in sorted(metrics_files(path).items()):
+  for f in files:
     with open(f) as fh:
       m = json.load(fh)
     floor = m.get("held_out_test_split", {}).get("fd_digits", floor)
@@ -73,6 +76,22 @@ def collect(path: str) -> Dict:
       if v.get("accuracy") is not None:
         s["accuracy"].append(float(v["accuracy"]))
   return {"steps": dict(sorted(steps.items())), "floor": floor}
+
+
+def collect(path: str) -> Dict:
+  """A run's metrics (`_read`'s dict plus 'repeats': what its repeats are): one workdir's
+  sampling seeds, or for 'W1+W2+...' the seed-0 results of separately trained models."""
+  paths = path.split("+")
+  if len(paths) == 1:
+    out = _read([f for _, f in sorted(metrics_files(path).items())])
+    return dict(out, repeats="sampling seeds")
+  files = []
+  for p in paths:
+    found = metrics_files(p)
+    if 0 not in found:
+      raise FileNotFoundError(f"{p} holds no {METRICS_FILE} (the seed-0 evaluation)")
+    files.append(found[0])
+  return dict(_read(files), repeats="training seeds")
 
 
 def _cell(values: Sequence[float], fmt: str, scale: float = 1.0) -> str:
@@ -86,7 +105,7 @@ def _cell(values: Sequence[float], fmt: str, scale: float = 1.0) -> str:
 
 def table(results: Mapping[str, Dict]) -> str:
   """Markdown: one row per run, one column per step budget, 'FD-digits (accuracy %)'; a cell
-  with several seeds is 'mean ± std (mean ± std%, n seeds)'."""
+  with several repeats is 'mean ± std (mean ± std%, n sampling seeds)' (or training seeds)."""
   budgets = sorted({n for r in results.values() for n in r["steps"]})
   lines = ["| objective | " + " | ".join(f"{n} step{'s' if n > 1 else ''}" for n in budgets)
            + " |", "|---" * (len(budgets) + 1) + "|"]
@@ -94,7 +113,8 @@ def table(results: Mapping[str, Dict]) -> str:
     cells = []
     for n in budgets:
       s = r["steps"].get(n)
-      seeds = "" if s is None or len(s["fd"]) < 2 else f", {len(s['fd'])} seeds"
+      seeds = ("" if s is None or len(s["fd"]) < 2
+               else f", {len(s['fd'])} {r.get('repeats', 'seeds')}")
       cells.append("–" if s is None else
                    f"{_cell(s['fd'], '.2f')} ({_cell(s['accuracy'], '.1f', 100.0)}%{seeds})")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
