@@ -4,9 +4,9 @@
 
 Most tests are bound by XLA compiles, which use one core: on a 2-core machine two pytest
 processes finish the suite in a little over half the time of one. The test files are handed out
-to `--jobs` workers (default: the CPU count, at most 4) heaviest first — the slowest files
-alone, the quick ones a few to a process — and each worker's output is kept in a log that is
-printed when its files fail. Every process shares one XLA compilation cache (tests/conftest.py).
+to `--jobs` workers (default: the CPU count, at most 4) costliest first — the files that start
+processes of their own alone, the others packed a few to a process by their measured times
+(`COST`) — and each worker's output is kept in a log that is printed when its files fail. Every process shares one XLA compilation cache (tests/conftest.py).
 Test files named on the command line are run instead of the whole folder; any other argument
 goes to every pytest call (e.g. `-k resume`, `--durations=10`, `-x`); `--jobs=1` runs one plain
 pytest.
@@ -26,25 +26,49 @@ from concurrent import futures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
-# The slowest files first (measured with --durations; each runs in its own process), so the
-# long multi-process tests start early and the quick files fill the gaps at the end.
-HEAVY = ("test_sharding.py", "test_preemption.py", "test_sharded_eval.py", "test_fid_eval.py",
-         "test_latent_runs.py", "test_console.py", "test_trainer.py", "test_homo.py",
-         "test_baselines.py", "test_text_conditioning.py", "test_pod_options.py",
-         "test_latent_data.py", "test_launch_checks.py", "test_meanflow.py", "test_lpips.py",
-         "test_cascade.py", "test_coupling.py")
-LIGHT_PER_PROCESS = 6
+# Seconds each file took in the 2-worker run of 2026-12-01 (`ci_final`, files side by side), for
+# packing. Files that start processes of their own run alone; the others are packed into pytest
+# processes of about UNIT_S seconds, largest first (every process pays ~6 s of imports, and the
+# small units that are left over fill the gaps at the end). A file not listed counts DEFAULT_S.
+COST = {
+    "test_sharding.py": 254, "test_preemption.py": 172, "test_latent_runs.py": 130,
+    "test_baselines.py": 148, "test_fid_eval.py": 94, "test_sharded_eval.py": 82,
+    "test_homo.py": 81, "test_text_conditioning.py": 75, "test_latent_data.py": 73,
+    "test_trainer.py": 63, "test_meanflow.py": 60, "test_coupling.py": 58,
+    "test_pod_options.py": 53, "test_console.py": 53, "test_lpips.py": 50, "test_cascade.py": 40,
+    "test_launch_checks.py": 30, "test_dit.py": 40, "test_data.py": 30, "test_fid.py": 15,
+    "test_inception.py": 20, "test_legacy_checkpoint.py": 10, "test_loss_per_t.py": 15,
+    "test_super_resolution.py": 35, "test_tiling.py": 5, "test_train_step.py": 25,
+    "test_vae.py": 25, "test_objectives.py": 30, "test_sampling.py": 20, "test_sr_data.py": 15,
+    "test_sr_quality.py": 5, "test_paths.py": 5, "test_run_tests.py": 1,
+    "test_checkpoint_compat.py": 20, "test_conditioning.py": 25, "test_config.py": 5,
+    "test_cpu_devices.py": 10, "test_damaged_checkpoint.py": 20, "test_compare_digits.py": 2,
+}
+ALONE = ("test_sharding.py", "test_preemption.py", "test_sharded_eval.py", "test_fid_eval.py")
+UNIT_S = 160
+DEFAULT_S = 20
 # pytest's last line: "12 passed, 1 skipped in 30.1s" (with -q) or "== ... in 30.1s ==".
 _SUMMARY = re.compile(r"^=*\s*((?:\d+ \w+|no tests ran)(?:, \d+ \w+)*) in [\d.]+s", re.M)
 
 
+def cost(path: str) -> float:
+  return COST.get(os.path.basename(path), DEFAULT_S)
+
+
 def work_units(files):
-  """[[file, ...], ...]: heavy files alone (in HEAVY's order), the rest in small groups."""
-  names = {os.path.basename(f): f for f in files}
-  heavy = [[names[n]] for n in HEAVY if n in names]
-  light = sorted(f for n, f in names.items() if n not in HEAVY)
-  groups = [light[i:i + LIGHT_PER_PROCESS] for i in range(0, len(light), LIGHT_PER_PROCESS)]
-  return heavy + groups
+  """[[file, ...], ...], the costliest unit first: ALONE files by themselves, the others packed
+  first-fit (largest file first) into units of at most UNIT_S seconds (a larger file alone)."""
+  alone = [[f] for f in files if os.path.basename(f) in ALONE]
+  units = []
+  for f in sorted((f for f in files if os.path.basename(f) not in ALONE),
+                  key=lambda f: (-cost(f), f)):
+    for u in units:
+      if sum(map(cost, u)) + cost(f) <= UNIT_S:
+        u.append(f)
+        break
+    else:
+      units.append([f])
+  return sorted(alone + units, key=lambda u: -sum(map(cost, u)))
 
 
 def run_unit(unit, pytest_args, log_dir, index):
