@@ -6,7 +6,8 @@ Most tests are bound by XLA compiles, which use one core: on a 2-core machine tw
 processes finish the suite in a little over half the time of one. The test files are handed out
 to `--jobs` workers (default: the CPU count, at most 4) costliest first — the files that start
 processes of their own alone, the others packed a few to a process by their measured times
-(`COST`) — and each worker's output is kept in a log that is printed when its files fail. Every process shares one XLA compilation cache (tests/conftest.py).
+(`COST`) — and each worker's output is kept in a log that is printed when its files fail.
+Every process shares one XLA compilation cache (tests/conftest.py).
 Test files named on the command line are run instead of the whole folder; any other argument
 goes to every pytest call (e.g. `-k resume`, `--durations=10`, `-x`); `--jobs=1` runs one plain
 pytest.
@@ -26,8 +27,8 @@ from concurrent import futures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(REPO, "tests")
-# Seconds each file took in the 2-worker run of 2026-12-01 (`ci_final`, files side by side), for
-# packing. Files that start processes of their own run alone; the others are packed into pytest
+# Seconds per file for packing: the files that ran alone in the 2-worker run of 2026-12-01
+# (files side by side) as measured, the others estimated from their group's measured time. Files that start processes of their own run alone; the others are packed into pytest
 # processes of about UNIT_S seconds, largest first (every process pays ~6 s of imports, and the
 # small units that are left over fill the gaps at the end). A file not listed counts DEFAULT_S.
 COST = {
