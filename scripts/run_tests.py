@@ -44,6 +44,7 @@ COST = {
     "test_sr_quality.py": 5, "test_paths.py": 5, "test_run_tests.py": 1,
     "test_checkpoint_compat.py": 20, "test_conditioning.py": 25, "test_config.py": 5,
     "test_cpu_devices.py": 10, "test_damaged_checkpoint.py": 20, "test_compare_digits.py": 2,
+    "test_original_targets.py": 60,  # Estimated: 14 DiT target programs, compiled once.
 }
 ALONE = ("test_sharding.py", "test_preemption.py", "test_sharded_eval.py", "test_fid_eval.py")
 UNIT_S = 160

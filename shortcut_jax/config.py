@@ -10,6 +10,7 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
+from shortcut_jax import storage
 from shortcut_jax import text_encoders
 from shortcut_jax.models.dit import validate_dit_args
 
@@ -209,13 +210,18 @@ def finalize(c: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections
 
 def load_sibling_config(this_file: str, name: str):
   """`get_config` of another file in the same configs folder, loaded by path so that a config
-  deriving from another works however it is loaded (config_flags, import, tests)."""
-  import importlib.util
+  deriving from another works however it is loaded (config_flags, import, tests); the folder
+  may be remote (gs://...: the file is read through `shortcut_jax.storage`)."""
   import os
-  path = os.path.join(os.path.dirname(os.path.abspath(this_file)), f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"shortcut_jax_config_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  import types
+  this_file = os.fspath(this_file)
+  folder = (this_file.rsplit("/", 1)[0] if storage.is_remote(this_file)
+            else os.path.dirname(os.path.abspath(this_file)))
+  path = storage.join(folder, f"{name}.py")
+  module = types.ModuleType(f"shortcut_jax_config_{name}")
+  module.__file__ = path
+  code = compile(storage.read_bytes(path), path, "exec")
+  exec(code, module.__dict__)  # pylint: disable=exec-used
   return module.get_config
 
 

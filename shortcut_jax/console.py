@@ -7,7 +7,9 @@ else in a log file in the workdir.
     from anywhere; INFO records of other libraries (Orbax, TensorFlow Datasets, JAX, ...), often
     kilobytes each, are dropped from it (`--log_libraries` keeps them);
   * `workdir/log.txt` gets every INFO record and above, ours and the libraries'
-    (`log.process_<i>.txt` on processes other than 0), appended across runs. train.py and
+    (`log.process_<i>.txt` on processes other than 0), appended across runs. In a remote workdir
+    (`gs://...`) the file is written in a local staging folder and uploaded by
+    `storage.sync_all()` (the trainer calls it as it logs, and it runs at exit). train.py and
     eval.py share the file: every run starts with a header line naming the program (and
     eval.py's mode) and its command line, e.g. `==== eval.py --mode=fid started: ...`.
 
@@ -16,6 +18,7 @@ Importing this module first also quiets TensorFlow's C++ INFO lines (`TF_CPP_MIN
 unless set), which must happen before TensorFlow is imported.
 """
 
+import atexit
 import logging as std_logging
 import os
 import sys
@@ -25,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
+
+from shortcut_jax import storage  # noqa: E402
 
 _LOG_LIBRARIES = flags.DEFINE_bool(
     "log_libraries", False, "Also show other libraries' INFO records (Orbax, TFDS, JAX, ...) on "
@@ -97,8 +102,12 @@ def setup(workdir: Optional[str], program: str, *, libraries: Optional[bool] = N
   if process_index is None:
     import jax
     process_index = jax.process_index()
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(os.path.abspath(workdir), log_file_name(process_index))
+  mirror = storage.staging(workdir)
+  if not mirror.active:
+    os.makedirs(workdir, exist_ok=True)
+  name = log_file_name(process_index)
+  mirror.pull(name)  # A resumed remote run appends to the file it had.
+  path = mirror.local_path(name)
   for old in [h for h in root.handlers if getattr(h, "_shortcut_jax_log_file", False)]:
     root.removeHandler(old)
     old.close()
@@ -107,10 +116,23 @@ def setup(workdir: Optional[str], program: str, *, libraries: Optional[bool] = N
   handler.setFormatter(logging.PythonFormatter())
   handler._shortcut_jax_log_file = True  # pylint: disable=protected-access
   root.addHandler(handler)
+  if mirror.active:
+    atexit.register(_sync_quietly)
   detail("==== %s started (process %d, pid %d): %s", program, process_index, os.getpid(),
          " ".join(sys.argv))
-  logging.info("library logs go to %s%s", path, "" if libraries else " (--log_libraries: console too)")
+  shown = storage.join(workdir, name) if mirror.active else path
+  logging.info("library logs go to %s%s", shown, "" if libraries else " (--log_libraries: console too)")
   return path
+
+
+def _sync_quietly():
+  """At exit: the last lines of a remote workdir's log reach the bucket."""
+  for handler in std_logging.getLogger().handlers:
+    handler.flush()
+  try:
+    storage.sync_all()
+  except Exception as e:  # pylint: disable=broad-except  # Never mask the program's own error.
+    sys.stderr.write(f"could not upload the log to the workdir: {e}\n")
 
 
 def detail(msg: str, *args) -> None:

@@ -1,13 +1,13 @@
 """Offline evaluation (what eval.py runs): samples, digits metrics, FID reference stats and FID."""
 
 import json
-import os
 from typing import Dict, List, Optional
 
 import jax
 import numpy as np
 from absl import logging
 
+from shortcut_jax import storage
 from shortcut_jax import trainer
 from shortcut_jax.evaluators import generate as gen
 
@@ -56,7 +56,7 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
     raise ValueError("--prompts and --embeddings are for --mode=sample")
   if prompts and embeddings:
     raise ValueError("give --prompts or --embeddings, not both")
-  if prompts and not os.path.isfile(prompts):
+  if prompts and not storage.isfile(prompts):
     raise FileNotFoundError(f"--prompts: {prompts} does not exist")
   if mode == "cascade":
     return cascade(workdirs, steps=steps, num_samples=num_samples, cfg_scale=cfg_scale,
@@ -105,12 +105,13 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
                                           seed=seed, batch_size=batch_size, cfg_scale=cfg_scale,
                                           lpips_weights=lpips_weights)
     results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
-    super_resolution.write_json(os.path.join(workdir, "sr_metrics.json"), results)
+    super_resolution.write_json(storage.join(workdir, "sr_metrics.json"), results)
     # A picture to look at: LR | bicubic | fewest-step and most-step samples | HR.
     strip = super_resolution.comparison_strip(exp, params, steps=sorted({min(steps), max(steps)}),
                                               seed=seed)
     if jax.process_index() == 0:
-      gen.save_png(os.path.join(workdir, "sr_strip.png"), strip, max(1, 128 // exp.config.data.image_size))
+      gen.save_png(storage.join(workdir, "sr_strip.png"), strip,
+                   max(1, 128 // exp.config.data.image_size))
     print(json.dumps(results, indent=2))
     return results
   return digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
@@ -127,10 +128,14 @@ def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Opt
     raise ValueError("--prompts / --embeddings: this model was trained without embeddings "
                      "(data.embedding_dim=0)")
   if prompts:
-    texts = text_encoders.read_prompts(prompts)
+    with storage.local_copy(prompts) as local:  # The readers take local file names.
+      texts = text_encoders.read_prompts(local)
     vectors = text_encoders.encode_prompts(exp.config.data, texts)
   else:
-    vectors = text_encoders.load_embeddings_file(embeddings, int(exp.config.data.embedding_dim))
+    if storage.is_remote(embeddings) and not storage.isfile(embeddings):
+      raise FileNotFoundError(f"--embeddings: {embeddings} does not exist")
+    with storage.local_copy(embeddings) as local:
+      vectors = text_encoders.load_embeddings_file(local, int(exp.config.data.embedding_dim))
     texts = [f"embedding {i}" for i in range(len(vectors))]
   index = np.arange(num_samples) % len(vectors)
   return gen.sample_cond(exp, num_samples, embedding=vectors[index]), index, texts
@@ -152,9 +157,9 @@ def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size
     cond, index, texts = prompted
     extra = {"prompt_index": index, "prompts": np.asarray(texts)}
     cols = len(texts) if len(texts) <= 20 else None
-  out_dir = os.path.join(workdir, "samples")
+  out_dir = storage.join(workdir, "samples")
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
+    storage.makedirs(out_dir)
   written = {}
   for n in steps:
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
@@ -162,9 +167,9 @@ def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size
                                   cond=cond, mesh=gen.data_mesh(), desc=f"sampling {n} steps")
     images = gen.to_uint8(images)
     if jax.process_index() == 0:
-      path = os.path.join(out_dir, f"samples_{n}.npz")
-      np.savez(path, images=images, labels=labels, **extra)
-      gen.save_png(os.path.join(out_dir, f"grid_{n}.png"), gen.image_grid(images[:100], cols),
+      path = storage.join(out_dir, f"samples_{n}.npz")
+      gen.save_npz(path, images=images, labels=labels, **extra)
+      gen.save_png(storage.join(out_dir, f"grid_{n}.png"), gen.image_grid(images[:100], cols),
                    max(1, 64 // images.shape[1]))
       written[n] = path
       logging.info("wrote %d samples with %d steps to %s", len(images), n, path)
@@ -190,8 +195,7 @@ def digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, ba
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   if jax.process_index() == 0:
     name = "digits_metrics.json" if seed == 0 else f"digits_metrics_seed{seed}.json"
-    with open(os.path.join(workdir, name), "w") as f:
-      json.dump(results, f, indent=2)
+    storage.write_json(storage.join(workdir, name), results, indent=2)
   print(json.dumps(results, indent=2))
   return results
 
@@ -203,8 +207,9 @@ def reference_fid_stats(config, out: str, *, split: str = "train",
   Args:
     config: an experiment config; its `data` section says which dataset (TFDS or image folder)
       and at what resolution (`data.image_size`, the resolution the model generates at).
-    out: the .npz to write.
-    split: the split to read in full ('train' by default).
+    out: the .npz to write (local or remote).
+    split: the split to read in full ('train' by default); each process reads its own part of
+      it and the statistics are merged (`fid_evaluator.dataset_stats`).
     inception_path: Inception weights (None: config.evals.fid.inception_path, else
       $SHORTCUT_JAX_INCEPTION).
     batch_size: images per Inception call (rounded up to a multiple of the device count).
@@ -220,7 +225,6 @@ def reference_fid_stats(config, out: str, *, split: str = "train",
   result = {"path": out, "num_images": count, "split": split, "dataset": config.data.name,
             "image_size": config.data.image_size, "inception": weights}
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fid.save_stats(out, mu, sigma, num_images=count, split=split, dataset=config.data.name,
                    image_size=config.data.image_size)
     logging.info("wrote FID statistics of %s/%s (%d images) to %s", config.data.name, split,
@@ -249,8 +253,7 @@ def fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
              "cfg_scale": cfg_scale, "seed": seed, "reference_stats": stats_path,
              "inception_weights": weights, "checkpoint_step": ckpt_step}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "fid.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    storage.write_json(storage.join(workdir, "fid.json"), results, indent=2)
   print(json.dumps(results, indent=2))
   return results
 

@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 os.environ.setdefault("EPATH_USE_TF", "false")
 if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get("TENSORSTORE_GCS_HTTP_URL"):
@@ -263,15 +263,52 @@ def local_dir_copy(p: PathLike) -> str:
   readers that take folder names only (TensorFlow Datasets' builders)."""
   if not is_remote(p):
     return os.fspath(p)
+  local = local_cache_dir(p)
+  copy_tree(p, local)
+  return local
+
+
+def local_cache_dir(p: PathLike) -> str:
+  """The local folder that `local_dir_copy(p)` fills for a remote `p` (created), for readers
+  that need their own layout below a local folder (TensorFlow Datasets' data_dir: fill the parts
+  it reads with `copy_tree`); `p` itself when local."""
+  if not is_remote(p):
+    return os.fspath(p)
   digest = hashlib.sha1(os.fspath(p).encode()).hexdigest()[:16]
   local = os.path.join(_cache_root(), "downloads", digest)
-  for rel in walk_files(p):
-    target = os.path.join(local, rel)
-    remote_file = join(p, rel)
-    if not os.path.exists(target) or os.path.getsize(target) != size(remote_file):
-      copy(remote_file, target)
   os.makedirs(local, exist_ok=True)
   return local
+
+
+def file_sizes(p: PathLike) -> Dict[str, int]:
+  """`{relative path: bytes}` of every file under folder `p` ('/'-separated; empty when `p` does
+  not exist). One listing request on object stores, where a `size` per file would be one each."""
+  if not is_remote(p):
+    root = os.fspath(p)
+    return {rel: os.path.getsize(os.path.join(root, rel)) for rel in walk_files(root)}
+  fs, root = _fs_and_key(p)
+  root = root.rstrip("/")
+  out = {}
+  for key, info in sorted(fs.find(root, detail=True).items()):
+    rel = key[len(root) + 1:]
+    if key.startswith(root + "/") and rel and not rel.endswith("/"):
+      out[rel] = int(info["size"])
+  return out
+
+
+def copy_tree(src: PathLike, dst: PathLike, *, last: Sequence[str] = ()) -> List[str]:
+  """Copies every file under folder `src` to the same place under folder `dst` unless `dst`
+  already holds it with the same size (any two places; an upload or a download of the
+  difference). The relative paths in `last` are copied after all others, in that order: marker
+  files a reader checks first (TFDS's features.json and dataset_info.json), so that a reader
+  never takes a half-copied folder for a complete one. Returns the copied relative paths."""
+  have, want = file_sizes(dst), file_sizes(src)
+  order = {rel: i + 1 for i, rel in enumerate(last)}
+  todo = [rel for rel in sorted(want, key=lambda r: (order.get(r, 0), r))
+          if have.get(rel) != want[rel]]
+  for rel in todo:
+    copy(join(src, rel), join(dst, rel))
+  return todo
 
 
 def check(p: PathLike, *, write: bool = False) -> None:
@@ -352,3 +389,21 @@ class Mirror:
       if self._sizes.get(rel) != current:
         copy(self.local_path(rel), join(self.remote, rel))
         self._sizes[rel] = current
+
+
+_MIRRORS = {}
+
+
+def staging(workdir: PathLike) -> Mirror:
+  """The one `Mirror` of a workdir in this process (the log file, metrics.jsonl and TensorBoard
+  events of a remote workdir share it); `sync_all()` uploads every mirror's new bytes."""
+  key = absolute(workdir)
+  if key not in _MIRRORS:
+    _MIRRORS[key] = Mirror(key)
+  return _MIRRORS[key]
+
+
+def sync_all() -> None:
+  """Uploads what every staging folder of this process holds that the remote does not yet."""
+  for mirror in list(_MIRRORS.values()):
+    mirror.sync()

@@ -8,13 +8,18 @@ Two text models, chosen by the run's data config:
     from the vector alone (its labels are all dropped: `objective.class_dropout_prob=1`).
   * otherwise `data.text_model`: a local CLIP text model folder (`tools.embed_text`, the model
     the dataset's embeddings were computed with).
+
+Prompts files, embeddings files and the text model folder may be remote (gs://...): they are
+read through `shortcut_jax.storage` (`tools.embed_text`).
 """
 
-import os
+import io
 import re
 from typing import List, Optional, Sequence
 
 import numpy as np
+
+from shortcut_jax import storage
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_WORDS_NAME = "digit_words"
@@ -93,9 +98,9 @@ def encode_prompts(data_config, prompts: Sequence[str]) -> np.ndarray:
 
 def load_embeddings_file(path: str, dim: int) -> np.ndarray:
   """float32 [N, dim] from an .npy array or an .npz with 'embedding' (e.g. `embed_text`'s)."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"--embeddings: {path} does not exist")
-  data = np.load(path, allow_pickle=False)
+  data = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
   if isinstance(data, np.lib.npyio.NpzFile):
     with data:
       if "embedding" not in data.files:

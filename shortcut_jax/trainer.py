@@ -21,10 +21,12 @@ from absl import logging
 from clu import metric_writers
 
 from shortcut_jax import config as config_lib
+from shortcut_jax import console
 from shortcut_jax import distributed
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import objectives
 from shortcut_jax import sharding as sharding_lib
+from shortcut_jax import storage
 from shortcut_jax import train_state as train_state_lib
 from shortcut_jax import train_step as train_step_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager
@@ -32,6 +34,11 @@ from shortcut_jax.data import pipeline
 from shortcut_jax.models import registry as models_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives import flow_path
+
+
+# A remote workdir's logs, metrics and TensorBoard events reach it at least this often (and at
+# every checkpoint).
+SYNC_EVERY_S = 60.0
 
 
 class NonFiniteMetricError(FloatingPointError):
@@ -188,10 +195,12 @@ def evaluator_state(state):
 
 
 class _JsonlWriter:
-  """Appends one JSON object per logged step to workdir/metrics.jsonl."""
+  """Appends one JSON object per logged step to workdir/metrics.jsonl (in the workdir's staging
+  folder when the workdir is remote: `storage.Mirror`)."""
 
-  def __init__(self, path):
-    self.path = path
+  def __init__(self, mirror: storage.Mirror, name: str = "metrics.jsonl"):
+    mirror.pull(name)
+    self.path = mirror.local_path(name)
 
   def write(self, step, scalars):
     with open(self.path, "a") as f:
@@ -251,17 +260,15 @@ def make_wandb_writer(config: ml_collections.ConfigDict, workdir: str) -> Option
     logging.warning("wandb.project=%r is set but the wandb package is not installed "
                     "(pip install wandb): logging to TensorBoard only", w.project)
     return None
-  id_path = os.path.join(workdir, "wandb_run_id")
-  if os.path.exists(id_path):
-    with open(id_path) as f:
-      run_id = f.read().strip()
+  id_path = storage.join(workdir, "wandb_run_id")
+  if storage.exists(id_path):
+    run_id = storage.read_text(id_path).strip()
   else:
     run_id = wandb.util.generate_id() if hasattr(wandb, "util") else os.urandom(4).hex()
-    with open(id_path, "w") as f:
-      f.write(run_id)
+    storage.write_text(id_path, run_id)
   run = wandb.init(project=w.project, entity=w.get("entity"),
-                   name=w.get("name") or os.path.basename(os.path.abspath(workdir)),
-                   dir=workdir, id=run_id, resume="allow", mode=w.get("mode", "online"),
+                   name=w.get("name") or storage.basename(storage.absolute(workdir)),
+                   dir=storage.staging(workdir).local, id=run_id, resume="allow", mode=w.get("mode", "online"),
                    config=json.loads(config.to_json_best_effort()))
   return WandbWriter(run)
 
@@ -276,8 +283,48 @@ def check_finite(metrics: Dict[str, float], step: int) -> None:
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  """Writes the resolved config as workdir/config.json (what a resume without --config reads)."""
+  storage.write_text(storage.join(workdir, "config.json"),
+                     config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def record_start(config: ml_collections.ConfigDict, workdir: str, mesh, start_step: int) -> str:
+  """Keeps this (re)start's provenance as workdir/starts/<n>.json, never overwritten: the
+  resolved config, the start step, the command line, package versions, XLA flags, devices,
+  mesh and process count (also in the log). Returns the file's path."""
+  import importlib.metadata as metadata  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  def version(name):
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return None
+  record = {
+      "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "start_step": int(start_step),
+      "command": " ".join(sys.argv),
+      "versions": {name: version(name) for name in (
+          "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets",
+          "shortcut_jax")},
+      "python": sys.version.split()[0], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "devices": {"platform": jax.default_backend(), "kind": jax.devices()[0].device_kind,
+                  "count": jax.device_count(), "local_count": jax.local_device_count()},
+      "process_count": jax.process_count(), "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "sharding": config.sharding,
+      "config": json.loads(config.to_json_best_effort()),
+  }
+  folder = storage.join(workdir, "starts")
+  taken = storage.listdir(folder) if storage.exists(folder) else []
+  index = 1 + max([int(n.split(".")[0]) for n in taken if n.split(".")[0].isdigit()] or [-1])
+  path = storage.join(folder, f"{index:03d}.json")
+  storage.write_json(path, record, indent=1, sort_keys=True)
+  console.detail("start %d at step %d: jax %s, jaxlib %s, flax %s, orbax %s; %d x %s, %d "
+               "process(es), mesh %s; provenance in %s", index, start_step,
+               record["versions"]["jax"], record["versions"]["jaxlib"],
+               record["versions"]["flax"], record["versions"]["orbax-checkpoint"],
+               jax.device_count(), record["devices"]["kind"], jax.process_count(),
+               record["mesh"], path)
+  return path
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, float]:
@@ -286,9 +333,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   Returns:
     The last logged training metrics.
   """
+  # An unusable gs:// workdir (no gcsfs, no bucket, no credentials): one error, nothing written.
+  storage.check(workdir, write=jax.process_index() == 0)
   exp = build_experiment(config)
   pipeline.require_data(config.data)  # Missing training data: an error before compiling.
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   # One job per workdir: a second job (e.g. processes that did not join one cluster) stops here.
   lock = distributed.WorkdirLock(workdir).acquire()
   try:
@@ -320,11 +369,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
     ckpt.close()
     return {}
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  if is_main:
+    record_start(config, workdir, mesh, start_step)
+  # Append-only files (TensorBoard events, metrics.jsonl, the profile) are written locally and
+  # uploaded as they grow when the workdir is remote (storage.Mirror): one storage client for
+  # everything, and TensorFlow's own GCS client is never used.
+  mirror = storage.staging(workdir)
+  writer = metric_writers.create_default_writer(mirror.local, just_logging=not is_main)
   wandb_writer = make_wandb_writer(config, workdir) if is_main else None
   if wandb_writer is not None:
     writer = metric_writers.MultiWriter([writer, wandb_writer])
-  jsonl = _JsonlWriter(os.path.join(workdir, "metrics.jsonl")) if is_main else None
+  jsonl = _JsonlWriter(mirror) if is_main else None
   train_iter = pipeline.make_dataset(config.data, split="train", global_batch_size=config.batch_size,
                                      seed=config.seed, train=True, start_step=start_step,
                                      process_index=jax.process_index(),
@@ -342,9 +397,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
   stop = distributed.StopRequest()
   # Profiling steps N..M (config.profile_steps) into workdir/profile, on process 0.
   profile = tuple(config.get("profile_steps", ()) or ())
-  profile_dir, profiling = os.path.join(workdir, "profile"), False
+  profile_dir, profiling = mirror.local_path("profile"), False
   last_metrics, pending = {}, []
   t_last, step_last = time.time(), start_step
+  t_sync = time.time()
   step = start_step
   try:
     stop.__enter__()
@@ -396,6 +452,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
       meta = {"data_position": step, "image_shape": list(exp.image_shape)}
       if save_due:
         ckpt.save(step, state, meta, force=stopping or step == config.max_steps)
+      if mirror.active and (save_due or time.time() - t_sync > SYNC_EVERY_S):
+        writer.flush()
+        storage.sync_all()
+        t_sync = time.time()
       if stopping:
         ckpt.wait()
         logging.warning("received %s: saved step %d on every process, exiting", stop.signal, step)
@@ -428,17 +488,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
     if wandb_writer is not None:
       wandb_writer.close()
     ckpt.close()
+    storage.sync_all()
   return last_metrics
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a training run saved as workdir/config.json."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = storage.join(workdir, "config.json")
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir? (pass --config "
                             "to say which config the checkpoint was trained with)")
-  with open(path) as f:
-    raw = json.load(f)
+  raw = storage.read_json(path)
   config = config_lib.base_config()
   config.update_from_flattened_dict(_flatten(raw))
   return config

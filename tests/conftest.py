@@ -35,9 +35,11 @@ FIXTURES = SHARED / "fixtures"
 
 @pytest.fixture(scope="session")
 def original_fixture_dir():
-  path = FIXTURES / "original_dit"
+  """A checkpoint written by the original code (tests/testdata/original_dit, shipped with the
+  repository)."""
+  path = REPO / "tests" / "testdata" / "original_dit"
   if not path.exists():
-    pytest.skip(f"fixture folder {path} not present (it ships in ../shared/fixtures)")
+    raise FileNotFoundError(f"fixture folder {path} is missing (it ships with the repository)")
   return path
 
 

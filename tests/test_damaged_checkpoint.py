@@ -1,6 +1,7 @@
 """Checkpoints that never lose state: damaged checkpoints (a data file truncated or overwritten
-after the save) are skipped on resume and named by eval, and a failing evaluator keeps the step's
-checkpoint (saved before evaluators run)."""
+after the save) are skipped on resume and named by eval, while an error that is not damage (an
+I/O error, a step without checksum lists that cannot be read) stops the run and moves nothing;
+a failing evaluator keeps the step's checkpoint (saved before evaluators run)."""
 
 import logging
 import os
@@ -12,7 +13,9 @@ import pytest
 
 import digits_configs
 from shortcut_jax import trainer
-from shortcut_jax.checkpoints.manager import CheckpointManager, DamagedCheckpointError
+from shortcut_jax.checkpoints import manager as manager_lib
+from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointReadError,
+                                              DamagedCheckpointError)
 from shortcut_jax.evaluators.validation import ValidationLossEvaluator
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
@@ -84,21 +87,17 @@ def _assert_same(a, b):
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
-@pytest.mark.parametrize("damage, checksums", [(_truncate, True), (_overwrite, True),
-                                               (_truncate, False)])
-def test_resume_skips_damaged_newest_checkpoint(trained, tmp_path, data_dir, caplog, damage,
-                                                checksums):
+@pytest.mark.parametrize("damage", [_truncate, _overwrite])
+def test_resume_skips_damaged_newest_checkpoint(trained, tmp_path, data_dir, caplog, damage):
   workdir = _copy(trained, tmp_path)
-  if not checksums:  # A step saved before checksum lists existed: reading it is the test.
-    os.remove(os.path.join(workdir, "checkpoints", "6", "checksums.json"))
   bad = _largest_data_file(workdir, 6)
   damage(bad)
   damaged_files = _snapshot(os.path.join(workdir, "checkpoints", "6"))
   with caplog.at_level(logging.WARNING):
     trainer.train_and_evaluate(_config(data_dir), workdir)
   warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-  assert any("checkpoint step 6 is damaged" in w and
-             (os.path.basename(bad) in w if checksums else "checkpoints/6" in w) for w in warnings), warnings
+  assert any("checkpoint step 6 is damaged" in w and os.path.basename(bad) in w
+             for w in warnings), warnings
   # Resumed from step 4 (with its data position), trained steps 5 and 6 again: the weights of
   # the uninterrupted run, which is what a run resumed from step 4 gives.
   weights, step = _weights(workdir)
@@ -107,6 +106,37 @@ def test_resume_skips_damaged_newest_checkpoint(trained, tmp_path, data_dir, cap
   # The damaged step is kept, byte for byte, beside the new one.
   assert _snapshot(os.path.join(workdir, "checkpoints", "6.damaged")) == damaged_files
   assert CheckpointManager(workdir, read_only=True).all_steps() == [2, 4, 6]
+
+
+def test_read_error_is_not_damage(trained, tmp_path, data_dir, monkeypatch):
+  """An I/O error while verifying stops the run, naming the step; nothing is moved."""
+  workdir = _copy(trained, tmp_path)
+  before = _snapshot(os.path.join(workdir, "checkpoints"))
+
+  def fail(path):
+    raise OSError(5, "injected I/O error", path)
+  monkeypatch.setattr(manager_lib, "_crc32", fail)
+  with pytest.raises(CheckpointReadError, match=r"step 6 .*could not be verified .*process 0: "
+                                                r"OSError: .*injected I/O error.*Nothing was "
+                                                r"renamed or deleted"):
+    trainer.train_and_evaluate(_config(data_dir), workdir)
+  assert _snapshot(os.path.join(workdir, "checkpoints")) == before
+
+
+def test_unverifiable_step_that_cannot_be_read_stops(trained, tmp_path, data_dir):
+  """A step without checksum lists (saved by an older version) whose data cannot be read: not
+  provably damage, so the run stops and says how to skip the step."""
+  workdir = _copy(trained, tmp_path)
+  os.remove(os.path.join(workdir, "checkpoints", "6", "checksums.process_0.json"))
+  _truncate(_largest_data_file(workdir, 6))
+  before = _snapshot(os.path.join(workdir, "checkpoints"))
+  with pytest.raises(CheckpointReadError) as info:
+    trainer.train_and_evaluate(_config(data_dir), workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "6")
+  assert (f"step 6 in {os.path.join(workdir, 'checkpoints')} could not be restored"
+          in str(info.value))
+  assert f"rename {step_dir} to {step_dir}.damaged to resume from step 4" in str(info.value)
+  assert _snapshot(os.path.join(workdir, "checkpoints")) == before
 
 
 def test_eval_names_the_damaged_step_and_the_intact_ones(trained, tmp_path):

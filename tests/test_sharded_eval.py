@@ -66,6 +66,19 @@ def _worker(spec_path):
     rows.append(len(out))
     return out
   fid_evaluator.InceptionFeatures.local_features = counted
+  process_local = fid_evaluator.InceptionFeatures.process_local_features
+
+  def counted_process_local(self, images, count=None):  # Dataset statistics: parts of batches.
+    out = process_local(self, images, count)
+    rows.append(len(out))
+    return out
+  fid_evaluator.InceptionFeatures.process_local_features = counted_process_local
+  split_part, parts = fid_evaluator.split_part, []
+
+  def recorded_part(*args, **kwargs):  # Which part of the split this process read.
+    parts.append([kwargs["process_index"], kwargs["process_count"]])
+    return split_part(*args, **kwargs)
+  fid_evaluator.split_part = recorded_part
   from shortcut_jax.evaluators import fid as fid_lib
   model_stats = []
 
@@ -101,7 +114,7 @@ def _worker(spec_path):
            **{f"sigma_{n}": s for n, (_, s) in zip(STEPS, model_stats)})
   with open(spec["results"] + f".{jax.process_index()}", "w") as f:
     json.dump({"process": jax.process_index(), "devices": jax.device_count(),
-               "fid": fid["steps"], "fid_rows": fid_rows, "ref_rows": ref_rows,
+               "fid": fid["steps"], "fid_rows": fid_rows, "ref_rows": ref_rows, "ref_parts": parts,
                "ref_count": ref["num_images"], "seconds": seconds, "written": {str(k): v for k, v in written.items()}},
               f)
 
@@ -186,6 +199,10 @@ def test_two_processes_give_the_one_process_fid_and_samples(tmp_path):
   assert sum(r["fid_rows"] for r in two) == NUM_IMAGES * len(STEPS)
   assert all(0 < r["fid_rows"] < NUM_IMAGES * len(STEPS) for r in two)
   assert sum(r["ref_rows"] for r in two) == one["ref_rows"] == one["ref_count"] == 50
+  # ... and each process read only its own part of the split.
+  assert one["ref_parts"] == [[0, 1]]
+  assert [r["ref_parts"] for r in two] == [[[0, 2]], [[1, 2]]]
+  assert all(0 < r["ref_rows"] < 50 for r in two)
 
   # Dataset statistics (fid_stats mode): sharded the same way, the same values.
   a, b = fid.load_reference_stats(str(tmp_path / "one_ref.npz")), fid.load_reference_stats(

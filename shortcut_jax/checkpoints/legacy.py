@@ -6,7 +6,8 @@ The original pickles `{'train_state': {'params', 'params_ema', 'opt_state', 'ste
 modern jax cannot unpickle (`ShapedArray` lost its `named_shape` argument). This reader never
 imports jax's private code: a restricted unpickler maps that global onto a function that rebuilds
 the numpy array and drops the abstract-value state, maps optax's state classes onto optax's public
-ones, and refuses every other global — so a hostile pickle cannot execute anything.
+ones, and refuses every other global — so a hostile pickle cannot execute anything. The file may
+be remote (gs://...): it is read through `shortcut_jax.storage`.
 """
 
 import io
@@ -16,6 +17,8 @@ from typing import Any, Dict
 
 import numpy as np
 import optax
+
+from shortcut_jax import storage
 
 
 class LegacyCheckpointError(ValueError):
@@ -85,10 +88,9 @@ def load_original_checkpoint(path: str) -> Dict[str, Any]:
     LegacyCheckpointError: truncated, corrupt, foreign or hostile file.
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"no checkpoint file at {path!r}")
-  with open(path, "rb") as f:
-    data = f.read()
+  data = storage.read_bytes(path)
   try:
     obj = _RestrictedUnpickler(io.BytesIO(data)).load()
   except LegacyCheckpointError as e:

@@ -1,35 +1,62 @@
 """Orbax checkpoints of the train state, with the input-pipeline position saved beside it.
 
-Layout: `workdir/checkpoints/<step>/{state, meta}`. `state` is the TrainState pytree (saved
-from all processes, sharded as it lives on device); `meta` is JSON: the step, the data position
-(how many global batches the pipeline has produced) and the config's model shape fields, used to
-refuse a checkpoint that does not match the config before any array is read.
+Layout: `workdir/checkpoints/<step>/{state, meta}` (a local folder or `gs://...`, through
+`shortcut_jax.storage`). `state` is the TrainState pytree (saved from all processes, sharded as
+it lives on device); `meta` is JSON: the step, the data position (how many global batches the
+pipeline has produced) and the config's model shape fields, used to refuse a checkpoint that
+does not match the config before any array is read.
 
-Orbax writes each step to a temporary folder and renames it when complete, so a process killed
-at any moment (even mid-save) leaves the previous complete checkpoint as the latest one.
-Resume order: the latest complete step in `workdir/checkpoints`; nothing there → a fresh state.
+Orbax commits each step only when complete (a local step folder appears by an atomic rename; on
+an object store its `commit_success.txt` marker is written last), so a process killed at any
+moment (even mid-save) leaves the previous complete checkpoint as the latest one. Resume order:
+the latest intact step in `workdir/checkpoints`; nothing there → a fresh state.
 
-Damaged checkpoints. Once a save is complete, process 0 writes `<step>/checksums.json` (size and
-CRC-32 of every file of the step). Before a step is read, `verify` compares the files with it, so a
-data file truncated or overwritten after the commit (bit rot, a bad copy) is found, with its
-name, before TensorStore reads it; a step without the list (written by an older version, or
-cut off before its list was written) is checked by reading it. `restore_latest_intact` (resume)
-then falls back to the newest intact step, and moves the damaged ones aside to
-`<step>.damaged` in the same folder (kept, never deleted: Orbax refuses to save a step at or
-below one it still lists); `restore(step)` names the damaged step and the intact ones.
+Checksums, written off the training loop. `save` starts Orbax's (asynchronous) save and returns;
+a background thread of each process waits until Orbax has committed the step, then reads back
+the files that this process wrote (its `state/ocdbt.process_<i>/...` shards and
+`state/array_metadatas/process_<i>`; process 0 also everything else: metadata, the merged OCDBT
+root, `meta`, the commit markers) and writes their sizes and CRC-32s to
+`<step>/checksums.process_<i>.json`. `wait()` and `close()` wait for those lists. The single
+`<step>/checksums.json` of earlier versions is still read.
+
+Damage, and what is not damage. Only an integrity failure makes a step 'damaged': a file whose
+bytes differ from its checksum list (truncated, overwritten, bit rot, a bad copy), a listed file
+that is missing (the commit marker included), or an unreadable checksum list. Any other error
+(an I/O or permission error, running out of memory, a sharding or shape mismatch, an Orbax
+version error) stops with a message that names the step, the process and the error, and renames
+or deletes nothing. A step without any checksum list cannot be verified: an error reading it is
+such an error too, and the message says how to skip the step.
+
+Resume (`restore_latest_intact`) is collective: from the newest step down, every process
+verifies its share of the step's checksum lists (list `k` by process `k % process_count`, in
+parallel threads), checks that the step's shapes fit the config, and the processes exchange
+their verdicts (`process_allgather`), so every process takes the same decision: a damaged
+shard that only one process checked is skipped by all; an error on one process stops all of
+them with the same message. Every process then restores the chosen step and the outcomes are
+exchanged again. Only then, after that point every process reaches, process 0 moves the damaged
+newer steps aside to `<step>.damaged` in the same folder (kept, never deleted: Orbax refuses to
+save a step at or below one it still lists), and every process waits for it. `restore(step)`
+(evaluation) names a damaged step and the intact ones.
 """
 
+import builtins
+import concurrent.futures
+import hashlib
 import json
 import os
+import queue
 import re
+import threading
+import time
 import zlib
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from shortcut_jax import storage
 from shortcut_jax.sharding import path_name
 
 
@@ -53,44 +80,184 @@ def shape_mismatches(expected, found) -> list:
 
 
 class DamagedCheckpointError(RuntimeError):
-  """A checkpoint's files changed after it was saved (or cannot be read)."""
+  """A checkpoint's files differ from its checksum lists (or every checkpoint is damaged)."""
 
 
-class _Damaged(Exception):
-  """Internal: one step is damaged (the message says which file and how)."""
+class CheckpointReadError(RuntimeError):
+  """A checkpoint could not be verified or restored for a reason other than damage (I/O,
+  permissions, memory, sharding, versions). Nothing was renamed or deleted."""
 
 
-CHECKSUMS = "checksums.json"
-_CHUNK = 1 << 22
+CHECKSUMS = "checksums.json"  # The single list of earlier versions (read only).
+COMMIT_MARKER = "commit_success.txt"
+_LIST = re.compile(r"^checksums\.process_(\d+)\.json$")
+_OWNER = re.compile(r"(?:^|\.)process_(\d+)$")
+_CHUNK = 1 << 23
+_VERIFY_THREADS = 8  # Per process, at resume (I/O bound on object stores; locally: <= cores).
+_EXCHANGE_BYTES = 8192  # Fixed size of one process's record in a verdict exchange.
+_MESSAGE_CHARS = 1500
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return storage.join(storage.absolute(workdir), "checkpoints")
 
 
-def _crc32(path: str) -> int:
-  crc = 0
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(_CHUNK), b""):
+def _list_name(process: int) -> str:
+  return f"checksums.process_{process}.json"
+
+
+def _owner(rel: str) -> int:
+  """The process that writes file `rel` of a step: `k` for anything under a `*process_<k>`
+  path component (OCDBT's per-process shards, array metadata), else 0."""
+  for part in rel.split("/"):
+    m = _OWNER.search(part)
+    if m:
+      return int(m.group(1))
+  return 0
+
+
+def _is_list(rel: str) -> bool:
+  return "/" not in rel and rel.startswith("checksums.")
+
+
+def _crc32(path: str) -> Tuple[int, int]:
+  """(size, CRC-32) of a file's bytes."""
+  crc = size = 0
+  f = storage.open(path, "rb") if storage.is_remote(path) else builtins.open(path, "rb")
+  with f:
+    while True:
+      chunk = f.read(_CHUNK)
+      if not chunk:
+        return size, crc
       crc = zlib.crc32(chunk, crc)
-  return crc
+      size += len(chunk)
 
 
-def _step_files(step_dir: str):
-  """Relative paths of the files of a step folder, the checksum list excepted."""
-  out = []
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      rel = os.path.relpath(os.path.join(root, name), step_dir)
-      if rel != CHECKSUMS:
-        out.append(rel)
-  return sorted(out)
-
-
-def _first_line(exc: BaseException, limit: int = 240) -> str:
-  text = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+  text = (f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__])[0]
   text = re.sub(r"\s*See full TensorStore details:.*", "", text)
   return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _Damage(Exception):
+  """Internal: a file of a step is not as its checksum list says (the message says how)."""
+
+
+def _exchange(record: Dict[str, Any]) -> List[Dict[str, Any]]:
+  """Every process's `record` (small JSON), in process order; a collective with several
+  processes (every process must call it, in the same order)."""
+  if jax.process_count() == 1:
+    return [record]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  record = dict(record)
+  if "message" in record:
+    record["message"] = str(record["message"])[:_MESSAGE_CHARS]
+  data = json.dumps(record).encode("utf-8")[:_EXCHANGE_BYTES - 4]
+  buf = np.zeros(_EXCHANGE_BYTES, np.uint8)
+  buf[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), np.uint8)
+  buf[4:4 + len(data)] = np.frombuffer(data, np.uint8)
+  rows = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), -1)
+  out = []
+  for row in rows:
+    n = int(np.frombuffer(row[:4].tobytes(), np.uint32)[0])
+    out.append(json.loads(row[4:4 + n].tobytes().decode("utf-8")))
+  return out
+
+
+def _run(fn: Callable[[], Any]) -> Tuple[Optional[Any], Dict[str, Any]]:
+  """(fn(), this process's outcome record) — exceptions become the record, never raised here,
+  so that every process reaches the exchange that follows."""
+  me = jax.process_index()
+  try:
+    return fn(), {"verdict": "ok", "process": me}
+  except CheckpointMismatchError as e:
+    return None, {"verdict": "mismatch", "process": me, "message": str(e)}
+  except Exception as e:  # pylint: disable=broad-except  # Anything: I/O, OOM, TensorStore, ...
+    logging.exception("checkpoint operation failed on process %d", me)
+    return None, {"verdict": "failed", "process": me, "message": _first_line(e)}
+
+
+class _Checksummer:
+  """One background thread per process: writes `checksums.process_<i>.json` for each step
+  saved, once Orbax has committed it (reads this process's files back; never blocks `save`)."""
+
+  def __init__(self, owner: "CheckpointManager"):
+    self._owner = owner
+    self._queue: "queue.Queue[Optional[int]]" = queue.Queue()
+    self._thread = None
+
+  def submit(self, step: int) -> None:
+    if self._thread is None or not self._thread.is_alive():
+      self._thread = threading.Thread(target=self._loop, name="shortcut_jax-checksums",
+                                      daemon=True)
+      self._thread.start()
+    self._queue.put(int(step))
+
+  def drain(self) -> None:
+    """Waits until every submitted step has its list (or was given up)."""
+    if self._thread is not None:
+      self._queue.join()
+
+  def stop(self) -> None:
+    if self._thread is not None and self._thread.is_alive():
+      self._queue.put(None)
+      self._thread.join()
+    self._thread = None
+
+  def _loop(self):
+    while True:
+      step = self._queue.get()
+      try:
+        if step is None:
+          return
+        self._seal(step)
+      except Exception as e:  # pylint: disable=broad-except
+        try:
+          gone = not self._owner._committed(self._owner.step_dir(step))  # pylint: disable=protected-access
+        except Exception:  # pylint: disable=broad-except
+          gone = False
+        if not gone:  # A step removed meanwhile (max_to_keep) needs no list.
+          logging.warning("could not write the checksums of checkpoint step %d: %s", step,
+                          _first_line(e))
+      finally:
+        self._queue.task_done()
+
+  def _seal(self, step: int):
+    owner = self._owner
+    step_dir = owner.step_dir(step)
+    delay = 0.02
+    while True:
+      busy = owner._manager.is_saving_in_progress()  # pylint: disable=protected-access
+      if owner._committed(step_dir):  # pylint: disable=protected-access
+        break
+      if not busy:  # The save failed, or the step is already gone (max_to_keep).
+        logging.info("checkpoint step %d is not there (its save failed, or max_to_keep removed "
+                     "it already): no checksum list written", step)
+        return
+      time.sleep(delay)
+      delay = min(2 * delay, 1.0)
+    me, count = jax.process_index(), jax.process_count()
+    files = {}
+    for rel in storage.walk_files(step_dir):
+      if _is_list(rel) or _owner(rel) != me:
+        continue
+      files[rel] = list(_crc32(storage.join(step_dir, rel)))
+    payload = {"step": step, "process": me, "process_count": count, "crc32": files}
+    target = storage.join(step_dir, _list_name(me))
+    data = json.dumps(payload).encode("utf-8")
+    if storage.is_remote(step_dir):
+      storage.write_bytes(target, data)
+      if not owner._committed(step_dir):  # pylint: disable=protected-access
+        storage.remove(target)  # Deleted meanwhile (max_to_keep): leave no stray object.
+      return
+    tmp = f"{target}.tmp.{os.getpid()}"
+    try:  # No folder is created: a step deleted meanwhile stays deleted.
+      with builtins.open(tmp, "wb") as f:
+        f.write(data)
+      os.replace(tmp, target)
+    except FileNotFoundError:
+      if os.path.isdir(step_dir):
+        raise
 
 
 class CheckpointManager:
@@ -103,14 +270,14 @@ class CheckpointManager:
         enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only)
     self.directory = checkpoint_dir(workdir)
-    if read_only and not os.path.isdir(self.directory):
+    if read_only and not storage.isdir(self.directory):
       raise FileNotFoundError(
           f"no checkpoints in {self.directory}: train first (train.py --workdir=...) or import one "
           "(python -m shortcut_jax.tools.import_original ...)")
     self._options = options
     self._read_only = read_only
-    self._unsealed = []  # Steps saved whose checksum list is not written yet.
-    self._verified = set()  # Steps whose files matched their list (checked once).
+    self._checksummer = _Checksummer(self)
+    self._verified = set()  # Steps every process found intact (checked once).
     self._open()
 
   def _open(self):
@@ -119,84 +286,227 @@ class CheckpointManager:
         item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
   def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(int(step)))
+    return storage.join(self.directory, str(int(step)))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
   def all_steps(self):
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
+
+  def _committed(self, step_dir: str) -> bool:
+    """Whether Orbax has committed a step: the folder exists (locally it appears by rename,
+    complete) and, on object stores, holds its commit marker."""
+    if storage.is_remote(step_dir):
+      return storage.exists(storage.join(step_dir, COMMIT_MARKER))
+    return os.path.isdir(step_dir)
+
+  # -------------------------------------------------------------------------------------------
+  # Saving.
 
   def save(self, step: int, state: Any, meta: Dict[str, Any], *, force: bool = False) -> bool:
-    """Saves if `step` is due (or `force`); returns whether a save was started."""
+    """Saves if `step` is due (or `force`); returns whether a save was started.
+
+    Returns once Orbax has started its (asynchronous) save; the checksum list of this
+    process's files is written by a background thread once the step is committed."""
     meta = dict(meta, step=int(step))
-    self._seal()
     started = self._manager.save(
         int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                            meta=ocp.args.JsonSave(meta)), force=force)
     if started:
-      self._unsealed.append(int(step))
-      if not self._options.enable_async_checkpointing:
-        self._seal()
+      self._verified.discard(int(step))
+      self._checksummer.submit(int(step))
     return started
 
-  def _seal(self):
-    """Writes the checksum list of every completed save not yet sealed (process 0 only).
-
-    Waits for a save in progress (Orbax's next `save` waits for it anyway); reads the files
-    of the step back once, at disk speed, on process 0."""
-    if not self._unsealed:
-      return
+  def wait(self):
+    """Waits until every started save is committed and has its checksum lists."""
     self._manager.wait_until_finished()
-    steps, self._unsealed = self._unsealed, []
-    if jax.process_index() != 0:
-      return
-    for step in steps:
-      step_dir = self.step_dir(step)
-      if not os.path.isdir(step_dir):  # Already removed by max_to_keep.
+    self._checksummer.drain()
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._checksummer.drain()
+    self._checksummer.stop()
+    self._manager.close()
+    logging.info("checkpoint manager closed (%s)", self.directory)
+
+  # -------------------------------------------------------------------------------------------
+  # Verifying.
+
+  def _lists(self, step: int) -> Tuple[List[int], bool]:
+    """(processes with a checksum list in the step's folder, whether the old single list is
+    there)."""
+    names = storage.listdir(self.step_dir(step))
+    lists = sorted(int(m.group(1)) for m in map(_LIST.match, names) if m)
+    return lists, CHECKSUMS in names
+
+  def _read_list(self, path: str) -> Dict[str, Any]:
+    try:
+      data = json.loads(storage.read_text(path))
+      files = data["crc32"]
+      if not isinstance(files, dict):
+        raise TypeError("crc32 is not a mapping")
+      return data
+    except FileNotFoundError:
+      raise _Damage(f"{path}: missing") from None
+    except (ValueError, KeyError, TypeError) as e:
+      raise _Damage(f"{path}: unreadable checksum list ({_first_line(e)})") from None
+
+  def _share(self, step: int, process: int, count: int) -> Optional[Dict[str, List[int]]]:
+    """The listed files that process `process` of `count` verifies: those of the lists
+    `k ≡ process (mod count)` (of the old single list: the files whose writer `k` is). None
+    when the step has no checksum list at all (it cannot be verified)."""
+    step_dir = self.step_dir(step)
+    lists, legacy = self._lists(step)
+    if not lists and not legacy:
+      return None
+    files = {}
+    for k in lists:
+      if k % count != process:
         continue
+      data = self._read_list(storage.join(step_dir, _list_name(k)))
+      files.update(data["crc32"])
+      if k == 0:
+        missing = sorted(set(range(int(data.get("process_count", 1)))) - set(lists))
+        if missing:
+          logging.warning("checkpoint step %d has no checksum list of process(es) %s (stopped "
+                          "before writing it?): their files are not verified", step, missing)
+    if legacy and not lists:
+      data = self._read_list(storage.join(step_dir, CHECKSUMS))
+      files.update({rel: v for rel, v in data["crc32"].items() if _owner(rel) % count == process})
+    return files
+
+  def _check_files(self, step: int, files: Dict[str, List[int]]) -> None:
+    """Compares files with their sizes and CRC-32s, in parallel threads.
+
+    Raises:
+      _Damage: the first damaged file (sorted by name).
+      Exception: any other error (I/O, permissions), as raised.
+    """
+    step_dir = self.step_dir(step)
+    items = sorted(files.items())
+    if not storage.is_remote(step_dir):  # Cheap checks first: missing or truncated files.
+      for rel, (size, _) in items:
+        p = storage.join(step_dir, rel)
+        try:
+          actual = os.path.getsize(p)
+        except FileNotFoundError:
+          raise _Damage(f"{p}: missing") from None
+        if actual != size:
+          raise _Damage(f"{p}: {actual} bytes, {size} when saved (truncated or overwritten)")
+
+    def check(item):
+      rel, (size, crc) = item
+      p = storage.join(step_dir, rel)
       try:
-        files = {rel: [os.path.getsize(os.path.join(step_dir, rel)),
-                       _crc32(os.path.join(step_dir, rel))] for rel in _step_files(step_dir)}
-        tmp = os.path.join(step_dir, CHECKSUMS + ".tmp")
-        with open(tmp, "w") as f:
-          json.dump({"step": step, "crc32": files}, f)
-        os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
-      except OSError as e:
-        logging.warning("could not write the checksums of checkpoint step %d: %s", step, e)
+        got_size, got_crc = _crc32(p)
+      except FileNotFoundError:
+        return f"{p}: missing"
+      if got_size != size:
+        return f"{p}: {got_size} bytes, {size} when saved (truncated or overwritten)"
+      if got_crc != crc:
+        return f"{p}: contents changed since the save (CRC-32 mismatch)"
+      return None
+
+    if not items:
+      return
+    threads = _VERIFY_THREADS if storage.is_remote(step_dir) else min(_VERIFY_THREADS,
+                                                                          os.cpu_count() or 1)
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
+      problems = list(pool.map(check, items))  # Re-raises the first non-integrity error.
+    for problem in problems:
+      if problem is not None:
+        raise _Damage(problem)
 
   def verify(self, step: int) -> Optional[str]:
-    """None if step `step`'s files are as saved, else which file is damaged and how.
+    """None if step `step`'s files are as saved (or it has no checksum list), else which file
+    is damaged and how. Checks every list, on this process alone (not collective).
 
-    A step without a checksum list (older, or interrupted before the list was written) is
-    reported intact here; reading it is then the test (see `restore_latest_intact`)."""
+    Raises:
+      Exception: an error that is not damage (I/O, permissions), as raised.
+    """
     if step in self._verified:
       return None
-    step_dir = self.step_dir(step)
-    listing = os.path.join(step_dir, CHECKSUMS)
-    if not os.path.exists(listing):
-      return None
     try:
-      with open(listing) as f:
-        files = json.load(f)["crc32"]
-    except (OSError, ValueError, KeyError) as e:
-      return f"{listing}: unreadable checksum list ({e})"
-    for rel, (size, _) in sorted(files.items()):
-      path = os.path.join(step_dir, rel)
-      if not os.path.exists(path):
-        return f"{path}: missing"
-      if os.path.getsize(path) != size:
-        return f"{path}: {os.path.getsize(path)} bytes, {size} when saved (truncated or overwritten)"
-    for rel, (_, crc) in sorted(files.items()):
-      path = os.path.join(step_dir, rel)
-      if _crc32(path) != crc:
-        return f"{path}: contents changed since the save (CRC-32 mismatch)"
-    self._verified.add(step)
+      files = self._share(step, 0, 1)
+      if files is not None:
+        self._check_files(step, files)
+    except _Damage as e:
+      return str(e)
     return None
 
   def intact_steps(self) -> list:
-    """The steps whose files match their checksum lists (or that have none)."""
-    return [s for s in self.all_steps() if self.verify(s) is None]
+    """The steps whose files match their checksum lists (or that have none), checked on this
+    process alone; a step that cannot be read is left out (with a warning)."""
+    out = []
+    for step in self.all_steps():
+      try:
+        if self.verify(step) is None:
+          out.append(step)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint step %d could not be verified: %s", step, _first_line(e))
+    return out
+
+  def _local_check(self, step: int, abstract_state: Any = None) -> Dict[str, Any]:
+    """This process's verdict on `step`: its share of the checksums, then (with
+    `abstract_state`) whether the shapes fit. Never raises."""
+    me, count = jax.process_index(), jax.process_count()
+    record = {"process": me, "step": int(step)}
+    try:
+      files = self._share(step, me, count)
+      if files is not None and step not in self._verified:
+        self._check_files(step, files)
+      record["verdict"] = "intact" if files is not None else "unverified"
+      if abstract_state is not None:
+        self._check_compatible(step, abstract_state)
+    except _Damage as e:
+      record.update(verdict="damaged", message=str(e))
+    except CheckpointMismatchError as e:
+      record.update(verdict="mismatch", message=str(e))
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("checkpoint step %d: verification failed on process %d", step, me)
+      record.update(verdict="failed", message=_first_line(e))
+    return record
+
+  def _check(self, step: int, abstract_state: Any = None) -> Tuple[str, Optional[str]]:
+    """Every process's verdict on `step`, agreed: ('intact' | 'unverified', None) or
+    ('damaged', message) — the same on every process.
+
+    Raises (on every process alike):
+      CheckpointReadError: a process could not verify it (not damage).
+      CheckpointMismatchError: the step does not fit `abstract_state`.
+    """
+    reports = _exchange(self._local_check(step, abstract_state))
+    failed = [r for r in reports if r["verdict"] == "failed"]
+    if failed:
+      raise CheckpointReadError(self._failure(step, "verified", failed))
+    mismatch = [r for r in reports if r["verdict"] == "mismatch"]
+    if mismatch:
+      raise CheckpointMismatchError(mismatch[0]["message"])
+    damaged = [r for r in reports if r["verdict"] == "damaged"]
+    if damaged:
+      return "damaged", "; ".join(r["message"] for r in damaged)
+    if all(r["verdict"] == "intact" for r in reports):
+      self._verified.add(step)
+      return "intact", None
+    return "unverified", None
+
+  def _failure(self, step: int, what: str, failed: List[Dict[str, Any]],
+               unverified: bool = False) -> str:
+    where = "; ".join(f"process {r['process']}: {r['message']}" for r in failed)
+    text = (f"checkpoint step {step} in {self.directory} could not be {what} ({where}). "
+            "Nothing was renamed or deleted: this is not damage (only a file that differs from "
+            "its checksum list, or is missing, is), so fix the cause (storage access, "
+            "permissions, memory, versions) and run again")
+    if unverified:
+      older = [s for s in self.all_steps() if s < step]
+      text += (f". Step {step} has no checksum list (written by an older version, or the job "
+               "stopped before writing it), so damage cannot be told from other errors: if its "
+               f"files are damaged, rename {self.step_dir(step)} to "
+               f"{self.step_dir(step)}.damaged")
+      if older:
+        text += f" to resume from step {older[-1]} (or evaluate with --checkpoint_step={older[-1]})"
+    return text
 
   def _damaged(self, step: int, problem: str) -> DamagedCheckpointError:
     others = [s for s in self.intact_steps() if s != step]
@@ -204,69 +514,119 @@ class CheckpointManager:
         f"checkpoint step {step} in {self.directory} is damaged: {problem}. Intact steps: "
         f"{others or 'none'}" + (f" (e.g. --checkpoint_step={others[-1]})" if others else ""))
 
+  # -------------------------------------------------------------------------------------------
+  # Restoring.
+
+  def _agreed_steps(self) -> List[int]:
+    """The steps, checked to be the same on every process (one collective)."""
+    steps, record = _run(self.all_steps)
+    if steps is not None:
+      record.update(digest=hashlib.sha1(json.dumps(steps).encode()).hexdigest(), n=len(steps),
+                    newest=steps[-1] if steps else None)
+    reports = _exchange(record)
+    failed = [r for r in reports if r["verdict"] != "ok"]
+    if failed:
+      raise CheckpointReadError(
+          f"could not list the checkpoints in {self.directory} ("
+          + "; ".join(f"process {r['process']}: {r['message']}" for r in failed) + ")")
+    if len({r["digest"] for r in reports}) > 1:
+      raise CheckpointReadError(
+          f"the processes see different checkpoint steps in {self.directory} ("
+          + "; ".join(f"process {i}: {r['n']} steps, newest {r['newest']}"
+                      for i, r in enumerate(reports))
+          + "): the checkpoint folder must be storage every host shares. Nothing was moved")
+    return steps
+
   def restore_latest_intact(self, abstract_state: Any) -> Tuple[Any, Dict[str, Any]]:
-    """Restores the newest step that is intact; warns about (and sets aside) damaged ones.
+    """Restores the newest step every process finds intact; sets damaged newer ones aside.
 
-    Damaged newer steps are renamed `<step>.damaged` in the checkpoint folder (their files are
-    kept) so that training can save those steps again.
+    Collective: every process must call it. Damaged newer steps are renamed `<step>.damaged`
+    in the checkpoint folder (their files are kept) so that training can save those steps again.
 
-    Raises:
-      DamagedCheckpointError: every step is damaged (nothing is moved or deleted then).
-      CheckpointMismatchError: the newest intact step does not match `abstract_state`.
+    Raises (on every process alike; nothing is renamed or deleted then):
+      DamagedCheckpointError: every step is damaged.
+      CheckpointMismatchError: the newest undamaged step does not match `abstract_state`.
+      CheckpointReadError: a step could not be verified or restored for another reason.
     """
+    steps = self._agreed_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
     damaged = []
-    for step in sorted(self.all_steps(), reverse=True):
-      try:
-        state, meta = self._restore_step(abstract_state, step)
-      except _Damaged as e:
-        problem = str(e)
-      else:
-        self._set_aside(damaged)
-        return state, meta
-      logging.warning("checkpoint step %d is damaged, skipping it: %s", step, problem)
-      damaged.append((step, problem))
+    for step in reversed(steps):
+      verdict, problem = self._check(step, abstract_state)
+      if verdict == "damaged":
+        logging.warning("checkpoint step %d is damaged, skipping it: %s", step, problem)
+        damaged.append((step, problem))
+        continue
+      out = self._restore_agreed(abstract_state, step, unverified=verdict == "unverified")
+      self._set_aside(damaged)
+      return out
     raise DamagedCheckpointError(
         f"every checkpoint in {self.directory} is damaged (nothing was moved or deleted): "
         + "; ".join(f"step {s}: {p}" for s, p in damaged))
 
+  def _restore_agreed(self, abstract_state, step, unverified=False):
+    """Restores `step` on every process; if it fails anywhere, raises everywhere."""
+    out, record = _run(lambda: self._read(abstract_state, step))
+    reports = _exchange(record)
+    failed = [r for r in reports if r["verdict"] == "failed"]
+    if failed:
+      raise CheckpointReadError(self._failure(step, "restored", failed, unverified))
+    mismatch = [r for r in reports if r["verdict"] == "mismatch"]
+    if mismatch:
+      raise CheckpointMismatchError(mismatch[0]["message"])
+    return out
+
   def _set_aside(self, damaged):
+    """Process 0 renames the damaged steps `<step>.damaged`, once every process has restored
+    the chosen step (the exchange before this is the barrier); every process waits for it."""
     if not damaged or self._read_only:
       return
-    if jax.process_index() == 0:
+
+    def move():
+      if jax.process_index() != 0:
+        return
       for step, problem in damaged:
-        target = self.step_dir(step) + ".damaged"
-        n = 1
-        while os.path.exists(target):
-          target, n = f"{self.step_dir(step)}.damaged.{n}", n + 1
-        os.rename(self.step_dir(step), target)
+        source = self.step_dir(step)
+        target, n = source + ".damaged", 1
+        while storage.exists(target):
+          target, n = f"{source}.damaged.{n}", n + 1
+        storage.move_tree(source, target)
         logging.warning("damaged checkpoint step %d moved to %s (kept): %s", step, target, problem)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("shortcut_jax: damaged checkpoints set aside")
+
+    _, record = _run(move)
+    reports = _exchange(record)
+    failed = [r for r in reports if r["verdict"] != "ok"]
+    if failed:
+      raise CheckpointReadError(
+          f"could not move the damaged checkpoint step(s) {[s for s, _ in damaged]} in "
+          f"{self.directory} aside ({failed[0]['message']}): move them by hand (rename "
+          "<step> to <step>.damaged) and run again")
     self._manager.close()
     self._open()
 
   def read_meta(self, step: Optional[int] = None) -> Dict[str, Any]:
-    """The JSON meta of `step` (default: the latest).
+    """The JSON meta of `step` (default: the latest). Collective with several processes.
 
     Raises:
-      DamagedCheckpointError: the step's files changed since the save, or cannot be read.
+      DamagedCheckpointError: the step's files differ from its checksum lists.
+      CheckpointReadError: the step could not be verified or read for another reason.
     """
     step = self._resolve(step)
-    try:
-      problem = self.verify(step)
-      if problem is not None:
-        raise _Damaged(problem)
-      try:
-        out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-      except Exception as e:  # pylint: disable=broad-except
-        raise _Damaged(f"{self.step_dir(step)}/meta: could not be read ({_first_line(e)})") from e
-    except _Damaged as e:
-      raise self._damaged(step, str(e)) from None
+    verdict, problem = self._check(step)
+    if verdict == "damaged":
+      raise self._damaged(step, problem) from None
+    out, record = _run(lambda: self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())))
+    failed = [r for r in _exchange(record) if r["verdict"] != "ok"]
+    if failed:
+      raise CheckpointReadError(self._failure(step, "read", failed, verdict == "unverified"))
     return dict(out["meta"])
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any]]:
     """Restores the state into the shapes, dtypes and shardings of `abstract_state`.
+
+    Collective with several processes (every process must call it).
 
     Args:
       abstract_state: a pytree of `jax.ShapeDtypeStruct` (with `.sharding`) or arrays, e.g. from
@@ -276,26 +636,20 @@ class CheckpointManager:
     Raises:
       CheckpointMismatchError: the checkpoint's tree or shapes differ from `abstract_state`
         (named per parameter), checked before any array is read.
+      DamagedCheckpointError: the step's files differ from its checksum lists.
+      CheckpointReadError: the step could not be verified or restored for another reason.
     """
     step = self._resolve(step)
-    try:
-      return self._restore_step(abstract_state, step)
-    except _Damaged as e:
-      raise self._damaged(step, str(e)) from None
+    verdict, problem = self._check(step, abstract_state)
+    if verdict == "damaged":
+      raise self._damaged(step, problem) from None
+    return self._restore_agreed(abstract_state, step, unverified=verdict == "unverified")
 
-  def _restore_step(self, abstract_state, step):
-    problem = self.verify(step)
-    if problem is not None:
-      raise _Damaged(problem)
-    try:
-      self._check_compatible(step, abstract_state)
-      target, missing = self._restore_target(step, abstract_state)
-      out = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-    except CheckpointMismatchError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except  # TensorStore, JSON, ...
-      raise _Damaged(f"{self.step_dir(step)}: could not be read ({_first_line(e)})") from e
+  def _read(self, abstract_state, step):
+    self._check_compatible(step, abstract_state)
+    target, missing = self._restore_target(step, abstract_state)
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     state = out["state"]
     if missing:
       state = abstract_state.replace(**state, **missing)
@@ -316,10 +670,11 @@ class CheckpointManager:
     return {k: v for k, v in target.items() if k not in missing}, missing
 
   def _resolve(self, step):
-    step = self.latest_step() if step is None else step
-    if step is None or step not in self.all_steps():
+    steps = self._agreed_steps()
+    step = (steps[-1] if steps else None) if step is None else step
+    if step is None or step not in steps:
       raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {self.directory} "
-                              f"(available: {self.all_steps()})")
+                              f"(available: {steps})")
     return step
 
   def _check_compatible(self, step, abstract_state):
@@ -331,13 +686,3 @@ class CheckpointManager:
       raise CheckpointMismatchError(
           f"checkpoint step {step} in {self.directory} does not match the config "
           f"({len(problems)} differences): " + "; ".join(problems[:8]))
-
-  def wait(self):
-    self._manager.wait_until_finished()
-    self._seal()
-
-  def close(self):
-    self._manager.wait_until_finished()
-    self._seal()
-    self._manager.close()
-    logging.info("checkpoint manager closed (%s)", self.directory)

@@ -6,6 +6,10 @@ checks a `config.data` section against it with errors that name the field, and `
 returns a prepared TFDS builder: the embedded `digits` and `photos` and `image_folder` are
 built on first use (seconds for the embedded ones), the others raise `DataNotPreparedError`
 with the command that prepares them.
+
+A remote `data.data_dir` (gs://...) is served from a local cache folder: the dataset's folder
+is downloaded when the bucket holds it, and a dataset built here is uploaded
+(`builders.base.make_builder` / `publish`).
 """
 
 import dataclasses
@@ -16,6 +20,7 @@ from absl import logging
 
 from shortcut_jax.data import errors
 from shortcut_jax.data import image_folder
+from shortcut_jax.data.builders import base
 from shortcut_jax.data.builders import digits
 from shortcut_jax.data.builders import manual
 from shortcut_jax.data.builders import photos
@@ -147,12 +152,12 @@ def get_builder(data_config, *, prepare: bool = True):
   spec = validate_data_config(data_config)
   data_dir = data_dir_of(data_config)
   if spec.name in _EMBEDDED_BUILDERS:
-    builder = _EMBEDDED_BUILDERS[spec.name](data_dir=data_dir)
+    builder = base.make_builder(_EMBEDDED_BUILDERS[spec.name], data_dir)
   elif spec.name == "image_folder":
     builder = image_folder.make_builder(data_config.folder, data_config.image_size, data_dir,
                                         embeddings=data_config.get("embeddings", None))
   else:
-    builder = manual.BUILDERS[spec.name](data_dir=data_dir)
+    builder = base.make_builder(manual.BUILDERS[spec.name], data_dir)
     if not builder.is_prepared():
       raise errors.DataNotPreparedError(_not_prepared_message(spec.name, data_dir))
     return builder
@@ -164,4 +169,5 @@ def get_builder(data_config, *, prepare: bool = True):
   if prepare and not builder.is_prepared():
     logging.info("building dataset %s into %s", spec.name, builder.data_dir)
     builder.download_and_prepare()
+  base.publish(builder, data_dir)
   return builder

@@ -13,6 +13,11 @@ antialiased bicubic filter when the dataset is built; unreadable files are skipp
 number is logged in one warning. The build lands in `data_dir/image_folder/<config>/`, where
 the config name carries a fingerprint of the folder path, the size and every file's name,
 size and modification time: an unchanged folder is reused, a changed one is built again.
+
+Remote folders (`data.folder=gs://bucket/images`, and `data.embeddings` there) are listed and
+read through `shortcut_jax.storage` (one listing; each image is downloaded once, when the
+dataset is built); their fingerprint has each file's name and size only (object listings give
+no modification time a rebuild could rely on). A remote data_dir: see `catalog`.
 """
 
 import dataclasses
@@ -25,6 +30,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
+from shortcut_jax import storage
 from shortcut_jax.data import images
 from shortcut_jax.data.builders import base
 
@@ -47,18 +53,25 @@ class ImageFolderConfig(tfds.core.BuilderConfig):
 def load_embeddings(path: str) -> Dict[str, "np.ndarray"]:
   """`{relative image path: float32 [D]}` from an .npz with `paths` and `embedding` [N, D]
   (as `python -m shortcut_jax.tools.embed_text` writes); read once per file version."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"data.embeddings: {path} does not exist; write it with "
                             "`python -m shortcut_jax.tools.embed_text --captions=F --model=PATH "
                             f"--out={path}`")
+  return _read_embeddings(path, *_version(path))
+
+
+def _version(path: str) -> Tuple[int, int]:
+  """(size, modification time) of a file; the time is 0 for a remote one (see the docstring)."""
+  if storage.is_remote(path):
+    return storage.size(path), 0
   st = os.stat(path)
-  return _read_embeddings(path, st.st_size, st.st_mtime_ns)
+  return st.st_size, st.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=4)
 def _read_embeddings(path: str, size: int, mtime_ns: int) -> Dict[str, "np.ndarray"]:
   del size, mtime_ns  # The cache key: a rewritten file is read again.
-  with np.load(path, allow_pickle=False) as f:
+  with storage.open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
     missing = [k for k in ("paths", "embedding") if k not in f]
     if missing:
       raise ValueError(f"data.embeddings: {path} has no {missing} (expected the arrays "
@@ -75,7 +88,7 @@ def _split_dirs(folder: str) -> Dict[str, str]:
   found = {}
   for split, names in _SPLIT_FOLDERS.items():
     for name in names:
-      if os.path.isdir(os.path.join(folder, name)):
+      if storage.isdir(storage.join(folder, name)):
         found[split] = name
         break
   return found if "train" in found else {}
@@ -89,7 +102,12 @@ def _class_names(roots: Sequence[str]) -> Tuple[str, ...]:
 
 
 def _fingerprint(folder: str, image_size: int) -> str:
-  h = hashlib.sha256(f"{os.path.abspath(folder)}|{image_size}".encode())
+  h = hashlib.sha256(f"{storage.absolute(folder)}|{image_size}".encode())
+  if storage.is_remote(folder):
+    for rel, size in storage.file_sizes(folder).items():
+      if images.is_image_file(rel):
+        h.update(f"|{rel}|{size}".encode())
+    return h.hexdigest()[:12]
   for rel in images.list_images(folder):
     st = os.stat(os.path.join(folder, rel))
     h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -107,11 +125,11 @@ def _items(root: str, class_names: Tuple[str, ...], prefix: str) -> Dict[int, Li
                       "class sub-folders)", len(top), root)
     for name in present:
       label = class_names.index(name)
-      sub = os.path.join(root, name)
-      by_label[label] = [(f"{prefix}/{name}/{rel}", os.path.join(sub, rel), {"label": label})
+      sub = storage.join(root, name)
+      by_label[label] = [(f"{prefix}/{name}/{rel}", storage.join(sub, rel), {"label": label})
                          for rel in images.list_images(sub)]
   else:
-    by_label[0] = [(f"{prefix}/{rel}", os.path.join(root, rel), {"label": 0})
+    by_label[0] = [(f"{prefix}/{rel}", storage.join(root, rel), {"label": 0})
                    for rel in images.list_images(root)]
   return by_label
 
@@ -145,7 +163,7 @@ class ImageFolder(base.OfflineBuilder, skip_registration=True):
     splits: Dict[str, List[Tuple[str, str, dict]]] = {"train": [], "test": []}
     if c.split_dirs:
       for split, sub in c.split_dirs:
-        for items in _items(os.path.join(c.folder, sub), c.class_names, sub).values():
+        for items in _items(storage.join(c.folder, sub), c.class_names, sub).values():
           splits[split].extend(items)
     else:
       for items in _items(c.folder, c.class_names, "img").values():
@@ -157,7 +175,7 @@ class ImageFolder(base.OfflineBuilder, skip_registration=True):
     return {k: v for k, v in splits.items() if v}
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # The images are local.
+    del dl_manager  # The images are read from the folder (local or remote).
     return {split: self._generate_examples(items, split)
             for split, items in self.split_items().items()}
 
@@ -193,29 +211,29 @@ def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None,
   Raises:
     FileNotFoundError: `folder` does not exist or holds no images.
   """
-  folder = os.path.abspath(os.path.expanduser(folder))
-  if not os.path.isdir(folder):
+  folder = storage.absolute(os.path.expanduser(folder))
+  if not storage.isdir(folder):
     raise FileNotFoundError(f"data.folder: {folder} is not a directory")
   if not images.list_images(folder):
     raise FileNotFoundError(f"data.folder: {folder} holds no image files "
                             f"({', '.join(images.IMAGE_EXTENSIONS)})")
   split_dirs = _split_dirs(folder)
-  roots = [os.path.join(folder, sub) for sub in split_dirs.values()] or [folder]
+  roots = [storage.join(folder, sub) for sub in split_dirs.values()] or [folder]
   class_names = _class_names(roots)
-  slug = "".join(ch if ch.isalnum() else "_" for ch in os.path.basename(folder))[:40] or "root"
+  slug = "".join(ch if ch.isalnum() else "_" for ch in storage.basename(folder))[:40] or "root"
   fingerprint = _fingerprint(folder, image_size)
   dim = 0
   if embeddings:
-    embeddings = os.path.abspath(os.path.expanduser(embeddings))
+    embeddings = storage.absolute(os.path.expanduser(embeddings))
     table = load_embeddings(embeddings)
     dim = int(next(iter(table.values())).shape[0]) if table else 0
-    st = os.stat(embeddings)  # Like the images: a changed file (size, mtime) is built again.
+    size, mtime_ns = _version(embeddings)  # Like the images: a changed file is built again.
     fingerprint += "_e" + hashlib.sha256(
-        f"{embeddings}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:8]
+        f"{embeddings}|{size}|{mtime_ns}".encode()).hexdigest()[:8]
   config = ImageFolderConfig(
       name=f"{slug}_{image_size}px_{fingerprint}",
       description=f"{folder} at {image_size}x{image_size}",
       folder=folder, image_size=image_size, class_names=class_names,
       split_dirs=tuple(sorted(split_dirs.items())), embeddings=embeddings or "",
       embedding_dim=dim)
-  return ImageFolder(config=config, data_dir=data_dir)
+  return base.make_builder(ImageFolder, data_dir, config=config)

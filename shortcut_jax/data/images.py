@@ -4,14 +4,18 @@ The builders with manual data (`builders/manual.py`) and the image-folder builde
 (`image_folder.py`) all turn arbitrary image files into square uint8 arrays the same way, so
 the preprocessing lives here once. Resizing happens once, when a dataset is prepared, with
 PIL's antialiased filters; the input pipeline then only decodes the stored square images.
+
+Folders and files are listed and read through `shortcut_jax.storage`, so they may be remote
+(gs://...): a folder is one listing request, an image one download.
 """
 
-import os
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
 from PIL import Image
+
+from shortcut_jax import storage
 
 # Suffixes PIL can read that image collections use in practice (LSUN exports .webp).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
@@ -31,18 +35,10 @@ def list_images(folder: str, recursive: bool = True) -> List[str]:
   Returns:
     Relative paths with '/' separators, sorted.
   """
-  found = []
   if recursive:
-    for root, dirs, files in os.walk(folder):
-      dirs.sort()
-      rel = os.path.relpath(root, folder)
-      for f in files:
-        if is_image_file(f):
-          found.append(f if rel == "." else os.path.join(rel, f).replace(os.sep, "/"))
-  else:
-    found = [f for f in os.listdir(folder)
-             if is_image_file(f) and os.path.isfile(os.path.join(folder, f))]
-  return sorted(found)
+    return [rel for rel in storage.walk_files(folder) if is_image_file(rel)]
+  return sorted(f for f in storage.listdir(folder)
+                if is_image_file(f) and storage.isfile(storage.join(folder, f)))
 
 
 def center_crop_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> np.ndarray:
@@ -80,7 +76,7 @@ def read_image(path: str, size: int, mode: str = "RGB") -> np.ndarray:
   Returns:
     uint8 array [size, size, 3 or 1].
   """
-  with Image.open(path) as img:
+  with storage.open(path, "rb") as f, Image.open(f) as img:
     img.load()  # Forces the full decode here, so a truncated file fails inside the caller's try.
     img = img.convert(mode)
   arr = center_crop_resize(img, size)
@@ -120,9 +116,5 @@ def read_images_skipping_bad(
 
 def folder_class_names(folder: str) -> Optional[Sequence[str]]:
   """Sorted names of the sub-folders of `folder` that contain images; None when there are none."""
-  names = []
-  for entry in sorted(os.listdir(folder)):
-    sub = os.path.join(folder, entry)
-    if os.path.isdir(sub) and list_images(sub):
-      names.append(entry)
+  names = sorted({rel.split("/", 1)[0] for rel in list_images(folder) if "/" in rel})
   return names or None

@@ -38,17 +38,27 @@ dataset that matches `config.data` (dataset, image size, classes, low-resolution
 embedding size) and that every shard named in
 the metadata exists with its recorded size; it raises `LatentsNotFoundError` (with the encode
 command) or `CorruptLatentsError` (naming the file) and writes nothing.
+
+Remote folders (`data.latents_dir=gs://bucket/latents`). Every file is read and written
+through `shortcut_jax.storage`, never through TensorFlow's own GCS client: a shard is written
+to a local temporary file and uploaded whole when complete (an upload is atomic: the final name
+holds a complete shard, and no `.tmp-` object is ever made); the metadata files are uploaded
+whole; `check_shard` downloads the shard it reads back. `open_latents` checks the metadata and
+the shard sizes remotely (one listing), then gives TFDS a local cached copy of the folder
+(`storage.local_dir_copy`: downloaded once, again only for files whose size changed).
 """
 
 import json
 import os
 import shutil
+import tempfile
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from shortcut_jax import storage
 from shortcut_jax.data import errors
 from shortcut_jax.latents import COND_LATENT
 
@@ -113,12 +123,11 @@ def read_metadata(directory: str) -> Optional[Dict]:
   Raises:
     CorruptLatentsError: the file exists but is not valid JSON of this format.
   """
-  path = os.path.join(directory, METADATA_FILE)
-  if not os.path.exists(path):
+  path = storage.join(directory, METADATA_FILE)
+  if not storage.exists(path):
     return None
   try:
-    with open(path) as f:
-      meta = json.load(f)
+    meta = storage.read_json(path)
     if not isinstance(meta.get("identity"), dict) or not isinstance(meta.get("splits"), dict):
       raise ValueError("no 'identity' or 'splits'")
   except (ValueError, AttributeError) as e:
@@ -141,8 +150,12 @@ def _fsync_dir(directory: str) -> None:
 
 
 def write_metadata(directory: str, meta: Dict) -> None:
-  """Writes encode_metadata.json atomically (temporary file, fsync, rename)."""
-  path = os.path.join(directory, METADATA_FILE)
+  """Writes encode_metadata.json atomically (temporary file, fsync, rename; one upload for a
+  remote folder)."""
+  path = storage.join(directory, METADATA_FILE)
+  if storage.is_remote(directory):
+    storage.write_text(path, json.dumps(meta, indent=2, sort_keys=True))
+    return
   tmp = os.path.join(directory, TMP_PREFIX + METADATA_FILE)
   with open(tmp, "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
@@ -194,7 +207,7 @@ def write_tfds_metadata(directory: str, meta: Dict) -> None:
 
   What `tfds.folder_dataset.write_metadata` writes, without its scan of the folder's files
   (which refuses a folder where some split is still being written); the files are written
-  beside and renamed into place.
+  beside and renamed into place (for a remote folder: written locally, then uploaded).
   """
   split_infos = []
   for split, s in sorted(meta["splits"].items()):
@@ -208,8 +221,6 @@ def write_tfds_metadata(directory: str, meta: Dict) -> None:
         num_bytes=sum(f["num_bytes"] for f in s["files"]), filename_template=template))
   if not split_infos:
     return
-  staging = os.path.join(directory, TMP_PREFIX + "tfds")
-  os.makedirs(staging, exist_ok=True)
   identity = tfds.core.dataset_info.DatasetIdentity(
       name=DATASET_NAME, version=tfds.core.Version("1.0.0"), data_dir=directory, module_name="")
   info = tfds.core.DatasetInfo(
@@ -218,6 +229,14 @@ def write_tfds_metadata(directory: str, meta: Dict) -> None:
                    f"(shortcut_jax.tools.encode_dataset)"))
   info.set_file_format(tfds.core.FileFormat.TFRECORD)
   info.set_splits(tfds.core.SplitDict(split_infos))
+  if storage.is_remote(directory):
+    with tempfile.TemporaryDirectory(prefix="shortcut_jax_") as staging:
+      info.write_to_directory(staging)
+      for name in sorted(os.listdir(staging)):
+        storage.copy(os.path.join(staging, name), storage.join(directory, name))
+    return
+  staging = os.path.join(directory, TMP_PREFIX + "tfds")
+  os.makedirs(staging, exist_ok=True)
   info.write_to_directory(staging)
   for name in sorted(os.listdir(staging)):
     os.replace(os.path.join(staging, name), os.path.join(directory, name))
@@ -232,12 +251,15 @@ class ShardWriter:
   """Writes one shard under a temporary name; `commit` makes it appear under its final name.
 
   Use as a context manager: the shard is committed when the block ends normally and the
-  temporary file deleted when it raises.
+  temporary file deleted when it raises. A remote shard is written to a local temporary file
+  and uploaded by `commit`.
   """
 
   def __init__(self, path: str, features: tfds.features.FeaturesDict):
     self.path = path
-    self.tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path))
+    self.remote = storage.is_remote(path)
+    folder = tempfile.mkdtemp(prefix="shortcut_jax_") if self.remote else os.path.dirname(path)
+    self.tmp = os.path.join(folder, TMP_PREFIX + storage.basename(path))
     self.features = features
     self.count = 0
     self._writer = tf.io.TFRecordWriter(self.tmp)
@@ -247,8 +269,14 @@ class ShardWriter:
     self.count += 1
 
   def commit(self) -> int:
-    """Flushes, fsyncs and renames the shard to its final name; returns its size in bytes."""
+    """Flushes, fsyncs and renames the shard to its final name (uploads it); returns its size in
+    bytes."""
     self._writer.close()
+    if self.remote:
+      size = os.path.getsize(self.tmp)
+      storage.copy(self.tmp, self.path)
+      shutil.rmtree(os.path.dirname(self.tmp))
+      return size
     with open(self.tmp, "rb+") as f:
       os.fsync(f.fileno())
     os.replace(self.tmp, self.path)
@@ -257,7 +285,9 @@ class ShardWriter:
 
   def abort(self) -> None:
     self._writer.close()
-    if os.path.exists(self.tmp):
+    if self.remote:
+      shutil.rmtree(os.path.dirname(self.tmp), ignore_errors=True)
+    elif os.path.exists(self.tmp):
       os.remove(self.tmp)
 
   def __enter__(self):
@@ -272,17 +302,18 @@ class ShardWriter:
 
 
 def check_shard(path: str, num_examples: int) -> Optional[str]:
-  """Reads a shard in full (record CRCs) and counts its records.
+  """Reads a shard in full (record CRCs) and counts its records (a remote one is downloaded).
 
   Returns:
     None when it is complete and intact, else what is wrong with it.
   """
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return "missing"
   try:
     count = 0
-    for _ in tf.data.TFRecordDataset(path):
-      count += 1
+    with storage.local_copy(path) as local:
+      for _ in tf.data.TFRecordDataset(local):
+        count += 1
   except tf.errors.OpError as e:
     return f"unreadable ({e.message.strip().splitlines()[0][-200:]})"
   if count != num_examples:
@@ -292,13 +323,15 @@ def check_shard(path: str, num_examples: int) -> Optional[str]:
 
 def remove_temporaries(directory: str) -> List[str]:
   """Deletes the `.tmp-*` files a killed writer left; returns their names."""
-  names = sorted(n for n in os.listdir(directory) if n.startswith(TMP_PREFIX))
+  if not storage.isdir(directory):  # A remote folder before its first upload.
+    return []
+  names = sorted(n for n in storage.listdir(directory) if n.startswith(TMP_PREFIX))
   for n in names:
-    path = os.path.join(directory, n)
-    if os.path.isdir(path):
-      shutil.rmtree(path)
+    path = storage.join(directory, n)
+    if storage.isdir(path):
+      storage.rmtree(path)
     else:
-      os.remove(path)
+      storage.remove(path)
   return names
 
 
@@ -309,12 +342,14 @@ def verify(directory: str) -> None:
     LatentsNotFoundError / CorruptLatentsError: as `open_latents`, naming the first bad file.
   """
   meta = _read_existing(directory)
+  sizes = storage.file_sizes(directory)
   for split, s in meta["splits"].items():
     if not s["complete"]:
       continue
     for f in s["files"]:
-      path = os.path.join(directory, f["name"])
-      problem = _size_problem(path, f["num_bytes"]) or check_shard(path, f["num_examples"])
+      path = storage.join(directory, f["name"])
+      problem = (_size_problem(sizes.get(f["name"]), f["num_bytes"])
+                 or check_shard(path, f["num_examples"]))
       if problem:
         raise CorruptLatentsError(_corrupt_message(path, problem, directory))
 
@@ -328,17 +363,17 @@ def _corrupt_message(path: str, problem: str, directory: str) -> str:
           f"verifies the intact shards and re-encodes the others")
 
 
-def _size_problem(path: str, num_bytes: int) -> Optional[str]:
-  if not os.path.exists(path):
+def _size_problem(size: Optional[int], num_bytes: int) -> Optional[str]:
+  """What is wrong with a shard of `size` bytes (None: absent) that should have `num_bytes`."""
+  if size is None:
     return "missing"
-  size = os.path.getsize(path)
   if size != num_bytes:
     return f"{size} bytes long, the metadata records {num_bytes} (truncated or overwritten)"
   return None
 
 
 def _read_existing(directory: str) -> Dict:
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     raise LatentsNotFoundError(
         f"no precomputed latents at data.latents_dir={directory}: encode the dataset once "
         f"with\n  {encode_command(directory)}\n(CONFIG.py: this run's config)")
@@ -412,19 +447,21 @@ def open_latents(data_config, split: Optional[str] = None):
       raise LatentsNotFoundError(
           f"split {name!r} of {directory} {state} (complete splits: {done}); run\n  "
           f"{encode_command(directory)} --split={name}")
+  sizes = storage.file_sizes(directory)
   for s in meta["splits"].values():
     if not s["complete"]:
       continue
     for f in s["files"]:
-      path = os.path.join(directory, f["name"])
-      problem = _size_problem(path, f["num_bytes"])
+      path = storage.join(directory, f["name"])
+      problem = _size_problem(sizes.get(f["name"]), f["num_bytes"])
       if problem:
         raise CorruptLatentsError(_corrupt_message(path, problem, directory))
   if not any(s["complete"] for s in meta["splits"].values()):
     raise LatentsNotFoundError(f"{directory} holds no completely encoded split yet; finish it "
                                f"with\n  {encode_command(directory)}")
   try:
-    builder = tfds.builder_from_directory(directory)
+    # TFDS reads through TensorFlow's file system: a remote folder is read from a local copy.
+    builder = tfds.builder_from_directory(storage.local_dir_copy(directory))
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptLatentsError(f"the TFDS metadata ({', '.join(_TFDS_FILES)}) in {directory} "
                               f"cannot be read ({e}); re-run `{encode_command(directory)}`") from e

@@ -10,6 +10,10 @@
 `--manual_dir` is the folder holding the downloaded files in the layout the dataset's builder
 describes (`shortcut_jax/data/builders/manual.py`; a wrong layout is reported with the
 expected one). Preparing an already prepared dataset does nothing.
+
+Any of the folders may be remote (`--data_dir gs://bucket/tfds`, `--manual_dir gs://...`,
+`--folder gs://...`): the images are read through `shortcut_jax.storage`, and a remote data_dir
+gets a dataset built in a local cache folder and then uploaded (`builders/base.py`).
 """
 
 import sys
@@ -73,7 +77,7 @@ def main(argv: Sequence[str]) -> None:
   except (errors.DataNotPreparedError, ValueError, FileNotFoundError) as e:
     # The message says what to fix; a traceback would only bury it.
     sys.exit(f"error: {e}")
-  logging.info("prepared %s in %s: %s", _DATASET.value, builder.data_dir,
+  logging.info("prepared %s in %s: %s", _DATASET.value, _DATA_DIR.value or builder.data_dir,
                {k: v.num_examples for k, v in builder.info.splits.items()})
 
 

@@ -20,8 +20,6 @@ decoder), then timed on all `num_samples` images; the JSON gives seconds and ima
 (compile excluded) and for the whole cascade.
 """
 
-import json
-import os
 import time
 from typing import Dict, Optional, Sequence
 
@@ -29,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from shortcut_jax import latents as latents_lib
+from shortcut_jax import storage
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
 
@@ -94,7 +93,7 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     exps, params: each stage's experiment and weights, generator first.
     steps: sampling steps per stage.
     num_samples: images.
-    output_dir: where the results go (created).
+    output_dir: where the results go (created; local or remote).
     cfg_scale: guidance for every stage that was trained with condition dropout (None: none).
     seed: stage k uses seed + k (image i of the stage from `fold_in(seed + k, i)`).
     batch_size: images per sampler call.
@@ -105,7 +104,7 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
   """
   names = list(names or [f"stage{k}" for k in range(len(exps))])
   check_stages(exps, steps, names)
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   previous, labels, stages, before_last = None, None, [], None
   for k, (exp, p, n_steps) in enumerate(zip(exps, params, steps)):
     cond = _stage_cond(exp, previous, labels, exps[0].config, num_samples)
@@ -121,16 +120,16 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     if labels is None:
       labels = stage_labels
     before_last, previous = previous, np.clip(images, -1.0, 1.0)
-    grid = os.path.join(output_dir, f"stage_{k}.png")
+    grid = storage.join(output_dir, f"stage_{k}.png")
     gen.save_png(grid, gen.image_grid(gen.to_uint8(previous[:64])))
     stages.append({"workdir": names[k], "steps": int(n_steps),
                    "image_shape": list(previous.shape[1:]), "seconds": seconds,
                    "images_per_s": num_samples / seconds, "grid": grid})
     logging.info("cascade stage %d (%s): %d images %s in %.2f s (%.1f images/s)", k, names[k],
                  num_samples, tuple(previous.shape[1:]), seconds, num_samples / seconds)
-  samples = os.path.join(output_dir, "samples.npz")
+  samples = storage.join(output_dir, "samples.npz")
   pixels = gen.to_uint8(previous)
-  np.savez(samples, images=pixels, labels=np.asarray(labels, np.int32))
+  gen.save_npz(samples, images=pixels, labels=np.asarray(labels, np.int32))
   total = sum(s["seconds"] for s in stages)
   result = {"stages": stages, "num_samples": num_samples, "seconds": total,
             "images_per_s": num_samples / total, "samples": samples,
@@ -151,7 +150,6 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
         low_res.upsample(before_last, int(final.low_res_factor)))
     logging.info("cascade digits metrics: %s (last stage bicubic: %s)", result["digits_metrics"],
                  result["digits_metrics_bicubic_last_stage"])
-  with open(os.path.join(output_dir, "cascade.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  storage.write_json(storage.join(output_dir, "cascade.json"), result, indent=2)
   return result
 

@@ -8,12 +8,14 @@ conditional samples (the fraction classified as the label they were generated fo
 """
 
 import hashlib
+import io
 import os
 from typing import Dict, Optional
 
 import numpy as np
 from absl import logging
 
+from shortcut_jax import storage
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators import fid
 
@@ -26,9 +28,11 @@ def _default_cache_dir() -> str:
 
 
 def load_split(data_config, split: str):
-  """All images (float32 [-1, 1]) and labels of a digits split."""
+  """All images (float32 [-1, 1]) and labels of a digits split (the whole split on every
+  process: the reference and the classifier must be the same everywhere)."""
   images, labels = [], []
-  for batch in pipeline.make_dataset(data_config, split=split, global_batch_size=256, seed=0, train=False):
+  for batch in pipeline.make_dataset(data_config, split=split, global_batch_size=256, seed=0,
+                                     train=False, process_index=0, process_count=1):
     images.append(batch["image"])
     labels.append(batch["label"])
   return np.concatenate(images), np.concatenate(labels)
@@ -58,15 +62,16 @@ class DigitsClassifier:
     return cls([np.asarray(w) for w in clf.coefs_], [np.asarray(b) for b in clf.intercepts_])
 
   def save(self, path):
+    """Writes the arrays as an `.npz` at `path` (local or remote; whole, never half)."""
     arrays = {f"w{i}": w for i, w in enumerate(self.weights)}
     arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    storage.write_bytes(path, buffer.getvalue())
 
   @classmethod
   def load(cls, path) -> "DigitsClassifier":
-    with np.load(path, allow_pickle=False) as f:
+    with storage.open(path, "rb") as raw, np.load(raw, allow_pickle=False) as f:
       n = len([k for k in f.files if k.startswith("w")])
       return cls([f[f"w{i}"] for i in range(n)], [f[f"b{i}"] for i in range(n)])
 
@@ -76,10 +81,10 @@ def get_classifier(data_config, cache_dir: Optional[str] = None) -> DigitsClassi
   if data_config.name != "digits":
     raise ValueError(f"digits metrics need data.name='digits', got {data_config.name!r}")
   cache_dir = cache_dir or _default_cache_dir()
-  os.makedirs(cache_dir, exist_ok=True)
+  storage.makedirs(cache_dir)
   key = hashlib.sha1(f"{_VERSION}-{data_config.image_size}-{_HIDDEN}".encode()).hexdigest()[:12]
-  path = os.path.join(cache_dir, f"digits_classifier_{key}.npz")
-  if os.path.exists(path):
+  path = storage.join(cache_dir, f"digits_classifier_{key}.npz")
+  if storage.exists(path):
     try:
       return DigitsClassifier.load(path)
     except (OSError, ValueError, KeyError) as e:

@@ -14,11 +14,14 @@ uint8 images NHWC (and which may also carry `mu`/`sigma`; those are used when
 present).
 """
 
+import io
 import os
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple
 
 from absl import logging
 import numpy as np
+
+from shortcut_jax import storage
 
 Array = Any
 
@@ -188,8 +191,9 @@ def load_reference_stats(path: str) -> ReferenceStats:
   """Reads reference statistics or ADM reference images from an `.npz`.
 
   Args:
-    path: `.npz` with `mu` and `sigma` (original / pytorch-fid), or an ADM
-      reference batch with `arr_0` (uint8 NHWC) and optionally `mu`/`sigma`.
+    path: `.npz` (local or remote, `storage`) with `mu` and `sigma` (original /
+      pytorch-fid), or an ADM reference batch with `arr_0` (uint8 NHWC) and optionally
+      `mu`/`sigma`.
       When both are present, the images are still returned but `mu`/`sigma`
       are what `reference_mu_sigma` uses.
 
@@ -201,11 +205,12 @@ def load_reference_stats(path: str) -> ReferenceStats:
     ValueError: the file is not a readable `.npz`, or lacks both
       `mu`+`sigma` and `arr_0`, or the arrays have the wrong shapes.
   """
-  path = os.path.expanduser(os.fspath(path))
-  if not os.path.isfile(path):
+  path = os.fspath(path) if storage.is_remote(path) else os.path.expanduser(os.fspath(path))
+  if not storage.isfile(path):
     raise FileNotFoundError(f'FID reference file {path} does not exist')
   try:
-    with np.load(path, allow_pickle=False) as data:
+    # A file object: a remote file is read in blocks as numpy asks for them, never twice.
+    with storage.open(path, 'rb') as f, np.load(f, allow_pickle=False) as data:
       keys = set(data.files)
       has_stats = {'mu', 'sigma'} <= keys
       mu = np.asarray(data['mu'], np.float64) if has_stats else None
@@ -231,7 +236,8 @@ def save_stats(path: str, mu: Array, sigma: Array, **meta: Any) -> None:
   """Writes `mu`, `sigma` and scalar/array metadata to an `.npz`.
 
   Args:
-    path: destination; written exactly there (no suffix is added).
+    path: destination (local or remote, `storage`); written exactly there (no suffix is
+      added), whole (locally through a temporary file and a rename).
     mu: feature mean [D].
     sigma: feature covariance [D, D].
     **meta: extra entries (e.g. num_images=50000, source='celebahq256'),
@@ -242,11 +248,10 @@ def save_stats(path: str, mu: Array, sigma: Array, **meta: Any) -> None:
     if value.dtype == object:
       raise ValueError(f'metadata {key!r} is not representable without '
                        'pickling')
-  tmp = f'{path}.tmp'
-  with open(tmp, 'wb') as f:
-    np.savez(f, mu=np.asarray(mu, np.float64),
-             sigma=np.asarray(sigma, np.float64), **arrays)
-  os.replace(tmp, path)
+  buffer = io.BytesIO()
+  np.savez(buffer, mu=np.asarray(mu, np.float64),
+           sigma=np.asarray(sigma, np.float64), **arrays)
+  storage.write_bytes(path, buffer.getvalue())
 
 
 def progress_bar(total: Optional[int], desc: str = 'FID features', unit: str = 'img'):

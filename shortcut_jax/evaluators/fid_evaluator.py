@@ -10,7 +10,8 @@
   * `decode`: the hook that turns a model's output into pixels. Every model in this library
     generates pixels, so it is the identity; a latent model (SPEC §5: decode latents with the
     VAE) plugs its decoder in there and nothing else changes.
-  * `model_stats` / `dataset_stats`: (mu, sigma) of generated images or of a dataset split.
+  * `model_stats` / `dataset_stats`: (mu, sigma) of generated images or of a dataset split
+    (each process reads its own part of the split, `split_part`).
   * `FIDEvaluator`: the in-training evaluator (`config.evals.fid`), logging `fid/steps_<N>`.
     Reference statistics and Inception weights are read when it is constructed, so a missing
     file stops the run before its first training step.
@@ -22,12 +23,15 @@ runs Inception on them, and accumulates the features of its rows only; the float
 are then merged across processes (`fid.RunningStats.combine_processes`), so the FID equals the
 one-process value on the same seeds (tests/test_sharded_eval.py). Every process must take part
 (the in-training evaluator runs on all of them; params are host copies,
-`trainer.evaluator_state`).
+`trainer.evaluator_state`). A dataset split is read the same way: process p reads only its
+part (`tfds.split_for_jax_process`, as training does), which is its rows of every batch.
+
+Files (reference statistics, Inception weights) may be local or remote (`storage`).
 """
 
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +40,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shortcut_jax import sharding
+from shortcut_jax import storage
 from shortcut_jax.data import catalog
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators import fid
@@ -104,6 +109,26 @@ class InceptionFeatures:
     count = self.batch_size if count is None else count
     return local[:max(0, min(lo + len(local), count) - lo)]
 
+  def process_local_features(self, local_images, count: Optional[int] = None) -> np.ndarray:
+    """Features of one batch of which this process holds only its own rows: `local_images` are
+    rows [lo, hi) = `local_rows` of the batch, the other processes pass theirs in the same
+    call (a collective with several processes). Returns the features of the first `count` of
+    them (default: all), in order."""
+    lo, hi = self.local_rows
+    local_images = np.asarray(local_images, np.float32)
+    if local_images.shape[0] != hi - lo:
+      raise ValueError(f"expected this process's {hi - lo} rows of a batch, got "
+                       f"{local_images.shape[0]}")
+    shape = (self.batch_size, *local_images.shape[1:])
+    if gen.is_multi_process(self.mesh):
+      batch = jax.make_array_from_process_local_data(self.data_sharding, local_images, shape)
+    else:
+      batch = jax.device_put(local_images, self.data_sharding)
+    if batch.shape[-1] not in (1, 3):
+      raise ValueError(f"FID needs 1- or 3-channel images, got shape {batch.shape}")
+    local, _ = gen.local_part(self._apply(self._variables, batch))
+    return local[:hi - lo if count is None else count]
+
   def __call__(self, images) -> np.ndarray:
     """Features [n, 2048] of n images (any n)."""
     out = []
@@ -123,13 +148,21 @@ def load_features(inception_path: Optional[str], *, batch_size: int,
                   mesh: Optional[Mesh] = None,
                   image_size: Optional[int] = inception.IMAGE_SIZE
                   ) -> Tuple[InceptionFeatures, str]:
-  """Reads the Inception weights (path, else `$SHORTCUT_JAX_INCEPTION`); returns (features, path).
+  """Reads the Inception weights (path, else `$SHORTCUT_JAX_INCEPTION`; local or remote);
+  returns (features, path).
 
   Raises:
     FileNotFoundError: no path given or the file is missing (the message says where to get it).
   """
-  path = inception.resolve_weights_path(inception_path)
-  variables = inception.load_inception_variables(path)
+  path = inception_path if inception_path is not None else os.environ.get(inception.ENV_VAR)
+  if path and storage.is_remote(path):
+    if not storage.isfile(path):
+      raise FileNotFoundError(f"Inception weights file {path} does not exist")
+    with storage.local_copy(path) as local:  # The reader takes local file names.
+      variables = inception.load_inception_variables(local)
+  else:
+    path = inception.resolve_weights_path(inception_path)
+    variables = inception.load_inception_variables(path)
   return InceptionFeatures(variables, batch_size=batch_size, mesh=mesh,
                            image_size=image_size), path
 
@@ -181,65 +214,149 @@ def split_size(data_config, split: str) -> Optional[int]:
     return None
 
 
+def part_sizes(data_config, split: str, process_count: int) -> List[int]:
+  """Examples in each process's part of `split` (`tfds.split_for_jax_process`: contiguous
+  parts in process order, the larger ones first)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  splits = catalog.get_builder(data_config).info.splits
+  known = list(splits.keys())
+  if split.split("[")[0] not in known:
+    raise ValueError(f"split {split!r} not in dataset {data_config.name!r} (splits: {known})")
+  return [int(splits[tfds.split_for_jax_process(split, process_index=p,
+                                                process_count=process_count)].num_examples)
+          for p in range(process_count)]
+
+
+def split_part(data_config, split: str, *, batch_size: int, process_index: int,
+               process_count: int, num_images: Optional[int] = None
+               ) -> Iterator[Tuple[np.ndarray, int]]:
+  """Process `process_index`'s part of `split`, read once in stored order (no flips).
+
+  The split is cut into `process_count` contiguous parts (`tfds.split_for_jax_process`, as
+  training reads it); in process order they are the whole split, each example once. A process
+  reads only its part, in batches of `batch_size // process_count` rows: the last ones padded
+  with zero images, and every process gets the same number of batches (the batch of every
+  process together is one global batch, whose rows a process holds are its own).
+
+  Args:
+    data_config: `config.data` (a pixel dataset).
+    split: TFDS split (expression; without '+' when `num_images` is given to several parts).
+    batch_size: global batch size; a multiple of `process_count`.
+    process_index, process_count: which part, of how many.
+    num_images: only the first this many examples of the split (default: all).
+
+  Yields:
+    (images float32 [batch_size // process_count, H, W, C] in [-1, 1], count): the first
+    `count` rows are examples of the part, the others zero images (padding).
+  """
+  sizes = part_sizes(data_config, split, process_count)
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+  if num_images is None:
+    keep = sizes
+  else:
+    if "+" in split and process_count > 1:
+      raise ValueError(f"num_images with the combined split {split!r}: write the slice into "
+                       "the split expression instead")
+    keep = [max(0, min(n, num_images - int(s))) for n, s in zip(sizes, starts)]
+  local = batch_size // process_count
+  num_batches = -(-max(keep) // local)
+  remaining = keep[process_index]
+  batches = pipeline.make_dataset(data_config, split=split, global_batch_size=batch_size,
+                                  seed=0, train=False, process_index=process_index,
+                                  process_count=process_count, pad_remainder=True)
+  for _, batch in zip(range(num_batches), batches):
+    count = min(remaining, local)
+    remaining -= count
+    images = np.array(batch["image"], np.float32)
+    images[count:] = 0.0  # Padding, or examples past `num_images`.
+    yield images, count
+
+
+def _rows_are_process_parts(features: InceptionFeatures, count: int) -> bool:
+  """Whether process p holds rows [p b, (p + 1) b) of every batch of `features`, b = batch size
+  / `count` (equal device counts on a mesh ordered by process). The same answer on every
+  process: it looks at every device of the mesh."""
+  size = features.batch_size
+  if size % count:
+    return False
+  local, rows = size // count, {}
+  for device, index in features.data_sharding.devices_indices_map((size,)).items():
+    start, stop = index[0].start or 0, size if index[0].stop is None else index[0].stop
+    rows.setdefault(device.process_index, []).append((start, stop))
+  for p in range(count):
+    spans = sorted(rows.get(p, []))
+    if (not spans or spans[0][0] != p * local or spans[-1][1] != (p + 1) * local
+        or sum(b - a for a, b in spans) != local):
+      return False
+  return True
+
+
 def dataset_stats(data_config, features: Callable[[Any], np.ndarray], *, split: str = "train",
                   num_images: Optional[int] = None, batch_size: int = 256,
                   progress: bool = True) -> Tuple[np.ndarray, np.ndarray, int]:
   """(mu, sigma, count) of a dataset split, read once in stored order (no flips).
 
-  The whole split is read by every process (no per-process slicing of the input); with an
-  `InceptionFeatures` each process runs Inception on its rows of every batch and the statistics
-  are merged across processes, so every process gets the same statistics.
+  Each process reads only its part of the split (`split_part`) and accumulates the features of
+  its examples; the statistics are then merged across processes
+  (`fid.RunningStats.combine_processes`), so every process gets the statistics of the whole
+  split. With several processes every one must call this (a collective). With an
+  `InceptionFeatures` a process's part of each batch is its rows of the network's global batch
+  (`InceptionFeatures.process_local_features`); any other `features` runs on the process's own
+  examples.
 
   Args:
     data_config: `config.data`.
     features: images -> features (e.g. an `InceptionFeatures`).
     split: TFDS split (expression), 'train' by default.
     num_images: the first this many images (default: all).
-    batch_size: images per batch read.
-    progress: show a progress bar.
+    batch_size: images per global batch read (an `InceptionFeatures`' own batch size is used
+      with one).
+    progress: show a progress bar (process 0, its part).
   """
   data_config = latents_lib.pixel_data_config(data_config)
-  total = split_size(data_config, split)
+  total = whole = sum(part_sizes(data_config, split, 1))
   if num_images is not None:
-    if total is not None and num_images > total:
+    if num_images > total:
       raise ValueError(f"split {split!r} has {total} images, {num_images} were asked for")
     total = num_images
-  batches = pipeline.make_dataset(data_config, split=split, global_batch_size=batch_size, seed=0,
-                                  train=False, process_index=0, process_count=1)
-  read = []  # Batch sizes, for the count when TFDS could not size the split.
-
-  def images():
-    for b in batches:
-      read.append(len(b["image"]))
-      yield b["image"]
-
-  if not isinstance(features, InceptionFeatures):
-    mu, sigma = fid.compute_stats(features, images(), num_images=total, progress=progress)
-    return mu, sigma, total if total is not None else sum(read)
-  stats, seen = fid.RunningStats(), 0
-  with gen.progress_bar(total, f"FID statistics of {split}", progress) as bar:
-    for batch in images():
-      if total is not None and seen >= total:
-        break
-      batch = np.asarray(batch[:None if total is None else total - seen], np.float32)
-      n = len(batch)
-      for start in range(0, n, features.batch_size):
-        chunk = batch[start:start + features.batch_size]
-        k = min(features.batch_size, n - start)
-        if len(chunk) < features.batch_size:
-          chunk = np.concatenate([chunk, np.zeros((features.batch_size - len(chunk),
-                                                   *chunk.shape[1:]), np.float32)])
-        stats.update(features.local_features(chunk, k))
-      seen += n
+  inception_net = isinstance(features, InceptionFeatures)
+  index, count = jax.process_index(), jax.process_count()
+  if inception_net:
+    batch_size = features.batch_size
+    parts_fit = _rows_are_process_parts(features, count)
+  else:
+    batch_size = -(-batch_size // count) * count
+    parts_fit = True
+  if not parts_fit or whole < count:
+    # Processes with unequal device counts, or fewer examples than processes: every process
+    # reads the whole split (an `InceptionFeatures` still keeps the features of its rows).
+    index, count = 0, 1
+  parts = split_part(data_config, split, batch_size=batch_size, process_index=index,
+                     process_count=count, num_images=num_images)
+  stats = fid.RunningStats()
+  desc = f"FID statistics of {split}" + (f" (part {index + 1}/{count})" if count > 1 else "")
+  with gen.progress_bar(total if count == 1 else None, desc, progress) as bar:
+    for images, n in parts:
+      if not inception_net:
+        if n:
+          stats.update(np.asarray(features(images[:n])))
+      elif count == jax.process_count():
+        stats.update(features.process_local_features(images, n))
+      else:  # Whole batches on every process (see above): this process's valid rows.
+        stats.update(features.local_features(images, n))
       bar.update(n)
-  if total is not None and seen < total:
-    raise ValueError(f"image batches ran out after {seen} images; {total} were asked for")
-  mu, sigma = stats.combine_processes().result()
-  return mu, sigma, seen
+  # Every process has seen its part (its rows); without parts a plain `features` saw all.
+  merged = stats.combine_processes() if inception_net or count > 1 else stats
+  if merged.count != total:
+    raise ValueError(f"read {merged.count} images of split {split!r}, expected {total}")
+  mu, sigma = merged.result()
+  if progress:
+    logging.info("FID statistics of %s: %d images", split, merged.count)
+  return mu, sigma, merged.count
 
 
 def resolve_stats_path(stats_path: Optional[str], field: str = "--fid_stats") -> str:
-  """The reference statistics path with '~' expanded.
+  """The reference statistics path (local, with '~' expanded, or remote).
 
   Raises:
     FileNotFoundError: no path, or the file does not exist; the message names `field` (the flag
@@ -247,8 +364,8 @@ def resolve_stats_path(stats_path: Optional[str], field: str = "--fid_stats") ->
   """
   if not stats_path:
     raise FileNotFoundError(f"{field} is not set: FID needs reference statistics; {_STATS_HELP}")
-  path = os.path.expanduser(stats_path)
-  if not os.path.isfile(path):
+  path = stats_path if storage.is_remote(stats_path) else os.path.expanduser(stats_path)
+  if not storage.isfile(path):
     raise FileNotFoundError(f"{field}: FID reference statistics {path} do not exist; "
                             f"{_STATS_HELP}")
   return path

@@ -7,6 +7,8 @@ the conditioning images of the held-out split in stored order (repeated when it 
 
 import contextlib
 import functools
+import io
+import os
 from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import jax
@@ -16,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import sampling
+from shortcut_jax import storage
 from shortcut_jax import text_encoders
 from shortcut_jax import sharding
 from shortcut_jax.objectives.flow_path import Source, sample_source
@@ -381,10 +384,30 @@ def image_grid(images_uint8: np.ndarray, cols: Optional[int] = None) -> np.ndarr
   return grid
 
 
-def save_png(path: str, image_hwc: np.ndarray, upscale: int = 1) -> None:
+def image_bytes(image_hwc: np.ndarray, upscale: int = 1, fmt: str = "PNG") -> bytes:
+  """A uint8 HWC image (C = 1, 3 or 4) encoded as a `fmt` file (each pixel repeated `upscale`
+  times along both axes)."""
   from PIL import Image
   if upscale > 1:
     image_hwc = image_hwc.repeat(upscale, 0).repeat(upscale, 1)
   if image_hwc.shape[-1] == 1:
     image_hwc = image_hwc[..., 0]
-  Image.fromarray(image_hwc).save(path)
+  buffer = io.BytesIO()
+  Image.fromarray(image_hwc).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+def save_png(path: str, image_hwc: np.ndarray, upscale: int = 1) -> None:
+  """Writes an image file (local or remote, `storage`); the format follows the name's suffix
+  as PIL knows it (PNG when it knows none)."""
+  from PIL import Image
+  fmt = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
+  storage.write_bytes(path, image_bytes(image_hwc, upscale, fmt))
+
+
+def save_npz(path: str, **arrays) -> None:
+  """`np.savez` of `arrays` into `path` (local or remote, written whole: locally through a
+  temporary file and a rename; no suffix is added)."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  storage.write_bytes(path, buffer.getvalue())

@@ -8,12 +8,13 @@ input) are evaluated at level L only. Objectives with several outputs (`homo`) a
 their velocity output (`Objective.velocity_of`).
 """
 
-import os
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax import storage
 from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators.base import Evaluator
@@ -102,7 +103,9 @@ class LossPerTEvaluator(Evaluator):
     ax.set_yscale("log")
     ax.set_title(f"loss per t, step {step}")
     ax.legend(fontsize=6)
-    os.makedirs(os.path.join(self.workdir, "plots"), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(os.path.join(self.workdir, "plots", f"loss_per_t_{step}.png"), dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    storage.write_bytes(storage.join(self.workdir, "plots", f"loss_per_t_{step}.png"),
+                        buffer.getvalue())

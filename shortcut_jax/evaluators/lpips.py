@@ -27,6 +27,7 @@ torch; nothing here does). Its keys and shapes (`expected_shapes()`):
 The file is looked for at the path given, else at `$SHORTCUT_JAX_LPIPS`.
 """
 
+import io
 import os
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -35,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+
+from shortcut_jax import storage
 
 ENV_VAR = "SHORTCUT_JAX_LPIPS"
 FLAG = "--lpips_weights"
@@ -167,11 +170,12 @@ def flatten_variables(variables: Variables) -> Dict[str, np.ndarray]:
 
 
 def save_lpips_variables(path: str, variables: Variables) -> None:
-  """Writes the library's `.npz` (keys as in the module docstring), checked first."""
+  """Writes the library's `.npz` (keys as in the module docstring), checked first; `path` may
+  be local or remote (`storage`)."""
   flat = flatten_variables(check_variables(flatten_variables(variables), "variables to save"))
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "wb") as f:
-    np.savez(f, **flat)
+  buffer = io.BytesIO()
+  np.savez(buffer, **flat)
+  storage.write_bytes(path, buffer.getvalue())
 
 
 def resolve_weights_path(path: Optional[str] = None) -> str:
@@ -187,8 +191,8 @@ def resolve_weights_path(path: Optional[str] = None) -> str:
     source = f"${ENV_VAR}"
     if not path:
       raise FileNotFoundError(f"no LPIPS weights given ({FLAG} or ${ENV_VAR}). {HELP}")
-  path = os.path.expanduser(os.fspath(path))
-  if not os.path.isfile(path):
+  path = _expand(path)
+  if not storage.isfile(path):
     raise FileNotFoundError(f"LPIPS weights file {path} (from {source}) does not exist. {HELP}")
   return path
 
@@ -196,7 +200,12 @@ def resolve_weights_path(path: Optional[str] = None) -> str:
 def weights_path_or_none(path: Optional[str] = None) -> Optional[str]:
   """`path`, else `$SHORTCUT_JAX_LPIPS`, else None (LPIPS not asked for); '~' expanded."""
   path = path or os.environ.get(ENV_VAR)
-  return os.path.expanduser(os.fspath(path)) if path else None
+  return _expand(path) if path else None
+
+
+def _expand(path) -> str:
+  """A local path with '~' expanded, or a remote one unchanged."""
+  return os.fspath(path) if storage.is_remote(path) else os.path.expanduser(os.fspath(path))
 
 
 def load_lpips_variables(path: Optional[str] = None) -> Variables:
@@ -208,7 +217,7 @@ def load_lpips_variables(path: Optional[str] = None) -> Variables:
   """
   path = resolve_weights_path(path)
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with storage.open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
       flat = {k: data[k] for k in data.files}
   except (OSError, ValueError) as e:
     raise ValueError(f"LPIPS weights file {path} is not a readable .npz ({e}). {HELP}") from e

@@ -1,9 +1,8 @@
 """Sample grids (PNG) at every step budget, with and without classifier-free guidance."""
 
-import os
-
 import jax
 
+from shortcut_jax import storage
 from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.evaluators.base import Evaluator
 
@@ -19,8 +18,8 @@ class SampleGridEvaluator(Evaluator):
     if jax.process_index() != 0:
       return {}
     params = state.ema_params if self.use_ema else state.params
-    out_dir = os.path.join(self.workdir, "samples", f"step_{step}")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = storage.join(self.workdir, "samples", f"step_{step}")
+    storage.makedirs(out_dir)
     guidance = [None]
     if self.cfg_scale and gen.is_guidable(self.exp):
       guidance.append(self.cfg_scale)
@@ -31,7 +30,7 @@ class SampleGridEvaluator(Evaluator):
       examples = gen.held_out_examples(self.exp.config, self.num_images)
       for name, images in (("conditions.png", examples["cond_image"]),
                            ("targets.png", examples["image"])):
-        gen.save_png(os.path.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
+        gen.save_png(storage.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
                      max(1, 64 // images.shape[1]))
     cond = gen.sample_cond(self.exp, self.num_images, examples=examples)
     for n in self.steps:
@@ -39,6 +38,6 @@ class SampleGridEvaluator(Evaluator):
         images, _ = gen.generate(self.exp, params, num_images=self.num_images, num_steps=n,
                                  cfg_scale=w, seed=0, cond=cond)
         name = f"grid_{n}steps" + ("" if w is None else f"_cfg{w:g}") + ".png"
-        gen.save_png(os.path.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
+        gen.save_png(storage.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
                      max(1, 64 // images.shape[1]))
     return {}

@@ -6,13 +6,13 @@
   back in pixel space (`shortcut_jax.tiling`).
 * `super_resolve_folder` (`eval.py --mode=super_resolve`): every PNG/JPEG of a folder, grey or
   RGB, any size, is degraded by the configured factor (or taken as the LR input with
-  `input_is_lr`), super-resolved at full size and written as PNG under the same stem.
+  `input_is_lr`), super-resolved at full size and written as PNG under the same stem. Either
+  folder may be local or remote (`storage`).
 * `sr_metrics` (`eval.py --mode=sr_metrics`): PSNR and SSIM (RGB and Y) on the held-out split
   against HR, next to the bicubic upsampling of the same LR input (which is exactly the model's
   `cond_image`); LPIPS too when given its weights (`evaluators.lpips`).
 """
 
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -22,6 +22,7 @@ from absl import logging
 
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import sampling
+from shortcut_jax import storage
 from shortcut_jax import tiling
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
@@ -41,13 +42,15 @@ def check_super_resolution_model(exp) -> int:
 
 
 def read_image(path: str, channels: int) -> np.ndarray:
-  """An image file as float32 [H, W, channels] in [-1, 1] (grey <-> RGB converted, alpha dropped).
+  """An image file (local or remote) as float32 [H, W, channels] in [-1, 1] (grey <-> RGB
+  converted, alpha dropped).
 
   Raises:
     OSError / ValueError: the file cannot be read as an image.
   """
+  import io  # pylint: disable=g-import-not-at-top
   from PIL import Image
-  with Image.open(path) as im:
+  with Image.open(io.BytesIO(storage.read_bytes(path))) as im:
     im = im.convert("L" if channels == 1 else "RGB")
     pixels = np.asarray(im, np.float32)
   if pixels.ndim == 2:
@@ -110,22 +113,22 @@ def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_st
     dict(written=[paths], skipped={file: reason}, existing=[paths not overwritten]).
   """
   factor = check_super_resolution_model(exp)
-  if not os.path.isdir(input_dir):
+  if not storage.isdir(input_dir):
     raise FileNotFoundError(f"--input_dir {input_dir!r} is not a folder")
-  names = sorted(f for f in os.listdir(input_dir)
+  names = sorted(f for f in storage.listdir(input_dir)
                  if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
   if not names:
     raise FileNotFoundError(f"no PNG or JPEG images in {input_dir!r}")
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   channels = exp.image_shape[-1]
   result = {"written": [], "skipped": {}, "existing": []}
   for name in names:
-    out_path = os.path.join(output_dir, os.path.splitext(name)[0] + ".png")
-    if os.path.exists(out_path) and not overwrite:
+    out_path = storage.join(output_dir, os.path.splitext(name)[0] + ".png")
+    if storage.exists(out_path) and not overwrite:
       result["existing"].append(out_path)
       continue
     try:
-      image = read_image(os.path.join(input_dir, name), channels)
+      image = read_image(storage.join(input_dir, name), channels)
     except (OSError, ValueError) as e:
       result["skipped"][name] = f"unreadable: {e}"
       continue
@@ -247,6 +250,6 @@ def comparison_strip(exp, params, *, steps: List[int], num_images: int = 4, seed
 
 
 def write_json(path: str, results: Dict) -> None:
+  """`results` as indented JSON into `path` (local or remote), on process 0."""
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump(results, f, indent=2)
+    storage.write_json(path, results, indent=2)

@@ -38,7 +38,8 @@ Weights. `load_inception` reads either
       containers, since a pickle can otherwise run arbitrary code.
 
 The path comes from the `path` argument, else from the environment variable
-`SHORTCUT_JAX_INCEPTION`.
+`SHORTCUT_JAX_INCEPTION`; it may be remote (gs://...): files are read and
+written through `shortcut_jax.storage`.
 """
 
 import functools
@@ -52,6 +53,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from shortcut_jax import storage
 
 Array = Any
 Variables = Mapping[str, Any]
@@ -491,15 +494,14 @@ def save_inception_variables(path: str, variables: Mapping[str, Any]) -> None:
   arrays = flatten_variables(variables)
   arrays['__format__'] = np.array(FILE_FORMAT)
   arrays['__version__'] = np.array(FILE_FORMAT_VERSION)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'wb') as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  data = io.BytesIO()
+  np.savez(data, **arrays)
+  storage.write_bytes(path, data.getvalue())  # Atomic: never a partial file at `path`.
 
 
 def _read_library_npz(path: str) -> dict:
   try:
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False) as data:
       arrays = {k: np.asarray(data[k]) for k in data.files}
   except Exception as e:  # zipfile/zlib/OSError/ValueError on a bad file.
     raise ValueError(f'cannot read Inception weights {path}: not a valid .npz '
@@ -618,8 +620,7 @@ def variables_from_original_pickle(tree: Mapping[str, Any]) -> dict:
 
 def _read_original_pickle(path: str) -> dict:
   try:
-    with open(path, 'rb') as f:
-      tree = _ArrayOnlyUnpickler(io.BytesIO(f.read())).load()
+    tree = _ArrayOnlyUnpickler(io.BytesIO(storage.read_bytes(path))).load()
   except pickle.UnpicklingError as e:
     raise ValueError(f'cannot read Inception weights {path}: {e}') from e
   except (EOFError, ValueError, TypeError, AttributeError, ImportError,
@@ -655,7 +656,7 @@ def resolve_weights_path(path: Optional[str] = None) -> str:
           f'No Inception weights file given: pass path= or set {ENV_VAR}. ' +
           _MISSING_WEIGHTS_HELP)
   path = os.path.expanduser(os.fspath(path))
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(
         f'Inception weights file {path} (from the {source}) does not exist. ' +
         _MISSING_WEIGHTS_HELP)
@@ -673,7 +674,7 @@ def load_inception_variables(path: Optional[str] = None) -> dict:
     {'params': ..., 'batch_stats': ...} with float32 numpy leaves.
   """
   path = resolve_weights_path(path)
-  with open(path, 'rb') as f:
+  with storage.open(path, 'rb') as f:
     magic = f.read(4)
   if magic.startswith(b'PK'):
     variables = _read_library_npz(path)

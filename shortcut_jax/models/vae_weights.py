@@ -12,7 +12,8 @@ Two on-disk formats, each a folder with diffusers' `config.json` (the architectu
 A `vae/` subfolder (Stable Diffusion pipeline repositories) is used when the folder itself has
 no config.json.
 
-`load_vae(name_or_path)` takes a folder or a Hugging Face hub id. A hub id is looked up in the
+`load_vae(name_or_path)` takes a folder (local or remote, e.g. gs://bucket/sd-vae-ft-mse: its
+files are read through `shortcut_jax.storage`) or a Hugging Face hub id. A hub id is looked up in the
 local hub cache first and downloaded only when that fails and the hub is reachable. With no
 name it uses `$SHORTCUT_JAX_VAE`, else `DEFAULT_VAE`. Weights that cannot be found raise one
 `VAEWeightsNotFoundError` saying which files, where to get them and where to put them; weights
@@ -20,7 +21,6 @@ that do not fit the config (missing, unexpected or mis-shaped tensors) raise `VA
 naming the first bad key.
 """
 
-import json
 import os
 import pathlib
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax import storage
 from shortcut_jax.models import vae as vae_lib
 
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -61,7 +62,7 @@ def _how_to_get(hub_id: str) -> str:
           f"(load_vae(DIR)), or set ${ENV_VAR}=DIR (used when no path is given).")
 
 
-def _weights_folder(folder: pathlib.Path) -> Optional[Tuple[pathlib.Path, pathlib.Path]]:
+def _weights_folder(folder) -> Optional[Tuple[pathlib.Path, pathlib.Path]]:
   """(folder holding config.json, weight file) inside `folder` or its `vae/`, or None."""
   for candidate in (folder, folder / "vae"):
     if (candidate / CONFIG_FILE).is_file():
@@ -125,7 +126,7 @@ def resolve_vae_files(name_or_path: Optional[PathLike] = None,
     revision: hub revision (branch, tag or commit) for a hub id.
 
   Returns:
-    (config.json path, weight file path).
+    (config.json path, weight file path): `pathlib.Path`s, or `epath.Path`s in a remote folder.
 
   Raises:
     VAEWeightsNotFoundError: nothing usable at that folder / hub id.
@@ -133,7 +134,7 @@ def resolve_vae_files(name_or_path: Optional[PathLike] = None,
   if name_or_path is None:
     name_or_path = os.environ.get(ENV_VAR) or DEFAULT_VAE
   name = os.fspath(name_or_path)
-  folder = pathlib.Path(name).expanduser()
+  folder = storage.path(name) if storage.is_remote(name) else pathlib.Path(name).expanduser()
   if folder.is_dir():
     found = _weights_folder(folder)
     if found is None:
@@ -289,20 +290,19 @@ def convert_flax_tree(tree: Mapping[str, Any], config: vae_lib.VAEConfig, source
 
 
 def read_config(path: PathLike) -> vae_lib.VAEConfig:
-  with open(path) as f:
-    return vae_lib.VAEConfig.from_dict(json.load(f))
+  return vae_lib.VAEConfig.from_dict(storage.read_json(path))
 
 
 def load_vae_params(name_or_path: Optional[PathLike] = None, revision: Optional[str] = None):
   """(VAEConfig, float32 parameters) of a VAE folder or hub id; see `load_vae`."""
   config_path, weights_path = resolve_vae_files(name_or_path, revision)
   config = read_config(config_path)
+  data = storage.read_bytes(weights_path)
   if weights_path.name == SAFETENSORS_FILE:
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    params = convert_diffusers_state_dict(load_file(str(weights_path)), config, str(weights_path))
+    from safetensors.numpy import load  # pylint: disable=g-import-not-at-top
+    params = convert_diffusers_state_dict(load(data), config, str(weights_path))
   else:
-    with open(weights_path, "rb") as f:
-      tree = flax.serialization.msgpack_restore(f.read())
+    tree = flax.serialization.msgpack_restore(data)
     params = convert_flax_tree(tree, config, str(weights_path))
   logging.info("Loaded VAE weights from %s (%s)", weights_path, config)
   return config, params

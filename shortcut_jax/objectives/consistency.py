@@ -12,8 +12,9 @@ which meets the boundary condition f(x, 1) = x exactly. (The published models us
 c_skip = σ_d² / ((σ - σ_min)² + σ_d²), c_out = σ_d (σ - σ_min) / sqrt(σ² + σ_d²) in a
 variance-exploding σ; the original, and this port, use the linear path's own form.) The target
 network f⁻ is the student's EMA (the original's `call_model_ema`; `bootstrap_ema=False`: its
-online weights without gradient). For a pair of adjacent times t < t' on one trajectory the
-student must satisfy f(x_t, t) = f⁻(x_t', t'), i.e. its velocity output must be
+online weights without gradient, except with `faithful=True`: the original never reads
+`bootstrap_ema` here). For a pair of adjacent times t < t' on one trajectory the student must
+satisfy f(x_t, t) = f⁻(x_t', t'), i.e. its velocity output must be
 
     target = (f⁻(x_t', t') - x_t) / (1 - t)        (`velocity_target`),
 
@@ -44,10 +45,13 @@ The sampler's fresh noise is drawn from a key hashed from the current sample and
 own noise, and the sampler interface (`sampler_step(predict, x, t, d, level)`) needs no key.
 (The original draws it from the starting noise's key folded with the step index.)
 
-`faithful=True` keeps the original's code as it runs: the batch is shuffled with its own key,
-condition kinds are never dropped (labels kept: CFG sampling then guides with an unconditional
-branch the student never trained, beyond what it inherited), and for `consistency` the phase is
-computed from the step counted from 1 (the original's train state starts at step 1). The
+`faithful=True` keeps the original's code as it runs (checked against its own outputs by
+`shortcut_jax.tools.check_original_targets`): the batch is shuffled with its own key (not with
+`faithful_scope='get_targets'`, `flow_path.batch_for_targets`), the teacher and the target
+network are EMA weights whatever `bootstrap_ema` says, condition kinds are never dropped (labels
+kept: CFG sampling then guides with an unconditional branch the student never trained, beyond
+what it inherited), and for `consistency` the phase is computed from the step counted from 1
+(the original's train state starts at step 1, `ORIGINAL_START_STEP`). The
 default drops condition kinds with their probabilities, with the same (dropped) conditions for
 the teacher, the target network and the student.
 
@@ -60,11 +64,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
 from shortcut_jax.objectives.shortcut import TEACHER_CLIP  # The original's bound on teacher states.
-from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
+from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                sample_source)
 from shortcut_jax.objectives.paths import broadcast_time, path_from_config
 
@@ -84,19 +87,18 @@ def velocity_target(x_t: Array, t: Array, target_x1: Array) -> Array:
 
 def target_weights(params, ema_params, config):
   """The target network f⁻: EMA weights (the original) or, without `bootstrap_ema`, the online
-  weights (no gradient)."""
-  weights = ema_params if config_value(config, "bootstrap_ema", True) else params
-  return jax.lax.stop_gradient(weights)
+  weights (no gradient). `faithful=True`: always the EMA weights, as the original's
+  `call_model_ema`, which does not read `bootstrap_ema`."""
+  use_ema = (config_value(config, "bootstrap_ema", True)
+             or config_value(config, "faithful", False))
+  return jax.lax.stop_gradient(ema_params if use_ema else params)
 
 
 def _prepare(model, batch, rng, config, num_keys: int):
-  """(images, cond, keys, drop metrics): the faithful shuffle, the cfg_scale = 0 nulling, and
-  condition dropout unless faithful."""
+  """(images, cond, keys, drop metrics): the faithful shuffle, the cfg_scale = 0 nulling
+  (`flow_path.batch_for_targets`), and condition dropout unless faithful."""
   faithful = bool(config_value(config, "faithful", False))
-  if faithful:
-    perm_key, rng = jax.random.split(rng)
-    batch = permute_batch(batch, perm_key)
-  cond = model.unguided_cond(cond_from_batch(batch), config)
+  batch, cond, rng = batch_for_targets(model, batch, rng, config)
   if faithful:
     return batch["image"], cond, jax.random.split(rng, num_keys), {}
   label_key, *keys = jax.random.split(rng, num_keys + 1)
@@ -192,14 +194,19 @@ def renoise_step(predict, x: Array, t: Array, d: Array, level: Array) -> Array:
   return t_next * x1 + (1.0 - t_next) * _row_noise(x, t)
 
 
+# The original's `train_state.step` at this library's step 0: consistency training starts from
+# a fresh `TrainStateEma`, whose step is 1.
+ORIGINAL_START_STEP = 1
+
+
 def training_phase(step, config) -> Array:
   """Consistency training's phase p (N = 2^p intervals): floor(step L / schedule_steps), at most
-  L - 1 (the step counted from 1 when `faithful`)."""
+  L - 1 (the step counted from `ORIGINAL_START_STEP` = 1 when `faithful`, as the original's)."""
   finest = finest_level(int(config_value(config, "denoise_timesteps", 128)))
   total = int(config_value(config, "schedule_steps", 1))
   step = jnp.zeros((), jnp.int32) if step is None else jnp.asarray(step, jnp.int32)
   if config_value(config, "faithful", False):
-    step = step + 1
+    step = step + ORIGINAL_START_STEP
   return jnp.minimum(step * finest // total, finest - 1).astype(jnp.int32)
 
 

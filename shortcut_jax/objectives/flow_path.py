@@ -1,5 +1,5 @@
 """What every objective shares besides the path: the source distribution, the level grid and
-the batch shuffle.
+the faithful mode's batch preparation (the original's update step).
 
 Conventions (SPEC §1): t = 0 is noise and t = 1 is data, x0 is drawn from the source distribution
 (`Source`, `sample_source`: standard normal noise by default; zeros, or the batch's
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.config_value import config_value  # noqa: F401  (objectives read it here)
 from shortcut_jax.objectives.paths import (SIGMA_MIN, flow_velocity,  # noqa: F401  (re-exported)
                                            interpolate)
@@ -117,3 +118,40 @@ def permute_batch(batch: Mapping[str, Array], rng: Array) -> dict:
   perm = jax.random.permutation(rng, n)
   return {k: v[perm] if getattr(v, "ndim", 0) >= 1 and v.shape[0] == n else v
           for k, v in batch.items()}
+
+
+# What `faithful=True` reproduces (`objective.faithful_scope`): 'update' (default) the original's
+# update step, which shuffles the batch and nulls the labels when cfg_scale = 0 before it calls
+# `get_targets`; 'get_targets' that function alone, on the batch as given.
+FAITHFUL_SCOPES = ("update", "get_targets")
+
+
+def faithful_scope(config) -> str:
+  """`objective.faithful_scope` (see `FAITHFUL_SCOPES`); raises ValueError for another value."""
+  scope = str(config_value(config, "faithful_scope", "update"))
+  if scope not in FAITHFUL_SCOPES:
+    raise ValueError(f"objective.faithful_scope must be one of {FAITHFUL_SCOPES}, got {scope!r}")
+  return scope
+
+
+def batch_for_targets(model, batch: Mapping[str, Array], rng: Array, config):
+  """(batch, cond, rng): the rows the targets see, their conditioning, and the key left for the
+  targets' own draws.
+
+  Default: the batch as given (the input pipeline shuffles), every condition kind that says so
+  (labels) nulled when `cfg_scale == 0` (unconditional training, `Conditioning.unguided`), `rng`
+  untouched. `faithful=True` first does what the original's update step does before it calls its
+  `get_targets`: `perm_key, rng = split(rng)` and the rows shuffled with `perm_key`. With
+  `faithful_scope='get_targets'` neither the shuffle nor the nulling happens: the targets are the
+  original's `get_targets(key=rng)` on the batch and labels exactly as given (what
+  `shortcut_jax.tools.check_original_targets` compares with that function's own outputs).
+  """
+  faithful = bool(config_value(config, "faithful", False))
+  scope = faithful_scope(config) if faithful else "update"
+  if faithful and scope == "update":
+    perm_key, rng = jax.random.split(rng)
+    batch = permute_batch(batch, perm_key)
+  cond = cond_from_batch(batch)
+  if scope == "update":
+    cond = model.unguided_cond(cond, config)
+  return batch, cond, rng

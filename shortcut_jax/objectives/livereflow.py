@@ -16,7 +16,9 @@ The network takes the step size (`uses_level=True`), but only levels 0 and L are
 the sampler (`reflow_schedule`, the original's evaluation) takes N uniform Euler steps of 1/N at
 level 0 (the reflowed velocity) for N < M, and at level L (the flow) for N = M.
 
-`faithful=True` keeps the original's code as it runs: the batch is shuffled with its own key;
+`faithful=True` keeps the original's code as it runs (checked against its own outputs by
+`shortcut_jax.tools.check_original_targets`): the batch is shuffled with its own key (not with
+`faithful_scope='get_targets'`, `flow_path.batch_for_targets`);
 one key split in three (label, time, noise) with the noise and time keys used twice, so the
 reflow rows' x0 and t are the flow part's first rows' x0 and t; the flow part takes the first
 B - B_r rows of the batch (the first B_r images appear in both parts, the last B_r are never
@@ -33,10 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
+from shortcut_jax.conditioning import concat_rows, take_rows
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
-from shortcut_jax.objectives.flow_path import (config_value, finest_level, interpolate,
-                                               permute_batch, sample_source)
+from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
+                                               interpolate, sample_source)
 from shortcut_jax.objectives.paths import path_from_config
 
 Array = Any
@@ -90,7 +92,7 @@ def livereflow_targets(model, params, ema_params, batch, rng, config, *, step=No
     batch: dict with `image` and optional conditioning keys.
     rng: PRNG key for this batch.
     config: objective config: `denoise_timesteps`, `bootstrap_every`, `cfg_scale`, `faithful`,
-      `path` (flow part) and the condition kinds' dropout probabilities.
+      `faithful_scope`, `path` (flow part) and the condition kinds' dropout probabilities.
     step, state: unused (stateless).
 
   Returns:
@@ -102,13 +104,10 @@ def livereflow_targets(model, params, ema_params, batch, rng, config, *, step=No
   faithful = bool(config_value(config, "faithful", False))
   cfg_scale = float(config_value(config, "cfg_scale", 0.0))
   path = path_from_config(config)
-  if faithful:
-    perm_key, rng = jax.random.split(rng)
-    batch = permute_batch(batch, perm_key)
+  batch, cond, rng = batch_for_targets(model, batch, rng, config)
   images = batch["image"]
   b = images.shape[0]
   b_r = b // int(config_value(config, "bootstrap_every", 8))
-  cond = model.unguided_cond(cond_from_batch(batch), config)
   teacher = jax.lax.stop_gradient(params)
 
   if faithful:
@@ -133,7 +132,9 @@ def livereflow_targets(model, params, ema_params, batch, rng, config, *, step=No
 
   cond_r = take_rows(cond, slice(0, b_r))
   if b_r:
-    x1_r = rollout(model, teacher, x0_r, cond_r, finest, cfg_scale)
+    # Unguided (cfg_scale = 0), the original rolls out with the null label whatever labels its
+    # get_targets is given (a no-op where `batch_for_targets` has nulled them already).
+    x1_r = rollout(model, teacher, x0_r, model.unguided_cond(cond_r, config), finest, cfg_scale)
   else:
     x1_r = jnp.zeros_like(x0_r)
   v_r = x1_r - x0_r

@@ -8,9 +8,8 @@ velocity at x_t (`paths`; on the default linear path v = x1 - (1 - 1e-5) x0), wi
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
-from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
+from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                sample_source, source_from_config)
 from shortcut_jax.objectives.paths import path_from_config
 
@@ -26,9 +25,10 @@ def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
     ema_params: unused.
     batch: dict with `image` float32 NHWC and optional conditioning keys (`label`, ...).
     rng: PRNG key for this batch.
-    config: objective config: `denoise_timesteps`, `cfg_scale`, `faithful` and each condition
-      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`), `path` and the
-      source (`source`, `source_noise_step`; `flow_path.Source`).
+    config: objective config: `denoise_timesteps`, `cfg_scale`, `faithful` and
+      `faithful_scope` (`flow_path.batch_for_targets`), each condition kind's dropout
+      probability (`class_dropout_prob`, `image_dropout_prob`), `path` and the source
+      (`source`, `source_noise_step`; `flow_path.Source`).
     step, state: unused (stateless).
 
   Returns:
@@ -38,14 +38,11 @@ def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
   path = path_from_config(config)
   m = int(config_value(config, "denoise_timesteps", 128))
   level_flow = finest_level(m)
-  if config_value(config, "faithful", False):
-    # The original shuffles every batch in its update step; a shuffled input pipeline makes this
-    # redundant, so only faithful mode spends a key on it.
-    perm_key, rng = jax.random.split(rng)
-    batch = permute_batch(batch, perm_key)
+  # The original shuffles every batch in its update step; a shuffled input pipeline makes this
+  # redundant, so only faithful mode spends a key on it.
+  batch, cond, rng = batch_for_targets(model, batch, rng, config)
   images = batch["image"]
   b = images.shape[0]
-  cond = model.unguided_cond(cond_from_batch(batch), config)
 
   # The three draws use independent keys in the original too, so faithful and default agree here.
   label_key, time_key, noise_key = jax.random.split(rng, 3)

@@ -25,8 +25,10 @@ weights, sharded like the parameters) and `phase` (int32: the phase the teacher 
 Sampling: Euler steps of 1/N (the student is good at the step count of the phase it last
 trained: 1 step at the end of a full run).
 
-`faithful=True` keeps the original's code as it runs:
-  * the batch is shuffled with its own key (the original's update step);
+`faithful=True` keeps the original's code as it runs (checked against its own outputs by
+`shortcut_jax.tools.check_original_targets`):
+  * the batch is shuffled with its own key (the original's update step; not with
+    `faithful_scope='get_targets'`, `flow_path.batch_for_targets`);
   * no condition dropout: labels are kept (the unconditional branch of CFG sampling is then
     only what the student inherited from its teacher);
   * the phase of the targets is floor(step / (max_steps / L)) (float division), while the
@@ -51,11 +53,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.conditioning import cond_from_batch
 from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
 from shortcut_jax.objectives.shortcut import TEACHER_CLIP  # The original's bound on teacher states.
-from shortcut_jax.objectives.flow_path import (config_value, finest_level, permute_batch,
+from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                sample_source)
 from shortcut_jax.objectives.paths import Path, broadcast_time, path_from_config
 
@@ -87,8 +88,14 @@ def phase_of_step(step: Array, st: ProgressiveSettings) -> Array:
   return jnp.minimum(step * st.finest // st.schedule_steps, st.finest - 1).astype(jnp.int32)
 
 
+# The original's `train_state.step` at this library's step 0: progressive distillation starts
+# from the teacher's checkpoint, whose step the original resets to 0 when it loads it.
+ORIGINAL_START_STEP = 0
+
+
 def faithful_phase(step: Array, st: ProgressiveSettings) -> Array:
-  """The original's floor(step / (max_steps / L)) in float32, clipped to the phases."""
+  """The original's floor(step / (max_steps / L)) in float32, clipped to the phases (its step is
+  this library's: `ORIGINAL_START_STEP`)."""
   phase = jnp.floor(jnp.asarray(step, jnp.float32) / (st.schedule_steps / st.finest))
   return jnp.clip(phase, 0, st.finest - 1).astype(jnp.int32)
 
@@ -158,7 +165,8 @@ def progressive_targets(model, params, ema_params, batch, rng, config, *, step=N
     batch: dict with `image` and optional conditioning keys.
     rng: PRNG key for this batch.
     config: objective config: `denoise_timesteps`, `schedule_steps`, `faithful`,
-      `bootstrap_cfg`, `cfg_scale`, `path` and the condition kinds' dropout probabilities.
+      `faithful_scope`, `bootstrap_cfg`, `cfg_scale`, `path` and the condition kinds' dropout
+      probabilities.
     step: the training step (int32); state: `{'teacher', 'phase'}`.
 
   Returns:
@@ -167,15 +175,10 @@ def progressive_targets(model, params, ema_params, batch, rng, config, *, step=N
   del params, ema_params
   st = ProgressiveSettings.from_config(config)
   step = jnp.zeros((), jnp.int32) if step is None else step
-  if st.faithful:
-    perm_key, rng = jax.random.split(rng)
-    batch = permute_batch(batch, perm_key)
-    phase = faithful_phase(step, st)
-  else:
-    phase = state["phase"]
+  phase = faithful_phase(step, st) if st.faithful else state["phase"]
+  batch, cond, rng = batch_for_targets(model, batch, rng, config)
   images = batch["image"]
   b = images.shape[0]
-  cond = model.unguided_cond(cond_from_batch(batch), config)
   if st.faithful:
     time_key, noise_key = jax.random.split(rng)
     drop_metrics = {}

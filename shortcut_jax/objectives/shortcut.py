@@ -20,8 +20,10 @@ The batch is split in two parts, bootstrap (self-consistency) part first:
 With `cfg_scale == 0` every label is nulled first (unconditional training), as the original does;
 a conditioning image is kept.
 
-`faithful=True` reproduces the original's `get_targets` bit for bit, flaws included:
-  * the batch is first shuffled with its own key (the original's update step does this);
+`faithful=True` reproduces the original's `get_targets` bit for bit, flaws included (checked
+against that function's own outputs by `shortcut_jax.tools.check_original_targets`):
+  * the batch is first shuffled with its own key (the original's update step does this; not with
+    `faithful_scope='get_targets'`, `flow_path.batch_for_targets`);
   * level assignment: levels L-1, ..., 0 each repeated B_b // L times, padded with level 0, so
     when B_b < L (e.g. batch 32, bootstrap_every 8) every bootstrap sample is at level 0 and only
     one-step jumps are trained, from an untrained level-1 teacher; `bootstrap_dt_bias = 1` gives
@@ -64,8 +66,8 @@ import numpy as np
 
 from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
-from shortcut_jax.objectives.flow_path import (Source, config_value, finest_level,
-                                               permute_batch, sample_source, source_from_config)
+from shortcut_jax.objectives.flow_path import (Source, batch_for_targets, config_value,
+                                               finest_level, sample_source, source_from_config)
 from shortcut_jax.objectives.paths import Path, path_from_config
 
 Array = Any
@@ -279,12 +281,10 @@ def _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics: Dict[st
 
 def faithful_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> TrainingTargets:
   """The original's `get_targets`, flaws included (see the module docstring)."""
-  perm_key, rng = jax.random.split(rng)
-  batch = permute_batch(batch, perm_key)
+  batch, cond, rng = batch_for_targets(model, batch, rng, config)
   images = batch["image"]
   b = images.shape[0]
   b_boot = b // st.bootstrap_every
-  cond = model.unguided_cond(cond_from_batch(batch), config)
   # One split in three; the original reuses the time and noise keys for the flow part.
   label_key, time_key, noise_key = jax.random.split(rng, 3)
   levels_np, num_cfg = faithful_levels(b_boot, st.finest, st.dt_bias)
@@ -355,8 +355,9 @@ def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None
     batch: dict with `image` float32 NHWC and optional conditioning keys.
     rng: PRNG key for this batch.
     config: objective config: `denoise_timesteps`, `bootstrap_every`, `bootstrap_ema`,
-      `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `faithful`, `path` and each condition
-      kind's dropout probability (`class_dropout_prob`, `image_dropout_prob`).
+      `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `faithful`, `faithful_scope`, `path`
+      and each condition kind's dropout probability (`class_dropout_prob`,
+      `image_dropout_prob`).
     step, state: unused (stateless).
 
   Returns:

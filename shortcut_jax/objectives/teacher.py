@@ -2,7 +2,8 @@
 
 Where it comes from. `config.objective.teacher_workdir` names the training workdir of a finished
 run (its `config.json` and `checkpoints/`), or one of its checkpoint folders
-`<workdir>/checkpoints/<step>`; `objective.teacher_step` picks a step (-1: the latest). The
+`<workdir>/checkpoints/<step>`, local or remote (gs://...: read through `shortcut_jax.storage`
+and the checkpoint manager); `objective.teacher_step` picks a step (-1: the latest). The
 teacher has to be a run of the same network on the same data whose network does not take the
 step size (a flow-matching `naive` run, or an earlier distillation run): anything else is an
 error naming the field that differs, raised before anything is compiled, with the command that
@@ -32,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from shortcut_jax import storage
 from shortcut_jax.config_value import config_value
 
 TEACHER = "teacher"
@@ -60,7 +62,7 @@ def resolve_teacher(objective_config) -> Tuple[str, Optional[int]]:
   if not path:
     raise TeacherError("objective.teacher_workdir is not set: "
                        + train_teacher_hint("workdirs/digits_naive"))
-  path = os.path.abspath(os.path.expanduser(str(path))).rstrip(os.sep)
+  path = storage.absolute(os.path.expanduser(str(path))).rstrip(os.sep)  # A URI stays one.
   step = int(config_value(objective_config, "teacher_step", -1))
   head, tail = os.path.split(path)
   if tail.isdigit() and os.path.basename(head) == "checkpoints":
@@ -115,8 +117,8 @@ def load_teacher(config, student_objective, abstract_params, mesh):
   from shortcut_jax.checkpoints import manager  # pylint: disable=g-import-not-at-top
   workdir, step = resolve_teacher(config.objective)
   name = student_objective.name
-  if not os.path.exists(os.path.join(workdir, "config.json")) or not os.path.isdir(
-      os.path.join(workdir, "checkpoints")):
+  if not storage.exists(storage.join(workdir, "config.json")) or not storage.isdir(
+      storage.join(workdir, "checkpoints")):
     raise TeacherError(f"objective {name!r} needs a trained teacher, and {workdir} holds no "
                        f"training run (config.json and checkpoints/): "
                        + train_teacher_hint(workdir))
@@ -141,8 +143,17 @@ def load_teacher(config, student_objective, abstract_params, mesh):
   return state, teacher_step, workdir
 
 
-def teacher_weights(state_params, state_ema, objective_config):
-  """The weights the teacher's calls use: EMA when `bootstrap_ema` (the original), else online."""
+# Objectives whose original calls the teacher's EMA weights whatever `bootstrap_ema` says: its
+# consistency distillation calls `train_state_teacher.call_model_ema` (`faithful=True` keeps it).
+_EMA_TEACHER_WHEN_FAITHFUL = ("consistency-distillation",)
+
+
+def teacher_weights(state_params, state_ema, objective_config, objective_name=None):
+  """The weights the teacher's calls use: EMA when `bootstrap_ema` (the original), else online;
+  always EMA for a faithful `consistency-distillation` (`objective_name`), as the original."""
+  if (objective_name in _EMA_TEACHER_WHEN_FAITHFUL
+      and config_value(objective_config, "faithful", False)):
+    return state_ema
   return state_ema if config_value(objective_config, "bootstrap_ema", True) else state_params
 
 
@@ -160,7 +171,7 @@ def start_from_teacher(init_fn, *, config, abstract_state, shardings, mesh):
   state = init_fn()
   objective_state = dict(state.objective_state)
   objective_state[TEACHER] = _copy(
-      teacher_weights(teacher.params, teacher.ema_params, config.objective),
+      teacher_weights(teacher.params, teacher.ema_params, config.objective, objective.name),
       shardings.objective_state[TEACHER])
   logging.info("objective %s: teacher and student start from %s at step %d", objective.name,
                workdir, teacher_step)

@@ -12,11 +12,11 @@ name a metrics JSON file directly (`NAME=path/to/file.json`, e.g. a result kept 
 machine). `NAME=W1+W2+W3` pools separately trained models (training seeds: each workdir's
 seed-0 evaluation is one repeat; their sampling-seed files are not used). The table (Markdown)
 goes to stdout and to `--table`; the plot (log-log: FD-digits against steps, one line per run,
-the held-out split's floor dashed) to `--plot`.
+the held-out split's floor dashed) to `--plot`. Workdirs, metrics files, `--plot` and
+`--table` may be remote (gs://...): they are read and written through `shortcut_jax.storage`.
 """
 
-import glob
-import json
+import io
 import os
 import re
 import sys
@@ -25,6 +25,8 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 from absl import app, flags
 import numpy as np
 
+from shortcut_jax import storage
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "NAME=WORKDIR (or NAME=metrics.json, or NAME=W1+W2+... for "
                   "training seeds), in table order.")
@@ -32,7 +34,7 @@ flags.DEFINE_string("plot", None, "PNG to write (FD-digits against steps, log sc
 flags.DEFINE_string("table", None, "Markdown file to write the table to (also printed).")
 
 METRICS_FILE = "digits_metrics.json"
-_SEED_FILE = re.compile(r"digits_metrics_seed(\d+)\.json$")
+_SEED_FILE = re.compile(r"digits_metrics_seed(\d+)\.json")
 
 
 def parse_runs(specs: Sequence[str]) -> List[Tuple[str, str]]:
@@ -48,15 +50,15 @@ def parse_runs(specs: Sequence[str]) -> List[Tuple[str, str]]:
 
 def metrics_files(path: str) -> Dict[int, str]:
   """Seed -> metrics JSON of a workdir (seed 0: digits_metrics.json), or {0: path} for a file."""
-  if os.path.isfile(path):
+  if storage.isfile(path):
     return {0: path}
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise FileNotFoundError(f"{path}: no such workdir or metrics file")
   files = {}
-  if os.path.exists(os.path.join(path, METRICS_FILE)):
-    files[0] = os.path.join(path, METRICS_FILE)
-  for f in glob.glob(os.path.join(path, "digits_metrics_seed*.json")):
-    files[int(_SEED_FILE.search(f).group(1))] = f
+  for name in storage.listdir(path):
+    seed = _SEED_FILE.fullmatch(name)
+    if name == METRICS_FILE or seed:
+      files[int(seed.group(1)) if seed else 0] = storage.join(path, name)
   if not files:
     raise FileNotFoundError(f"{path} holds no {METRICS_FILE}: run `python eval.py "
                             f"--workdir={path} --mode=digits_metrics`")
@@ -67,8 +69,7 @@ def _read(files: Sequence[str]) -> Dict:
   """{'steps': {n: {'fd': [per file], 'accuracy': [per file]}}, 'floor': fd of held-out}."""
   steps, floor = {}, None
   for f in files:
-    with open(f) as fh:
-      m = json.load(fh)
+    m = storage.read_json(f)
     floor = m.get("held_out_test_split", {}).get("fd_digits", floor)
     for n, v in m["steps"].items():
       s = steps.setdefault(int(n), {"fd": [], "accuracy": []})
@@ -143,9 +144,10 @@ def plot(results: Mapping[str, Dict], out: str) -> None:
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=120)
+  image = io.BytesIO()
+  fig.savefig(image, dpi=120, format=os.path.splitext(out)[1][1:] or "png")
   plt.close(fig)
+  storage.write_bytes(out, image.getvalue())
 
 
 def main(argv):
@@ -159,8 +161,7 @@ def main(argv):
   text = table(results)
   print(text)
   if FLAGS.table:
-    with open(FLAGS.table, "w") as f:
-      f.write(text + "\n")
+    storage.write_text(FLAGS.table, text + "\n")
   if FLAGS.plot:
     plot(results, FLAGS.plot)
     print(f"plot: {FLAGS.plot}")

@@ -9,7 +9,8 @@ The `.pth` is pytorch-fid's release asset
 (https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth).
 Reading it needs torch (only here; the library itself never imports torch).
 Then point `load_inception(path=...)` or `$SHORTCUT_JAX_INCEPTION` at the
-output.
+output. Both files may be remote (gs://...): they are read and written
+through `shortcut_jax.storage`.
 
 The mapping is a pure function on a dict of numpy arrays,
 `convert_state_dict`, so it can be tested without torch:

@@ -16,7 +16,8 @@ Two inputs, neither shipped with this library:
 Reading them needs torch (only here; the library itself never imports torch). The trunk may
 also come from a saved `lpips.LPIPS` module's state dict (keys `net.slice<k>.<i>.*`), which
 can then be given as --lin too. Then pass `--lpips_weights=lpips_alex.npz` to `eval.py --mode=sr_metrics`, or
-set `$SHORTCUT_JAX_LPIPS`.
+set `$SHORTCUT_JAX_LPIPS`. All three files may be remote (gs://...): they are read and written
+through `shortcut_jax.storage`.
 
 The mapping is a pure function on numpy arrays, `convert_state_dict`, testable without torch:
 

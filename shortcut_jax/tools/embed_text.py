@@ -14,9 +14,14 @@ has a text projection, else the pooled output (the end-of-text token's final hid
 the text-to-image shortcut project conditions on. Train on it with `data.name='image_folder'`,
 `data.embeddings=embeddings.npz`, `data.embedding_dim=D`.
 
+Any of the three may be remote (gs://...), read and written through `shortcut_jax.storage`; a
+remote `--model` folder is downloaded once into a local cache (`storage.local_dir_copy`), since
+`transformers` loads from local folders only.
+
 Needs `torch` and `transformers` (not dependencies of the library: install them for this tool).
 """
 
+import io
 import os
 import sys
 from typing import List, Tuple
@@ -24,6 +29,8 @@ from typing import List, Tuple
 from absl import app
 from absl import flags
 import numpy as np
+
+from shortcut_jax import storage
 
 
 def define_flags():
@@ -42,11 +49,11 @@ DOWNLOAD_HINT = ("get a CLIP text model (e.g. `huggingface-cli download "
 
 def read_captions(path: str) -> Tuple[List[str], List[str]]:
   """(paths, captions) of a captions file (see the module docstring); blank lines skipped."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"--captions: {path} does not exist")
   paths, captions = [], []
-  with open(path, encoding="utf-8") as f:
-    for line in f:
+  with storage.open(path, "rb") as raw:
+    for line in io.TextIOWrapper(raw, encoding="utf-8"):
       line = line.rstrip("\n")
       if not line.strip():
         continue
@@ -65,7 +72,7 @@ def load_text_model(folder: str):
   """(tokenizer, model, has_projection) from a local transformers folder; clear errors."""
   if not folder:
     raise ValueError(f"no --model given: {DOWNLOAD_HINT}")
-  if not os.path.isdir(folder):
+  if not storage.isdir(folder):
     raise FileNotFoundError(f"--model: {folder} is not a folder; {DOWNLOAD_HINT}")
   try:
     import torch  # noqa: F401  pylint: disable=unused-import
@@ -73,6 +80,7 @@ def load_text_model(folder: str):
   except ImportError as e:
     raise ImportError(f"embed_text needs torch and transformers ({e}); "
                       "pip install torch transformers") from e
+  folder = storage.local_dir_copy(folder)  # transformers reads local folders only.
   config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
   text_config = getattr(config, "text_config", config)
   has_projection = getattr(config, "projection_dim", None) is not None and any(
@@ -107,10 +115,9 @@ def embed(captions: List[str], tokenizer, model, has_projection: bool, *, batch_
 
 def write_embeddings(out: str, paths, captions, embedding: np.ndarray) -> None:
   """Writes the .npz atomically (a partial file never has the final name)."""
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = out + ".tmp.npz"
-  np.savez(tmp, paths=np.asarray(paths), captions=np.asarray(captions), embedding=embedding)
-  os.replace(tmp, out)
+  data = io.BytesIO()
+  np.savez(data, paths=np.asarray(paths), captions=np.asarray(captions), embedding=embedding)
+  storage.write_bytes(out, data.getvalue())
 
 
 def main(argv):

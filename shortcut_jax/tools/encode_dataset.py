@@ -28,6 +28,11 @@ coupling source and context of `objective.source='cond_image'`; with `--flips` a
 the flipped one). The pair is encoded from the evaluation crop (central), so training on
 precomputed pairs has no random crops: encode a dataset whose stored images are the training
 size to use every pixel.
+
+`--out` may be remote (gs://bucket/latents): every shard is written locally and uploaded when
+complete, the metadata files are uploaded whole, and a resumed run downloads the shards already
+there to check them (`data.latent_dataset`). A remote `data.data_dir` of the pixel dataset is
+read from a local cached copy (`data.catalog`).
 """
 
 import hashlib
@@ -42,6 +47,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from shortcut_jax import latents as latents_lib
+from shortcut_jax import storage
 from shortcut_jax.data import catalog
 from shortcut_jax.data import latent_dataset as ld
 from shortcut_jax.data import pipeline
@@ -166,21 +172,21 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
                        shard_size=shard_size,
                        extra_features=_extra_features(pixel_config, splits[0]))
 
-  meta = ld.read_metadata(out) if os.path.isdir(out) else None
+  meta = ld.read_metadata(out) if storage.isdir(out) else None
   if meta is not None:
     diffs = ld.identity_differences(meta["identity"], identity)
     if diffs:
       raise ld.IncompatibleLatentsError(
           f"{out} holds latents encoded differently; nothing was changed. Use another --out, or "
           f"delete {out} to re-encode. Differences:\n  " + "\n  ".join(diffs))
-  elif os.path.isdir(out):
+  elif storage.isdir(out):
     # Without metadata nothing there can be trusted (not even shards): only the partial files
     # of a run killed before it wrote the metadata are allowed.
-    present = sorted(n for n in os.listdir(out) if not n.startswith(ld.TMP_PREFIX))
+    present = sorted(n for n in storage.listdir(out) if not n.startswith(ld.TMP_PREFIX))
     if present:
       raise FileExistsError(f"{out} is not empty and holds no {ld.METADATA_FILE} ({present[:5]}"
                             f"); choose a new or empty --out")
-  os.makedirs(out, exist_ok=True)
+  storage.makedirs(out)
   for split in splits:
     n = builder.info.splits[split].num_examples
     old = meta["splits"].get(split) if meta else None
@@ -211,14 +217,14 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
     s = meta["splits"][split]
     todo[split] = []
     for i, (a, b) in enumerate(ld.shard_ranges(s["num_examples"], shard_size)):
-      path = os.path.join(out, ld.shard_name(split, i, s["num_shards"]))
+      path = storage.join(out, ld.shard_name(split, i, s["num_shards"]))
       problem = ld.check_shard(path, b - a)
       if problem is None:
         done += b - a
         continue
       if problem != "missing":
         logging.warning("re-encoding %s: it is %s", path, problem)
-        os.remove(path)
+        storage.remove(path)
       todo[split].append((i, a, b))
     if todo[split]:
       s["complete"] = False
@@ -227,7 +233,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
   logging.info("encoding into %s: %d of %d examples already encoded", out, done, total)
   delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
   features = ld.features_of(identity)
-  storage = np.dtype(dtype)
+  store_dtype = np.dtype(dtype)
 
   bar = None
   if progress:
@@ -239,10 +245,10 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
     for split in splits:
       s = meta["splits"][split]
       for i, a, b in todo[split]:
-        path = os.path.join(out, ld.shard_name(split, i, s["num_shards"]))
+        path = storage.join(out, ld.shard_name(split, i, s["num_shards"]))
         with ld.ShardWriter(path, features) as writer:
           for batch in _batches(pixel_config, split, a, b, batch_size):
-            arrays = {k: np.asarray(v).astype(storage)
+            arrays = {k: np.asarray(v).astype(store_dtype)
                       for k, v in _moments(vae, batch, flips).items()}
             arrays.update({k: np.asarray(batch[k]) for k in identity["extra_features"]})
             rows = len(batch["image"])
@@ -279,10 +285,10 @@ def _complete_split(out: str, meta: Dict, split: str) -> None:
   """Records the split's shard sizes, then writes the TFDS metadata and encode_metadata.json."""
   s = meta["splits"][split]
   s["files"] = []
+  sizes = storage.file_sizes(out)
   for i, length in enumerate(s["shard_lengths"]):
     name = ld.shard_name(split, i, s["num_shards"])
-    s["files"].append(dict(name=name, num_examples=length,
-                           num_bytes=os.path.getsize(os.path.join(out, name))))
+    s["files"].append(dict(name=name, num_examples=length, num_bytes=sizes[name]))
   s["complete"] = True
   ld.write_tfds_metadata(out, meta)
   ld.write_metadata(out, meta)

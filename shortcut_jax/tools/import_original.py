@@ -12,9 +12,12 @@ sample is the VAE latent of a `data.image_size` image (32x32x4 for 256x256 and t
 the VAE named by the config (`vae.path` / $SHORTCUT_JAX_VAE, or `vae.random_init`) is loaded to
 read its downsampling factor and latent channels; the checkpoint's input channels must equal
 the latter. The same VAE then decodes the samples of `eval.py`.
-"""
 
-import os
+`--checkpoint` and `--workdir` may be remote (gs://...): the pickle is read and config.json
+written through `shortcut_jax.storage`, the checkpoint through the checkpoint manager (Orbax
+and TensorStore, which write gs:// themselves). A remote workdir is checked first
+(`storage.check`), so a missing bucket or missing credentials fail before anything is loaded.
+"""
 
 import jax
 import numpy as np
@@ -23,6 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from shortcut_jax import latents as latents_lib
+from shortcut_jax import storage
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.legacy import load_original_checkpoint
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
@@ -76,7 +80,9 @@ def import_original(checkpoint: str, config, workdir: str) -> int:
       is written).
     VAEWeightsNotFoundError: a latent-space config whose VAE weights are not there.
     FileExistsError: the workdir already holds checkpoints.
+    StorageError: a remote workdir that cannot be written (bucket, client or credentials).
   """
+  storage.check(workdir, write=True)
   legacy = load_original_checkpoint(checkpoint)
   channels = legacy["params"]["PatchEmbed_0"]["Conv_0"]["kernel"].shape[2]
   shape = sample_shape(config, channels)
@@ -105,13 +111,13 @@ def import_original(checkpoint: str, config, workdir: str) -> int:
   state = fresh.replace(params=legacy["params"], ema_params=legacy["params_ema"],
                         opt_state=opt_state, step=np.asarray(legacy["step"], np.asarray(fresh.step).dtype))
   state = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), fresh, state)
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   ckpt = CheckpointManager(workdir, async_save=False)
   if ckpt.latest_step() is not None:
     ckpt.close()
     raise FileExistsError(f"{workdir} already holds checkpoints; import into an empty workdir")
   ckpt.save(legacy["step"], state, {"data_position": legacy["step"], "image_shape": list(shape),
-                                    "imported_from": os.path.abspath(checkpoint)}, force=True)
+                                    "imported_from": storage.absolute(checkpoint)}, force=True)
   ckpt.close()
   trainer.save_config(config, workdir)
   logging.info("imported %s (step %d, samples of shape %s) into %s", checkpoint, legacy["step"],

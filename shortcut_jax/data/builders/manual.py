@@ -12,6 +12,10 @@ Every image is centre-cropped to a square and resized to 256×256 with an antial
 bicubic filter when the dataset is prepared (`images.center_crop_resize`), so training only
 decodes. Unreadable files are skipped with one warning giving their count. Splits are always
 named 'train' and 'test' so that the pipeline and the evaluators treat all datasets alike.
+
+Remote folders: `--manual_dir gs://bucket/imagenet` is listed and read through
+`shortcut_jax.storage` (each image downloaded once, while preparing); a remote `--data_dir` is
+built in a local cache folder and uploaded (`base.make_builder` / `base.publish`).
 """
 
 import os
@@ -19,6 +23,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import tensorflow_datasets as tfds
 
+from shortcut_jax import storage
 from shortcut_jax.data import errors
 from shortcut_jax.data import images
 from shortcut_jax.data.builders import base
@@ -79,7 +84,7 @@ def layout_message(name: str, manual_dir: str, problems: List[str], instructions
 
 
 def _flat_folder_items(folder: str, prefix: str, label: int = 0):
-  return [(f"{prefix}/{rel}", os.path.join(folder, rel), {"label": label})
+  return [(f"{prefix}/{rel}", storage.join(folder, rel), {"label": label})
           for rel in images.list_images(folder)]
 
 
@@ -106,7 +111,7 @@ its top or in sub-folders, e.g. the 256x256 release `celeba_hq_256/00000.jpg ...
 
   @classmethod
   def check_layout(cls, manual_dir):
-    if not os.path.isdir(manual_dir):
+    if not storage.isdir(manual_dir):
       return [f"{manual_dir} does not exist"]
     if not images.list_images(manual_dir):
       return [f"{manual_dir} holds no image files ({', '.join(images.IMAGE_EXTENSIONS)})"]
@@ -145,33 +150,33 @@ Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-
 
   @classmethod
   def _classes(cls, folder):
-    return sorted(e for e in os.listdir(folder) if os.path.isdir(os.path.join(folder, e)))
+    return sorted(e for e in storage.listdir(folder) if storage.isdir(storage.join(folder, e)))
 
   @classmethod
   def check_layout(cls, manual_dir):
     problems = []
     for sub in ("train", "val"):
-      path = os.path.join(manual_dir, sub)
-      if not os.path.isdir(path):
+      path = storage.join(manual_dir, sub)
+      if not storage.isdir(path):
         problems.append(f"{path} does not exist")
         continue
       classes = cls._classes(path)
       if len(classes) != cls.NUM_CLASSES:
         problems.append(f"{path} has {len(classes)} class folders, expected {cls.NUM_CLASSES}")
     if not problems:
-      train, val = (cls._classes(os.path.join(manual_dir, s)) for s in ("train", "val"))
+      train, val = (cls._classes(storage.join(manual_dir, s)) for s in ("train", "val"))
       if train != val:
         problems.append("train/ and val/ have different class folders")
     return problems
 
   @classmethod
   def split_items(cls, manual_dir):
-    classes = cls._classes(os.path.join(manual_dir, "train"))
+    classes = cls._classes(storage.join(manual_dir, "train"))
     out = {}
     for split, sub in (("train", "train"), ("test", "val")):
       items = []
       for label, wnid in enumerate(classes):
-        folder = os.path.join(manual_dir, sub, wnid)
+        folder = storage.join(manual_dir, sub, wnid)
         items.extend(_flat_folder_items(folder, f"{sub}/{wnid}", label))
       out[split] = items
     return out
@@ -202,8 +207,8 @@ images to files (`python data.py export church_outdoor_train_lmdb --out_dir <man
   def check_layout(cls, manual_dir):
     problems = []
     for sub in ("train", "val"):
-      path = os.path.join(manual_dir, sub)
-      if not os.path.isdir(path):
+      path = storage.join(manual_dir, sub)
+      if not storage.isdir(path):
         problems.append(f"{path} does not exist")
       elif not images.list_images(path):
         problems.append(f"{path} holds no image files")
@@ -211,8 +216,8 @@ images to files (`python data.py export church_outdoor_train_lmdb --out_dir <man
 
   @classmethod
   def split_items(cls, manual_dir):
-    return {"train": _flat_folder_items(os.path.join(manual_dir, "train"), "train"),
-            "test": _flat_folder_items(os.path.join(manual_dir, "val"), "val")}
+    return {"train": _flat_folder_items(storage.join(manual_dir, "train"), "train"),
+            "test": _flat_folder_items(storage.join(manual_dir, "val"), "val")}
 
 
 # Names used in `data.name` and on the prepare command line.
@@ -224,8 +229,10 @@ def prepare(name: str, manual_dir: str, data_dir=None):
 
   Args:
     name: a key of `BUILDERS`.
-    manual_dir: folder with the downloaded files, in the layout of the builder's instructions.
-    data_dir: TFDS data directory (None: the TFDS default, `~/tensorflow_datasets`).
+    manual_dir: folder with the downloaded files, in the layout of the builder's instructions
+      (local or remote).
+    data_dir: TFDS data directory (None: the TFDS default, `~/tensorflow_datasets`); a remote
+      one is built locally and uploaded.
 
   Returns:
     The prepared builder.
@@ -234,14 +241,16 @@ def prepare(name: str, manual_dir: str, data_dir=None):
     DataNotPreparedError: the layout of `manual_dir` is wrong; the message lists what is missing.
   """
   cls = BUILDERS[name]
-  builder = cls(data_dir=data_dir)
+  builder = base.make_builder(cls, data_dir)
   if builder.is_prepared():
+    base.publish(builder, data_dir)
     return builder
-  manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+  manual_dir = storage.absolute(os.path.expanduser(manual_dir))
   problems = cls.check_layout(manual_dir)
   if problems:
     raise errors.DataNotPreparedError(
         layout_message(name, manual_dir, problems, cls.MANUAL_DOWNLOAD_INSTRUCTIONS))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  base.publish(builder, data_dir)
   return builder
