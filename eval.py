@@ -1,5 +1,9 @@
 """Evaluates a trained workdir.
 
+Every path (workdirs, --out, --fid_stats, --inception, --lpips_weights, --input_dir,
+--output_dir, --prompts, --embeddings) may be local or a bucket URI (gs://bucket/...,
+`shortcut_jax.storage`).
+
   python eval.py --workdir=W --mode=sample --steps=1,4,128 --num_samples=1000 [--cfg_scale=1.5]
   python eval.py --workdir=W --mode=digits_metrics --steps=1,2,4,8,128
   python eval.py --mode=fid_stats --config=configs/x.py --out=stats.npz [--split=train] [--inception=I]

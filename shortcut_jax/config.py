@@ -10,6 +10,7 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
+from shortcut_jax import guidance
 from shortcut_jax import storage
 from shortcut_jax import text_encoders
 from shortcut_jax.models.dit import validate_dit_args
@@ -31,6 +32,12 @@ def base_config() -> ml_collections.ConfigDict:
   """All fields with their defaults (the original's defaults where it has one)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # What a guidance scale w means (`shortcut_jax.guidance`): 'original' (the original's, for
+  # every new config: w = 0 unconditional, w = 1 conditional with no unconditional pass, w > 1
+  # guided, in training, in `evals.*.cfg_scale` and on eval.py's command line) or 'legacy' (a
+  # workdir whose config.json predates this field: eval.py's scale 0 meant conditional without
+  # guidance, and `--mode=fid` kept its own defaults; `trainer.load_config` sets it, with a notice).
+  c.guidance_convention = "original"
   c.batch_size = 256  # Global batch size, summed over all devices and processes.
   c.max_steps = 100_000
   c.log_every = 100
@@ -156,10 +163,15 @@ def base_config() -> ml_collections.ConfigDict:
       # FID against `stats_path` (an .npz with mu/sigma, e.g. from `eval.py --mode=fid_stats`)
       # with the Inception weights at `inception_path` (None: $SHORTCUT_JAX_INCEPTION). Off by
       # default (every=0): it needs both files, which are read before training starts.
+      # `protocol` (`shortcut_jax.guidance`): 'guided' (`cfg_scale` at every budget of `steps`,
+      # EMA weights) or 'original' (the original's: `steps` at cfg 1, one more entry at
+      # `cfg_scale` with objective.denoise_timesteps steps, online weights; the paper configs').
+      # `use_ema` None: the protocol's weights. eval.py --mode=fid reads these fields too.
       fid=dict(every=0, steps=(1, 4, 128), num_samples=4096, cfg_scale=1.5,
                stats_path=ml_collections.FieldReference(None, field_type=str),
                inception_path=ml_collections.FieldReference(None, field_type=str),
-               batch_size=256, use_ema=True),
+               batch_size=256, use_ema=ml_collections.FieldReference(None, field_type=bool),
+               protocol="guided"),
   ))
   return c
 
@@ -385,6 +397,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(c.vae.chunk_size is None or (isinstance(c.vae.chunk_size, int) and c.vae.chunk_size > 0),
         f"vae.chunk_size must be a positive integer or None, got {c.vae.chunk_size!r}")
   check(c.eval_errors in EVAL_ERRORS, f"eval_errors must be one of {EVAL_ERRORS}, got {c.eval_errors!r}")
+  check(guidance.convention(c) in guidance.CONVENTIONS,
+        f"{guidance.FIELD} must be one of {guidance.CONVENTIONS}, got {guidance.convention(c)!r}")
 
   check(isinstance(c.checkpoint.every_steps, int) and c.checkpoint.every_steps > 0,
         f"checkpoint.every_steps must be a positive integer, got {c.checkpoint.every_steps!r}")
@@ -427,6 +441,17 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
           f"evals.fid.batch_size must be a positive integer, got {f.batch_size!r}")
     check(f.cfg_scale is None or f.cfg_scale >= 0,
           f"evals.fid.cfg_scale must be None or >= 0, got {f.cfg_scale!r}")
+    protocol = f.get("protocol", "guided")
+    check(protocol in guidance.PROTOCOLS,
+          f"evals.fid.protocol must be one of {guidance.PROTOCOLS}, got {protocol!r}")
+    if (protocol == "original" and objective is not None and f.cfg_scale not in (None, 1.0)
+        and _is_power_of_two(o.denoise_timesteps) and isinstance(f.every, int)
+        and isinstance(c.eval_every, int) and eval_period(c, "fid") > 0):
+      try:  # The original protocol's guided entry samples with M steps.
+        objective.check_steps([o.denoise_timesteps])
+      except ValueError as e:
+        errors.append(f"evals.fid.protocol='original' samples its guided entry with "
+                      f"objective.denoise_timesteps ({o.denoise_timesteps}) steps: {e}")
     if isinstance(f.every, int) and isinstance(c.eval_every, int) and eval_period(c, "fid") > 0:
       check(bool(f.stats_path), "evals.fid.stats_path must be set when evals.fid is enabled "
             "(make one with `python eval.py --mode=fid_stats --config=... --out=stats.npz`)")

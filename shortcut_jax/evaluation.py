@@ -128,14 +128,10 @@ def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Opt
     raise ValueError("--prompts / --embeddings: this model was trained without embeddings "
                      "(data.embedding_dim=0)")
   if prompts:
-    with storage.local_copy(prompts) as local:  # The readers take local file names.
-      texts = text_encoders.read_prompts(local)
+    texts = text_encoders.read_prompts(prompts)  # Local or remote files (`storage`).
     vectors = text_encoders.encode_prompts(exp.config.data, texts)
   else:
-    if storage.is_remote(embeddings) and not storage.isfile(embeddings):
-      raise FileNotFoundError(f"--embeddings: {embeddings} does not exist")
-    with storage.local_copy(embeddings) as local:
-      vectors = text_encoders.load_embeddings_file(local, int(exp.config.data.embedding_dim))
+    vectors = text_encoders.load_embeddings_file(embeddings, int(exp.config.data.embedding_dim))
     texts = [f"embedding {i}" for i in range(len(vectors))]
   index = np.arange(num_samples) % len(vectors)
   return gen.sample_cond(exp, num_samples, embedding=vectors[index]), index, texts

@@ -8,9 +8,12 @@ if it needs one, its own schedule. Without an objective the sampler is the Euler
 (level k for a step of 2^-k); flow-matching models always use the finest level L and uniform
 steps 1/N.
 
-Any N >= 1 works with trained levels only (`step_schedule`). With classifier-free guidance the
-conditional and unconditional velocities come from one batched network call. The whole loop is one
-jitted function, compiled once per (model, N, guidance, input shapes) and cached.
+Any N >= 1 works with trained levels only (`step_schedule`). The guidance scale w has the
+original's meaning (`shortcut_jax.guidance`): w = 1 (or None) is the conditional velocity from one
+call on the batch, w = 0 the unconditional one (the null condition, one call), and any other w
+`v_u + w (v_c - v_u)` with the conditional and unconditional velocities from one call on the
+doubled batch. The whole loop is one jitted function, compiled once per (model, N, guidance,
+input shapes) and cached.
 """
 
 import functools
@@ -105,7 +108,8 @@ def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool
     num_steps: N.
     denoise_timesteps: M (the finest level L = log2 M).
     uses_level: shortcut model (levels per `step_schedule`) or flow model (level L, steps 1/N).
-    cfg_scale: guidance weight w; None samples without guidance (one call per step).
+    cfg_scale: guidance weight w: None or 1 conditional (one call per step), 0 unconditional
+      (the null condition, one call per step), else guided (one call on the doubled batch).
     objective: a registered `Objective` whose `sampler_step` (and `schedule`, when it has one)
       the sampler uses; None: Euler steps on the default schedule.
 
@@ -118,7 +122,7 @@ def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool
   else:
     times, sizes, levels = _schedule(num_steps, denoise_timesteps, uses_level)
   step_fn = euler_step if objective is None else objective.sampler_step
-  w = None if cfg_scale is None else float(cfg_scale)
+  w = None if cfg_scale is None or float(cfg_scale) == 1.0 else float(cfg_scale)
 
   def run(params, x0, cond):
     b = x0.shape[0]
@@ -126,8 +130,10 @@ def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool
     null = model.null_cond(cond) if w is not None else None
 
     def predict(x, t_b, level_b):
-      if w is None:
+      if w is None:  # w = 1: the conditional velocity, no unconditional pass.
         return model(params, x, t_b, level_b, cond, train=False)
+      if w == 0.0:  # w = 0: the unconditional velocity alone.
+        return model(params, x, t_b, level_b, null, train=False)
       return guided_velocity(model, params, x, t_b, level_b, cond, null, w)
 
     def body(x, step):
@@ -156,7 +162,7 @@ def sample(model, params, x0: Array, cond: Mapping[str, Array], *, num_steps: in
     num_steps: N.
     denoise_timesteps: M.
     uses_level: whether the model is a shortcut model (see `make_sampler`).
-    cfg_scale: guidance weight, or None for no guidance.
+    cfg_scale: guidance weight (None or 1: conditional; 0: unconditional; see `make_sampler`).
     objective: optional registered `Objective` (see `make_sampler`).
 
   Returns:

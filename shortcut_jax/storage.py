@@ -39,8 +39,20 @@ os.environ.setdefault("EPATH_USE_TF", "false")
 if os.environ.get("STORAGE_EMULATOR_HOST") and not os.environ.get("TENSORSTORE_GCS_HTTP_URL"):
   _host = os.environ["STORAGE_EMULATOR_HOST"]
   os.environ["TENSORSTORE_GCS_HTTP_URL"] = _host if "://" in _host else "http://" + _host
-# gcsfs warns on every new filesystem that it cannot tell the bucket type without credentials.
+# gcsfs warns on every new filesystem that it cannot tell the bucket type without credentials;
+# fsspec logs an INFO line per file it opens.
 std_logging.getLogger("gcsfs").setLevel(std_logging.ERROR)
+std_logging.getLogger("fsspec").setLevel(std_logging.WARNING)
+
+try:
+  import fsspec.config  # pylint: disable=g-import-not-at-top
+  # No cached folder listings: other processes (and Orbax, through the same client) add steps
+  # and files while a run lives, and a stale listing would hide them (a resume would restore an
+  # old step).
+  for _protocol in ("gs", "gcs", "s3", "s3a"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
+except ImportError:  # Local paths only.
+  pass
 
 from etils import epath  # noqa: E402  (after EPATH_USE_TF)
 

@@ -23,6 +23,7 @@ from clu import metric_writers
 from shortcut_jax import config as config_lib
 from shortcut_jax import console
 from shortcut_jax import distributed
+from shortcut_jax import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import objectives
 from shortcut_jax import sharding as sharding_lib
@@ -501,6 +502,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   raw = storage.read_json(path)
   config = config_lib.base_config()
   config.update_from_flattened_dict(_flatten(raw))
+  if guidance.FIELD not in raw:
+    # Written before the field existed: the old meaning of eval-time scales (`guidance`).
+    config[guidance.FIELD] = guidance.LEGACY
+    logging.warning(guidance.legacy_notice(path))
   return config
 
 

@@ -105,8 +105,11 @@ def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
   step_dir = os.path.join(gcs.bucket_dir(), "killed", "checkpoints", "4")
   procs = _launch(tmp_path, "killed", data_dir, workdir, batch_delay_s=DELAY_S)
   deadline = time.time() + 300
-  # Orbax marks a step complete on object stores with commit_success.txt, written last.
-  while not os.path.exists(os.path.join(step_dir, "commit_success.txt")):
+  # Orbax marks a step complete on object stores with commit_success.txt, written last; the
+  # staged log is uploaded right after each checkpoint.
+  log_object = os.path.join(gcs.bucket_dir(), "killed", "log.txt")
+  while not (os.path.exists(os.path.join(step_dir, "commit_success.txt"))
+             and os.path.exists(log_object)):
     assert time.time() < deadline and procs[0][0].poll() is None, (
         "no checkpoint in the bucket:\n" + open(procs[0][1]).read()[-4000:])
     time.sleep(0.1)

@@ -257,6 +257,7 @@ def test_converter_without_torch_says_how_to_install(monkeypatch, tmp_path):
     convert_inception.load_torch_state_dict(str(tmp_path / 'x.pth'))
 
 
+@pytest.mark.reference
 def test_converter_cli_on_a_torch_file(tmp_path, state_dict, variables):
   torch = pytest.importorskip('torch')
   pth = tmp_path / 'pt_inception-2015-12-05-6726825d.pth'
@@ -439,6 +440,7 @@ def test_resize_matches_align_corners_false(in_hw, out_hw):
   np.testing.assert_allclose(rows.sum(1), 1.0, atol=1e-6)
 
 
+@pytest.mark.reference
 def test_resize_matches_torch_interpolate():
   torch = pytest.importorskip('torch')
   images = _images(4, (2, 37, 300, 3))
@@ -469,6 +471,7 @@ def _torch_features(torch, sd, images_nhwc):
   return functional_inception(torch, sd)(x).numpy()
 
 
+@pytest.mark.reference
 def test_matches_functional_pytorch_forward(state_dict, variables):
   torch = pytest.importorskip('torch')
   torch.set_num_threads(2)
@@ -502,6 +505,7 @@ def _pytorch_fid_inception():
   return torch, pytorch_fid_inception
 
 
+@pytest.mark.reference
 def test_matches_the_pytorch_fid_package(monkeypatch, state_dict, variables):
   # pytorch-fid's own InceptionV3 (FID blocks, its resize and normalisation), given the
   # synthetic weights in place of the downloaded file, against our features.

@@ -93,6 +93,7 @@ def scorer():
 
 # --- the model against an independent torch implementation ---------------------------------
 
+@pytest.mark.reference
 @pytest.mark.skipif(not HAS_TORCH, reason="needs torch")
 def test_matches_functional_torch_through_the_converter(tmp_path):
   import torch

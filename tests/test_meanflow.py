@@ -182,8 +182,39 @@ def test_times_follow_the_configured_share():
   t, d = meanflow.sample_times(jax.random.PRNGKey(0), 1000, st)
   assert int(jnp.sum(d == 0)) == 500 and bool(jnp.all(d[:500] > 0))
   assert bool(jnp.all((t >= 0) & (t + d <= 1)))
-  # The paper's mu = -0.4 favours noisy times (its tau near 1 is t near 0 here).
-  assert float(jnp.median(t)) < 0.5
+
+
+@pytest.mark.parametrize("mu,sigma", [(-0.4, 1.0), (0.7, 0.5)])
+def test_times_have_the_exact_logit_normal_distribution(mu, sigma):
+  """The paper's τ, r ~ logit-normal(μ, σ) (its τ = 1 is noise), mapped to this library's
+  convention (t = 0 noise, t = 1 data) as start t = 1 - max(τ, r) and end e = t + d = 1 - min.
+
+  With F(x) = Φ((logit x - μ) / σ): P(t <= s) = 1 - F(1 - s)², and for the rows with r < τ
+  P(e <= s) = (1 - F(1 - s))². A sign error in μ (or in the mapping) moves these CDFs by far
+  more than the tolerance (at μ = -0.4, s = 0.5: 0.571 against 0.881 for μ = +0.4)."""
+  from scipy.stats import norm
+  n = 20000
+  st = meanflow.MeanFlowSettings.from_config(
+      {"meanflow_time_mu": mu, "meanflow_time_sigma": sigma, "meanflow_equal_share": 0.5})
+  t, d = (np.asarray(a, np.float64) for a in meanflow.sample_times(jax.random.PRNGKey(1), n, st))
+  end = (t + d)[d > 0]
+  tau_cdf = lambda x: norm.cdf((np.log(x / (1 - x)) - mu) / sigma)  # F, the paper's times
+  s = np.asarray([0.1, 0.3, 0.5, 0.7, 0.9])
+  # ~5 standard errors of an empirical CDF at n = 10,000 rows.
+  np.testing.assert_allclose([np.mean(t <= x) for x in s], 1 - tau_cdf(1 - s) ** 2, atol=0.025)
+  np.testing.assert_allclose([np.mean(end <= x) for x in s], (1 - tau_cdf(1 - s)) ** 2,
+                             atol=0.025)
+
+
+def test_negative_mu_favours_data():
+  """Relative to μ = 0, the paper's μ = -0.4 moves both times towards data (t = 1 here)."""
+  def times(mu):
+    st = meanflow.MeanFlowSettings.from_config({"meanflow_time_mu": mu,
+                                                "meanflow_equal_share": 0.0})
+    t, d = meanflow.sample_times(jax.random.PRNGKey(2), 20000, st)
+    return float(jnp.mean(t)), float(jnp.mean(t + d))
+  (start, end), (start0, end0) = times(-0.4), times(0.0)
+  assert start > start0 + 0.03 and end > end0 + 0.03
 
 
 def test_config_checks():

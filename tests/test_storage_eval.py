@@ -65,8 +65,6 @@ def _eval_py(*args):
   return console
 
 
-# Needs the checkpoint manager and trainer.load_config on gs:// (shortcut_jax/checkpoints,
-# trainer.py; converted separately): until they read remote workdirs, this fails in there.
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_local_gs_folder")
 def test_eval_py_sample_reads_and_writes_a_gs_workdir(gcs, gs_workdir):
@@ -82,7 +80,6 @@ def test_eval_py_sample_reads_and_writes_a_gs_workdir(gcs, gs_workdir):
   assert os.path.isfile(os.path.join(gcs.bucket_dir(), "eval_run", "samples", "samples_1.npz"))
 
 
-# As above: needs the checkpoint manager on gs:// to restore the workdir.
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_local_gs_folder", "fast_compile")
 def test_fid_stats_and_fid_on_gs_paths(gcs, gs_workdir, monkeypatch):

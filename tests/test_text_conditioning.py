@@ -183,6 +183,7 @@ def _tiny_clip(folder):
   transformers.CLIPTextModelWithProjection(config).save_pretrained(folder)
 
 
+@pytest.mark.reference
 def test_embed_text_with_a_tiny_random_clip(tmp_path):
   torch = pytest.importorskip("torch")
   pytest.importorskip("transformers")
@@ -326,6 +327,7 @@ def test_word_vector_demo_trains_scores_classes_and_follows_prompts(tmp_path):
                    embeddings=str(tmp_path / "bad.npy"))
 
 
+@pytest.mark.reference
 def test_prompts_through_a_tiny_random_clip(tmp_path):
   pytest.importorskip("torch")
   pytest.importorskip("transformers")

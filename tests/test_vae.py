@@ -481,6 +481,7 @@ def _check_against_diffusers(vae, model, config, image_shape):
     assert _rel_err(got, want) < 1e-4, name
 
 
+@pytest.mark.reference
 def test_matches_diffusers_from_safetensors(diffusers_vae):
   folder, model, config, image_shape = diffusers_vae
   assert (folder / vae_weights.SAFETENSORS_FILE).exists()
@@ -489,6 +490,7 @@ def test_matches_diffusers_from_safetensors(diffusers_vae):
   _check_against_diffusers(vae, model, config, image_shape)
 
 
+@pytest.mark.reference
 def test_matches_diffusers_from_flax_msgpack(diffusers_vae, tmp_path):
   folder, model, config, image_shape = diffusers_vae
   state = {k: v.numpy() for k, v in model.state_dict().items()}
@@ -500,6 +502,7 @@ def test_matches_diffusers_from_flax_msgpack(diffusers_vae, tmp_path):
   _check_against_diffusers(vae_weights.load_vae(folder), model, config, image_shape)
 
 
+@pytest.mark.reference
 def test_matches_diffusers_with_legacy_attention_names(diffusers_vae, tmp_path):
   folder, model, config, image_shape = diffusers_vae
   if not config.get("mid_block_add_attention", True):
@@ -519,6 +522,7 @@ def test_matches_diffusers_with_legacy_attention_names(diffusers_vae, tmp_path):
   _check_against_diffusers(vae, model, config, image_shape)
 
 
+@pytest.mark.reference
 def test_sd_vae_config_matches_diffusers_parameter_shapes():
   torch = pytest.importorskip("torch")
   diffusers = pytest.importorskip("diffusers")

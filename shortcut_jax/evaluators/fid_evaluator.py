@@ -39,6 +39,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from shortcut_jax import guidance
 from shortcut_jax import sharding
 from shortcut_jax import storage
 from shortcut_jax.data import catalog
@@ -154,15 +155,8 @@ def load_features(inception_path: Optional[str], *, batch_size: int,
   Raises:
     FileNotFoundError: no path given or the file is missing (the message says where to get it).
   """
-  path = inception_path if inception_path is not None else os.environ.get(inception.ENV_VAR)
-  if path and storage.is_remote(path):
-    if not storage.isfile(path):
-      raise FileNotFoundError(f"Inception weights file {path} does not exist")
-    with storage.local_copy(path) as local:  # The reader takes local file names.
-      variables = inception.load_inception_variables(local)
-  else:
-    path = inception.resolve_weights_path(inception_path)
-    variables = inception.load_inception_variables(path)
+  path = inception.resolve_weights_path(inception_path)
+  variables = inception.load_inception_variables(path)
   return InceptionFeatures(variables, batch_size=batch_size, mesh=mesh,
                            image_size=image_size), path
 
@@ -203,6 +197,23 @@ def model_fid(exp, params, features: InceptionFeatures, reference: Tuple[np.ndar
     out[n] = fid.fid_from_stats(mu, sigma, *reference)
     logging.info("FID %d steps, %d images: %.4f (%.1f s)", n, num_images, out[n],
                  time.time() - t0)
+  return out
+
+
+def protocol_fid(exp, params, features: InceptionFeatures,
+                 reference: Tuple[np.ndarray, np.ndarray], *, entries: Sequence[guidance.Entry],
+                 num_images: int, seed: int = 0, progress: bool = True) -> Dict[str, float]:
+  """FID against `reference` for each entry of an FID protocol (`guidance.fid_entries`: its
+  steps and guidance); {entry.key: fid}."""
+  out = {}
+  for entry in entries:
+    t0 = time.time()
+    mu, sigma = model_stats(exp, params, features, num_images=num_images, num_steps=entry.steps,
+                            cfg_scale=entry.cfg_scale, seed=seed, progress=progress)
+    out[entry.key] = fid.fid_from_stats(mu, sigma, *reference)
+    logging.info("FID %d steps, cfg %s, %d images: %.4f (%.1f s)", entry.steps,
+                 "1" if entry.cfg_scale is None else f"{entry.cfg_scale:g}", num_images,
+                 out[entry.key], time.time() - t0)
   return out
 
 
@@ -378,16 +389,21 @@ def load_reference(path: str, features: Optional[Callable] = None
 
 
 class FIDEvaluator(Evaluator):
-  """`config.evals.fid`: FID of the (EMA) model at each step budget, as `fid/steps_<N>`.
+  """`config.evals.fid`: FID of each entry of the FID protocol (`guidance.fid_entries`), as
+  `fid/steps_<key>`: `fid/steps_<N>` for each step budget, and with `protocol='original'`
+  also `fid/steps_<M>_cfg<w>` (M = objective.denoise_timesteps).
 
   The original evaluates 4,096 samples during training; published numbers are FID-50k
   (`eval.py --mode=fid --num_samples=50000`).
   """
 
   def __init__(self, exp, workdir, every, *, steps, num_samples, cfg_scale, stats_path,
-               inception_path, batch_size, use_ema, seed: int = 0,
+               inception_path, batch_size, use_ema, protocol: str = "guided", seed: int = 0,
                image_size: Optional[int] = inception.IMAGE_SIZE):
     """Reads the reference statistics and Inception weights now, so a bad path fails early.
+
+    `cfg_scale` has the sampler's meaning (None or 1 conditional, 0 unconditional, else guided);
+    `use_ema` None takes the protocol's weights (`guidance.protocol_use_ema`).
 
     Raises:
       FileNotFoundError: `stats_path` is unset or missing, or the Inception weights are.
@@ -395,7 +411,11 @@ class FIDEvaluator(Evaluator):
     """
     super().__init__(exp, workdir, every)
     self.steps, self.num_samples, self.cfg_scale = tuple(steps), num_samples, cfg_scale
-    self.use_ema, self.seed = use_ema, seed
+    self.protocol = protocol
+    self.use_ema, self.seed = guidance.protocol_use_ema(protocol, use_ema), seed
+    self.entries = guidance.fid_entries(protocol, self.steps, cfg_scale,
+                                        exp.config.objective.denoise_timesteps,
+                                        gen.is_guidable(exp))
     self.stats_path = resolve_stats_path(stats_path, "config.evals.fid.stats_path")
     try:
       self.features, self.inception_path = load_features(inception_path, batch_size=batch_size,
@@ -407,8 +427,8 @@ class FIDEvaluator(Evaluator):
   def run(self, state, step):
     params = state.ema_params if self.use_ema else state.params
     t0 = time.time()
-    values = model_fid(self.exp, params, self.features, self.reference, steps=self.steps,
-                       num_images=self.num_samples, cfg_scale=self.cfg_scale, seed=self.seed,
-                       progress=False)
-    logging.info("step %d: FID-%d %s (%.1f s)", step, self.num_samples, values, time.time() - t0)
-    return {f"fid/steps_{n}": v for n, v in values.items()}
+    values = protocol_fid(self.exp, params, self.features, self.reference, entries=self.entries,
+                          num_images=self.num_samples, seed=self.seed, progress=False)
+    logging.info("step %d: FID-%d %s (%.1f s; %s)", step, self.num_samples, values,
+                 time.time() - t0, guidance.describe(self.protocol, self.entries, self.use_ema))
+    return {f"fid/steps_{k}": v for k, v in values.items()}

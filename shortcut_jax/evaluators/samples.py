@@ -2,13 +2,19 @@
 
 import jax
 
+from shortcut_jax import guidance as guidance_lib
 from shortcut_jax import storage
 from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.evaluators.base import Evaluator
 
 
 class SampleGridEvaluator(Evaluator):
-  """Writes `workdir/samples/step_<k>/grid_<N>steps[_cfg<w>].png` for each N in `steps`."""
+  """Writes `workdir/samples/step_<k>/grid_<N>steps[_cfg<w>].png` for each N in `steps`.
+
+  Every budget gets the conditional grid (no suffix) and, for a guidable model, one at
+  `cfg_scale` unless that is 1 (the same grid): 0 is the unconditional one (`guidance`). A
+  'legacy' config (`guidance.convention`) keeps the old reading, where 0 meant no second grid.
+  """
 
   def __init__(self, exp, workdir, every, *, steps, num_images, cfg_scale, use_ema):
     super().__init__(exp, workdir, every)
@@ -21,8 +27,13 @@ class SampleGridEvaluator(Evaluator):
     out_dir = storage.join(self.workdir, "samples", f"step_{step}")
     storage.makedirs(out_dir)
     guidance = [None]
-    if self.cfg_scale and gen.is_guidable(self.exp):
-      guidance.append(self.cfg_scale)
+    w = guidance_lib.sampler_scale(self.exp.config, self.cfg_scale)
+    if guidance_lib.convention(self.exp.config) == guidance_lib.LEGACY:
+      second = w is not None  # As before: any nonzero scale, 1 included.
+    else:
+      second = not guidance_lib.is_conditional_scale(w)
+    if second and gen.is_guidable(self.exp):
+      guidance.append(w)
     cols = self.exp.config.data.num_classes if gen.is_conditional(self.exp.config) else None
     examples = None
     if "cond_image" in self.exp.model.conditioning.keys:

@@ -12,6 +12,32 @@ torchvision's Inception3:
   * the pool branch of Mixed_7c is a 3x3 max pool (a quirk of the 2015 graph);
   * features are the global average of Mixed_7c's output.
 
+Optional outputs (`InceptionV3.__call__(images, outputs=(...))`, for ADM's evaluation
+suite, `shortcut_jax.evaluators.adm_metrics`):
+
+  * 'pool': the 2048-d FID features (TF `pool_3`), what a plain call returns;
+  * 'spatial': ADM's sFID features, TF `mixed_6/conv:0` (the 1x1-convolution branch of the
+    graph's `mixed_6` block after BatchNorm and ReLU) cut to its first 7 channels and
+    flattened in (row, column, channel) order: 17 x 17 x 7 = 2023 values at 299x299. The
+    2015 graph names its 11 mixed blocks `mixed`, `mixed_1`, ..., `mixed_10`, so `mixed_6` is
+    torchvision's `Mixed_6d` (not `Mixed_6e`, which is `mixed_7`), and its `conv` is
+    `Mixed_6d.branch1x1`, the first 192 channels of Mixed_6d's output (the graph's
+    `mixed_6/join` concatenates its branches in the same order). The tensor is the same one;
+    only the numerics around it differ from the TF graph (see below);
+  * 'logits_unbiased': `pool @ W` with the 1008-way classifier's weights W and no bias, the
+    logits ADM (and improved-gan's Inception Score code it copies) feeds to the softmax: both
+    take `softmax/logits/MatMul`'s weight input and leave the bias out;
+  * 'logits': `pool @ W + b`, the graph's own `softmax/logits` (not used by ADM).
+
+The logits need the classifier (`params/fc/kernel` [2048, 1008], `params/fc/bias` [1008]),
+which pytorch-fid's weights carry as `fc.weight` / `fc.bias` and `convert_inception` keeps;
+files converted before it kept them load as before, without logits.
+
+Differences from ADM's TF graph, all in the input pipeline: ADM feeds uint8 values and the
+graph resizes them to 299 with TF1's `ResizeBilinear` (no half-pixel centres) and maps them
+with (x - 128) / 128; here the resize has half-pixel centres (pytorch-fid's) and uint8 images
+map to [-1, 1] as x / 127.5 - 1. The weights are the graph's own (pytorch-fid converted them).
+
 Module and parameter names are pytorch-fid's (`Conv2d_1a_3x3`,
 `Mixed_5b/branch1x1/conv/kernel`, ...), so the weights map one to one; see
 `shortcut_jax.tools.convert_inception`.
@@ -63,7 +89,14 @@ ENV_VAR = 'SHORTCUT_JAX_INCEPTION'
 FEATURE_DIM = 2048
 IMAGE_SIZE = 299
 FILE_FORMAT = 'shortcut_jax/inception_fid'
-FILE_FORMAT_VERSION = 1
+# Version 2 files carry the classifier (`params/fc`); files without it are still written as
+# version 1, so older readers keep reading them.
+FILE_FORMAT_VERSION = 2
+NUM_CLASSES = 1008  # The 2015 graph's classifier: 1000 ImageNet classes + 8 unused.
+SPATIAL_CHANNELS = 7  # ADM's sFID keeps the first 7 channels of mixed_6/conv.
+# What `InceptionV3.__call__(images, outputs=...)` can return.
+OUTPUTS = ('pool', 'spatial', 'logits_unbiased', 'logits')
+LOGIT_OUTPUTS = ('logits_unbiased', 'logits')
 PYTORCH_FID_WEIGHTS_URL = (
     'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
     'pt_inception-2015-12-05-6726825d.pth')
@@ -73,6 +106,13 @@ PYTORCH_FID_WEIGHTS_URL = (
 MIXED_NAMES = ('Mixed_5b', 'Mixed_5c', 'Mixed_5d', 'Mixed_6a', 'Mixed_6b',
                'Mixed_6c', 'Mixed_6d', 'Mixed_6e', 'Mixed_7a', 'Mixed_7b',
                'Mixed_7c')
+
+NO_CLASSIFIER_HELP = (
+    'these Inception weights have no classifier layer (params/fc), so the logits (Inception '
+    'Score) are unavailable: the file was converted before convert_inception kept pytorch-fid\'s '
+    'fc.weight / fc.bias. Convert pt_inception-2015-12-05-6726825d.pth again with `python -m '
+    'shortcut_jax.tools.convert_inception` to get them; FID, sFID and precision / recall work '
+    'without it.')
 
 _MISSING_WEIGHTS_HELP = (
     'The FID InceptionV3 weights are not bundled. Download pytorch-fid\'s '
@@ -345,8 +385,36 @@ class InceptionE(nn.Module):
          branch_pool], axis=-1)
 
 
+class Classifier(nn.Module):
+  """The graph's 1008-way classifier on the pool features: (pool @ W, pool @ W + b)."""
+  num_classes: int = NUM_CLASSES
+  precision: Any = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, pool: Array) -> Tuple[Array, Array]:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (pool.shape[-1], self.num_classes))
+    bias = self.param('bias', nn.initializers.zeros, (self.num_classes,))
+    unbiased = jnp.dot(pool, kernel, precision=self.precision)
+    return unbiased, unbiased + bias
+
+
+def has_classifier(variables: Mapping[str, Any]) -> bool:
+  """Whether `variables` carry the classifier (`params/fc`) the logits need."""
+  return 'fc' in variables.get('params', {})
+
+
+def check_outputs(outputs: Sequence[str]) -> Tuple[str, ...]:
+  """`outputs` as a tuple, checked against `OUTPUTS`."""
+  outputs = (outputs,) if isinstance(outputs, str) else tuple(outputs)
+  unknown = [o for o in outputs if o not in OUTPUTS]
+  if unknown or not outputs:
+    raise ValueError(f'unknown Inception outputs {unknown}; known: {OUTPUTS}')
+  return outputs
+
+
 class InceptionV3(nn.Module):
-  """FID InceptionV3 returning 2048-d pool features.
+  """FID InceptionV3 returning 2048-d pool features (and, on request, ADM's extras).
 
   Attributes:
     image_size: side the input is resized to (299 for FID); None keeps the
@@ -363,8 +431,22 @@ class InceptionV3(nn.Module):
   precision: Any = jax.lax.Precision.HIGHEST
 
   @nn.compact
-  def __call__(self, images: Array) -> Array:
-    """Maps images in [-1, 1], NHWC, to float32 features [B, 2048]."""
+  def __call__(self, images: Array, outputs: Optional[Sequence[str]] = None) -> Any:
+    """Maps images in [-1, 1], NHWC, to float32 features [B, 2048].
+
+    Args:
+      images: [B, H, W, 3] in [-1, 1].
+      outputs: None (the default) returns the pool features array; a sequence of names from
+        `OUTPUTS` returns {name: float32 [B, D]} instead (module docstring): 'pool' [B, 2048],
+        'spatial' [B, 7 g g] (g = 17 at 299x299), 'logits_unbiased' and 'logits' [B, 1008].
+
+    Raises:
+      ValueError: logits asked of variables without the classifier (`NO_CLASSIFIER_HELP`).
+    """
+    wanted = None if outputs is None else check_outputs(outputs)
+    if (wanted and any(o in LOGIT_OUTPUTS for o in wanted) and not self.is_initializing()
+        and not has_classifier(self.variables)):
+      raise ValueError(NO_CLASSIFIER_HELP)
     x = jnp.asarray(images, jnp.float32)
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f'expected NHWC images with 3 channels, got shape '
@@ -390,16 +472,28 @@ class InceptionV3(nn.Module):
     x = InceptionC(128, precision=p, name='Mixed_6b')(x)
     x = InceptionC(160, precision=p, name='Mixed_6c')(x)
     x = InceptionC(160, precision=p, name='Mixed_6d')(x)
+    # TF's mixed_6/conv:0 is Mixed_6d.branch1x1, the first 192 channels of this output.
+    spatial = x[..., :SPATIAL_CHANNELS]
     x = InceptionC(192, precision=p, name='Mixed_6e')(x)
     x = InceptionD(precision=p, name='Mixed_7a')(x)
     x = InceptionE('avg', precision=p, name='Mixed_7b')(x)
     x = InceptionE('max', precision=p, name='Mixed_7c')(x)
-    return jnp.mean(x, axis=(1, 2))
+    pool = jnp.mean(x, axis=(1, 2))
+    if wanted is None:
+      return pool
+    out = {'pool': pool, 'spatial': spatial.reshape(spatial.shape[0], -1)}
+    if any(o in LOGIT_OUTPUTS for o in wanted):
+      out['logits_unbiased'], out['logits'] = Classifier(precision=p, name='fc')(pool)
+    return {o: out[o] for o in wanted}
 
 
 # ---------------------------------------------------------------------------
 # Parameter trees: expected shapes, flattening, files.
 # ---------------------------------------------------------------------------
+
+
+CLASSIFIER_SHAPES = {'params/fc/kernel': (FEATURE_DIM, NUM_CLASSES),
+                     'params/fc/bias': (NUM_CLASSES,)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -413,6 +507,8 @@ def _expected_flat_shapes() -> Mapping[str, Tuple[int, ...]]:
 
 def expected_variable_shapes() -> Mapping[str, Tuple[int, ...]]:
   """Shapes of every variable, keyed 'params/Mixed_5b/branch1x1/conv/kernel'.
+
+  The optional classifier is not among them (`CLASSIFIER_SHAPES`).
 
   Returns:
     A new dict from flat slash-joined path to shape tuple.
@@ -455,14 +551,18 @@ def check_variables(variables: Mapping[str, Any], source: str = 'weights'
     variables: {'params': ..., 'batch_stats': ...} nested dicts of arrays.
     source: what the variables came from, for error messages.
 
+  The classifier (`params/fc/kernel` and `params/fc/bias`) is optional: both or neither.
+
   Returns:
     The same tree with float32 numpy leaves.
 
   Raises:
     ValueError: naming missing, unexpected or mis-shaped entries.
   """
-  expected = _expected_flat_shapes()
+  expected = dict(_expected_flat_shapes())
   flat = flatten_variables(variables)
+  if any(path.startswith('params/fc/') for path in flat):
+    expected.update(CLASSIFIER_SHAPES)
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
   problems = []
@@ -493,7 +593,8 @@ def save_inception_variables(path: str, variables: Mapping[str, Any]) -> None:
   variables = check_variables(variables, source=f'variables for {path}')
   arrays = flatten_variables(variables)
   arrays['__format__'] = np.array(FILE_FORMAT)
-  arrays['__version__'] = np.array(FILE_FORMAT_VERSION)
+  # Without the classifier the file is version 1, which older readers accept.
+  arrays['__version__'] = np.array(FILE_FORMAT_VERSION if has_classifier(variables) else 1)
   data = io.BytesIO()
   np.savez(data, **arrays)
   storage.write_bytes(path, data.getvalue())  # Atomic: never a partial file at `path`.
@@ -576,8 +677,10 @@ def variables_from_original_pickle(tree: Mapping[str, Any]) -> dict:
 
   The original layout is `{block: {'conv': {'kernel'}, 'bn': {'scale', 'bias',
   'mean', 'var'}}}` for stem convolutions and `{block: {branch: {...}}}` for
-  Mixed blocks, kernels already HWIO. `fc` (the classifier) and a conv `bias`,
-  if present, are not used by the FID features and are dropped.
+  Mixed blocks, kernels already HWIO. A conv `bias`, if present, is dropped; `fc` (the
+  classifier) is kept as `params/fc` when it holds `kernel` [2048, 1008] and `bias` [1008]
+  (what a Flax Dense port stores), otherwise dropped with a warning (the logits are then
+  unavailable).
 
   Args:
     tree: the unpickled nested dict.
@@ -606,7 +709,19 @@ def variables_from_original_pickle(tree: Mapping[str, Any]) -> dict:
                        'mean, var)') from e
 
   for block, node in tree.items():
-    if block in ('fc', 'AuxLogits'):
+    if block == 'fc':
+      try:
+        fc = {'kernel': _to_numpy(node['kernel']), 'bias': _to_numpy(node['bias'])}
+      except (KeyError, TypeError, ValueError):
+        fc = None
+      if fc is not None and all(fc[k].shape == CLASSIFIER_SHAPES[f'params/fc/{k}']
+                                for k in fc):
+        params['fc'] = fc
+      else:
+        logging.warning('original Inception pickle: its fc entry is not a [2048, 1008] kernel '
+                        'and a [1008] bias; dropped (no logits, no Inception Score)')
+      continue
+    if block == 'AuxLogits':
       continue
     if not isinstance(node, Mapping):
       raise ValueError(f'original Inception pickle: {block} is not a dict')
@@ -687,7 +802,8 @@ def load_inception_variables(path: Optional[str] = None) -> dict:
 
 def make_feature_fn(variables: Variables, *, antialias: bool = False,
                     image_size: Optional[int] = IMAGE_SIZE,
-                    clip: bool = True) -> Callable[[Array], Array]:
+                    clip: bool = True,
+                    outputs: Optional[Sequence[str]] = None) -> Callable[[Array], Any]:
   """Builds a jitted images -> features function around given variables.
 
   Args:
@@ -695,14 +811,22 @@ def make_feature_fn(variables: Variables, *, antialias: bool = False,
     antialias: antialiased resize (off in the original protocol).
     image_size: resize target (299 for FID; smaller only for tests).
     clip: clip to [-1, 1] after resizing.
+    outputs: None: the pool features; else names from `OUTPUTS` (`InceptionV3.__call__`).
 
   Returns:
-    feature_fn(images [B, H, W, 3] in [-1, 1]) -> float32 [B, 2048]. The
-    variables are passed as a jit argument, not baked in as constants.
+    feature_fn(images [B, H, W, 3] in [-1, 1]) -> float32 [B, 2048] (or {name: [B, D]} with
+    `outputs`). The variables are passed as a jit argument, not baked in as constants.
+
+  Raises:
+    ValueError: logits asked of variables without the classifier.
   """
+  if outputs is not None:
+    outputs = check_outputs(outputs)
+    if any(o in LOGIT_OUTPUTS for o in outputs) and not has_classifier(variables):
+      raise ValueError(NO_CLASSIFIER_HELP)
   model = InceptionV3(image_size=image_size, antialias=antialias, clip=clip)
   variables = jax.device_put(variables)
-  apply = jax.jit(model.apply)
+  apply = jax.jit(functools.partial(model.apply, outputs=outputs))
 
   def feature_fn(images: Array) -> Array:
     return apply(variables, images)
@@ -737,9 +861,10 @@ def load_inception(path: Optional[str] = None, *, antialias: bool = False,
 
 
 __all__: Sequence[str] = (
-    'ENV_VAR', 'FEATURE_DIM', 'FILE_FORMAT', 'FILE_FORMAT_VERSION',
-    'IMAGE_SIZE', 'InceptionV3', 'MIXED_NAMES', 'PYTORCH_FID_WEIGHTS_URL',
-    'check_variables', 'expected_variable_shapes', 'flatten_variables',
+    'CLASSIFIER_SHAPES', 'Classifier', 'ENV_VAR', 'FEATURE_DIM', 'FILE_FORMAT',
+    'FILE_FORMAT_VERSION', 'IMAGE_SIZE', 'InceptionV3', 'LOGIT_OUTPUTS', 'MIXED_NAMES',
+    'NO_CLASSIFIER_HELP', 'NUM_CLASSES', 'OUTPUTS', 'PYTORCH_FID_WEIGHTS_URL',
+    'SPATIAL_CHANNELS', 'check_outputs', 'check_variables', 'has_classifier', 'expected_variable_shapes', 'flatten_variables',
     'load_inception', 'load_inception_variables', 'make_feature_fn',
     'bilinear_resize_matrix', 'resize_images', 'resolve_weights_path',
     'save_inception_variables', 'unflatten_variables',

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shortcut_jax import objectives
+from shortcut_jax import storage
 from shortcut_jax.models import dit as dit_lib
 from shortcut_jax.objectives import consistency, progressive
 from shortcut_jax.objectives import teacher as teacher_lib
@@ -143,14 +144,14 @@ def load_fixture(directory: str) -> Fixture:
   """Reads `meta.json`, `inputs.npz` and `states.npz` of a fixture folder."""
   directory = os.fspath(directory)
   for name in ("meta.json", "inputs.npz", "states.npz"):
-    if not os.path.isfile(os.path.join(directory, name)):
+    if not storage.isfile(storage.join(directory, name)):
       raise FixtureError(f"{directory} has no {name}: not an original-targets fixture")
-  with open(os.path.join(directory, "meta.json")) as f:
+  with storage.open(storage.join(directory, "meta.json")) as f:
     meta = json.load(f)
-  with np.load(os.path.join(directory, "inputs.npz")) as z:
+  with storage.open(storage.join(directory, "inputs.npz"), "rb") as f, np.load(f) as z:
     inputs = {k: z[k] for k in z.files}
   grouped: Dict[str, Dict[str, np.ndarray]] = {}
-  with np.load(os.path.join(directory, "states.npz")) as z:
+  with storage.open(storage.join(directory, "states.npz"), "rb") as f, np.load(f) as z:
     for k in z.files:
       state, which, path = k.split("/", 2)
       grouped.setdefault(f"{state}/{which}", {})[path] = z[k]
@@ -241,10 +242,10 @@ def check_case(fixture: Fixture, case: dict, model=None,
   name = case["name"]
   if case.get("module") not in TARGET_FUNCTIONS:
     return CaseResult(name, {}, {}, error=f"unknown target function {case.get('module')!r}")
-  path = os.path.join(fixture.directory, f"{name}.npz")
-  if not os.path.isfile(path):
+  path = storage.join(fixture.directory, f"{name}.npz")
+  if not storage.isfile(path):
     return CaseResult(name, {}, {}, error=f"no {name}.npz")
-  with np.load(path) as z:
+  with storage.open(path, "rb") as f, np.load(f) as z:
     want = {"x_t": z["x_t"], "v_t": z["v_t"], "t": z["t"], "level": z["dt_base"],
             "labels": z["labels"]}
   try:

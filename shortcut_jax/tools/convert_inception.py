@@ -20,10 +20,14 @@ The mapping is a pure function on a dict of numpy arrays,
   <block>.bn.bias                       -> params/<block>/bn/bias
   <block>.bn.running_mean               -> batch_stats/<block>/bn/mean
   <block>.bn.running_var                -> batch_stats/<block>/bn/var
+  fc.weight                [1008, 2048] -> params/fc/kernel [2048, 1008]
+  fc.bias                               -> params/fc/bias
 
-where <block> is e.g. `Conv2d_1a_3x3` or `Mixed_5b.branch1x1`. `fc.*` (the
-1008-way classifier), `AuxLogits.*` and `*.num_batches_tracked` are not used
-by FID features and are skipped.
+where <block> is e.g. `Conv2d_1a_3x3` or `Mixed_5b.branch1x1`. The 1008-way
+classifier `fc.*` is not used by the FID features; it is kept for the logits
+of the Inception Score (`shortcut_jax.evaluators.adm_metrics`). A state dict
+without it converts as before (no logits). `AuxLogits.*` and
+`*.num_batches_tracked` are skipped.
 """
 
 from typing import Mapping
@@ -43,7 +47,8 @@ _SUFFIXES = {
     'bn.running_mean': ('batch_stats', 'bn', 'mean'),
     'bn.running_var': ('batch_stats', 'bn', 'var'),
 }
-_SKIPPED_PREFIXES = ('fc.', 'AuxLogits.')
+_SKIPPED_PREFIXES = ('AuxLogits.',)
+_CLASSIFIER = {'fc.weight': 'params/fc/kernel', 'fc.bias': 'params/fc/bias'}
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
@@ -63,6 +68,11 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray]) -> dict:
   unknown = []
   for key, value in state_dict.items():
     if key.startswith(_SKIPPED_PREFIXES) or key.endswith('num_batches_tracked'):
+      continue
+    if key in _CLASSIFIER:
+      array = np.asarray(value, dtype=np.float32)
+      # torch's Linear stores [out, in]; the Flax kernel is [in, out] (TF's softmax/weights).
+      flat[_CLASSIFIER[key]] = np.ascontiguousarray(array.T) if array.ndim == 2 else array
       continue
     for suffix, (collection, layer, name) in _SUFFIXES.items():
       if key.endswith('.' + suffix):
