@@ -7,11 +7,17 @@ Every path (workdirs, --out, --fid_stats, --inception, --lpips_weights, --input_
   python eval.py --workdir=W --mode=sample --steps=1,4,128 --num_samples=1000 [--cfg_scale=1.5]
   python eval.py --workdir=W --mode=digits_metrics --steps=1,2,4,8,128
   python eval.py --mode=fid_stats --config=configs/x.py --out=stats.npz [--split=train] [--inception=I]
-  python eval.py --workdir=W --mode=fid --steps=1,4,128 --num_samples=50000 --fid_stats=stats.npz \
-      [--inception=I] [--cfg_scale=1.5]
+  python eval.py --workdir=W --mode=fid --num_samples=50000 --fid_stats=stats.npz \
+      [--protocol=original|guided] [--steps=1,4,128] [--inception=I] [--cfg_scale=1.5] \
+      [--extra_metrics=is,sfid,precision_recall]
   python eval.py --workdir=W --mode=super_resolve --input_dir=IN --output_dir=OUT --steps=1 \
       [--input_is_lr] [--overwrite] [--nouse_ema] [--seed=0]
   python eval.py --workdir=W --mode=sr_metrics --steps=1,2,4,8 [--num_samples=N]
+
+Guidance scales have the original's meaning (`shortcut_jax.guidance`): 0 unconditional, 1
+conditional (no unconditional pass), above 1 guided. --mode=fid takes what is not given from the
+workdir config's `evals.fid` (steps, num_samples, cfg_scale, use_ema, protocol); a workdir whose
+config.json predates `guidance_convention` keeps the old meanings and defaults (with a notice).
 """
 
 from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before it is imported.
@@ -32,13 +38,26 @@ flags.DEFINE_string("workdir", None, "A training workdir (holds config.json and 
 flags.DEFINE_list("workdirs", None, "cascade: the generator's workdir, then each upscaler's "
                   "(one --steps entry per stage).")
 flags.DEFINE_enum("mode", "sample", evaluation.MODES, "What to compute.")
-flags.DEFINE_list("steps", ["1", "4", "128"], "Step budgets to sample with.")
-flags.DEFINE_integer("num_samples", 1000, "Images per step budget.")
-flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale (default: the workdir "
-                   "config's evals.samples.cfg_scale, 1.5 in the defaults; 0 = no guidance).")
-flags.DEFINE_bool("cfg", True, "--nocfg samples without guidance (as --cfg_scale=0).")
+flags.DEFINE_list("steps", None, "Step budgets to sample with (default: 1,4,128; --mode=fid: "
+                  "the workdir config's evals.fid.steps).")
+flags.DEFINE_integer("num_samples", None, "Images per step budget (default: 1000; --mode=fid: "
+                     "evals.fid.num_samples).")
+flags.DEFINE_float("cfg_scale", None, "Classifier-free guidance scale w, v_u + w (v_c - v_u): "
+                   "0 = unconditional, 1 = conditional without guidance (one call a step), "
+                   "> 1 guided (default: the workdir config's evals.samples.cfg_scale, 1.5 in "
+                   "the defaults; --mode=fid: evals.fid.cfg_scale).")
+flags.DEFINE_bool("cfg", True, "--nocfg samples without guidance (as --cfg_scale=1).")
 flags.DEFINE_integer("seed", 0, "Noise seed (image i uses fold_in(seed, i)).")
-flags.DEFINE_bool("use_ema", True, "Sample with the EMA weights.")
+flags.DEFINE_bool("use_ema", None, "Sample with the EMA weights (default: yes; --mode=fid: "
+                  "evals.fid.use_ema, whose default is the protocol's: online weights for "
+                  "'original', EMA for 'guided').")
+flags.DEFINE_enum("protocol", None, ["original", "guided"], "fid: 'original' (the original's "
+                  "helper_eval.py: --steps at cfg 1, one more entry at --cfg_scale with "
+                  "objective.denoise_timesteps steps, online weights) or 'guided' (--cfg_scale "
+                  "at every budget, EMA) (default: the workdir config's evals.fid.protocol).")
+flags.DEFINE_list("extra_metrics", None, "fid: ADM's metrics of the same samples besides FID, "
+                  "any of is,sfid,precision_recall (default: the workdir config's "
+                  "evals.fid.extra_metrics); see docs/evaluation.md.")
 flags.DEFINE_integer("batch_size", 256, "Images per sampler call.")
 flags.DEFINE_integer("checkpoint_step", None, "Which checkpoint (default: the latest).")
 config_flags.DEFINE_config_file("config", None, "fid_stats: the config whose dataset to read "
@@ -78,8 +97,9 @@ def main(argv):
   if cpu_count:
     logging.info("XLA CPU: %d single-threaded devices, batches split over them "
                  "(SHORTCUT_JAX_CPU_DEVICES=0: off)", cpu_count)
-  evaluation.run(FLAGS.mode, FLAGS.workdir, steps=[int(s) for s in FLAGS.steps],
-                 num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale if FLAGS.cfg else 0.0,
+  evaluation.run(FLAGS.mode, FLAGS.workdir,
+                 steps=None if FLAGS.steps is None else [int(s) for s in FLAGS.steps],
+                 num_samples=FLAGS.num_samples, cfg_scale=FLAGS.cfg_scale if FLAGS.cfg else 1.0,
                  seed=FLAGS.seed,
                  use_ema=FLAGS.use_ema, batch_size=FLAGS.batch_size, step=FLAGS.checkpoint_step,
                  config=FLAGS.config, out=FLAGS.out, split=FLAGS.split,
@@ -87,7 +107,8 @@ def main(argv):
                  input_dir=FLAGS.input_dir, output_dir=FLAGS.output_dir,
                  input_is_lr=FLAGS.input_is_lr, overwrite=FLAGS.overwrite,
                  lpips_weights=FLAGS.lpips_weights, workdirs=FLAGS.workdirs,
-                 prompts=FLAGS.prompts, embeddings=FLAGS.embeddings)
+                 prompts=FLAGS.prompts, embeddings=FLAGS.embeddings, protocol=FLAGS.protocol,
+                 extra_metrics=FLAGS.extra_metrics)
 
 
 if __name__ == "__main__":

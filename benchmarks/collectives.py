@@ -348,6 +348,37 @@ def measure(size: str, objective: str, sharding: str, args) -> dict:
   }
 
 
+def table(paths) -> str:
+  """A markdown table of result lines (JSON lines files), bytes in MB (10^6) and as multiples
+  of the float32 parameter bytes P."""
+  head = ("| size | dev | sharding | objective | all-reduce | all-gather | all-to-all | "
+          "coll.-permute | reduce-scatter | total / P | minimum / P | ratio | peak MiB/dev | "
+          "GFLOP/dev | compile |")
+  lines = [head, "|" + "---|" * (head.count("|") - 1)]
+  for path in paths:
+    for line in open(path):
+      if not line.startswith("{"):
+        continue
+      r = json.loads(line)
+      if "error" in r:
+        lines.append(f"| {r['size']} | {r['devices']} | {r['sharding']} | {r['objective']} | "
+                     f"error: {r['error'][:80]} |")
+        continue
+      p = r["param_bytes"]
+      cell = lambda k: (f"{r['counts'][k]} ({r['bytes'][k] / 1e6:,.1f} MB)"
+                        if r["counts"][k] else "0")
+      mem = r["per_device_memory_bytes"] or {}
+      flops = r["flops_per_device"]
+      lines.append(
+          f"| {r['size']} | {r['devices']} | {r['sharding']} | {r['objective']} | "
+          f"{cell('all-reduce')} | {cell('all-gather')} | {cell('all-to-all')} | "
+          f"{cell('collective-permute')} | {cell('reduce-scatter')} | "
+          f"{r['total_bytes'] / p:.3f} | {r['minimum_bytes'] / p:.3f} | {r['ratio']:.3f} | "
+          f"{mem.get('peak', 0) / 2 ** 20:,.0f} | "
+          f"{'-' if flops is None else f'{flops / 1e9:,.0f}'} | {r['compile_s']:.0f} s |")
+  return "\n".join(lines)
+
+
 def worker(args):
   import jax
   n = jax.device_count()
@@ -376,8 +407,13 @@ def main(argv=None):
   p.add_argument("--hybrid_fsdp", type=int, default=0,
                  help="fsdp axis size of the hybrid mesh (0: min(8, devices / 2))")
   p.add_argument("--out", default=None, help="also append the JSON lines to this file")
+  p.add_argument("--table", default=None,
+                 help="print a markdown table of these JSON lines files (comma list) and exit")
   p.add_argument("--worker_devices", type=int, default=0, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.table:
+    print(table(args.table.split(",")))
+    return
   for size in args.sizes.split(","):
     if size not in SIZES:
       p.error(f"unknown size {size!r}: use {sorted(SIZES)}")

@@ -3,7 +3,11 @@
 Command (after preparing the data, see docs/training.md):
   python train.py --config=configs/celebahq_dit_b.py --workdir=gs://.../celebahq_dit_b
 Hardware: a TPU v3-8 / 8 GPUs; 410k steps at batch 64 (the original README's settings).
-Result reported by the paper (FID-50k): 6.9 at 128 steps, 13.8 at 4 steps, 20.5 at 1 step.
+Result reported by the paper (FID-50k): 6.9 at 128 steps, 13.8 at 4 steps, 20.5 at 1 step,
+under the original's FID protocol, this config's `evals.fid.protocol='original'`
+(`shortcut_jax.guidance`): the sweep 1, 4, 32, 128 steps with the null label (an unconditional
+model: the original samples it at cfg 0), no guided entry, the online (not EMA) weights.
+`python eval.py --mode=fid --workdir=W --num_samples=50000 --fid_stats=...` follows it.
 Latent space, as the paper: the frozen SD VAE (`sd-vae-ft-mse`, scaling 0.18215) encodes each
 256x256 batch to 32x32x4 latents inside the train step (`data.latents='online'`), where patch 2
 gives 256 tokens. The VAE comes from `vae.path` / $SHORTCUT_JAX_VAE (docs/training.md);
@@ -28,5 +32,8 @@ def get_config(arg=None):
   c.objective.update(name="shortcut", cfg_scale=0.0, class_dropout_prob=1.0, bootstrap_cfg=False)
   c.data.update(name="celebahq256", image_size=256, num_classes=1, latents="online")
   c.checkpoint.every_steps = 20_000
-  c.evals.samples.cfg_scale = 0.0
+  c.evals.samples.cfg_scale = 0.0  # Unconditional (w = 0): the null label, as trained.
+  # The original's FID protocol (helper_eval.py do_fid_calc: [1, 4, 32] + [128] when
+  # denoise_timesteps is 128); `use_ema` None = its weights, the online ones.
+  c.evals.fid.update(protocol="original", steps=(1, 4, 32, 128))
   return config_lib.finalize(c, arg)

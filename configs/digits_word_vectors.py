@@ -5,7 +5,7 @@ the condition is not the label but a vector — the fixed random vector of the c
 Commands:
   python train.py --config=configs/digits_word_vectors.py --workdir=workdirs/digits_words
   python eval.py --workdir=workdirs/digits_words --mode=digits_metrics --steps=1,4 \
-      --num_samples=1000 [--cfg_scale=0]
+      --num_samples=1000 [--cfg_scale=1]   # 1: conditional, without guidance
   printf 'three\nseven\n' > prompts.txt
   python eval.py --workdir=workdirs/digits_words --mode=sample --steps=1 --prompts=prompts.txt
 Hardware: 2 CPU cores; the network and budget of `digits_shortcut.py` (2,000 steps at batch 64).

@@ -33,5 +33,6 @@ def get_config(arg=None):
   c.data.update(name="imagenet256", image_size=256, num_classes=1, low_res_factor=4,
                 latents="online")
   c.checkpoint.every_steps = 5_000
-  c.evals.samples.update(steps=(1, 2, 4, 8, 128), num_images=16, cfg_scale=0.0)
+  # cfg 1: conditioned on the LR input, no guidance (0 would be the null condition).
+  c.evals.samples.update(steps=(1, 2, 4, 8, 128), num_images=16, cfg_scale=1.0)
   return config_lib.finalize(c, arg)

@@ -38,7 +38,8 @@ def get_config(arg=None):
   c.optim.update(lr=1e-3, warmup_steps=100, schedule="constant", weight_decay=0.1, ema_rate=0.99)
   c.data.update(name="photos", image_size=32, num_classes=1, low_res_factor=4)
   c.checkpoint.every_steps = 500
-  c.evals.samples.update(steps=(1, 2, 4, 8, 128), num_images=16, cfg_scale=0.0)
+  # cfg 1: conditioned on the LR input, no guidance (0 would be the null condition).
+  c.evals.samples.update(steps=(1, 2, 4, 8, 128), num_images=16, cfg_scale=1.0)
   c.evals.loss_per_t.update(num_batches=1, num_bins=8)
   c.evals.validation.update(num_batches=2)
   return config_lib.finalize(c, arg)

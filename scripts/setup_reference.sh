@@ -15,3 +15,9 @@ if ! .venv-reference/bin/python -c "import shortcut_jax, torch, torchvision, pyt
   .venv-reference/bin/pip install -q --upgrade pip
   .venv-reference/bin/pip install -q torch==2.14.1 torchvision==0.29.1 pytorch-fid diffusers transformers
 fi
+# torch's GPU compiler (triton) is only used on GPUs, and loading it in a process that has
+# jaxlib loaded crashes (a segmentation fault in triton's native library): CPU comparisons need
+# torch without it.
+if .venv-reference/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('triton') is None)" 2>/dev/null; then
+  .venv-reference/bin/pip uninstall -q -y triton
+fi

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Sets up .venv (once) and runs the test suite: `bash scripts/test.sh [--jobs=N] [pytest args]`
-# (pytest processes side by side: scripts/run_tests.py).
+# Sets up .venv (once) and runs the test suite: `bash scripts/test.sh [pytest args]`.
+# The test files are spread over pytest-xdist workers (`-n`, default: the CPU count, at most 4;
+# SHORTCUT_JAX_TEST_JOBS overrides it), each file whole in one worker (`--dist loadfile`) so
+# that its module fixtures and compiled functions are made once; all workers share one XLA
+# compilation cache.
 # `bash scripts/test.sh --reference` instead sets up .venv-reference (torch, torchvision,
 # pytorch-fid, diffusers, transformers: scripts/setup_reference.sh) and runs the comparisons
-# against those reference implementations (tests marked `reference`); there none may skip.
+# against those reference implementations (tests marked `reference`); there none may skip for
+# want of those packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -14,4 +18,15 @@ if [ "${1:-}" = "--reference" ]; then
   export SHORTCUT_JAX_REFERENCE=required
   exec .venv-reference/bin/python -m pytest -q -p no:cacheprovider -m reference "$@" tests
 fi
-python scripts/run_tests.py "$@"
+if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
+  JAX_COMPILATION_CACHE_DIR=$(mktemp -d -t shortcut_jax_test_xla_cache_XXXXXX)
+  export JAX_COMPILATION_CACHE_DIR
+  trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
+fi
+jobs=${SHORTCUT_JAX_TEST_JOBS:-$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")}
+# Test files or folders named on the command line run instead of the whole of tests/.
+targets=(tests)
+for arg in "$@"; do
+  case "$arg" in tests/*|./tests/*) targets=() ;; esac
+done
+python -m pytest -q -p no:cacheprovider -n "$jobs" --dist loadfile "$@" "${targets[@]}"

@@ -25,6 +25,8 @@ ACCELERATIONS = ("network", "head")
 PREDICTIONS = ("velocity", "data")
 LATENTS = ("none", "online", "precomputed")
 EVAL_ERRORS = ("continue", "stop")
+# ADM's metrics beside FID (`evals.fid.extra_metrics`; `evaluators.adm_metrics.METRICS`).
+EXTRA_FID_METRICS = ("is", "sfid", "precision_recall")
 WEIGHT_DECAY_MASKS = ("all", "no_bias_norm_embed")
 
 
@@ -167,11 +169,14 @@ def base_config() -> ml_collections.ConfigDict:
       # EMA weights) or 'original' (the original's: `steps` at cfg 1, one more entry at
       # `cfg_scale` with objective.denoise_timesteps steps, online weights; the paper configs').
       # `use_ema` None: the protocol's weights. eval.py --mode=fid reads these fields too.
+      # `extra_metrics`: ADM's metrics of the same samples besides FID (`EXTRA_FID_METRICS`:
+      # 'is', 'sfid', 'precision_recall'; evaluators/adm_metrics.py); they need an ADM
+      # reference batch at `stats_path` where images are needed, and 'is' the classifier weights.
       fid=dict(every=0, steps=(1, 4, 128), num_samples=4096, cfg_scale=1.5,
                stats_path=ml_collections.FieldReference(None, field_type=str),
                inception_path=ml_collections.FieldReference(None, field_type=str),
                batch_size=256, use_ema=ml_collections.FieldReference(None, field_type=bool),
-               protocol="guided"),
+               protocol="guided", extra_metrics=()),
   ))
   return c
 
@@ -441,6 +446,9 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
           f"evals.fid.batch_size must be a positive integer, got {f.batch_size!r}")
     check(f.cfg_scale is None or f.cfg_scale >= 0,
           f"evals.fid.cfg_scale must be None or >= 0, got {f.cfg_scale!r}")
+    extra = f.get("extra_metrics", ())
+    check(isinstance(extra, (tuple, list)) and set(extra) <= set(EXTRA_FID_METRICS),
+          f"evals.fid.extra_metrics must be a tuple of {EXTRA_FID_METRICS}, got {extra!r}")
     protocol = f.get("protocol", "guided")
     check(protocol in guidance.PROTOCOLS,
           f"evals.fid.protocol must be one of {guidance.PROTOCOLS}, got {protocol!r}")

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from shortcut_jax import guidance as guidance_lib
 from shortcut_jax import storage
 from shortcut_jax import trainer
 from shortcut_jax.evaluators import generate as gen
@@ -14,33 +15,75 @@ from shortcut_jax.evaluators import generate as gen
 MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics", "cascade")
 
 
-def restore_weights(workdir: str, step: Optional[int], use_ema: bool):
-  """(experiment, weights to sample with, checkpoint step) of a workdir. With several processes
-  every one gets the whole weights, as evaluators in training do (the generation and Inception
-  loops run on each process's own devices)."""
-  exp, state, ckpt_step = trainer.restore_experiment(workdir, step=step)
+def restore_weights(workdir: str, step: Optional[int], use_ema: bool, config=None):
+  """(experiment, weights to sample with, checkpoint step) of a workdir (`config`: its config
+  when already loaded). With several processes every one gets the whole weights, as evaluators
+  in training do (the generation and Inception loops run on each process's own devices)."""
+  exp, state, ckpt_step = trainer.restore_experiment(workdir, config=config, step=step)
   state = trainer.evaluator_state(state)
   return exp, (state.ema_params if use_ema else state.params), ckpt_step
 
 
 def guidance(exp, cfg_scale: Optional[float]) -> Optional[float]:
-  """The guidance to sample with: None (eval.py without --cfg_scale) means the workdir config's
-  evals.samples.cfg_scale, the guidance the in-training evaluators use; 0 (--cfg_scale=0,
-  --nocfg) means none (returned as None)."""
+  """The guidance to sample with, in the sampler's meaning (`shortcut_jax.guidance`): None
+  (eval.py without --cfg_scale) means the workdir config's evals.samples.cfg_scale, the guidance
+  the in-training grids use. w = 1 (--nocfg) is conditional without guidance, w = 0
+  unconditional, other w guided; a 'legacy' workdir (config.json without guidance_convention)
+  keeps its old reading, where 0 meant conditional without guidance (returned as None)."""
   cfg_scale = exp.config.evals.samples.get("cfg_scale") if cfg_scale is None else cfg_scale
-  return float(cfg_scale) if cfg_scale else None
+  return guidance_lib.sampler_scale(exp.config, cfg_scale)
+
+
+def fid_settings(config, *, steps: Optional[List[int]] = None,
+                 num_samples: Optional[int] = None, cfg_scale: Optional[float] = None,
+                 use_ema: Optional[bool] = None, protocol: Optional[str] = None) -> Dict:
+  """What `--mode=fid` evaluates when given these flags (None: not given), as a dict of
+  steps, num_samples, cfg_scale (the sampler's meaning), use_ema and protocol.
+
+  A workdir config with `guidance_convention='original'` (every new one) fills what is not
+  given from `evals.fid` (steps, num_samples, cfg_scale, protocol; use_ema, whose None is the
+  protocol's weights). A 'legacy' one (config.json from before that field) keeps eval.py's old
+  defaults: steps 1, 4, 128, 1,000 samples, `evals.samples.cfg_scale` (0: no guidance), EMA
+  weights, and `evals.fid.protocol` ('guided' for such a config).
+  """
+  f = config.evals.fid
+  protocol = protocol or f.get("protocol", "guided")
+  if protocol not in guidance_lib.PROTOCOLS:
+    raise ValueError(f"--protocol={protocol!r}: use one of {guidance_lib.PROTOCOLS}")
+  if guidance_lib.convention(config) == guidance_lib.LEGACY:
+    steps = list(guidance_lib.EVAL_STEPS) if steps is None else steps
+    num_samples = guidance_lib.EVAL_NUM_SAMPLES if num_samples is None else num_samples
+    cfg_scale = config.evals.samples.get("cfg_scale") if cfg_scale is None else cfg_scale
+    use_ema = True if use_ema is None else use_ema
+  else:
+    steps = list(f.steps) if steps is None else steps
+    num_samples = f.num_samples if num_samples is None else num_samples
+    cfg_scale = f.cfg_scale if cfg_scale is None else cfg_scale
+    use_ema = f.get("use_ema") if use_ema is None else use_ema
+  return {"steps": [int(n) for n in steps], "num_samples": int(num_samples),
+          "cfg_scale": guidance_lib.sampler_scale(config, cfg_scale),
+          "use_ema": guidance_lib.protocol_use_ema(protocol, use_ema), "protocol": protocol}
 
 
 @gen.progress_bars  # Sampling, FID and SR metrics show a bar (rate, ETA) on process 0.
-def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int,
-        cfg_scale: Optional[float], seed: int = 0, use_ema: bool = True, batch_size: int = 256,
+def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
+        num_samples: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
+        use_ema: Optional[bool] = None, batch_size: int = 256,
         step: Optional[int] = None, config=None, out: Optional[str] = None, split: str = "train",
         fid_stats: Optional[str] = None, inception_path: Optional[str] = None,
         input_dir: Optional[str] = None, output_dir: Optional[str] = None,
         input_is_lr: bool = False, overwrite: bool = False,
         lpips_weights: Optional[str] = None, workdirs: Optional[List[str]] = None,
-        prompts: Optional[str] = None, embeddings: Optional[str] = None):
+        prompts: Optional[str] = None, embeddings: Optional[str] = None,
+        protocol: Optional[str] = None, extra_metrics: Optional[List[str]] = None):
   """Runs one evaluation mode; returns its results (also written into the workdir).
+
+  None for `steps`, `num_samples`, `cfg_scale` or `use_ema` means not given: `fid` then takes
+  them from the workdir config's `evals.fid` (`fid_settings`, which also resolves `protocol`,
+  'original' or 'guided'); the other modes use steps 1, 4, 128, 1,000 samples, the config's
+  `evals.samples.cfg_scale` and the EMA weights. Guidance scales have the meaning of
+  `shortcut_jax.guidance` (0 unconditional, 1 conditional, else guided; a 'legacy' workdir's
+  0 is conditional).
 
   `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,
   `fid_stats` and `inception_path` are used by the two FID modes only; `input_dir`,
@@ -58,9 +101,19 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
     raise ValueError("give --prompts or --embeddings, not both")
   if prompts and not storage.isfile(prompts):
     raise FileNotFoundError(f"--prompts: {prompts} does not exist")
+  if mode != "fid" and protocol:
+    raise ValueError("--protocol is for --mode=fid")
+  if mode != "fid" and extra_metrics:
+    raise ValueError("--extra_metrics is for --mode=fid")
+  if extra_metrics:  # A bad name stops the run before anything is restored.
+    from shortcut_jax.evaluators import adm_metrics  # pylint: disable=g-import-not-at-top
+    adm_metrics.check_metrics(extra_metrics)
   if mode == "cascade":
-    return cascade(workdirs, steps=steps, num_samples=num_samples, cfg_scale=cfg_scale,
-                   seed=seed, use_ema=use_ema, batch_size=batch_size, output_dir=output_dir)
+    return cascade(workdirs, steps=list(guidance_lib.EVAL_STEPS) if steps is None else steps,
+                   num_samples=(guidance_lib.EVAL_NUM_SAMPLES if num_samples is None
+                                else num_samples),
+                   cfg_scale=cfg_scale, seed=seed, use_ema=True if use_ema is None else use_ema,
+                   batch_size=batch_size, output_dir=output_dir)
   if mode == "fid_stats":
     if config is None:
       if not workdir:
@@ -72,8 +125,18 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
                                batch_size=batch_size)
   if not workdir:
     raise ValueError(f"--mode={mode} needs --workdir")
-  exp, params, ckpt_step = restore_weights(workdir, step, use_ema)
-  cfg_scale = guidance(exp, cfg_scale)
+  workdir_config = trainer.load_config(workdir)
+  if mode == "fid":
+    settings = fid_settings(workdir_config, steps=steps, num_samples=num_samples,
+                            cfg_scale=cfg_scale, use_ema=use_ema, protocol=protocol)
+    steps, num_samples, use_ema = (settings["steps"], settings["num_samples"],
+                                   settings["use_ema"])
+  else:
+    steps = list(guidance_lib.EVAL_STEPS) if steps is None else steps
+    num_samples = guidance_lib.EVAL_NUM_SAMPLES if num_samples is None else num_samples
+    use_ema = True if use_ema is None else use_ema
+  exp, params, ckpt_step = restore_weights(workdir, step, use_ema, config=workdir_config)
+  cfg_scale = settings["cfg_scale"] if mode == "fid" else guidance(exp, cfg_scale)
   M = exp.config.objective.denoise_timesteps
   bad = [n for n in steps if not 1 <= n <= M]
   if bad:
@@ -87,7 +150,9 @@ def run(mode: str, workdir: Optional[str], *, steps: List[int], num_samples: int
   if mode == "fid":
     return fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
                              batch_size, ckpt_step, fid_stats=fid_stats,
-                             inception_path=inception_path)
+                             inception_path=inception_path, protocol=settings["protocol"],
+                             extra_metrics=extra_metrics,
+                             use_ema=use_ema)
   if mode == "super_resolve":
     if not input_dir or not output_dir:
       raise ValueError("--mode=super_resolve needs --input_dir and --output_dir")
@@ -230,24 +295,55 @@ def reference_fid_stats(config, out: str, *, split: str = "train",
 
 
 def fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
-                      ckpt_step, *, fid_stats=None, inception_path=None) -> Dict:
-  """FID per step budget against reference statistics -> W/fid.json.
+                      ckpt_step, *, fid_stats=None, inception_path=None,
+                      protocol: str = "guided", use_ema: bool = True,
+                      extra_metrics: Optional[List[str]] = None) -> Dict:
+  """FID of each entry of the FID protocol against reference statistics -> W/fid.json.
 
+  `extra_metrics` (None: evals.fid.extra_metrics; names of `adm_metrics.METRICS`) adds ADM's
+  Inception Score, sFID and precision / recall of the same samples, as results['extra_metrics']
+  = {entry key: {'is', 'sfid', 'precision', 'recall'}}.
+
+  The entries (`guidance.fid_entries`): 'guided', each of `steps` at `cfg_scale`; 'original',
+  each of `steps` at cfg 1 (0 for an unconditional model) and one at `cfg_scale` with
+  objective.denoise_timesteps steps. `use_ema` says which weights `params` are (reported).
   Reference statistics: `fid_stats`, else the workdir config's evals.fid.stats_path; Inception
   weights: `inception_path`, else evals.fid.inception_path, else $SHORTCUT_JAX_INCEPTION.
   """
-  from shortcut_jax.evaluators import fid_evaluator
+  from shortcut_jax.evaluators import adm_metrics, fid_evaluator
   fid_config = exp.config.evals.fid
+  extra = adm_metrics.check_metrics(fid_config.get("extra_metrics", ()) if extra_metrics is None
+                                    else extra_metrics)
+  entries = guidance_lib.fid_entries(protocol, steps, cfg_scale,
+                                     exp.config.objective.denoise_timesteps, gen.is_guidable(exp))
+  exp.objective.check_steps(sorted({e.steps for e in entries}))
+  summary = guidance_lib.describe(protocol, entries, use_ema)
+  logging.info("%s", summary)
   field = "--fid_stats" if fid_stats else "--fid_stats (or evals.fid.stats_path)"
   stats_path = fid_evaluator.resolve_stats_path(fid_stats or fid_config.stats_path, field)
   features, weights = fid_evaluator.load_features(inception_path or fid_config.inception_path,
-                                                  batch_size=batch_size)
-  reference = fid_evaluator.load_reference(stats_path, features)
-  values = fid_evaluator.model_fid(exp, params, features, reference, steps=steps,
-                                   num_images=num_samples, cfg_scale=cfg_scale, seed=seed)
-  results = {"steps": {str(n): v for n, v in values.items()}, "num_samples": num_samples,
-             "cfg_scale": cfg_scale, "seed": seed, "reference_stats": stats_path,
-             "inception_weights": weights, "checkpoint_step": ckpt_step}
+                                                  batch_size=batch_size,
+                                                  outputs=adm_metrics.inception_outputs(extra))
+  if extra:  # One pass over the samples gives FID and the extra metrics.
+    reference = adm_metrics.load_reference(stats_path, adm_metrics.feature_dict_fn(features),
+                                           extra, batch_size=features.batch_size)
+    metrics = adm_metrics.model_metrics(exp, params, features, reference, entries=entries,
+                                        num_images=num_samples, metrics=extra, seed=seed)
+    values = {k: m["fid"] for k, m in metrics.items()}
+  else:
+    reference = fid_evaluator.load_reference(stats_path, features)
+    values = fid_evaluator.protocol_fid(exp, params, features, reference, entries=entries,
+                                        num_images=num_samples, seed=seed)
+  results = {"steps": dict(values), "num_samples": num_samples,
+             "cfg_scale": cfg_scale, "protocol": protocol, "protocol_summary": summary,
+             "entries": [e.as_dict() for e in entries],
+             "weights": "ema" if use_ema else "online",
+             "guidance_convention": guidance_lib.convention(exp.config), "seed": seed,
+             "reference_stats": stats_path, "inception_weights": weights,
+             "checkpoint_step": ckpt_step}
+  if extra:
+    results["extra_metrics"] = {k: {n: v for n, v in m.items() if n != "fid"}
+                                for k, m in metrics.items()}
   if jax.process_index() == 0:
     storage.write_json(storage.join(workdir, "fid.json"), results, indent=2)
   print(json.dumps(results, indent=2))

@@ -14,6 +14,11 @@ call on the batch, w = 0 the unconditional one (the null condition, one call), a
 `v_u + w (v_c - v_u)` with the conditional and unconditional velocities from one call on the
 doubled batch. The whole loop is one jitted function, compiled once per (model, N, guidance,
 input shapes) and cached.
+
+A step that draws fresh noise (`Objective.sampler_noise`: the multistep consistency sampler)
+gets it from keys, never from the sample's values: the sampler takes one key per image, and
+step j of image i draws from `fold_in(key_i, j)` (`step_noise`), so an image's samples depend on
+its key and its start only, whatever the batch, the mesh or the other rows.
 """
 
 import functools
@@ -95,10 +100,63 @@ def guided_velocity(model, params, x, t, level, cond, null_cond, cfg_scale):
   return v_uncond + cfg_scale * (v_cond - v_uncond)
 
 
+def _plan(num_steps: int, denoise_timesteps: int, uses_level: bool, cfg_scale, objective):
+  """(times, sizes, levels, step_fn, w, draws_noise) of a sampler (see `make_sampler`)."""
+  if objective is not None and objective.schedule is not None:
+    times, sizes, levels = objective.schedule(num_steps, denoise_timesteps)
+    times, sizes = np.asarray(times, np.float32), np.asarray(sizes, np.float32)
+  else:
+    times, sizes, levels = _schedule(num_steps, denoise_timesteps, uses_level)
+  step_fn = euler_step if objective is None else objective.sampler_step
+  w = None if cfg_scale is None or float(cfg_scale) == 1.0 else float(cfg_scale)
+  draws_noise = bool(objective is not None and objective.sampler_noise)
+  return times, sizes, levels, step_fn, w, draws_noise
+
+
+def _predictor(model, params, cond, w):
+  """`predict(x, t [B], level [B])`: the network output, guided by w (see `make_sampler`)."""
+  cond = dict(cond)
+  null = model.null_cond(cond) if w is not None else None
+
+  def predict(x, t_b, level_b):
+    if w is None:  # w = 1: the conditional velocity, no unconditional pass.
+      return model(params, x, t_b, level_b, cond, train=False)
+    if w == 0.0:  # w = 0: the unconditional velocity alone.
+      return model(params, x, t_b, level_b, null, train=False)
+    return guided_velocity(model, params, x, t_b, level_b, cond, null, w)
+  return predict
+
+
+def _take_step(step_fn, draws_noise, predict, x, t, d, level, noise):
+  """One sampler step from the scalar time t by d at `level`, on every row of x."""
+  b = x.shape[0]
+  t_b = jnp.full((b,), t, jnp.float32)
+  level_b = jnp.full((b,), level, jnp.asarray(level).dtype)
+  if draws_noise:
+    return step_fn(predict, x, t_b, d, level_b, noise.astype(x.dtype))
+  return step_fn(predict, x, t_b, d, level_b)
+
+
+def step_noise(keys: Array, step, shape: Tuple[int, ...]) -> Array:
+  """The fresh noise of sampler step `step` (0-based): row i is standard normal of `shape` from
+  `fold_in(keys[i], step)`, keys[i] being image i's key (the key its source sample was drawn
+  from, `generate`: `fold_in(PRNGKey(seed), i)`; the original folds the step into its key the
+  same way). A row's noise depends on its key and the step only: not on the batch, the mesh
+  or the sample's values."""
+  return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape))(keys)
+
+
+def _check_keys(draws_noise, keys, objective, what="keys (one PRNG key per image, e.g. "
+                "fold_in(PRNGKey(seed), i))"):
+  if draws_noise and keys is None:
+    raise ValueError(f"the sampler of objective {objective.name!r} draws fresh noise every "
+                     f"step: pass {what}")
+
+
 @functools.lru_cache(maxsize=64)
 def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool = True,
                  cfg_scale: Optional[float] = None, objective=None):
-  """A jitted `fn(params, x0, cond) -> x1` running the whole N-step loop on device.
+  """A jitted `fn(params, x0, cond, keys=None) -> x1` running the whole N-step loop on device.
 
   Cached: the same arguments return the same jitted function, so repeated sampling (evaluators,
   grids) compiles once per input shape.
@@ -114,43 +172,55 @@ def make_sampler(model, num_steps: int, denoise_timesteps: int, uses_level: bool
       the sampler uses; None: Euler steps on the default schedule.
 
   Returns:
-    The jitted sampler.
+    The jitted sampler. `keys` (one PRNG key per row, [B] of keys) is required when the
+    objective's step draws noise (`Objective.sampler_noise`): step j's noise is
+    `step_noise(keys, j, ...)`; other samplers ignore it.
   """
-  if objective is not None and objective.schedule is not None:
-    times, sizes, levels = objective.schedule(num_steps, denoise_timesteps)
-    times, sizes = np.asarray(times, np.float32), np.asarray(sizes, np.float32)
-  else:
-    times, sizes, levels = _schedule(num_steps, denoise_timesteps, uses_level)
-  step_fn = euler_step if objective is None else objective.sampler_step
-  w = None if cfg_scale is None or float(cfg_scale) == 1.0 else float(cfg_scale)
+  times, sizes, levels, step_fn, w, draws_noise = _plan(num_steps, denoise_timesteps,
+                                                         uses_level, cfg_scale, objective)
 
-  def run(params, x0, cond):
-    b = x0.shape[0]
-    cond = dict(cond)
-    null = model.null_cond(cond) if w is not None else None
-
-    def predict(x, t_b, level_b):
-      if w is None:  # w = 1: the conditional velocity, no unconditional pass.
-        return model(params, x, t_b, level_b, cond, train=False)
-      if w == 0.0:  # w = 0: the unconditional velocity alone.
-        return model(params, x, t_b, level_b, null, train=False)
-      return guided_velocity(model, params, x, t_b, level_b, cond, null, w)
+  def run(params, x0, cond, keys=None):
+    _check_keys(draws_noise, keys, objective)
+    predict = _predictor(model, params, cond, w)
 
     def body(x, step):
-      t, d, level = step
-      t_b = jnp.full((b,), t, jnp.float32)
-      level_b = jnp.full((b,), level, jnp.asarray(level).dtype)
-      return step_fn(predict, x, t_b, d, level_b), None
+      j, t, d, level = step
+      noise = step_noise(keys, j, x.shape[1:]) if draws_noise else None
+      return _take_step(step_fn, draws_noise, predict, x, t, d, level, noise), None
 
-    x1, _ = jax.lax.scan(body, x0, (jnp.asarray(times), jnp.asarray(sizes), jnp.asarray(levels)))
+    x1, _ = jax.lax.scan(body, x0, (jnp.arange(len(times), dtype=jnp.int32), jnp.asarray(times),
+                                    jnp.asarray(sizes), jnp.asarray(levels)))
     return x1
+
+  return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=64)
+def make_step(model, num_steps: int, denoise_timesteps: int, uses_level: bool = True,
+              cfg_scale: Optional[float] = None, objective=None):
+  """One step at a time of `make_sampler`'s loop (the same schedule, guidance and step): a
+  jitted `fn(params, x, cond, j, noise=None) -> x after step j` (j an int32 scalar, traced:
+  one compile for every step). `noise` (standard normal like x) is required when the
+  objective's step draws noise; `make_sampler` passes `step_noise(keys, j, ...)`, a caller that
+  blends rows between steps (tiled super-resolution) crops its own. Cached like `make_sampler`.
+  """
+  times, sizes, levels, step_fn, w, draws_noise = _plan(num_steps, denoise_timesteps,
+                                                         uses_level, cfg_scale, objective)
+
+  def run(params, x, cond, j, noise=None):
+    _check_keys(draws_noise, noise, objective, "the step's noise")
+    predict = _predictor(model, params, cond, w)
+    pick = lambda a: jnp.asarray(a)[j]
+    return _take_step(step_fn, draws_noise, predict, x, pick(times), pick(sizes), pick(levels),
+                      noise)
 
   return jax.jit(run)
 
 
 def sample(model, params, x0: Array, cond: Mapping[str, Array], *, num_steps: int,
            denoise_timesteps: int, uses_level: bool = True,
-           cfg_scale: Optional[float] = None, objective=None) -> Array:
+           cfg_scale: Optional[float] = None, objective=None, keys: Optional[Array] = None
+           ) -> Array:
   """Integrates from source noise x0 (t = 0) to t = 1 with `num_steps` steps (Euler, or the
   objective's step).
 
@@ -164,11 +234,13 @@ def sample(model, params, x0: Array, cond: Mapping[str, Array], *, num_steps: in
     uses_level: whether the model is a shortcut model (see `make_sampler`).
     cfg_scale: guidance weight (None or 1: conditional; 0: unconditional; see `make_sampler`).
     objective: optional registered `Objective` (see `make_sampler`).
+    keys: one PRNG key per row of x0 ([B] keys); required by a sampler that draws noise
+      (`Objective.sampler_noise`, e.g. the consistency sampler), ignored by the others.
 
   Returns:
     The samples at t = 1, like x0.
   """
   fn = make_sampler(model, int(num_steps), int(denoise_timesteps), bool(uses_level),
                     None if cfg_scale is None else float(cfg_scale), objective)
-  return fn(params, x0, cond)
+  return fn(params, x0, cond, keys)
 

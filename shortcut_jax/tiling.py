@@ -13,6 +13,12 @@ Tile positions along an axis are spread evenly from 0 to `size - tile`: the firs
 at the border, the last one ends flush with the other border, and neighbours overlap by at
 least `overlap` pixels. An image side smaller than the tile is reflect-padded to the tile size
 first (and the padding cropped off after blending).
+
+Iterative processes (a few-step sampler) use `blend_steps`: every step maps each tile of the
+current canvas (`crop_tiles`) and blends the results into the next canvas, so neighbouring
+tiles start every step from the same values; a random input (the sampler's noise) is one
+array the size of the canvas, cropped per tile like the canvas (`crop_tiles`), so overlapping
+tiles see the same noise there.
 """
 
 import math
@@ -55,6 +61,84 @@ def _padded_shape(height: int, width: int, tile: int) -> Tuple[int, int]:
   return max(height, tile), max(width, tile)
 
 
+def pad_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """`image` [H, W, C] reflect-padded at the bottom/right to at least height × width (a single
+  row or column, with nothing to reflect, is repeated)."""
+  image = np.asarray(image)
+  h, w = image.shape[:2]
+  padded_h, padded_w = max(h, int(height)), max(w, int(width))
+  if (padded_h, padded_w) == (h, w):
+    return image
+  # numpy's reflect mode repeats the reflection when the pad is longer than the image.
+  mode = "reflect" if min(h, w) > 1 else "edge"
+  return np.pad(image, ((0, padded_h - h), (0, padded_w - w), (0, 0)), mode=mode)
+
+
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> List[Position]:
+  """The `(y, x)` corners (row-major) of the tiles covering a height × width canvas, padded to
+  at least a tile (`split_tiles`'s positions)."""
+  padded_h, padded_w = _padded_shape(height, width, tile)
+  return [(y, x) for y in tile_positions(padded_h, tile, overlap)
+          for x in tile_positions(padded_w, tile, overlap)]
+
+
+def crop_tiles(canvas: np.ndarray, positions: Sequence[Position], tile: int) -> np.ndarray:
+  """The `tile`×`tile` crops of `canvas` [H, W, C] at `positions`: [n, tile, tile, C]."""
+  canvas = np.asarray(canvas)
+  return np.stack([canvas[y:y + tile, x:x + tile] for y, x in positions])
+
+
+def tile_batches(count: int, batch_size: int) -> List[np.ndarray]:
+  """Tile indices of every call of a batched function: `batch_size` each, the last batch
+  padded with copies of its last index (so a jitted function compiles once)."""
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
+  batches = []
+  for start in range(0, count, batch_size):
+    rows = np.arange(start, min(start + batch_size, count))
+    batches.append(np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])]))
+  return batches
+
+
+def blend_steps(fn: Callable[[np.ndarray, int, np.ndarray, int], np.ndarray], canvas: np.ndarray,
+                positions: Sequence[Position], tile: int, overlap: int, batch_size: int,
+                num_steps: int) -> np.ndarray:
+  """Runs an iterative per-tile process on a whole canvas, blending the tiles after every step.
+
+  Step j crops every tile of the current canvas, calls `fn(tiles, k, rows, j)` on batch k
+  (`tiles` [batch_size, tile, tile, C] are the canvas at the tile indices `rows`, see
+  `tile_batches`; padding rows' outputs are dropped) and blends all outputs (`blend_tiles`)
+  into the next canvas. A process that maps each pixel by its own values alone therefore gives
+  the canvas it would give untiled.
+
+  Args:
+    fn: one step on a batch of tiles, returning tiles of the same size (any channel count).
+    canvas: [H, W, C] with every tile inside it (H, W >= tile, e.g. `pad_image`).
+    positions: the tile corners (`tile_grid(H, W, tile, overlap)`).
+    tile, overlap: as for `blend_tiles`.
+    batch_size: tiles per call.
+    num_steps: steps.
+
+  Returns:
+    The canvas after the last step, [H, W, C'] (float32 for float32 outputs).
+  """
+  canvas = np.asarray(canvas)
+  if canvas.shape[0] < tile or canvas.shape[1] < tile:
+    raise ValueError(f"the canvas {canvas.shape[:2]} is smaller than a tile ({tile}): pad it")
+  batches = tile_batches(len(positions), batch_size)
+  for j in range(num_steps):
+    outputs = []
+    for k, rows in enumerate(batches):
+      tiles = crop_tiles(canvas, [positions[r] for r in rows], tile)
+      out = np.asarray(fn(tiles, k, rows, j))
+      if out.shape[:3] != tiles.shape[:3]:
+        raise ValueError(f"fn must map {tiles.shape} to tiles of the same size, got {out.shape}")
+      real = min(batch_size, len(positions) - k * batch_size)
+      outputs.append(out[:real])
+    canvas = blend_tiles(np.concatenate(outputs), positions, canvas.shape, tile, overlap)
+  return canvas
+
+
 def split_tiles(image: np.ndarray, tile: int,
                 overlap: int) -> Tuple[np.ndarray, List[Position]]:
   """Cuts `image` into overlapping `tile`×`tile` tiles.
@@ -74,16 +158,9 @@ def split_tiles(image: np.ndarray, tile: int,
   if image.ndim != 3:
     raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
   height, width = image.shape[:2]
-  padded_h, padded_w = _padded_shape(height, width, tile)
-  if (padded_h, padded_w) != (height, width):
-    # numpy's reflect mode repeats the reflection when the pad is longer than the image; a
-    # single row or column has nothing to reflect and is repeated instead.
-    mode = "reflect" if min(height, width) > 1 else "edge"
-    image = np.pad(image, ((0, padded_h - height), (0, padded_w - width), (0, 0)), mode=mode)
-  positions = [(y, x) for y in tile_positions(padded_h, tile, overlap)
-               for x in tile_positions(padded_w, tile, overlap)]
-  tiles = np.stack([image[y:y + tile, x:x + tile] for y, x in positions])
-  return tiles, positions
+  image = pad_image(image, tile, tile)
+  positions = tile_grid(height, width, tile, overlap)
+  return crop_tiles(image, positions, tile), positions
 
 
 def _ramp_window(start: int, size: int, tile: int, overlap: int) -> np.ndarray:

@@ -170,6 +170,9 @@ def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
 
   Raises:
     DamagedCheckpointError: there are checkpoints but every one is damaged (nothing moved).
+    CheckpointReadError: a step could not be read for another reason than damage (I/O,
+      permissions, memory, an Orbax version); every process raises it, nothing is moved.
+    CheckpointMismatchError: the checkpoint's arrays do not fit the config's state.
   """
   mesh = make_mesh(exp.config) if mesh is None else mesh
   abstract, shardings = sharded_abstract_state(exp, mesh)
@@ -352,9 +355,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
   """`train_and_evaluate` once the workdir is this job's."""
   from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
   is_main = jax.process_index() == 0
-  if is_main:
-    save_config(config, workdir)
-
   mesh = make_mesh(config)
   _, state_shardings = sharded_abstract_state(exp, mesh)
   logging.info("mesh %s, sharding %r, %d processes; sharded parameters:\n%s", dict(mesh.shape),
@@ -364,13 +364,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
   c = config.checkpoint
   ckpt = CheckpointManager(workdir, every_steps=c.every_steps, max_to_keep=c.max_to_keep,
                            async_save=c.async_save)
-  state, start_step = restore_or_init(exp, ckpt, mesh)
+  try:
+    state, start_step = restore_or_init(exp, ckpt, mesh)
+  except BaseException:
+    ckpt.close()
+    raise
   if start_step >= config.max_steps:
     logging.info("step %d >= max_steps %d: nothing to train", start_step, config.max_steps)
     ckpt.close()
     return {}
 
-  if is_main:
+  if is_main:  # Only now: a start that fails above leaves the workdir as it was.
+    save_config(config, workdir)
     record_start(config, workdir, mesh, start_step)
   # Append-only files (TensorBoard events, metrics.jsonl, the profile) are written locally and
   # uploaded as they grow when the workdir is remote (storage.Mirror): one storage client for

@@ -372,8 +372,9 @@ def test_consistency_sampler_one_and_few_steps():
   model = oracle(consistency_velocity)
   n = 4096
   x0 = jax.random.normal(jax.random.PRNGKey(0), (n,) + SHAPE)
-  run = lambda steps, x: sampling.sample(model, {}, x, {}, num_steps=steps, denoise_timesteps=8,
-                                         objective=obj)
+  keys = _image_keys(0, np.arange(n))
+  run = lambda steps, x, k=keys: sampling.sample(
+      model, {}, x, {}, num_steps=steps, denoise_timesteps=8, objective=obj, keys=k[:len(x)])
   one = run(1, x0)
   np.testing.assert_allclose(one, go.ode_solution(x0, 0.0, 1.0, M_DATA, S_DATA, jnp), rtol=1e-4,
                              atol=1e-4)
@@ -384,20 +385,109 @@ def test_consistency_sampler_one_and_few_steps():
     np.testing.assert_allclose(np.mean(out, axis=0), M_DATA, atol=0.05)
     np.testing.assert_allclose(np.std(out, axis=0), S_DATA, rtol=0.1)
   assert float(jnp.mean(jnp.abs(few - one))) > 0.1
-  # Deterministic given the start, fresh noise per row (two equal rows stay equal, others not).
-  twice = run(4, jnp.concatenate([x0[:2], x0[:1]], axis=0))
+  # Deterministic given the start and the key, fresh noise per key (a row repeated with its key
+  # is repeated, with another key it is another sample).
+  rows = jnp.concatenate([x0[:2], x0[:1], x0[:1]], axis=0)
+  twice = run(4, rows, jnp.concatenate([keys[:2], keys[:1], keys[5:6]]))
   np.testing.assert_array_equal(twice[0], twice[2])
   np.testing.assert_array_equal(twice[:2], few[:2])
+  assert float(jnp.mean(jnp.abs(twice[3] - twice[0]))) > 0.1
   # The re-noising really draws noise: a step of 0.25 from t = 0 lands on 0.25 x1 + 0.75 eps
   # with eps standard normal and independent of x1 (0.25, not 0.5: swapped weights show).
   x = x0[:2048]
   x1 = consistency.consistency_fn(x, jnp.zeros(2048), consistency_velocity(x, jnp.zeros(2048)))
   mid = consistency.renoise_step(lambda xx, tt, lv: consistency_velocity(xx, tt), x,
-                                 jnp.zeros(2048), jnp.float32(0.25), jnp.zeros(2048, jnp.int32))
+                                 jnp.zeros(2048), jnp.float32(0.25), jnp.zeros(2048, jnp.int32),
+                                 sampling.step_noise(keys[:2048], 0, SHAPE))
   eps = np.asarray((mid - 0.25 * x1) / 0.75).reshape(2048, -1)
   assert abs(eps.mean()) < 0.02 and abs(eps.std() - 1) < 0.02
   assert abs(np.corrcoef(eps[:, 0], np.asarray(x1).reshape(2048, -1)[:, 0])[0, 1]) < 0.1
   assert abs(np.corrcoef(eps[:, 0], np.asarray(x).reshape(2048, -1)[:, 0])[0, 1]) < 0.1
+
+
+def _image_keys(seed, idx):
+  """Per-image keys as generation builds them: fold_in(PRNGKey(seed), i)."""
+  return jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.asarray(idx))
+
+
+def test_consistency_noise_comes_from_keys_not_from_the_sample():
+  obj = objectives.get_objective("consistency")
+  model = oracle(consistency_velocity)
+  x0 = jax.random.normal(jax.random.PRNGKey(0), (6,) + SHAPE)
+  keys = _image_keys(0, np.arange(6))
+  run = lambda x, k: sampling.sample(model, {}, x, {}, num_steps=4, denoise_timesteps=8,
+                                     objective=obj, keys=k)
+  out = run(x0, keys)
+  # One ulp on every input value moves the samples by about an ulp (a noise hashed from the
+  # sample's bits would change completely).
+  nudged = run(jnp.nextafter(x0, jnp.inf), keys)
+  assert bool(jnp.all(jnp.nextafter(x0, jnp.inf) != x0))  # the nudge is real
+  np.testing.assert_allclose(nudged, out, rtol=0, atol=1e-5)
+  # The step's noise is its argument: one ulp on x moves the step by at most ~an ulp.
+  x, t = x0, jnp.full((6,), 0.25)
+  eps = jax.random.normal(jax.random.PRNGKey(9), x.shape)
+  step = lambda xx: consistency.renoise_step(lambda a, b, c: consistency_velocity(a, b), xx, t,
+                                              jnp.float32(0.25), jnp.zeros(6, jnp.int32), eps)
+  np.testing.assert_allclose(step(jnp.nextafter(x, jnp.inf)), step(x), rtol=0, atol=1e-5)
+  # Other keys, other noise: rows whose key changed change, the others stay bit for bit.
+  swapped = run(x0, keys.at[0].set(keys[1]))
+  assert float(jnp.mean(jnp.abs(swapped[0] - out[0]))) > 0.1
+  np.testing.assert_array_equal(swapped[1:], out[1:])
+  # A sampler that draws noise needs its keys.
+  with pytest.raises(ValueError, match="keys"):
+    sampling.sample(model, {}, x0, {}, num_steps=4, denoise_timesteps=8, objective=obj)
+
+
+def _consistency_exp():
+  import types
+  from shortcut_jax.objectives.flow_path import Source
+  return types.SimpleNamespace(
+      config=digits_configs.digits_config("smoke", objective__name="consistency"),
+      model=oracle(consistency_velocity, num_classes=NUM_CLASSES),
+      objective=objectives.get_objective("consistency"), image_shape=SHAPE, source=Source(),
+      to_images=lambda x: x)
+
+
+def test_consistency_samples_do_not_depend_on_batch_size_or_mesh():
+  from shortcut_jax.evaluators import generate as gen
+  exp = _consistency_exp()
+  run = lambda **kw: gen.generate(exp, {}, num_images=8, num_steps=4, cfg_scale=None, seed=3,
+                                  **kw)[0]
+  eight = run(batch_size=8)
+  one_step = gen.generate(exp, {}, num_images=8, num_steps=1, cfg_scale=None, seed=3)[0]
+  assert float(np.mean(np.abs(eight - one_step))) > 0.1  # the re-noising shows
+  for kw in (dict(batch_size=4), dict(batch_size=3), dict(batch_size=4, mesh=gen.data_mesh())):
+    np.testing.assert_allclose(run(**kw), eight, rtol=0, atol=1e-6, err_msg=str(kw))
+
+
+_TWO_DEVICES = """
+import sys
+sys.path.insert(0, "tests")
+import numpy as np
+import jax
+assert jax.device_count() == 2, jax.devices()
+import test_baselines as tb
+from shortcut_jax.evaluators import generate as gen
+exp = tb._consistency_exp()
+run = lambda **kw: gen.generate(exp, {}, num_images=6, num_steps=4, cfg_scale=None, seed=3,
+                                **kw)[0]
+alone = run(batch_size=5)  # on the default device, the last batch padded
+split = run(batch_size=4, mesh=gen.data_mesh())  # 2 rows on each of 2 devices
+np.testing.assert_allclose(split, alone, rtol=0, atol=1e-6)
+print("SAME", float(np.abs(alone).mean()))
+"""
+
+
+def test_consistency_samples_are_the_same_on_two_devices():
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  done = subprocess.run([sys.executable, "-c", _TWO_DEVICES], cwd=repo, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and "SAME" in done.stdout, done.stdout + done.stderr
 
 
 def test_baseline_sampler_steps_and_level_inputs():

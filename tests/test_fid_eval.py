@@ -10,6 +10,7 @@ farther from the digits than held-out digits are.
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -212,6 +213,102 @@ def test_in_training_evaluator_logs_fid_per_step_budget(setup, marginal_fid_call
   np.testing.assert_array_equal(mu_ref, reference.mu)
   np.testing.assert_array_equal(sigma_ref, reference.sigma)
   assert_stats_close((mu, sigma), independent_stats(setup, num_images=24, num_steps=1, config=c))
+
+
+def test_in_training_evaluator_reports_adm_metrics(setup, marginal_fid_calls, tmp_path):
+  """evals.fid.extra_metrics: IS, sFID and precision / recall of the same samples, against an
+  ADM-style reference batch (uint8 images in arr_0), checked with scipy / scikit-learn on
+  features an unsharded network computes from `generate.generate`'s images."""
+  from scipy import special, stats
+  from scipy.spatial.distance import cdist
+  from sklearn.neighbors import NearestNeighbors
+  from shortcut_jax.evaluators import adm_metrics, registry
+  fid_calls = marginal_fid_calls
+  variables = random_inception_variables(seed=3)
+  rng = np.random.default_rng(3)
+  variables["params"]["fc"] = {"kernel": (rng.normal(size=(2048, 1008)) * 0.05).astype(np.float32),
+                               "bias": rng.normal(size=1008).astype(np.float32)}
+  weights = str(tmp_path / "inception_with_fc.npz")
+  inception.save_inception_variables(weights, variables)
+  ref_images = np.repeat(split_images(setup["config"], "train[:40]"), 3, axis=-1)
+  reference_path = str(tmp_path / "adm_reference.npz")
+  np.savez(reference_path, arr_0=gen.to_uint8(ref_images))
+  c = smoke_config(setup["config"].data.data_dir, every=2, steps=(1,), num_samples=24,
+                   batch_size=16, stats_path=reference_path, inception_path=weights,
+                   extra_metrics=("is", "sfid", "precision_recall"))
+  config_lib.validate(c)
+  exp, state, _ = trainer.restore_experiment(setup["workdir"], config=c)
+  [ev] = registry.build_evaluators(exp, setup["workdir"])
+  metrics = ev.run(state, 4)
+  assert set(metrics) == {"fid/steps_1", "is/steps_1", "sfid/steps_1", "precision/steps_1",
+                          "recall/steps_1"}
+
+  # Independently: the same images (seed 0, EMA, CFG 1.5), one unsharded network.
+  images, _ = gen.generate(exp, state.ema_params, num_images=24, num_steps=1, cfg_scale=1.5,
+                           seed=0)
+  feature_fn = inception.make_feature_fn(variables, image_size=IMAGE_SIZE,
+                                         outputs=inception.OUTPUTS)
+  ref_in = gen.to_uint8(ref_images).astype(np.float32) / 127.5 - 1.0
+  smp = {k: np.asarray(v, np.float64) for k, v in feature_fn(np.repeat(images, 3, -1)).items()}
+  ref = {k: np.asarray(v, np.float64) for k, v in feature_fn(ref_in).items()}
+  p = special.softmax(smp["logits_unbiased"], axis=1)
+  expected_is = np.exp(np.mean([stats.entropy(row, p.mean(0)) for row in p]))
+  assert metrics["is/steps_1"] == pytest.approx(expected_is, rel=1e-4)
+  radius = lambda x: NearestNeighbors(n_neighbors=4).fit(x).kneighbors(x)[0][:, 3]
+  d = cdist(ref["pool"], smp["pool"])
+  assert metrics["precision/steps_1"] == pytest.approx(
+      np.mean(np.any(d <= radius(ref["pool"])[:, None], axis=0)))
+  assert metrics["recall/steps_1"] == pytest.approx(
+      np.mean(np.any(d <= radius(smp["pool"])[None, :], axis=1)))
+  # The statistics that went into FID and sFID (recorded calls: FID first, then sFID).
+  [(fid_args, fid_value), (sfid_args, sfid_value)] = fid_calls
+  assert metrics["fid/steps_1"] == fid_value and metrics["sfid/steps_1"] == sfid_value
+  for args, name in ((fid_args, "pool"), (sfid_args, "spatial")):
+    assert_stats_close(args[:2], (smp[name].mean(0), np.cov(smp[name], rowvar=False)))
+    assert_stats_close(args[2:], (ref[name].mean(0), np.cov(ref[name], rowvar=False)))
+  assert sfid_args[0].shape == (3 * 3 * 7,)  # 75x75 inputs: a 3x3 grid at Mixed_6d.
+
+
+def test_eval_fid_extra_metrics_reach_fid_json(setup, monkeypatch, tmp_path):
+  """eval.py --mode=fid --extra_metrics: the network gets the outputs the metrics need, the ADM
+  path computes them in one pass per entry, and fid.json reports them (the metrics themselves:
+  test_in_training_evaluator_reports_adm_metrics and tests/test_adm_metrics.py)."""
+  from shortcut_jax.evaluators import adm_metrics
+  seen = {}
+  load = fid_evaluator.load_features
+
+  def load_features(*args, **kwargs):
+    seen["outputs"] = kwargs.get("outputs")
+    return load(*args, **kwargs)
+
+  def model_metrics(exp, params, features, reference, *, entries, num_images, metrics, seed):
+    seen["metrics"], seen["reference"] = metrics, reference
+    return {e.key: {"fid": 1.0 + e.steps, "is": 2.0, "sfid": 3.0} for e in entries}
+
+  monkeypatch.setattr(fid_evaluator, "load_features", load_features)
+  monkeypatch.setattr(adm_metrics, "load_reference", lambda *a, **k: "REFERENCE")
+  monkeypatch.setattr(adm_metrics, "model_metrics", model_metrics)
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(setup["workdir"], workdir)
+  stats = str(tmp_path / "stats.npz")
+  fid.save_stats(stats, np.zeros(4), np.eye(4))
+  with pytest.raises(ValueError, match="unknown extra metrics"):
+    evaluation.run("fid", workdir, steps=[1], num_samples=8, extra_metrics=["kid"],
+                   fid_stats=stats, inception_path=setup["weights"])
+  with pytest.raises(ValueError, match="--extra_metrics is for --mode=fid"):
+    evaluation.run("sample", workdir, steps=[1], num_samples=8, extra_metrics=["is"])
+  # Random weights without a classifier: the IS asks for a new conversion, before sampling.
+  with pytest.raises(ValueError, match="no classifier layer"):
+    evaluation.run("fid", workdir, steps=[1], num_samples=8, extra_metrics=["is"],
+                   fid_stats=stats, inception_path=setup["weights"])
+  result = evaluation.run("fid", workdir, steps=[1, 2], num_samples=8, fid_stats=stats,
+                          inception_path=setup["weights"], extra_metrics=["sfid"])
+  assert seen["outputs"] == ("pool", "spatial") and seen["metrics"] == ("sfid",)
+  assert seen["reference"] == "REFERENCE"
+  on_disk = json.loads((tmp_path / "workdir" / "fid.json").read_text())
+  for out in (result, on_disk):
+    assert out["steps"] == {"1": 2.0, "2": 3.0}
+    assert out["extra_metrics"] == {"1": {"is": 2.0, "sfid": 3.0}, "2": {"is": 2.0, "sfid": 3.0}}
 
 
 def test_evaluator_with_missing_files_fails_at_construction(setup, tmp_path):

@@ -82,7 +82,7 @@ def _synthetic_state_dict(seed=0, num_batches_tracked=False):
     if num_batches_tracked:
       sd[f'{prefix}.bn.num_batches_tracked'] = np.array(0, np.int64)
   sd['fc.weight'] = rng.normal(size=(1008, 2048)).astype(np.float32) * 0.01
-  sd['fc.bias'] = np.zeros(1008, np.float32)
+  sd['fc.bias'] = rng.normal(size=1008).astype(np.float32)  # Non-zero: logits vs unbiased.
   return sd
 
 
@@ -223,13 +223,21 @@ def test_converter_maps_keys_and_layouts(state_dict, variables):
                                   state_dict[f'{prefix}.bn.running_mean'])
     np.testing.assert_array_equal(stat['bn']['var'],
                                   state_dict[f'{prefix}.bn.running_var'])
-  assert len(inception.flatten_variables(variables)) == 94 * 5
+  # The classifier is kept for the Inception Score's logits: torch's [out, in] transposed.
+  np.testing.assert_array_equal(params['fc']['kernel'], state_dict['fc.weight'].T)
+  np.testing.assert_array_equal(params['fc']['bias'], state_dict['fc.bias'])
+  assert len(inception.flatten_variables(variables)) == 94 * 5 + 2
+  # A state dict without it converts as before (no logits).
+  no_fc = {k: v for k, v in state_dict.items() if not k.startswith('fc.')}
+  converted = convert_inception.convert_state_dict(no_fc)
+  assert len(inception.flatten_variables(converted)) == 94 * 5
+  assert not inception.has_classifier(converted)
 
 
 def test_converter_skips_num_batches_tracked():
   sd = _synthetic_state_dict(seed=1, num_batches_tracked=True)
   converted = convert_inception.convert_state_dict(sd)
-  assert len(inception.flatten_variables(converted)) == 94 * 5
+  assert len(inception.flatten_variables(converted)) == 94 * 5 + 2
 
 
 def test_converter_rejects_bad_state_dicts(state_dict):
@@ -326,8 +334,9 @@ def _original_layout(variables):
     node.setdefault(layer, {})[renamed] = np.asarray(value)
     if name == 'kernel':  # The original stores a (zero) conv bias entry.
       node[layer]['bias'] = np.zeros(value.shape[-1], np.float32)
-  tree['fc'] = {'kernel': np.zeros((2048, 1008), np.float32),
-                'bias': np.zeros(1008, np.float32)}
+  # The classifier as a Flax Dense stores it (kernel [2048, 1008]).
+  tree['fc'] = {'kernel': np.asarray(variables['params']['fc']['kernel']),
+                'bias': np.asarray(variables['params']['fc']['bias'])}
   return tree
 
 
@@ -341,6 +350,17 @@ def test_original_pickle_reader(tmp_path, variables, protocol):
     pickle.dump(tree, f, protocol=protocol)
   loaded = inception.load_inception_variables(str(path))
   jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, variables)
+
+
+def test_original_pickle_with_another_classifier_layout_loads_without_it(tmp_path, variables):
+  tree = _original_layout(variables)
+  tree['fc'] = {'kernel': np.zeros((1008, 2048), np.float32)}  # Not a [2048, 1008] Dense.
+  path = tmp_path / 'other_fc.pickle'
+  with open(path, 'wb') as f:
+    pickle.dump(tree, f)
+  loaded = inception.load_inception_variables(str(path))
+  assert not inception.has_classifier(loaded)
+  assert len(inception.flatten_variables(loaded)) == 94 * 5
 
 
 class _Exploit:
@@ -522,3 +542,34 @@ def test_matches_the_pytorch_fid_package(monkeypatch, state_dict, variables):
   assert got.shape == expected.shape == (2, 2048)
   scale = np.abs(expected).max()
   np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.reference
+def test_extra_outputs_match_the_pytorch_fid_network(monkeypatch, state_dict, variables):
+  # ADM's sFID features (TF mixed_6/conv = Mixed_6d.branch1x1, first 7 channels, NHWC order)
+  # and the classifier logits, read from pytorch-fid's own network with forward hooks.
+  torch, pfi = _pytorch_fid_inception()
+  torch.set_num_threads(2)
+  monkeypatch.setattr(pfi, 'load_state_dict_from_url', lambda *args, **kwargs: {
+      k: torch.from_numpy(v) for k, v in state_dict.items()})
+  net = pfi.fid_inception_v3().eval()
+  captured = {}
+  net.Mixed_6d.branch1x1.register_forward_hook(
+      lambda module, args, out: captured.__setitem__('branch1x1', out))
+  net.avgpool.register_forward_hook(lambda module, args, out: captured.__setitem__('pool', out))
+  images = _images(6, (2, 48, 64, 3))
+  x = torch.from_numpy(images).permute(0, 3, 1, 2)
+  with torch.no_grad():
+    x = torch.nn.functional.interpolate(x, size=(299, 299), mode='bilinear',
+                                        align_corners=False)
+    logits = net(x).numpy()
+  spatial = captured['branch1x1'][:, :7].permute(0, 2, 3, 1).reshape(2, -1).numpy()
+  expected = {'pool': captured['pool'][:, :, 0, 0].numpy(), 'spatial': spatial,
+              'logits': logits, 'logits_unbiased': logits - state_dict['fc.bias']}
+  got = inception.make_feature_fn(variables, outputs=inception.OUTPUTS)(images)
+  for name, want in expected.items():
+    assert got[name].shape == want.shape, name
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(np.asarray(got[name]), want, rtol=1e-4, atol=1e-4 * scale,
+                               err_msg=name)
+  assert spatial.shape == (2, 2023)

@@ -219,12 +219,21 @@ def test_imported_checkpoint_fid(imported, tmp_path, monkeypatch):
   features = np.random.default_rng(1).normal(size=(64, 2048))
   stats = str(tmp_path / "synthetic_stats.npz")
   fid.save_stats(stats, features.mean(0), np.cov(features, rowvar=False))
+  # The distance of the first 256 features (milliseconds; a 2048-d one costs seconds per entry
+  # here, and tests/test_fid_eval.py checks a whole one).
+  real = fid.fid_from_stats
+  monkeypatch.setattr(fid, "fid_from_stats", lambda mu1, s1, mu2, s2, **kwargs: real(
+      mu1[:256], s1[:256, :256], mu2[:256], s2[:256, :256], **kwargs))
   out = evaluation.run("fid", imported, steps=[1], num_samples=6, cfg_scale=1.5, batch_size=6,
                        fid_stats=stats, inception_path=weights)
   with open(os.path.join(imported, "fid.json")) as f:
     written = json.load(f)
   assert written == json.loads(json.dumps(out))
-  assert np.isfinite(written["steps"]["1"]) and written["steps"]["1"] > 0
+  # The original's protocol (the imported config's evals.fid.protocol): 1 step at cfg 1, and
+  # cfg 1.5 at denoise_timesteps steps, from the online weights.
+  assert written["protocol"] == "original" and written["weights"] == "online"
+  assert list(written["steps"]) == ["1", "128_cfg1.5"]
+  assert all(np.isfinite(v) and v > 0 for v in written["steps"].values())
   assert written["checkpoint_step"] == STEP and written["num_samples"] == 6
 
 

@@ -54,3 +54,34 @@ def test_losses_match_direct_computation(tmp_path, fast_compile, objective):
       assert np.abs(target).max() > 1e-3  # the check is not about zeros
     expected = np.mean((pred - target) ** 2, axis=(1, 2, 3))
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-7)
+
+
+def test_run_draws_the_source_independently_of_the_latent_sample(tmp_path, monkeypatch):
+  """`run()` encodes each batch (in latent space a VAE posterior sample, drawn with a key) and
+  draws the flow's source x0: the two draws must use different keys. Here the "encoder" returns
+  its posterior noise itself, so x0 equal to it (the same key) shows as a correlation of 1."""
+  from shortcut_jax.data import pipeline
+  exp = trainer.build_experiment(digits_config("smoke", objective__name="naive"),
+                                 image_shape=SHAPE)
+  n = 64
+
+  def make_dataset(*args, **kwargs):
+    yield {"image": np.zeros((n, *SHAPE), np.float32), "label": np.zeros((n,), np.int32)}
+
+  def prepare_batch(self, batch, key):  # A posterior sample mean + std · ε with mean 0, std 1.
+    return dict(batch, image=jax.random.normal(key, (n, *SHAPE)))
+
+  monkeypatch.setattr(pipeline, "make_dataset", make_dataset)
+  monkeypatch.setattr(trainer.Experiment, "prepare_batch", prepare_batch)
+  ev = LossPerTEvaluator(exp, str(tmp_path), 1, num_batches=1, num_bins=2)
+  seen = []
+
+  def loss(params, teacher, x1, x0, cond, t, level):
+    seen.append((np.asarray(x1), np.asarray(x0)))
+    return np.zeros(x1.shape[0], np.float32)
+
+  ev._loss = loss
+  ev.run(type("State", (), {"params": {}, "ema_params": {}})(), 1)
+  x1, x0 = seen[0]
+  assert x0.std() > 0.5 and x1.std() > 0.5  # both are noise
+  assert abs(np.corrcoef(x0.ravel(), x1.ravel())[0, 1]) < 0.05

@@ -80,24 +80,37 @@ def expected_faithful_levels(n, big_l, dt_bias):
 # ------------------------------------------------------------------------------ level and t grids
 
 
-def check_grids(tg, batch_size, b_boot, big_l=7, m=128):
+def faithful_rows(batch_size, every=8):
+  """(bootstrap rows, flow rows) of the faithful layout: the first B // every rows, the rest."""
+  return np.arange(batch_size // every), np.arange(batch_size // every, batch_size)
+
+
+def default_rows(batch_size, every=8):
+  """(bootstrap rows, flow rows) of the default layout: every `every`-th row is a bootstrap
+  row, and every row is made from the batch row at its position."""
+  boot, flow = shortcut_lib.bootstrap_rows(batch_size, every)
+  np.testing.assert_array_equal(boot, np.arange(0, batch_size, every))
+  return boot, flow
+
+
+def check_grids(tg, batch_size, rows, big_l=7, m=128):
+  boot, flow = rows
   level = np.asarray(tg.level)
   t = np.asarray(tg.t, np.float64)
   assert level.shape == (batch_size,) and t.shape == (batch_size,)
-  boot_level, boot_t = level[:b_boot], t[:b_boot]
+  boot_level, boot_t = level[boot], t[boot]
   assert np.all((boot_level >= 0) & (boot_level < big_l))
   scaled = boot_t * 2.0 ** boot_level
   np.testing.assert_array_equal(scaled, np.round(scaled))
   assert np.all(scaled >= 0) and np.all(scaled < 2.0 ** boot_level)
-  np.testing.assert_array_equal(level[b_boot:], big_l)
-  flow_scaled = t[b_boot:] * m
+  np.testing.assert_array_equal(level[flow], big_l)
+  flow_scaled = t[flow] * m
   np.testing.assert_array_equal(flow_scaled, np.round(flow_scaled))
   assert np.all((flow_scaled >= 0) & (flow_scaled < m))
-  np.testing.assert_array_equal(np.asarray(tg.groups["bootstrap"]),
-                                (np.arange(batch_size) < b_boot).astype(np.float32))
-  np.testing.assert_array_equal(np.asarray(tg.groups["flow"]),
-                                (np.arange(batch_size) >= b_boot).astype(np.float32))
-  np.testing.assert_allclose(float(tg.metrics["bootstrap_ratio"]), b_boot / batch_size)
+  is_boot = np.isin(np.arange(batch_size), boot)
+  np.testing.assert_array_equal(np.asarray(tg.groups["bootstrap"]), is_boot.astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(tg.groups["flow"]), (~is_boot).astype(np.float32))
+  np.testing.assert_allclose(float(tg.metrics["bootstrap_ratio"]), len(boot) / batch_size)
   return boot_level
 
 
@@ -107,7 +120,7 @@ def test_faithful_level_assignment(batch_size, dt_bias):
   b_boot = batch_size // 8
   tg = targets("shortcut", ZERO_MODEL, make_batch(batch_size), jax.random.PRNGKey(3),
                faithful=True, bootstrap_dt_bias=dt_bias)
-  boot_level = check_grids(tg, batch_size, b_boot)
+  boot_level = check_grids(tg, batch_size, faithful_rows(batch_size))
   np.testing.assert_array_equal(boot_level, expected_faithful_levels(b_boot, 7, dt_bias))
   if batch_size == 32 and dt_bias == 0:
     # The documented flaw: B_b = 4 < L = 7, so every bootstrap sample is a one-step jump.
@@ -120,7 +133,7 @@ def test_default_levels_cover_every_level(batch_size):
   seen = set()
   for seed in range(40 if b_boot < 7 else 1):
     tg = targets("shortcut", ZERO_MODEL, make_batch(batch_size), jax.random.PRNGKey(seed))
-    boot_level = check_grids(tg, batch_size, b_boot)
+    boot_level = check_grids(tg, batch_size, default_rows(batch_size))
     seen |= set(boot_level.tolist())
     counts = np.bincount(boot_level, minlength=7)
     if b_boot >= 7:
@@ -148,7 +161,7 @@ def test_default_level_counts_examples():
 
 def test_default_dt_bias_1_levels():
   tg = targets("shortcut", ZERO_MODEL, make_batch(256), jax.random.PRNGKey(0), bootstrap_dt_bias=1)
-  boot_level = check_grids(tg, 256, 32)
+  boot_level = check_grids(tg, 256, default_rows(256))
   counts = np.bincount(boot_level, minlength=7)
   assert counts[0] == 8 and counts[1] == 8 and counts[2:].sum() == 16 and counts.min() >= 3
 
@@ -244,51 +257,52 @@ def expected_shortcut(x, t, level, labels, m=M_DATA, s=S_DATA, shift=0.2):
 
 
 def test_exact_shortcut_is_a_fixed_point_of_the_bootstrap_targets():
-  batch_size, b_boot = 64, 8  # B_b = 8 >= L = 7: every level 0..6 appears.
+  batch_size = 64  # B_b = 8 >= L = 7: every level 0..6 appears.
+  boot, flow = default_rows(batch_size)
   tg = targets("shortcut", EXACT, make_batch(batch_size, seed=2), jax.random.PRNGKey(4))
-  x, t, level = np.asarray(tg.x)[:b_boot], np.asarray(tg.t)[:b_boot], np.asarray(tg.level)[:b_boot]
+  x, t, level = np.asarray(tg.x)[boot], np.asarray(tg.t)[boot], np.asarray(tg.level)[boot]
   assert set(level.tolist()) == set(range(7))
-  want = expected_shortcut(x, t, level, np.asarray(tg.cond["label"])[:b_boot])
+  want = expected_shortcut(x, t, level, np.asarray(tg.cond["label"])[boot])
   # The clip at +-4 must not be active, or the fixed point would not hold.
   d = 2.0 ** -level.astype(np.float64)[:, None, None, None]
   tt = t.astype(np.float64)[:, None, None, None]
-  mean = go.label_mean(M_DATA.astype(np.float64), np.asarray(tg.cond["label"])[:b_boot],
+  mean = go.label_mean(M_DATA.astype(np.float64), np.asarray(tg.cond["label"])[boot],
                        NUM_CLASSES, 0.2)
   x_mid = go.ode_solution(x.astype(np.float64), tt, tt + d / 2, mean, S_DATA.astype(np.float64))
   assert max(np.abs(want).max(), np.abs(x_mid).max()) < 3.9
-  np.testing.assert_allclose(np.asarray(tg.target)[:b_boot], want, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(np.asarray(tg.target)[boot], want, atol=1e-5, rtol=0)
   # Flow part: target is x1 - a x0 and x is on the interpolation path (x0 recovered from target).
-  images = np.asarray(make_batch(batch_size, seed=2)["image"], np.float64)[b_boot:]
-  x0 = (images - np.asarray(tg.target, np.float64)[b_boot:]) / A
-  tf = np.asarray(tg.t, np.float64)[b_boot:, None, None, None]
-  np.testing.assert_allclose(np.asarray(tg.x)[b_boot:], (1 - A * tf) * x0 + tf * images, atol=2e-5)
+  images = np.asarray(make_batch(batch_size, seed=2)["image"], np.float64)[flow]
+  x0 = (images - np.asarray(tg.target, np.float64)[flow]) / A
+  tf = np.asarray(tg.t, np.float64)[flow, None, None, None]
+  np.testing.assert_allclose(np.asarray(tg.x)[flow], (1 - A * tf) * x0 + tf * images, atol=2e-5)
   assert abs(x0.mean()) < 0.15 and abs(x0.std() - 1) < 0.15
 
 
 def test_instantaneous_velocity_teacher_is_not_a_fixed_point():
-  batch_size, b_boot = 64, 8
-  tg = targets("shortcut", INSTANT, make_batch(batch_size, seed=2), jax.random.PRNGKey(4))
-  x, t, level = np.asarray(tg.x)[:b_boot], np.asarray(tg.t)[:b_boot], np.asarray(tg.level)[:b_boot]
-  want = expected_shortcut(x, t, level, np.asarray(tg.cond["label"])[:b_boot])
-  err = np.abs(np.asarray(tg.target)[:b_boot] - want).max(axis=(1, 2, 3))
+  boot, _ = default_rows(64)
+  tg = targets("shortcut", INSTANT, make_batch(64, seed=2), jax.random.PRNGKey(4))
+  x, t, level = np.asarray(tg.x)[boot], np.asarray(tg.t)[boot], np.asarray(tg.level)[boot]
+  want = expected_shortcut(x, t, level, np.asarray(tg.cond["label"])[boot])
+  err = np.abs(np.asarray(tg.target)[boot] - want).max(axis=(1, 2, 3))
   assert err[level == 0].min() > 1e-2, err  # One-step jumps differ from two Euler half steps.
   assert err.max() > 1e-2
 
 
 @pytest.mark.parametrize("batch_size", [64, 32])  # B_b = 8 (fixed levels), 4 (random levels).
 def test_bootstrap_cfg_guides_the_finest_level_only(batch_size):
-  b_boot, w = batch_size // 8, 3.0
+  (boot, _), w = default_rows(batch_size), 3.0
   batch = make_batch(batch_size, seed=3)
   for seed in range(20):  # With random levels, find a step where level L-1 = 6 was drawn.
     tg = targets("shortcut", EXACT, batch, jax.random.PRNGKey(seed), bootstrap_cfg=True,
                  cfg_scale=w)
-    if 6 in np.asarray(tg.level)[:b_boot]:
+    if 6 in np.asarray(tg.level)[boot]:
       break
-  x = np.asarray(tg.x, np.float64)[:b_boot]
-  t = np.asarray(tg.t, np.float64)[:b_boot]
-  level = np.asarray(tg.level)[:b_boot]
-  labels = np.asarray(tg.cond["label"])[:b_boot]
-  np.testing.assert_array_equal(labels, np.asarray(batch["label"])[:b_boot])  # No dropout here.
+  x = np.asarray(tg.x, np.float64)[boot]
+  t = np.asarray(tg.t, np.float64)[boot]
+  level = np.asarray(tg.level)[boot]
+  labels = np.asarray(tg.cond["label"])[boot]
+  np.testing.assert_array_equal(labels, np.asarray(batch["label"])[boot])  # No dropout here.
   null = np.full_like(labels, NUM_CLASSES)
   d = 2.0 ** -level.astype(np.float64)
   dd = d[:, None, None, None]
@@ -302,7 +316,7 @@ def test_bootstrap_cfg_guides_the_finest_level_only(batch_size):
   v1 = v(x, t, guided)
   v2 = v(np.clip(x + dd / 2 * v1, -4, 4), t + d / 2, guided)
   want = np.clip((v1 + v2) / 2, -4, 4)
-  np.testing.assert_allclose(np.asarray(tg.target)[:b_boot], want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(tg.target)[boot], want, atol=1e-5)
   assert guided.sum() == 1
   # And the guidance does change the guided row (so the check above can fail).
   unguided = (expected_shortcut(x, t, level, labels))
@@ -341,15 +355,17 @@ def test_label_dropout_rate(name):
   batch_size = 1024
   batch = make_batch(batch_size, seed=7)
   tg = targets(name, ZERO_MODEL, batch, jax.random.PRNGKey(2), class_dropout_prob=0.25)
-  b_boot = batch_size // 8 if name == "shortcut" else 0
+  boot, flow_rows = (default_rows(batch_size) if name == "shortcut"
+                     else (np.arange(0), np.arange(batch_size)))
   labels = np.asarray(tg.cond["label"])
-  np.testing.assert_array_equal(labels[:b_boot], np.asarray(batch["label"])[:b_boot])
-  flow = labels[b_boot:]
+  np.testing.assert_array_equal(labels[boot], np.asarray(batch["label"])[boot])
+  flow = labels[flow_rows]
   frac = np.mean(flow == NUM_CLASSES)
   assert 0.2 < frac < 0.3, frac
   kept = flow != NUM_CLASSES
-  # Default mode: the flow part is rows B_b..B-1 of the batch, labels kept where not dropped.
-  np.testing.assert_array_equal(flow[kept], np.asarray(batch["label"])[b_boot:][kept])
+  # Default mode: every row is made from the batch row at its position, labels kept where not
+  # dropped.
+  np.testing.assert_array_equal(flow[kept], np.asarray(batch["label"])[flow_rows][kept])
 
 
 def test_naive_targets():
@@ -384,10 +400,12 @@ def test_default_draws_use_independent_keys():
     if faithful:
       perm = jax.random.permutation(jax.random.split(key)[0], batch_size)
       images = images[np.asarray(perm)]
-      flow_images = images[:batch_size - b_boot]
+      boot, flow = faithful_rows(batch_size)
+      boot_images, flow_images = images[:b_boot], images[:batch_size - b_boot]
     else:
-      flow_images = images[b_boot:]
-    boot_x0 = (x[:b_boot] - t[:b_boot] * images[:b_boot]) / (1 - A * t[:b_boot])
-    flow_x0 = (flow_images - np.asarray(tg.target, np.float64)[b_boot:]) / A
+      boot, flow = default_rows(batch_size)
+      boot_images, flow_images = images[boot], images[flow]
+    boot_x0 = (x[boot] - t[boot] * boot_images) / (1 - A * t[boot])
+    flow_x0 = (flow_images - np.asarray(tg.target, np.float64)[flow]) / A
     same = np.allclose(boot_x0[:4], flow_x0[:4], atol=1e-4)
     assert same == faithful

@@ -32,7 +32,7 @@ import pytest
 from shortcut_jax import storage
 from shortcut_jax.checkpoints import manager as manager_lib
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
-                                              CheckpointReadError, DamagedCheckpointError)
+                                              CheckpointReadError)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

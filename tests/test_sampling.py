@@ -133,6 +133,33 @@ def test_cfg_is_one_batched_call_and_mixes_cond_and_uncond():
   assert np.abs(v_c - v_u).max() > 0.1  # The guidance is visible, so the check can fail.
 
 
+@pytest.mark.parametrize("w", [1.0, 0.0])
+def test_cfg_one_is_the_conditional_call_and_zero_the_unconditional_one(w):
+  # The original's meaning (shortcut_jax.guidance): w = 1 is the conditional velocity, w = 0 the
+  # unconditional one, each from exactly one network call on the batch (no doubling).
+  calls = []
+  inner = go.shortcut_oracle(M_DATA, S_DATA, num_classes=NUM_CLASSES, label_shift=0.3)
+
+  def apply_fn(params, x, t, level, cond, train, rngs):
+    calls.append(x.shape[0])
+    return inner.apply_fn(params, x, t, level, cond, train, rngs)
+
+  model = VelocityModel(apply_fn=apply_fn, num_classes=NUM_CLASSES)
+  labels = np.array([0, 1, 2, 3, 4, 1], np.int32)
+  out = sampling.sample(model, {}, jnp.asarray(X0), {"label": jnp.asarray(labels)}, num_steps=1,
+                        denoise_timesteps=128, cfg_scale=w)
+  assert calls == [6]  # Traced once: one call, on the batch itself (no doubling).
+  x0 = X0.astype(np.float64)
+  used = labels if w == 1.0 else np.full(6, NUM_CLASSES)
+  mean = go.label_mean(M_DATA.astype(np.float64), used, NUM_CLASSES, 0.3)
+  v = go.shortcut_velocity(x0, np.zeros(6), np.ones(6), mean, S_DATA.astype(np.float64))
+  np.testing.assert_allclose(np.asarray(out), x0 + v, atol=1e-5)
+  if w == 1.0:  # The same function as no guidance at all.
+    plain = sampling.sample(model, {}, jnp.asarray(X0), {"label": jnp.asarray(labels)},
+                            num_steps=1, denoise_timesteps=128)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
+
+
 def test_make_sampler_is_cached():
   a = sampling.make_sampler(EXACT, 4, 128, True, None)
   b = sampling.make_sampler(EXACT, 4, 128, True, None)

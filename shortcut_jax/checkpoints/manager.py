@@ -133,6 +133,14 @@ def _crc32(path: str) -> Tuple[int, int]:
       size += len(chunk)
 
 
+def _committed(step_dir: str) -> bool:
+  """Whether Orbax has committed a step: the folder exists (locally it appears by rename,
+  complete) and, on object stores, holds its commit marker."""
+  if storage.is_remote(step_dir):
+    return storage.exists(storage.join(step_dir, COMMIT_MARKER))
+  return os.path.isdir(step_dir)
+
+
 def _first_line(exc: BaseException, limit: int = 300) -> str:
   text = (f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__])[0]
   text = re.sub(r"\s*See full TensorStore details:.*", "", text)
@@ -185,12 +193,14 @@ class _Checksummer:
     self._owner = owner
     self._queue: "queue.Queue[Optional[int]]" = queue.Queue()
     self._thread = None
+    self._last = None  # The step submitted last.
 
   def submit(self, step: int) -> None:
     if self._thread is None or not self._thread.is_alive():
       self._thread = threading.Thread(target=self._loop, name="shortcut_jax-checksums",
                                       daemon=True)
       self._thread.start()
+    self._last = int(step)
     self._queue.put(int(step))
 
   def drain(self) -> None:
@@ -213,7 +223,7 @@ class _Checksummer:
         self._seal(step)
       except Exception as e:  # pylint: disable=broad-except
         try:
-          gone = not self._owner._committed(self._owner.step_dir(step))  # pylint: disable=protected-access
+          gone = not _committed(self._owner.step_dir(step))
         except Exception:  # pylint: disable=broad-except
           gone = False
         if not gone:  # A step removed meanwhile (max_to_keep) needs no list.
@@ -228,9 +238,11 @@ class _Checksummer:
     delay = 0.02
     while True:
       busy = owner._manager.is_saving_in_progress()  # pylint: disable=protected-access
-      if owner._committed(step_dir):  # pylint: disable=protected-access
+      if _committed(step_dir):
         break
-      if not busy:  # The save failed, or the step is already gone (max_to_keep).
+      last = self._last
+      if not busy or (last is not None and last > step and _committed(owner.step_dir(last))):
+        # The save failed, or the step is already gone (max_to_keep; Orbax commits in order).
         logging.info("checkpoint step %d is not there (its save failed, or max_to_keep removed "
                      "it already): no checksum list written", step)
         return
@@ -247,7 +259,7 @@ class _Checksummer:
     data = json.dumps(payload).encode("utf-8")
     if storage.is_remote(step_dir):
       storage.write_bytes(target, data)
-      if not owner._committed(step_dir):  # pylint: disable=protected-access
+      if not _committed(step_dir):
         storage.remove(target)  # Deleted meanwhile (max_to_keep): leave no stray object.
       return
     tmp = f"{target}.tmp.{os.getpid()}"
@@ -293,13 +305,6 @@ class CheckpointManager:
 
   def all_steps(self):
     return sorted(self._manager.all_steps())
-
-  def _committed(self, step_dir: str) -> bool:
-    """Whether Orbax has committed a step: the folder exists (locally it appears by rename,
-    complete) and, on object stores, holds its commit marker."""
-    if storage.is_remote(step_dir):
-      return storage.exists(storage.join(step_dir, COMMIT_MARKER))
-    return os.path.isdir(step_dir)
 
   # -------------------------------------------------------------------------------------------
   # Saving.

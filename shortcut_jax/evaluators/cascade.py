@@ -5,7 +5,7 @@ conditions as `generate.sample_cond` gives them); every later stage is a super-r
 (`data.low_res_factor = f`) whose input is the previous stage's output, bicubic-upsampled by f
 to its size — exactly the condition it was trained on (and, for a coupling model, its start).
 Labels travel down the cascade: an upscaler trained with the generator's classes gets its
-labels.
+labels (any other label-conditional upscaler the null label).
 
 Before anything is sampled every stage is checked: an upscaler's LR size (its image size / f)
 and channels must be the previous stage's output size and channels, and each step budget must be
@@ -72,7 +72,8 @@ def check_stages(exps: Sequence, steps: Sequence[int], names: Sequence[str]) -> 
 def _stage_cond(exp, previous: Optional[np.ndarray], labels: Optional[np.ndarray],
                 generator_config, n: int):
   """Stage conditions: the previous output upsampled; the generator's labels when both stages
-  were trained with the same classes (else the stage's own `sample_cond` labels)."""
+  were trained with the same classes (else, for a label-conditional upscaler, the null label:
+  the class of its input is unknown, `generate.example_labels`)."""
   if previous is None:
     return gen.sample_cond(exp, n)
   factor = int(exp.config.data.low_res_factor)

@@ -44,6 +44,7 @@ from shortcut_jax import sharding
 from shortcut_jax import storage
 from shortcut_jax.data import catalog
 from shortcut_jax.data import pipeline
+from shortcut_jax.evaluators import adm_metrics
 from shortcut_jax.evaluators import fid
 from shortcut_jax import latents as latents_lib
 from shortcut_jax.evaluators import generate as gen
@@ -63,7 +64,8 @@ class InceptionFeatures:
   """
 
   def __init__(self, variables, *, batch_size: int, mesh: Optional[Mesh] = None,
-               image_size: Optional[int] = inception.IMAGE_SIZE):
+               image_size: Optional[int] = inception.IMAGE_SIZE,
+               outputs: Sequence[str] = ("pool",)):
     """Places the weights and jits the network.
 
     Args:
@@ -72,7 +74,13 @@ class InceptionFeatures:
       mesh: the device mesh (default `gen.data_mesh()`: every device of every process, so
         every process must make the same calls).
       image_size: Inception input side; 299 for FID (smaller only in tests).
+      outputs: `inception.OUTPUTS` to compute, concatenated along the feature axis in this
+        order (`adm_metrics.split_outputs` splits them); the default is the FID features alone.
     """
+    self.outputs = inception.check_outputs(outputs)
+    if set(self.outputs) & set(inception.LOGIT_OUTPUTS) and not inception.has_classifier(
+        variables):
+      raise ValueError(inception.NO_CLASSIFIER_HELP)
     self.mesh = mesh if mesh is not None else gen.data_mesh()
     self.batch_size = gen.round_up_batch(batch_size, self.mesh)
     self.data_sharding = NamedSharding(self.mesh, PartitionSpec(sharding.DATA_AXIS))
@@ -83,7 +91,10 @@ class InceptionFeatures:
     def apply(variables, images):
       if images.shape[-1] == 1:  # Grey images: the same value in R, G and B.
         images = jnp.repeat(images, 3, axis=-1)
-      return model.apply(variables, images)
+      if self.outputs == ("pool",):
+        return model.apply(variables, images)
+      out = model.apply(variables, images, outputs=self.outputs)
+      return jnp.concatenate([out[o] for o in self.outputs], axis=-1)
 
     self._apply = jax.jit(apply, in_shardings=(replicated, self.data_sharding),
                           out_shardings=self.data_sharding)
@@ -141,16 +152,18 @@ class InceptionFeatures:
                                                  np.float32)])
       out.append(self.batch_features(chunk, n))
     if not out:
-      return np.zeros((0, inception.FEATURE_DIM), np.float32)
+      shape = jax.ShapeDtypeStruct((self.batch_size, *images.shape[1:]), jnp.float32)
+      return np.zeros((0, jax.eval_shape(self._apply, self._variables, shape).shape[-1]),
+                      np.float32)
     return np.concatenate(out)
 
 
 def load_features(inception_path: Optional[str], *, batch_size: int,
                   mesh: Optional[Mesh] = None,
-                  image_size: Optional[int] = inception.IMAGE_SIZE
-                  ) -> Tuple[InceptionFeatures, str]:
+                  image_size: Optional[int] = inception.IMAGE_SIZE,
+                  outputs: Sequence[str] = ("pool",)) -> Tuple[InceptionFeatures, str]:
   """Reads the Inception weights (path, else `$SHORTCUT_JAX_INCEPTION`; local or remote);
-  returns (features, path).
+  returns (features, path). `outputs`: as `InceptionFeatures`.
 
   Raises:
     FileNotFoundError: no path given or the file is missing (the message says where to get it).
@@ -158,7 +171,7 @@ def load_features(inception_path: Optional[str], *, batch_size: int,
   path = inception.resolve_weights_path(inception_path)
   variables = inception.load_inception_variables(path)
   return InceptionFeatures(variables, batch_size=batch_size, mesh=mesh,
-                           image_size=image_size), path
+                           image_size=image_size, outputs=outputs), path
 
 
 def decode(exp, samples: jax.Array, mesh: Optional[Mesh] = None) -> jax.Array:
@@ -395,11 +408,16 @@ class FIDEvaluator(Evaluator):
 
   The original evaluates 4,096 samples during training; published numbers are FID-50k
   (`eval.py --mode=fid --num_samples=50000`).
+
+  `extra_metrics` (`adm_metrics.METRICS`: 'is', 'sfid', 'precision_recall') adds ADM's metrics
+  of the same samples as `is/steps_<key>`, `sfid/steps_<key>`, `precision/steps_<key>` and
+  `recall/steps_<key>` (the reference must then be an ADM batch where images are needed).
   """
 
   def __init__(self, exp, workdir, every, *, steps, num_samples, cfg_scale, stats_path,
                inception_path, batch_size, use_ema, protocol: str = "guided", seed: int = 0,
-               image_size: Optional[int] = inception.IMAGE_SIZE):
+               image_size: Optional[int] = inception.IMAGE_SIZE,
+               extra_metrics: Sequence[str] = ()):
     """Reads the reference statistics and Inception weights now, so a bad path fails early.
 
     `cfg_scale` has the sampler's meaning (None or 1 conditional, 0 unconditional, else guided);
@@ -416,17 +434,32 @@ class FIDEvaluator(Evaluator):
     self.entries = guidance.fid_entries(protocol, self.steps, cfg_scale,
                                         exp.config.objective.denoise_timesteps,
                                         gen.is_guidable(exp))
+    self.extra_metrics = adm_metrics.check_metrics(extra_metrics)
     self.stats_path = resolve_stats_path(stats_path, "config.evals.fid.stats_path")
     try:
-      self.features, self.inception_path = load_features(inception_path, batch_size=batch_size,
-                                                         image_size=image_size)
+      self.features, self.inception_path = load_features(
+          inception_path, batch_size=batch_size, image_size=image_size,
+          outputs=adm_metrics.inception_outputs(self.extra_metrics))
     except FileNotFoundError as e:
       raise FileNotFoundError(f"config.evals.fid.inception_path: {e}") from e
-    self.reference = load_reference(self.stats_path, self.features)
+    if self.extra_metrics:
+      self.reference = adm_metrics.load_reference(
+          self.stats_path, adm_metrics.feature_dict_fn(self.features), self.extra_metrics,
+          batch_size=self.features.batch_size, progress=False)
+    else:
+      self.reference = load_reference(self.stats_path, self.features)
 
   def run(self, state, step):
     params = state.ema_params if self.use_ema else state.params
     t0 = time.time()
+    if self.extra_metrics:
+      values = adm_metrics.model_metrics(self.exp, params, self.features, self.reference,
+                                         entries=self.entries, num_images=self.num_samples,
+                                         metrics=self.extra_metrics, seed=self.seed,
+                                         progress=False)
+      logging.info("step %d: FID-%d and %s %s (%.1f s)", step, self.num_samples,
+                   self.extra_metrics, values, time.time() - t0)
+      return {f"{name}/steps_{k}": v for k, d in values.items() for name, v in d.items()}
     values = protocol_fid(self.exp, params, self.features, self.reference, entries=self.entries,
                           num_images=self.num_samples, seed=self.seed, progress=False)
     logging.info("step %d: FID-%d %s (%.1f s; %s)", step, self.num_samples, values,

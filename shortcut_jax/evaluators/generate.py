@@ -1,8 +1,9 @@
 """Generating images from a trained model: fixed noise seeds, one condition per image, uint8 output.
 
 The conditions of image i are `sample_cond(exp, n)[key][i]` for every condition kind the model
-takes: labels spread evenly over the classes, and for image-conditioned models (super-resolution)
-the conditioning images of the held-out split in stored order (repeated when it has fewer).
+takes: for image-conditioned models (super-resolution) the conditioning images of the held-out
+split in stored order (repeated when it has fewer) with those examples' own labels; for other
+models labels spread evenly over the classes.
 """
 
 import contextlib
@@ -55,23 +56,50 @@ def held_out_examples(config, num_images: int, split: str = "test") -> Dict[str,
   return {k: np.concatenate([p[k] for p in parts])[:num_images] for k in parts[0]}
 
 
+def example_labels(config, num_images: int,
+                   examples: Optional[Mapping[str, np.ndarray]] = None,
+                   labels=None) -> np.ndarray:
+  """The labels of `num_images` generated images (int32), by this policy:
+
+  * a model trained without labels (`is_conditional` false): the null label, always;
+  * `labels` given (an int or one per image): those;
+  * images made from examples (super-resolution of held-out images): each example's own label;
+    examples without labels (a user's images, a cascade's input: the class is unknown): the
+    null label, i.e. the model's unconditional velocity for that condition (trained by label
+    dropout, `objective.class_dropout_prob`);
+  * no examples (a generator): `sample_labels`, spread evenly over the classes.
+  """
+  if not is_conditional(config):
+    return sample_labels(config, num_images)
+  if labels is not None:
+    return np.broadcast_to(np.asarray(labels, np.int32), (num_images,)).copy()
+  if examples is not None:
+    if "label" in examples:
+      return np.asarray(examples["label"], np.int32)[:num_images]
+    return np.full((num_images,), config.data.num_classes, np.int32)
+  return sample_labels(config, num_images)
+
+
 def sample_cond(exp, num_images: int, split: str = "test",
                 examples: Optional[Mapping[str, np.ndarray]] = None,
-                embedding: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+                embedding: Optional[np.ndarray] = None,
+                labels=None) -> Dict[str, np.ndarray]:
   """The conditions of `num_images` generated images, for every kind the model takes (in the
-  model's space: a conditioning image is encoded to latents in latent space). Labels are always
-  `sample_labels` (the null label for a model trained without labels), never the data's;
-  images come from held-out examples, embeddings from the text model's own prompts
-  (`text_encoders.default_prompts`) or else the held-out captions.
+  model's space: a conditioning image is encoded to latents in latent space). Images come from
+  held-out examples; labels follow `example_labels` (the examples' own labels where the
+  conditions come from examples, the null label for examples without labels or a model trained
+  without labels, else spread evenly over the classes); embeddings come from the text model's
+  own prompts (`text_encoders.default_prompts`) or else the held-out captions.
 
   Args:
     exp: the experiment.
     num_images: rows.
     split: where image conditions come from (`held_out_examples`).
-    examples: those held-out examples when the caller already read them.
+    examples: those held-out examples when the caller already read them (their 'label', when
+      they have one, is each image's label).
     embedding: float32 [num_images, embedding_dim] to use instead (e.g. `--prompts`).
+    labels: the label of every image (an int, or one per image) instead of the policy above.
   """
-  cond = {"label": sample_labels(exp.config, num_images)}
   keys = exp.model.conditioning.keys
   if "embedding" in keys and embedding is None:
     prompts = text_encoders.default_prompts(exp.config.data, num_images)
@@ -80,6 +108,7 @@ def sample_cond(exp, num_images: int, split: str = "test",
   needs_examples = "cond_image" in keys or ("embedding" in keys and embedding is None)
   if needs_examples and examples is None:
     examples = held_out_examples(exp.config, num_images, split)
+  cond = {"label": example_labels(exp.config, num_images, examples, labels)}
   if "cond_image" in keys:
     pixels = np.asarray(examples["cond_image"])[:num_images]
     cond["cond_image"] = np.asarray(latents_lib.encode_cond(exp.config, {"cond_image": pixels})[
@@ -217,6 +246,23 @@ def _noise_fn(shape: Tuple[int, ...], mesh: Optional[Mesh], source: Source = Sou
                  out_shardings=data)
 
 
+@functools.lru_cache(maxsize=16)
+def _keys_fn(mesh: Optional[Mesh]):
+  """Jitted `(key, idx [B]) -> keys [B]`, row i `fold_in(key, idx[i])` (image idx[i]'s key: its
+  source draw's and, for a sampler that draws noise, every step's), split over `mesh`."""
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+  if mesh is None:
+    return jax.jit(keys)
+  data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
+  return jax.jit(keys, in_shardings=(NamedSharding(mesh, PartitionSpec()), data),
+                 out_shardings=data)
+
+
+def image_keys(key, idx) -> jax.Array:
+  """The keys of images `idx` (int [B]): row i `fold_in(key, idx[i])`."""
+  return _keys_fn(None)(key, jnp.asarray(np.asarray(idx, np.int32)))
+
+
 def source_noise(exp, key, idx, cond: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
   """The source samples of images `idx` (int [B]): row i from `fold_in(key, idx[i])` (and, for a
   coupling source, from row i of `cond['cond_image']`, in the model's space)."""
@@ -243,8 +289,10 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
   Image i starts from the source sample `exp.source.draw(fold_in(PRNGKey(seed), i), ...)` (the
   run's source: Gaussian noise, zeros for a regressor, or the image's own conditioning image
   for a coupling flow) and gets the conditions
-  `cond[key][i]`, so the same seed gives the same images for any batch size, any mesh and any
-  step count (rows of a grid are comparable across step budgets). Every batch has the same size
+  `cond[key][i]`; a sampler that draws fresh noise (the consistency sampler) draws step j's
+  from `fold_in(fold_in(PRNGKey(seed), i), j)` (`sampling.step_noise`). So the same seed gives
+  the same images for any batch size, any mesh and any step count (rows of a grid are
+  comparable across step budgets). Every batch has the same size
   (the last one padded) so the sampler compiles once.
 
   Args:
@@ -282,6 +330,7 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
   if mesh is None:
     batch_size = min(batch_size, num_images)
     put, noise_fn = jnp.asarray, _noise_fn(tuple(exp.image_shape), None, exp.source)
+    keys_fn = _keys_fn(None)
   else:
     # The sampler has no shardings of its own: it runs data parallel because its inputs are.
     # With several processes (a mesh over all of them) each process places only its rows of
@@ -292,13 +341,15 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
     key = jax.device_put(np.asarray(key), replicated)
     put = lambda x: put_batch(x, mesh)
     noise_fn = _noise_fn(tuple(exp.image_shape), mesh, exp.source)
+    keys_fn = _keys_fn(mesh)
   for start in range(0, num_images, batch_size):
     idx = np.arange(start, min(start + batch_size, num_images))
     n = len(idx)
     idx = np.concatenate([idx, np.full(batch_size - n, idx[-1])])
     rows = {k: put(np.asarray(v)[idx]) for k, v in cond.items()}
-    x0 = noise_fn(key, put(idx.astype(np.int32)), _source_cond(exp, rows))
-    yield sampler(params, x0, rows), n
+    placed = put(idx.astype(np.int32))
+    x0 = noise_fn(key, placed, _source_cond(exp, rows))
+    yield sampler(params, x0, rows, keys_fn(key, placed)), n
 
 
 def generate(exp, params, *, num_images: int, num_steps: int, cfg_scale: Optional[float],

@@ -44,6 +44,14 @@ def _loss_fn(model, path, params, teacher_params, x1, x0, cond, t, level, finest
   return jnp.mean((pred - jax.lax.stop_gradient(target)) ** 2, axis=(1, 2, 3))
 
 
+def source_and_encode_keys(batch_index: int):
+  """(source key, encoder key) of held-out batch `batch_index`: x0 from `PRNGKey(i)` (as
+  before, so pixel runs score the same draws), the latent encoder's posterior sample from
+  `fold_in(PRNGKey(i), 1)`, independent of it."""
+  key = jax.random.PRNGKey(batch_index)
+  return key, jax.random.fold_in(key, 1)
+
+
 class LossPerTEvaluator(Evaluator):
   """Writes `workdir/plots/loss_per_t_<step>.png`; returns `loss_per_t/level_<k>` means."""
 
@@ -67,12 +75,15 @@ class LossPerTEvaluator(Evaluator):
     it = pipeline.make_dataset(c.data, split="test", global_batch_size=c.batch_size, seed=c.seed,
                                train=False)
     # Encoded once (latent space), with its source draw, then scored at every level and time.
+    # The encoder's posterior sample and the source get independent keys: with one key the
+    # flow's x0 would be the latent's own noise.
     inputs = []
     for bi, (_, b) in enumerate(zip(range(self.num_batches), it)):
-      batch = self.exp.prepare_batch(b, jax.random.PRNGKey(bi))
+      noise_key, encode_key = source_and_encode_keys(bi)
+      batch = self.exp.prepare_batch(b, encode_key)
       x1 = jnp.asarray(batch["image"])
       cond = {k: jnp.asarray(v) for k, v in cond_from_batch(batch).items()}
-      x0 = flow_path.sample_source(jax.random.PRNGKey(bi), x1.shape, self.exp.source, cond)
+      x0 = flow_path.sample_source(noise_key, x1.shape, self.exp.source, cond)
       inputs.append((x1, x0, cond))
     curves, results = {}, {}
     for level in self.levels:

@@ -12,7 +12,7 @@ EVALUATORS = {
     "loss_per_t": (LossPerTEvaluator, ("num_batches", "num_bins")),
     "validation": (ValidationLossEvaluator, ("num_batches",)),
     "fid": (FIDEvaluator, ("steps", "num_samples", "cfg_scale", "stats_path", "inception_path",
-                           "batch_size", "use_ema", "protocol")),
+                           "batch_size", "use_ema", "protocol", "extra_metrics")),
 }
 
 

@@ -1,16 +1,19 @@
 """Super-resolution with an image-conditioned model: whole images of any size, and PSNR / SSIM.
 
 * `super_resolve_image`: the upsampled LR image (the model's condition) is cut into overlapping
-  tiles of the training size, every tile is sampled in `num_steps` steps from its own fixed noise
-  (in latent space: the tile is encoded first and the sample decoded), and the tiles are blended
-  back in pixel space (`shortcut_jax.tiling`).
+  tiles of the training size and sampled as one canvas in `num_steps` steps: one noise image per
+  output image, cropped per tile, and the tiles blended back into the canvas after every step
+  (`shortcut_jax.tiling.blend_steps`; in latent space the tiles are encoded first and the
+  canvas decoded tile by tile and blended in pixel space). A label-conditional model gets the
+  null label (the image's class is unknown) unless a label is given.
 * `super_resolve_folder` (`eval.py --mode=super_resolve`): every PNG/JPEG of a folder, grey or
   RGB, any size, is degraded by the configured factor (or taken as the LR input with
   `input_is_lr`), super-resolved at full size and written as PNG under the same stem. Either
   folder may be local or remote (`storage`).
 * `sr_metrics` (`eval.py --mode=sr_metrics`): PSNR and SSIM (RGB and Y) on the held-out split
   against HR, next to the bicubic upsampling of the same LR input (which is exactly the model's
-  `cond_image`); LPIPS too when given its weights (`evaluators.lpips`).
+  `cond_image`); LPIPS too when given its weights (`evaluators.lpips`). A label-conditional
+  model is sampled with each held-out example's own label (so is `comparison_strip`).
 """
 
 import os
@@ -60,54 +63,108 @@ def read_image(path: str, channels: int) -> np.ndarray:
 
 def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, seed: int = 0,
                         batch_size: int = 16, overlap: Optional[int] = None,
-                        cfg_scale: Optional[float] = None) -> np.ndarray:
+                        cfg_scale: Optional[float] = None, label: Optional[int] = None
+                        ) -> np.ndarray:
   """Samples the HR image of one upsampled LR image of any size, tile by tile.
+
+  The whole image is sampled as one canvas (in the model's space: latents in latent space),
+  padded to whole tiles. Its noise is one image the size of the canvas, from the key
+  `fold_in(PRNGKey(seed), 0)` (the key `generate` gives image 0), cropped per tile: tile j
+  starts from its crop (through the run's source, e.g. a coupling's noised LR tile), and a
+  sampler that draws fresh noise draws step j's as one canvas from `fold_in(key, j)` too. After
+  every step the tiles are blended back into the canvas (`tiling.blend_steps`), so overlapping
+  tiles see the same noise and start each step from the same values; a latent canvas is decoded
+  tile by tile and blended in pixel space. An image the size of a tile is exactly image 0 of
+  `generate` with the same seed and conditions.
+
+  Labels (a label-conditional model): the class of a user's image is unknown, so every tile
+  gets the null label unless `label` is given (`generate.example_labels`); the model then
+  samples with its unconditional velocity for the label, which label dropout trained.
 
   Args:
     exp: the `trainer.Experiment` of a super-resolution model.
     params: its weights.
     cond_image: float32 [H, W, C] in [-1, 1], the LR input upsampled to the output size.
-    num_steps: sampling steps per tile.
-    seed: tile j starts from the source sample `fold_in(PRNGKey(seed), j)`.
+    num_steps: sampling steps.
+    seed: noise seed (see above).
     batch_size: tiles per sampler call.
-    overlap: overlap of neighbouring tiles (default: a quarter of the tile).
+    overlap: overlap of neighbouring tiles in pixels (default: a quarter of the tile; rounded
+      up to whole latents in latent space).
     cfg_scale: guidance weight (only for models trained with condition dropout).
+    label: the class of the image (label-conditional models); None: the null label.
 
   Returns:
     float32 [H, W, C] in [-1, 1] (clipped).
   """
   vae = latents_lib.vae_from_config(exp.config)
-  factor = 1 if vae is None else vae.downsample_factor
-  tile = exp.image_shape[0] * factor  # In pixels; a latent model samples tile latents.
-  overlap = tile // 4 if overlap is None else overlap
+  factor = 1 if vae is None else vae.downsample_factor  # Pixels per model-space pixel.
+  tile = exp.image_shape[0]  # In the model's space (latents in latent space).
+  overlap = (tile * factor) // 4 if overlap is None else overlap
+  overlap_m = -(-int(overlap) // factor)
   if cfg_scale is not None and not gen.is_guidable(exp):
     cfg_scale = None
+  if (label is None and gen.is_conditional(exp.config)
+      and not exp.config.objective.class_dropout_prob):
+    logging.warning("super-resolving with the null label, which this model never trained on "
+                    "(objective.class_dropout_prob=0): pass the image's label")
   exp.objective.check_steps([num_steps])
-  sampler = sampling.make_sampler(exp.model, num_steps, exp.config.objective.denoise_timesteps,
-                                  exp.objective.uses_level, cfg_scale, objective=exp.objective)
-  key = jax.random.PRNGKey(seed)
-  counter = {"next": 0}
+  step = sampling.make_step(exp.model, num_steps, exp.config.objective.denoise_timesteps,
+                            exp.objective.uses_level, cfg_scale, objective=exp.objective)
+  image = np.asarray(cond_image, np.float32)
+  height, width = image.shape[:2]
+  canvas_h, canvas_w = max(-(-height // factor), tile), max(-(-width // factor), tile)
+  positions = tiling.tile_grid(canvas_h, canvas_w, tile, overlap_m)
+  pixel_positions = [(y * factor, x * factor) for y, x in positions]
+  pixels = tiling.pad_image(image, canvas_h * factor, canvas_w * factor)
+  batches = tiling.tile_batches(len(positions), batch_size)
+  # The conditions of every batch of tiles, made once (in latent space: encoded).
+  conds = [gen.sample_cond(exp, len(rows), labels=label, examples={"cond_image": (
+      tiling.crop_tiles(pixels, [pixel_positions[r] for r in rows], tile * factor))})
+           for rows in batches]
 
-  def fn(tiles):
-    n = tiles.shape[0]
-    idx = np.arange(counter["next"], counter["next"] + n)
-    counter["next"] += n
-    cond = gen.sample_cond(exp, n, examples={"cond_image": np.asarray(tiles, np.float32)})
-    x0 = gen.source_noise(exp, key, idx, cond)
-    return np.asarray(exp.to_images(sampler(params, x0, cond)))
+  shape = (canvas_h, canvas_w, exp.image_shape[-1])
+  key = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+  noise_of = lambda k: np.asarray(jax.random.normal(k, shape))
+  crops = lambda canvas, rows: tiling.crop_tiles(canvas, [positions[r] for r in rows], tile)
 
-  out = tiling.apply_tiled(fn, np.asarray(cond_image, np.float32), tile, overlap, batch_size)
-  return np.clip(out, -1.0, 1.0)
+  # x0 of every tile from its crop of the noise image, blended into the starting canvas.
+  noise = noise_of(key)
+  start = lambda tiles, k, rows, j: np.asarray(exp.source.from_noise(
+      crops(noise, rows), tiles.shape, conds[k]))
+  canvas = tiling.blend_steps(start, noise, positions, tile, overlap_m, batch_size, 1)
+
+  draws_noise = exp.objective.sampler_noise
+  step_noise = {}
+
+  def one_step(tiles, k, rows, j):
+    if draws_noise and j not in step_noise:
+      step_noise.clear()
+      step_noise[j] = noise_of(jax.random.fold_in(key, j))
+    eps = crops(step_noise[j], rows) if draws_noise else None
+    return step(params, tiles, conds[k], j, eps)
+
+  canvas = tiling.blend_steps(one_step, canvas, positions, tile, overlap_m, batch_size, num_steps)
+  if vae is None:
+    out = canvas
+  else:  # Decoded tile by tile, blended in pixel space.
+    decoded = [np.asarray(exp.to_images(crops(canvas, rows)))[:len(np.unique(rows))]
+               for rows in batches]
+    out = tiling.blend_tiles(np.concatenate(decoded), pixel_positions, pixels.shape,
+                             tile * factor, overlap_m * factor)
+  return np.clip(out[:height, :width], -1.0, 1.0)
 
 
 def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_steps: int,
                          input_is_lr: bool = False, seed: int = 0, batch_size: int = 16,
-                         overwrite: bool = False, cfg_scale: Optional[float] = None) -> Dict:
+                         overwrite: bool = False, cfg_scale: Optional[float] = None,
+                         label: Optional[int] = None) -> Dict:
   """Super-resolves every image of `input_dir` into `output_dir/<stem>.png`.
 
   Without `input_is_lr` each image (cropped to a multiple of the factor) is the HR reference:
   it is downsampled by the factor and super-resolved back to its size. With `input_is_lr` the
-  image is the LR input and the output is `factor` times larger.
+  image is the LR input and the output is `factor` times larger. A label-conditional model
+  samples every image with the null label (their classes are unknown), or with `label`
+  (`super_resolve_image`).
 
   Returns:
     dict(written=[paths], skipped={file: reason}, existing=[paths not overwritten]).
@@ -142,7 +199,7 @@ def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_st
       lr = low_res.make_low_res(hr, factor)
     cond = low_res.upsample(lr, factor)
     sr = super_resolve_image(exp, params, cond, num_steps=num_steps, seed=seed,
-                             batch_size=batch_size, cfg_scale=cfg_scale)
+                             batch_size=batch_size, cfg_scale=cfg_scale, label=label)
     gen.save_png(out_path, gen.to_uint8(sr))
     result["written"].append(out_path)
     logging.info("%s: %dx%d -> %dx%d, %s", name, lr.shape[1], lr.shape[0], sr.shape[1],

@@ -58,7 +58,8 @@ Weights. `load_inception` reads either
       original shortcut-models code downloads. Its layout is a nested dict
       `{block: {branch: {'conv': {'kernel' (HWIO)}, 'bn': {'scale', 'bias',
       'mean', 'var'}}}}` (stem convolutions sit directly under the block name,
-      `fc` holds the unused classifier), as the original's `utils/fid.py`
+      `fc` the classifier, kept for the logits when it is a [2048, 1008] `kernel` and a
+      [1008] `bias`), as the original's `utils/fid.py`
       reads it (the file itself was not available to check). It is read with
       a restricted unpickler that only rebuilds numpy arrays and plain
       containers, since a pickle can otherwise run arbitrary code.

@@ -31,7 +31,10 @@ write their targets.
 * Sampling: `sampler_step(predict, x, t, d, level) -> x_next` is one step of the sampler from
   time t (float32 [B]) by d (a float32 scalar) at the level the schedule gives (int32 [B]),
   where `predict(x, t, level)` is the network output (guided when sampling with CFG); default
-  `euler_step`. `schedule(num_steps, denoise_timesteps)`, when set, replaces the default
+  `euler_step`. A step that draws fresh noise (`sampler_noise=True`) is called
+  `sampler_step(predict, x, t, d, level, noise)` with `noise` standard normal like x, drawn by
+  the sampler from each image's key (`sampling.step_noise`): never derive noise from x itself.
+  `schedule(num_steps, denoise_timesteps)`, when set, replaces the default
   (times, sizes, levels) of `shortcut_jax.sampling` (shortcut levels or uniform flow steps).
 
 Objectives are looked up by name outside of jit (`get_objective`), never chosen by string tests
@@ -124,6 +127,8 @@ class Objective:
       for a deterministic one-pass model.
     max_sample_steps: the most sampling steps the objective's model supports (None: any).
     loss_fn, init_state, update_state, sampler_step, schedule: see the module docstring.
+    sampler_noise: `sampler_step` draws fresh noise each step: it takes a sixth argument, that
+      noise (standard normal like x), and sampling needs one key per image (`sampling`).
     needs_jvp: the objective differentiates the network in forward mode (`jax.jvp`); the config
       validation then refuses attention implementations without a jvp rule (cuDNN's).
     takes_context: whether `targets_fn` accepts the `step` and `state` keywords (registered
@@ -153,6 +158,7 @@ class Objective:
   init_state: Callable[..., Any] = empty_state
   update_state: Callable[..., Any] = keep_state
   sampler_step: Callable[..., Array] = euler_step
+  sampler_noise: bool = False
   schedule: Optional[Callable[[int, int], Tuple[Any, Any, Any]]] = None
   needs_jvp: bool = False
   takes_context: bool = True
@@ -194,7 +200,8 @@ _REGISTRY: Dict[str, Objective] = {}
 def register_objective(name: str, *, uses_level: bool, source: str = "gaussian",
                        max_sample_steps: Optional[int] = None, **parts):
   """Decorator registering `targets_fn` under `name` (see `Objective` for the options; `parts`
-  are its `loss_fn`, `init_state`, `update_state`, `sampler_step`, `schedule`, `start_state`)."""
+  are its `loss_fn`, `init_state`, `update_state`, `sampler_step`, `sampler_noise`, `schedule`,
+  `start_state`)."""
   def wrap(fn):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")

@@ -40,10 +40,13 @@ sampler of the paper and of the original's inference code): predict x1 = f(x, t)
 to the next time, x' = t' x1 + (1 - t') ε with fresh noise ε, repeat; the last step returns the
 prediction itself (t' = 1), so one step is f(x0, 0).
 
-The sampler's fresh noise is drawn from a key hashed from the current sample and time
-(`_row_noise`): sampling stays a deterministic function of the starting noise, each row gets its
-own noise, and the sampler interface (`sampler_step(predict, x, t, d, level)`) needs no key.
-(The original draws it from the starting noise's key folded with the step index.)
+The sampler's fresh noise comes from keys, as the original's (its starting noise's key folded
+with the step index): the objective is registered with `sampler_noise=True`, and the sampler
+gives step j of image i standard normal noise from `fold_in(key_i, j)`, key_i the key of the
+image's starting noise (`sampling.step_noise`; generation: `fold_in(PRNGKey(seed), i)`). The same
+seed gives the same images for any batch size and mesh, and nudging the sample does not redraw
+the noise. (An earlier version hashed the noise's key from the sample's float bits: one ulp
+changed the image. Samples of the same seed therefore differ from that version's.)
 
 `faithful=True` keeps the original's code as it runs (checked against its own outputs by
 `shortcut_jax.tools.check_original_targets`): the batch is shuffled with its own key (not with
@@ -72,7 +75,6 @@ from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, 
 from shortcut_jax.objectives.paths import broadcast_time, path_from_config
 
 Array = Any
-_NOISE_SALT = 0xC0515
 
 
 def consistency_fn(x: Array, t: Array, velocity: Array) -> Array:
@@ -173,25 +175,13 @@ def consistency_distillation_targets(model, params, ema_params, batch, rng, conf
                "v_magnitude_b1": rms(v_teacher), "v_magnitude_b2": rms(v_next)})
 
 
-def _row_noise(x: Array, t: Array) -> Array:
-  """Standard normal noise like x, from a key per row hashed from that row's values and time."""
-  b = x.shape[0]
-  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32).reshape(b, -1)
-  idx = jnp.arange(bits.shape[1], dtype=jnp.uint32)
-  weights = (idx * jnp.uint32(0x9E3779B1) + jnp.uint32(0x7F4A7C15)) | jnp.uint32(1)
-  h = jnp.sum(bits * weights[None], axis=1, dtype=jnp.uint32)
-  h = h ^ jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32)
-  base = jax.random.PRNGKey(_NOISE_SALT)
-  keys = jax.vmap(lambda hh: jax.random.fold_in(base, hh))(h)
-  return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], jnp.float32))(keys).astype(x.dtype)
-
-
-def renoise_step(predict, x: Array, t: Array, d: Array, level: Array) -> Array:
+def renoise_step(predict, x: Array, t: Array, d: Array, level: Array, noise: Array) -> Array:
   """One step of the multistep consistency sampler: x1 = f(x, t), then x' = t' x1 + (1 - t') ε
-  at t' = t + d (the original's formula; x' = x1 at t' = 1)."""
+  at t' = t + d with ε = `noise` (standard normal like x, fresh for this step: the sampler draws
+  it from the image's key, `sampling.step_noise`), the original's formula; x' = x1 at t' = 1."""
   x1 = consistency_fn(x, t, predict(x, t, level))
   t_next = broadcast_time(t + d, x.ndim)
-  return t_next * x1 + (1.0 - t_next) * _row_noise(x, t)
+  return t_next * x1 + (1.0 - t_next) * noise.astype(x.dtype)
 
 
 # The original's `train_state.step` at this library's step 0: consistency training starts from
@@ -210,8 +200,8 @@ def training_phase(step, config) -> Array:
   return jnp.minimum(step * finest // total, finest - 1).astype(jnp.int32)
 
 
-@register_objective("consistency", uses_level=False, sampler_step=renoise_step, phased=True,
-                    linear_path_only=True)
+@register_objective("consistency", uses_level=False, sampler_step=renoise_step,
+                    sampler_noise=True, phased=True, linear_path_only=True)
 def consistency_training_targets(model, params, ema_params, batch, rng, config, *, step=None,
                                  state=None) -> TrainingTargets:
   """Consistency-training targets for the whole batch (see the module docstring).

@@ -75,9 +75,21 @@ class Source:
 
   def draw(self, rng: Array, shape: Tuple[int, ...], cond: Optional[Mapping[str, Array]] = None
            ) -> Array:
-    """x0 of shape `shape` (the batch's rows of `cond` for a coupling source)."""
+    """x0 of shape `shape` (the batch's rows of `cond` for a coupling source): `from_noise` of
+    the standard normal draw `jax.random.normal(rng, shape)` (made only where it is used)."""
+    if self.name == "zeros":
+      return jnp.zeros(shape, jnp.float32)
+    if self.name == "cond_image" and not self.noise_step:
+      return self.from_noise(None, shape, cond)
+    return self.from_noise(jax.random.normal(rng, shape), shape, cond)
+
+  def from_noise(self, noise: Optional[Array], shape: Tuple[int, ...],
+                 cond: Optional[Mapping[str, Array]] = None) -> Array:
+    """x0 from a given standard normal `noise` of shape `shape` (None where the source uses
+    none: zeros, an un-noised coupling); `draw` is this of its key's draw. Tiled sampling passes
+    each tile its crop of one noise image per output image."""
     if self.name == "gaussian":
-      return jax.random.normal(rng, shape)
+      return noise
     if self.name == "zeros":
       return jnp.zeros(shape, jnp.float32)
     if cond is None or "cond_image" not in cond:
@@ -90,7 +102,7 @@ class Source:
     if not self.noise_step:
       return c
     a = ddpm_alpha_bar(self.noise_step)
-    return np.sqrt(a) * c + np.sqrt(1.0 - a) * jax.random.normal(rng, shape)
+    return np.sqrt(a) * c + np.sqrt(1.0 - a) * noise
 
 
 def source_from_config(config, objective_source: str = "gaussian") -> Source:

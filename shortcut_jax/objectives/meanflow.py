@@ -33,9 +33,14 @@ the level a shortcut model's flow-matching part trains at. So the sampler's step
 and a sampling step is the average-velocity jump x <- x + d · u(x, t, level) (`mean_flow_step`).
 
 Times (the paper's): τ and r are drawn from a logit-normal (`meanflow_time_mu`,
-`meanflow_time_sigma`, in the paper's convention: its -0.4 puts more mass near noise), sorted so
+`meanflow_time_sigma`, in the paper's convention, where τ = 0 is data and τ = 1 noise), sorted so
 r <= τ, and the last share `meanflow_equal_share` of the batch gets r = τ (d = 0: plain flow
-matching; the paper's best setting is 75 %).
+matching; the paper's best setting is 75 %). Here the start is t = 1 - τ = 1 - max of the two
+draws and the end t + d = 1 - r = 1 - min, so with F(x) = Φ((logit x - μ) / σ) the start has
+the CDF 1 - F(1 - s)² and the end (where r < τ) (1 - F(1 - s))² (`tests/test_meanflow.py`). A
+negative μ moves the draws towards the paper's τ = 0, i.e. towards data (t = 1 here): the
+paper's μ = -0.4 favours data relative to μ = 0. (The start is the noisier end of the interval,
+so its median is still below 1/2: 0.46 at μ = -0.4, σ = 1.)
 
 Loss: adaptive weighting `w · |u - sg(target)|²` with `w = sg(1 / (|Δ|² + c)^p)`
 (`meanflow_adaptive_c`, `meanflow_adaptive_p`; p = 0 is plain MSE). Here |Δ|² is the per-sample

@@ -135,10 +135,22 @@ def balanced_level_counts(n: int, weights: np.ndarray) -> np.ndarray:
 
 def teacher_output(model, params, x, t, level, cond, num_cfg: int, cfg_mask: Optional[Array],
                    cfg_scale: float):
-  """s(x, t, level), CFG-guided on the first `num_cfg` rows where `cfg_mask` (one batched call)."""
+  """s(x, t, level), CFG-guided on the first `num_cfg` rows where `cfg_mask` (one batched call;
+  with `num_cfg` = every row and a mask, each row's two calls are adjacent rows of it)."""
   n = x.shape[0]
   if num_cfg == 0:
     return model(params, x, t, level, cond, train=False)
+  if cfg_mask is not None and num_cfg == n:
+    # Every row's conditional and unconditional calls side by side ([n, 2] -> 2n rows), so
+    # both stay on the device that holds the row (a batch split over devices moves nothing);
+    # guided where `cfg_mask`.
+    pair = lambda a, b: jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+    out = model(params, pair(x, x), pair(t, t), pair(level, level),
+                jax.tree.map(pair, dict(cond), dict(model.null_cond(cond))), train=False)
+    out = out.reshape((n, 2) + out.shape[1:])
+    v_cond, v_uncond = out[:, 0], out[:, 1]
+    return jnp.where(cfg_mask.reshape((-1,) + (1,) * (x.ndim - 1)),
+                     v_uncond + cfg_scale * (v_cond - v_uncond), v_cond)
   cond_all = concat_rows(cond, take_rows(model.null_cond(cond), slice(0, num_cfg)))
   out = model(params, jnp.concatenate([x, x[:num_cfg]], axis=0),
               jnp.concatenate([t, t[:num_cfg]], axis=0),
@@ -253,21 +265,54 @@ def _flow_draws(path: Path, x1, time_key, noise_key, m: int, st: ShortcutSetting
   return path.interpolate(x0, x1, t), t, rule.flow_target(path, x0, x1, t)
 
 
+def bootstrap_rows(batch_size: int, every: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(bootstrap rows, flow rows) of the default layout, as indices into the batch: every
+  `every`-th row (0, every, 2 every, ...) is a bootstrap row, the others flow rows. A batch split
+  evenly over devices (B / every a multiple of their count) gives every device its share."""
+  boot = np.arange(batch_size // every) * every
+  return boot, np.setdiff1d(np.arange(batch_size), boot)
+
+
+def _boot_of(x, every: int):
+  """The bootstrap rows of `x` (`bootstrap_rows`), by a reshape that keeps each row in place."""
+  q = x.shape[0] // every
+  return x[:q * every].reshape((q, every) + x.shape[1:])[:, 0]
+
+
+def _flow_of(x, every: int):
+  """The flow rows of `x` (`bootstrap_rows`), in batch order."""
+  q = x.shape[0] // every
+  main = x[:q * every].reshape((q, every) + x.shape[1:])[:, 1:]
+  return jnp.concatenate([main.reshape((-1,) + x.shape[1:]), x[q * every:]], axis=0)
+
+
+def _interleave(boot, flow, every: int):
+  """Inverse of (`_boot_of`, `_flow_of`): each row back at its batch position."""
+  q, rest = boot.shape[0], boot.shape[1:]
+  main = jnp.concatenate([boot[:, None], flow[:q * (every - 1)].reshape((q, every - 1) + rest)],
+                         axis=1).reshape((q * every,) + rest)
+  return jnp.concatenate([main, flow[q * (every - 1):]], axis=0)
+
+
+def _concat(boot, flow):
+  return jnp.concatenate([boot, flow], axis=0)
+
+
 def _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics: Dict[str, Array],
-             finest: int) -> TrainingTargets:
-  """Bootstrap rows first, flow rows after, with the groups and metrics of the objective."""
+             finest: int, merge=_concat) -> TrainingTargets:
+  """Bootstrap and flow rows merged by `merge(boot, flow)` (default: bootstrap rows first), with
+  the groups and metrics of the objective."""
   boot_x, boot_t, boot_target, v1, v2 = boot
   flow_x, flow_t, flow_v = flow
   b_boot, b_flow = boot_x.shape[0], flow_x.shape[0]
-  b = b_boot + b_flow
-  level = jnp.concatenate([boot_level, jnp.full((b_flow,), finest, jnp.int32)])
-  is_boot = jnp.arange(b) < b_boot
+  level = merge(boot_level, jnp.full((b_flow,), finest, jnp.int32))
+  is_boot = merge(jnp.ones((b_boot,), bool), jnp.zeros((b_flow,), bool))
   return TrainingTargets(
-      x=jnp.concatenate([boot_x, flow_x], axis=0),
-      t=jnp.concatenate([boot_t, flow_t], axis=0),
+      x=merge(boot_x, flow_x),
+      t=merge(boot_t, flow_t),
       level=level,
-      cond=concat_rows(cond_boot, cond_flow),
-      target=jnp.concatenate([boot_target, flow_v], axis=0),
+      cond=jax.tree.map(merge, dict(cond_boot), dict(cond_flow)),
+      target=merge(boot_target, flow_v),
       groups={"flow": (~is_boot).astype(jnp.float32), "bootstrap": is_boot.astype(jnp.float32)},
       metrics={
           **drop_metrics,
@@ -324,23 +369,29 @@ def default_levels(b_boot: int, st: ShortcutSettings, level_key) -> Tuple[Array,
 def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> TrainingTargets:
   """Independent draws, balanced levels, every image used once (see the module docstring)."""
   images = batch["image"]
-  b = images.shape[0]
-  b_boot = b // st.bootstrap_every
-  cond = model.unguided_cond(cond_from_batch(batch), config)
+  every = st.bootstrap_every
+  b_boot = images.shape[0] // every
+  boot_of = lambda tree: jax.tree.map(lambda a: _boot_of(a, every), tree)
+  flow_of = lambda tree: jax.tree.map(lambda a: _flow_of(a, every), tree)
+  cond = dict(model.unguided_cond(cond_from_batch(batch), config))
   (label_key, boot_time_key, boot_noise_key, flow_time_key, flow_noise_key,
    level_key) = jax.random.split(rng, 6)
   boot_level, num_cfg, cfg_mask = default_levels(b_boot, st, level_key)
   if not st.use_cfg:
     num_cfg, cfg_mask = 0, None
-  cond_boot = take_rows(cond, slice(0, b_boot))
-  boot = bootstrap_part(model, teacher, images[:b_boot], cond_boot, boot_level, boot_time_key,
+  elif num_cfg:
+    # The rows at level L-1 (the first `num_cfg`), guided in one call of every row paired with
+    # its unconditional twin: a row count the devices divide (see `teacher_output`).
+    num_cfg, cfg_mask = b_boot, boot_level == st.finest - 1
+  cond_boot = boot_of(cond)
+  boot = bootstrap_part(model, teacher, boot_of(images), cond_boot, boot_level, boot_time_key,
                         boot_noise_key, num_cfg=num_cfg, cfg_mask=cfg_mask,
                         cfg_scale=st.cfg_scale, path=st.path, rule=st.rule, source=st.source)
-  rows = slice(b_boot, b)
-  cond_flow, drop_metrics = model.drop_cond(take_rows(cond, rows), label_key, config)
-  flow = _flow_draws(st.path, images[rows], flow_time_key, flow_noise_key, st.denoise_timesteps,
-                     st, take_rows(cond, rows))
-  return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest)
+  cond_flow, drop_metrics = model.drop_cond(flow_of(cond), label_key, config)
+  flow = _flow_draws(st.path, flow_of(images), flow_time_key, flow_noise_key,
+                     st.denoise_timesteps, st, flow_of(cond))
+  return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest,
+                  merge=lambda boot_rows, flow_rows: _interleave(boot_rows, flow_rows, every))
 
 
 @register_objective("shortcut", uses_level=True, takes_source=True, splits_batch=True)

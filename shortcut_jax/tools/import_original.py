@@ -5,7 +5,11 @@
 
 The config must describe the checkpoint's network (sizes, num_classes, image size); every
 parameter shape is checked against it before anything is written. The workdir then works with
-eval.py and with resumed training (the Adam moments and the step are imported too).
+eval.py and with resumed training (the Adam moments and the step are imported too). Its
+config.json evaluates FID with the original's protocol (`evals.fid.protocol='original'`,
+`shortcut_jax.guidance`: the step sweep at cfg 1, one entry at the config's CFG with
+denoise_timesteps steps, the online weights), whatever the given config says, and with the
+original's meaning of guidance scales (`guidance_convention='original'`).
 
 Latent space (`data.latents` 'online' or 'precomputed', as the paper's configs): the DiT's
 sample is the VAE latent of a `data.image_size` image (32x32x4 for 256x256 and the SD VAE), so
@@ -25,6 +29,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from shortcut_jax import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
 from shortcut_jax import trainer
@@ -71,8 +76,22 @@ def sample_shape(config, channels: int):
   return shape
 
 
+def original_protocol_config(config):
+  """A copy of `config` whose FID follows the original's protocol and whose guidance scales
+  have the original's meaning (what an imported checkpoint's config.json says)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if config.evals.fid.get("protocol") != "original":
+      logging.info("imported workdir: evals.fid.protocol %r -> 'original' (the original's FID "
+                   "protocol)", config.evals.fid.get("protocol"))
+      config.evals.fid.protocol = "original"
+    config[guidance.FIELD] = guidance.ORIGINAL
+  return config
+
+
 def import_original(checkpoint: str, config, workdir: str) -> int:
-  """Writes `workdir/checkpoints/<step>` and `workdir/config.json`; returns the step.
+  """Writes `workdir/checkpoints/<step>` and `workdir/config.json` (its FID with the original's
+  protocol, `original_protocol_config`); returns the step.
 
   Raises:
     LegacyCheckpointError: not a readable checkpoint of the original code.
@@ -119,7 +138,7 @@ def import_original(checkpoint: str, config, workdir: str) -> int:
   ckpt.save(legacy["step"], state, {"data_position": legacy["step"], "image_shape": list(shape),
                                     "imported_from": storage.absolute(checkpoint)}, force=True)
   ckpt.close()
-  trainer.save_config(config, workdir)
+  trainer.save_config(original_protocol_config(config), workdir)
   logging.info("imported %s (step %d, samples of shape %s) into %s", checkpoint, legacy["step"],
                shape, workdir)
   return legacy["step"]
