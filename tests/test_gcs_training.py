@@ -145,8 +145,20 @@ def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_local_gs_folder")
 def test_two_process_run_on_a_gs_workdir(gcs, data_dir, tmp_path):
+  from shortcut_jax import distributed
   from shortcut_jax import storage
   workdir = "gs://bucket/two"
+  # Held by another run: both processes stop before training, with the same message, no hang.
+  held = distributed.WorkdirLock(workdir).acquire(run_id="holder")
+  procs = _launch(tmp_path, "held", data_dir, workdir, processes=2)
+  codes = [p.wait(timeout=300) for p, _ in procs]
+  held.release()
+  assert codes[0] != 0 and codes[1] != 0, codes
+  errors = [[line for line in open(log).read().splitlines()
+             if "LaunchError: workdir gs://bucket/two is in use by run holder" in line]
+            for _, log in procs]
+  assert errors[0] and errors[0][-1] == errors[1][-1], errors
+  assert not storage.exists(workdir + "/checkpoints")
   _wait(_launch(tmp_path, "two", data_dir, workdir, processes=2))
   step_dir = f"{workdir}/checkpoints/{CONFIG['max_steps']}"
   files = storage.walk_files(step_dir)
@@ -192,6 +204,13 @@ def test_unusable_remote_workdirs_fail_before_anything_is_written(gcs, tmp_path)
     storage.check("gs://no-such-bucket/run", write=True)
   with pytest.raises(storage.StorageError, match="unsupported storage scheme ftp://"):
     storage.check("ftp://host/run")
+  saved = sys.modules.get("gcsfs")
+  sys.modules["gcsfs"] = None  # As if it were not installed.
+  try:
+    with pytest.raises(storage.StorageError, match="need the gcsfs package .pip install gcsfs"):
+      storage.check("gs://bucket/run")
+  finally:
+    sys.modules["gcsfs"] = saved
   # The trainer checks the workdir before building anything that compiles or writes.
   calls = []
   original = trainer.build_experiment

@@ -81,3 +81,27 @@ def test_blend_is_smooth_across_seams():
   out = tiling.blend_tiles(tiles, positions, image.shape, 16, 8)[0, :, 0]
   assert np.all(np.diff(out) >= -1e-6) and out[0] == 0 and out[-1] == values[-1]
   assert np.abs(np.diff(out)).max() < 0.5  # Gradual: a hard seam would jump by 1.
+
+
+def test_blend_steps_of_a_pointwise_process_is_the_untiled_process():
+  """Every step starts all tiles from the blended canvas: a per-pixel process (here depending on
+  the step and on a fixed noise image cropped per tile) gives the untiled result."""
+  rng = np.random.RandomState(3)
+  canvas = rng.uniform(-1, 1, (37, 50, 2)).astype(np.float32)
+  noise = rng.normal(size=(3,) + canvas.shape).astype(np.float32)
+  positions = tiling.tile_grid(37, 50, 16, 5)
+  calls = []
+
+  def step(tiles, k, rows, j):
+    calls.append((k, len(rows)))
+    crops = tiling.crop_tiles(noise[j], [positions[r] for r in rows], 16)
+    return np.tanh(tiles) + 0.1 * (j + 1) * crops
+
+  out = tiling.blend_steps(step, canvas, positions, 16, 5, batch_size=4, num_steps=3)
+  expected = canvas
+  for j in range(3):
+    expected = np.tanh(expected) + 0.1 * (j + 1) * noise[j]
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+  batches = -(-len(positions) // 4)
+  assert calls == [(k, 4) for k in range(batches)] * 3
+  assert [list(r) for r in tiling.tile_batches(5, 2)] == [[0, 1], [2, 3], [4, 4]]
