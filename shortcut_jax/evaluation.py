@@ -229,7 +229,7 @@ def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size
     images = gen.to_uint8(images)
     if jax.process_index() == 0:
       path = storage.join(out_dir, f"samples_{n}.npz")
-      gen.save_npz(path, images=images, labels=labels, **extra)
+      storage.write_npz(path, images=images, labels=labels, **extra)
       gen.save_png(storage.join(out_dir, f"grid_{n}.png"), gen.image_grid(images[:100], cols),
                    max(1, 64 // images.shape[1]))
       written[n] = path

@@ -419,3 +419,12 @@ def sync_all() -> None:
   """Uploads what every staging folder of this process holds that the remote does not yet."""
   for mirror in list(_MIRRORS.values()):
     mirror.sync()
+
+
+def write_npz(p: PathLike, **arrays) -> None:
+  """`np.savez` of `arrays` into `p`, written whole (no `.npz` suffix is added)."""
+  import io  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_bytes(p, buffer.getvalue())

@@ -130,7 +130,7 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
                  num_samples, tuple(previous.shape[1:]), seconds, num_samples / seconds)
   samples = storage.join(output_dir, "samples.npz")
   pixels = gen.to_uint8(previous)
-  gen.save_npz(samples, images=pixels, labels=np.asarray(labels, np.int32))
+  storage.write_npz(samples, images=pixels, labels=np.asarray(labels, np.int32))
   total = sum(s["seconds"] for s in stages)
   result = {"stages": stages, "num_samples": num_samples, "seconds": total,
             "images_per_s": num_samples / total, "samples": samples,

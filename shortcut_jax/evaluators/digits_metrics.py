@@ -8,7 +8,6 @@ conditional samples (the fraction classified as the label they were generated fo
 """
 
 import hashlib
-import io
 import os
 from typing import Dict, Optional
 
@@ -65,9 +64,7 @@ class DigitsClassifier:
     """Writes the arrays as an `.npz` at `path` (local or remote; whole, never half)."""
     arrays = {f"w{i}": w for i, w in enumerate(self.weights)}
     arrays.update({f"b{i}": b for i, b in enumerate(self.biases)})
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    storage.write_bytes(path, buffer.getvalue())
+    storage.write_npz(path, **arrays)
 
   @classmethod
   def load(cls, path) -> "DigitsClassifier":

@@ -14,7 +14,6 @@ uint8 images NHWC (and which may also carry `mu`/`sigma`; those are used when
 present).
 """
 
-import io
 import os
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Tuple
 
@@ -248,10 +247,8 @@ def save_stats(path: str, mu: Array, sigma: Array, **meta: Any) -> None:
     if value.dtype == object:
       raise ValueError(f'metadata {key!r} is not representable without '
                        'pickling')
-  buffer = io.BytesIO()
-  np.savez(buffer, mu=np.asarray(mu, np.float64),
-           sigma=np.asarray(sigma, np.float64), **arrays)
-  storage.write_bytes(path, buffer.getvalue())
+  storage.write_npz(path, mu=np.asarray(mu, np.float64),
+                    sigma=np.asarray(sigma, np.float64), **arrays)
 
 
 def progress_bar(total: Optional[int], desc: str = 'FID features', unit: str = 'img'):

@@ -455,10 +455,3 @@ def save_png(path: str, image_hwc: np.ndarray, upscale: int = 1) -> None:
   fmt = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
   storage.write_bytes(path, image_bytes(image_hwc, upscale, fmt))
 
-
-def save_npz(path: str, **arrays) -> None:
-  """`np.savez` of `arrays` into `path` (local or remote, written whole: locally through a
-  temporary file and a rename; no suffix is added)."""
-  buffer = io.BytesIO()
-  np.savez(buffer, **arrays)
-  storage.write_bytes(path, buffer.getvalue())

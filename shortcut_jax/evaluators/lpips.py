@@ -27,7 +27,6 @@ torch; nothing here does). Its keys and shapes (`expected_shapes()`):
 The file is looked for at the path given, else at `$SHORTCUT_JAX_LPIPS`.
 """
 
-import io
 import os
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -173,9 +172,7 @@ def save_lpips_variables(path: str, variables: Variables) -> None:
   """Writes the library's `.npz` (keys as in the module docstring), checked first; `path` may
   be local or remote (`storage`)."""
   flat = flatten_variables(check_variables(flatten_variables(variables), "variables to save"))
-  buffer = io.BytesIO()
-  np.savez(buffer, **flat)
-  storage.write_bytes(path, buffer.getvalue())
+  storage.write_npz(path, **flat)
 
 
 def resolve_weights_path(path: Optional[str] = None) -> str:

@@ -596,9 +596,7 @@ def save_inception_variables(path: str, variables: Mapping[str, Any]) -> None:
   arrays['__format__'] = np.array(FILE_FORMAT)
   # Without the classifier the file is version 1, which older readers accept.
   arrays['__version__'] = np.array(FILE_FORMAT_VERSION if has_classifier(variables) else 1)
-  data = io.BytesIO()
-  np.savez(data, **arrays)
-  storage.write_bytes(path, data.getvalue())  # Atomic: never a partial file at `path`.
+  storage.write_npz(path, **arrays)  # Atomic: never a partial file at `path`.
 
 
 def _read_library_npz(path: str) -> dict:

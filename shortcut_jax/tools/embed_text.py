@@ -115,9 +115,8 @@ def embed(captions: List[str], tokenizer, model, has_projection: bool, *, batch_
 
 def write_embeddings(out: str, paths, captions, embedding: np.ndarray) -> None:
   """Writes the .npz atomically (a partial file never has the final name)."""
-  data = io.BytesIO()
-  np.savez(data, paths=np.asarray(paths), captions=np.asarray(captions), embedding=embedding)
-  storage.write_bytes(out, data.getvalue())
+  storage.write_npz(out, paths=np.asarray(paths), captions=np.asarray(captions),
+                    embedding=embedding)
 
 
 def main(argv):
