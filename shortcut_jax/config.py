@@ -288,7 +288,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
       and o.bootstrap_every >= 1:
     check(c.batch_size % o.bootstrap_every == 0 and c.batch_size >= o.bootstrap_every,
           f"batch_size ({c.batch_size}) must be a multiple of objective.bootstrap_every "
-          f"({o.bootstrap_every}): the first batch_size // bootstrap_every rows of objective "
+          f"({o.bootstrap_every}): batch_size // bootstrap_every rows of objective "
           f"{objective.name!r} get other targets")
   check(o.bootstrap_dt_bias in (0, 1), f"objective.bootstrap_dt_bias must be 0 or 1, got {o.bootstrap_dt_bias!r}")
   check(0.0 <= o.class_dropout_prob <= 1.0,

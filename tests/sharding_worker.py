@@ -69,6 +69,20 @@ def _setup(spec):
   return jax
 
 
+def slow_batches(delay_s):
+  """Patches pipeline.make_dataset to sleep `delay_s` per batch: slows a run down (not its
+  numbers) so that a signal or a kill lands mid-training however fast the machine is."""
+  import time
+  from shortcut_jax.data import pipeline
+  original = pipeline.make_dataset
+
+  def slow(*args, **kwargs):
+    for batch in original(*args, **kwargs):
+      time.sleep(delay_s)
+      yield batch
+  pipeline.make_dataset = slow
+
+
 def _combine(k):
   """Patches pipeline.make_dataset to yield the k process slices of each global batch."""
   import numpy as np

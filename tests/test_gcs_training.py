@@ -33,16 +33,9 @@ def _worker(spec_path):
   import digits_configs
   from shortcut_jax import console
   from shortcut_jax import trainer
-  from shortcut_jax.data import pipeline
 
   if spec.get("batch_delay_s"):
-    original = pipeline.make_dataset
-
-    def slow(*args, **kwargs):
-      for batch in original(*args, **kwargs):
-        time.sleep(spec["batch_delay_s"])
-        yield batch
-    pipeline.make_dataset = slow
+    sharding_worker.slow_batches(spec["batch_delay_s"])  # The kill lands mid-training.
   console.setup(spec["workdir"], "test_gcs_training worker")
   trainer.train_and_evaluate(digits_configs.smoke_config(spec["data_dir"], **CONFIG),
                              spec["workdir"])

@@ -43,17 +43,9 @@ def _worker(spec_path):
   import digits_configs
   from shortcut_jax import distributed
   from shortcut_jax import trainer
-  from shortcut_jax.data import pipeline
 
   if spec.get("batch_delay_s"):
-    # Slows the run down (not its numbers) so that the signal lands mid-training.
-    original = pipeline.make_dataset
-
-    def slow(*args, **kwargs):
-      for batch in original(*args, **kwargs):
-        time.sleep(spec["batch_delay_s"])
-        yield batch
-    pipeline.make_dataset = slow
+    sharding_worker.slow_batches(spec["batch_delay_s"])  # The signal lands mid-training.
   # Times the cross-process stop check.
   calls, reached = [], distributed.StopRequest.reached
 

@@ -136,7 +136,7 @@ class Objective:
     takes_source: the targets draw x0 from the configured source (`objective.source`, e.g. a
       coupling from the LR image); objectives without it start from their own (noise, zeros)
       and the config validation refuses another source for them.
-    splits_batch: the first B // `bootstrap_every` rows of each batch get other targets
+    splits_batch: B // `bootstrap_every` rows of each batch get other targets
       (self-consistency, reflow), so the batch size must be a multiple of it.
     needs_teacher: the run starts from a frozen teacher (`teacher_workdir`).
     phased: training runs in log2(M) phases over `schedule_steps`.

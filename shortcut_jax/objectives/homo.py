@@ -9,8 +9,8 @@ DiT: `model.acceleration`). A jump of size d is the second-order Taylor step
 
 which is also the sampler step, so every evaluator, `eval.py` mode and FID samples HOMO models.
 
-The batch is laid out as for a shortcut model (`shortcut.default_layout`: the first
-B // bootstrap_every rows are self-consistency rows at levels k < L, the rest flow rows at the
+The batch is laid out as for a shortcut model (`shortcut.default_layout`: every
+bootstrap_every-th row is a self-consistency row at a level k < L, the rest flow rows at the
 finest level L), with a second-order `JumpRule`:
 
 * flow rows: targets (dx_t/dt, d²x_t/dt²) of the interpolation path (`objective.path`), both by
@@ -117,7 +117,7 @@ def homo_loss(pred: Array, targets, config):
                     sampler_step=taylor_step, takes_source=True, splits_batch=True,
                     needs_curved_path=True)
 def homo_targets(model, params, ema_params, batch, rng, config, *, step=None, state=None):
-  """HOMO targets: self-consistency rows first, flow rows after (see the module docstring).
+  """HOMO targets: self-consistency and flow rows laid out as the shortcut model's default.
 
   Args: as `shortcut.shortcut_targets` (`faithful` is ignored: HOMO has no original layout to
   keep), plus `homo_sc_acceleration`.

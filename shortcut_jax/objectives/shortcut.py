@@ -1,6 +1,6 @@
 """Shortcut-model objective (Frans et al., "One Step Diffusion via Shortcut Models"), SPEC §3.
 
-The batch is split in two parts, bootstrap (self-consistency) part first:
+The batch is split in two parts (which rows: `faithful_layout`, `default_layout`):
 
 * Bootstrap part, B_b = B // bootstrap_every samples. A sample at level k (step d = 2^-k) gets t
   on the grid of d, `t = randint(0, 2^k) / 2^k`, and the target the teacher (EMA weights when
@@ -47,10 +47,17 @@ The default (`faithful=False`) fixes these:
     level is trained over time and no level repeats within a step. Levels are ordered finest
     first in both cases, as in the original.
   * independent keys for every draw and no batch shuffle (the input pipeline shuffles);
-  * the flow part uses the rows the bootstrap part does not (B_b .. B-1), so every image is used
-    exactly once;
+  * every image is used exactly once, and in place: the bootstrap rows are every
+    `bootstrap_every`-th row of the batch (rows 0, k, 2k, ...; `bootstrap_rows`), the flow rows
+    the others, and row i of the targets is made from row i of the batch. A batch split over
+    devices thus keeps each row on its device, and every device holds its share of the
+    teacher's rows (the original's first B_b rows all live on the first devices of a pod: the
+    teacher ran there, or XLA moved rows; docs/benchmarks.md, "Collectives per train step");
   * CFG is applied to exactly the samples at the finest bootstrap level L-1 (the original's
     intent: with its level assignment its `num_dt_cfg` first samples are those at level L-1).
+    The teacher calls every bootstrap row twice (conditional and unconditional, adjacent rows),
+    guided where the level is L-1: 2 B_b rows instead of B_b + num_cfg, a count the devices
+    divide, and no more rows per device when B_b / devices is 1 (batch 8 per device, k = 8).
   (`default_layout`.)
 
 Both layouts share the bootstrap part (`bootstrap_part`) and the flow part's path
@@ -367,7 +374,8 @@ def default_levels(b_boot: int, st: ShortcutSettings, level_key) -> Tuple[Array,
 
 
 def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> TrainingTargets:
-  """Independent draws, balanced levels, every image used once (see the module docstring)."""
+  """Independent draws, balanced levels, every image used once and in place: bootstrap rows
+  0, k, 2k, ... (k = `bootstrap_every`), flow rows the others (see the module docstring)."""
   images = batch["image"]
   every = st.bootstrap_every
   b_boot = images.shape[0] // every
@@ -412,7 +420,8 @@ def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None
     step, state: unused (stateless).
 
   Returns:
-    TrainingTargets with groups `bootstrap` (first B // bootstrap_every rows) and `flow`.
+    TrainingTargets with groups `bootstrap` (B // bootstrap_every rows: every
+    `bootstrap_every`-th row by default, the first ones with `faithful`) and `flow`.
   """
   del step, state
   settings = ShortcutSettings.from_config(config)
