@@ -258,11 +258,6 @@ def _keys_fn(mesh: Optional[Mesh]):
                  out_shardings=data)
 
 
-def image_keys(key, idx) -> jax.Array:
-  """The keys of images `idx` (int [B]): row i `fold_in(key, idx[i])`."""
-  return _keys_fn(None)(key, jnp.asarray(np.asarray(idx, np.int32)))
-
-
 def source_noise(exp, key, idx, cond: Optional[Mapping[str, jax.Array]] = None) -> jax.Array:
   """The source samples of images `idx` (int [B]): row i from `fold_in(key, idx[i])` (and, for a
   coupling source, from row i of `cond['cond_image']`, in the model's space)."""
