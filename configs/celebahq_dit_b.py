@@ -3,6 +3,8 @@
 Command (after preparing the data, see docs/training.md):
   python train.py --config=configs/celebahq_dit_b.py --workdir=gs://.../celebahq_dit_b
 Hardware: a TPU v3-8 / 8 GPUs; 410k steps at batch 64 (the original README's settings).
+Not run at this scale here (no accelerator; the tests exercise only its `:smoke` stand-in):
+the numbers below are the paper's, not this library's.
 Result reported by the paper (FID-50k): 6.9 at 128 steps, 13.8 at 4 steps, 20.5 at 1 step,
 under the original's FID protocol, this config's `evals.fid.protocol='original'`
 (`shortcut_jax.guidance`): the sweep 1, 4, 32, 128 steps with the null label (an unconditional

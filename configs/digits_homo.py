@@ -6,8 +6,9 @@ Command:
 Hardware: 2 CPU cores, within the default's 15 minutes (2,000 steps at batch 64).
 Result: FD-digits and class accuracy at 1 … 128 steps in docs/results.md
 (`python eval.py --mode=digits_metrics ...`), next to shortcut, flow matching and MeanFlow.
-Settings: the smoothstep path (on the linear path the acceleration target is zero), the seed
-project's loss weights 1.0 / 0.5 / 0.1, and the acceleration as a second output head of the one
+Settings: the smoothstep path (on the linear path the acceleration target is zero), the default
+loss weights 1.0 / 0.5 / 0.1 (velocity / acceleration / self-consistency; not tuned here), and
+the acceleration as a second output head of the one
 DiT (`model.acceleration='head'`): a second DiT (`'network'`, the paper's acceleration model,
 which sees the predicted velocity) doubles the step time and would not fit the budget at the
 same width (docs/benchmarks.md, "Objectives").

@@ -3,6 +3,8 @@
 Command (after preparing the data, see docs/training.md):
   python train.py --config=configs/imagenet_dit_b.py --workdir=gs://.../imagenet_dit_b
 Hardware: a TPU v3-32 pod slice / 4 nodes of 8 GPUs; 810k steps at batch 256.
+Not run at this scale here (no accelerator; the tests exercise only its `:smoke` stand-in):
+the numbers below are the paper's, not this library's.
 Result reported by the paper (FID-50k): 15.5 at 128 steps, 28.3 at 4 steps, 40.3 at 1 step,
 under the original's FID protocol, this config's `evals.fid.protocol='original'`
 (`shortcut_jax.guidance`): the sweep 1, 4, 32, 128 steps at cfg 1 (conditional, no

@@ -1,6 +1,6 @@
 """Coupling flow matching for 2x super-resolution of the embedded photographs: the flow starts
-from the upsampled low-resolution image instead of noise (seed `004`, "Boosting Latent Diffusion
-with Flow Matching", in pixel space).
+from the upsampled low-resolution image instead of noise ("Boosting Latent Diffusion with Flow
+Matching", arXiv 2312.07360, code CompVis/fm-boosting; here in pixel space).
 
 Command:
   python train.py --config=configs/photos_coupling_x2.py --workdir=workdirs/photos_coupling_x2
@@ -12,7 +12,7 @@ Hardware: 2 CPU cores; the budget of `sr_x4_photos.py` (3,000 steps at batch 32,
 minutes of CPU time).
 Settings: a deterministic start (`source_noise_step=0`: x0 is the upsampled LR itself, so an
 untrained model returns bicubic and training learns the residual); `--config.objective.
-source_noise_step=400` noises it by the DDPM forward process as the seed does in latent space.
+source_noise_step=400` noises it by the DDPM forward process as fm-boosting does in latent space.
 """
 
 from shortcut_jax import config as config_lib

@@ -1,17 +1,19 @@
-"""4x super-resolution on ImageNet 256 in latent space with DiT-XL/2: the seed project's settings.
+"""4x super-resolution on ImageNet 256 in latent space with DiT-XL/2, at pod scale.
 
 Command (after preparing ImageNet and the SD VAE, see docs/training.md):
   python train.py --config=configs/sr_x4_imagenet_dit_xl.py --workdir=gs://.../sr_x4_imagenet_xl
   python eval.py --workdir=W --mode=sr_metrics --steps=1,2,4,8 --num_samples=1000
   python eval.py --workdir=W --mode=super_resolve --steps=1 --input_dir=IN --output_dir=OUT
-Hardware: 8 GPUs / a TPU v3-32 slice; 500k steps at batch 32 (the seed's hyperparameters).
+Hardware: 8 GPUs / a TPU v3-32 slice; 500k steps at batch 32. Not run at this scale here (no
+accelerator; the tests exercise only its `:smoke` stand-in): no result recorded.
 Data: 256x256 HR ImageNet crops (random crop + flip), LR = 64x64 antialiased bicubic
 downsample, bicubic-upsampled back and encoded with the frozen SD VAE like the HR image
 (`data.latents='online'`: 32x32x4 latents of both); the LR latent is fused with the noisy latent
 as tokens (`model.cond_image_mode='tokens'`: a second patch embedding plus the same position
-embedding, concatenated along features and projected to the hidden size), as the seed does.
-The seed trained its higher-order ("HOMO") variant; this config trains the shortcut objective
-(HOMO arrives with the objective interface). Unconditional (cfg_scale 0), EMA 0.999.
+embedding, concatenated along features and projected to the hidden size).
+The objective is the first-order shortcut one; `--config.objective.name=homo` (with a curved
+`objective.path`) trains the higher-order ("HOMO") variant instead. Unconditional (cfg_scale 0),
+EMA 0.999.
 Smoke (`:smoke`): the `photos` dataset at 32x32 and a tiny random VAE, seconds on a CPU.
 """
 

@@ -97,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
       meanflow_time_mu=-0.4, meanflow_time_sigma=1.0, meanflow_equal_share=0.75,
       meanflow_adaptive_p=1.0, meanflow_adaptive_c=1e-3,
       # HOMO (objective 'homo'): loss weights of the velocity, acceleration and self-consistency
-      # terms (the seed project's 1.0 / 0.5 / 0.1), whether the self-consistency rows also
+      # terms (1.0 / 0.5 / 0.1, not tuned here), whether the self-consistency rows also
       # train the acceleration, and whether u1's velocity enters u2 without its gradient.
       homo_lambda_v=1.0, homo_lambda_a=0.5, homo_lambda_sc=0.1, homo_sc_acceleration=True,
       homo_velocity_stop_grad=False,
@@ -129,8 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Training augmentation on top of the dataset's flips: each training image is also turned
       # by a random multiple of 90 degrees (square images; pixel or online-latent pipelines).
       random_rot90=False,
-      # Latent space (SPEC §5): 'none' (pixels), 'online' (the frozen VAE of `vae` encodes each
-      # batch inside the train step: the original's way) or 'precomputed' (posterior moments
+      # Latent space (the paper's ImageNet / CelebA-HQ runs): 'none' (pixels), 'online' (the
+      # frozen VAE of `vae` encodes each batch inside the train step: the original's way) or
+      # 'precomputed' (posterior moments
       # written once by `python -m shortcut_jax.tools.encode_dataset` into `latents_dir`).
       latents="none",
       latents_dir=ml_collections.FieldReference(None, field_type=str),

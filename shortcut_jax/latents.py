@@ -1,4 +1,5 @@
-"""Latent space (SPEC §5): the experiment's frozen VAE, encoding batches and decoding samples.
+"""Latent space (the paper's ImageNet and CelebA-HQ runs: SD-VAE latents): the experiment's frozen
+VAE, encoding batches and decoding samples.
 
 The one place that knows whether a run is in pixel or latent space (`config.data.latents`):
   * 'none': the DiT works on pixels; nothing here is used.

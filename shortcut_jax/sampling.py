@@ -1,4 +1,4 @@
-"""Few-step sampling of shortcut, flow-matching and other objectives' models (SPEC §4).
+"""Few-step sampling of shortcut, flow-matching and other objectives' models.
 
 From x at t = 0 (source noise) the sampler takes N steps and returns x at t = 1. A step is the
 objective's `sampler_step` (`objectives.base`): by default the Euler step

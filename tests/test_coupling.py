@@ -147,7 +147,7 @@ def test_coupling_smoke_run_starts_at_bicubic(tmp_path, tmp_path_factory):
 
 @pytest.mark.slow
 def test_latent_coupling_config_trains_under_smoke(tmp_path):
-  # The seed's setting: latent space, the start noised at DDPM step 400; one smoke step runs.
+  # fm-boosting's setting: latent space, the start noised at DDPM step 400; one smoke step runs.
   import digits_configs
   from shortcut_jax import trainer
   c = digits_configs.quick_run_config("coupling_latent_x2", str(tmp_path / "tfds"), 1)

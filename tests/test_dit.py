@@ -61,7 +61,8 @@ def test_bfloat16_outputs_match_fixture(fixture, which):
 
 
 # ---------------------------------------------------------------------------------------------
-# An independent float32 numpy forward pass written from SPEC §2, for configurations other than
+# An independent float32 numpy forward pass of the original code's DiT (kvfrans/shortcut-models),
+# written without the Flax module, for configurations other than
 # the fixture's (non-square input, patch 1 and 4, odd depth, no label table beyond null).
 
 

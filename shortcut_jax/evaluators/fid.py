@@ -1,8 +1,12 @@
 """Fréchet Inception Distance: feature statistics, reference files, the distance.
 
-FID between two Gaussians fitted to Inception pool features (SPEC §5):
+FID between two Gaussians fitted to Inception pool features, the original code's formula
+(kvfrans/shortcut-models; pytorch-fid adds e only when its `sqrtm` fails):
 
-  FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm((S1 + eI)(S2 + eI))),  e = 1e-6.
+  FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm((S1 + eI)(S2 + eI))),  e = 1e-6,
+
+where `fid_from_stats` takes the trace of the matrix square root from two symmetric
+eigendecompositions (numpy `eigh`, `eigvalsh`) instead of `scipy.linalg.sqrtm`.
 
 Statistics are accumulated in float64 with a streaming (Chan et al.) update so
 that any split into batches gives the one-pass `np.mean` / `np.cov` result

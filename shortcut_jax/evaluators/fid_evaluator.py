@@ -1,15 +1,17 @@
-"""FID of a model or a dataset: the protocol of SPEC §5, run sharded over all local devices.
+"""FID of a model or a dataset, computed as the original code computes it (docs/evaluation.md,
+FID), run sharded over every device of every process.
 
 `fid.py` holds the statistics and the distance; this module feeds them:
 
   * `InceptionFeatures`: the FID InceptionV3 jitted with explicit shardings. Every batch is
-    split along its first axis over a 1-D mesh of all local devices (`generate.data_mesh`); the weights
+    split along its first axis over a 1-D mesh of every device (`generate.data_mesh`); the weights
     are replicated. Grey images (digits) are repeated to 3 channels first.
   * Generation is `generate.generate_batches` on the same mesh as Inception: streamed, with
     fixed per-image seeds, data parallel.
-  * `decode`: the hook that turns a model's output into pixels. Every model in this library
-    generates pixels, so it is the identity; a latent model (SPEC §5: decode latents with the
-    VAE) plugs its decoder in there and nothing else changes.
+  * `decode`: turns a model's output into pixels before Inception. The identity for pixel
+    models; the samples of a latent model (`data.latents` 'online' or 'precomputed') are
+    decoded by the config's frozen VAE (`exp.to_images`, `latents.to_images`), inside the same
+    sharded loop. Reference statistics are always of pixel images.
   * `model_stats` / `dataset_stats`: (mu, sigma) of generated images or of a dataset split
     (each process reads its own part of the split, `split_part`).
   * `FIDEvaluator`: the in-training evaluator (`config.evals.fid`), logging `fid/steps_<N>`.
@@ -177,8 +179,8 @@ def load_features(inception_path: Optional[str], *, batch_size: int,
 def decode(exp, samples: jax.Array, mesh: Optional[Mesh] = None) -> jax.Array:
   """Model output -> images in [-1, 1] for Inception.
 
-  The identity for pixel models; a latent model decodes its latents with the VAE here
-  (SPEC §5), inside the same sharded loop (with several processes: each its own rows).
+  The identity for pixel models; a latent model decodes its latents with the VAE here,
+  inside the same sharded loop (with several processes: each its own rows).
   """
   return gen.decode(exp, samples, mesh)
 

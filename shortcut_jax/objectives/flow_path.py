@@ -1,8 +1,9 @@
 """What every objective shares besides the path: the source distribution, the level grid and
 the faithful mode's batch preparation (the original's update step).
 
-Conventions (SPEC §1): t = 0 is noise and t = 1 is data, x0 is drawn from the source distribution
-(`Source`, `sample_source`: standard normal noise by default; zeros, or the batch's
+Conventions (the original code's, kvfrans/shortcut-models): t = 0 is noise and t = 1 is data,
+x0 is drawn from the source distribution (`Source`, `sample_source`: standard normal noise by
+default; zeros, or the batch's
 conditioning image for coupling flows) and x1 is a data sample. The interpolation paths live in
 `paths` (the original's linear path `interpolate` / `flow_velocity` is re-exported here for the
 callers that import it from this module).
@@ -59,7 +60,7 @@ class Source:
       input of super-resolution, in the model's space — pixels, or its latent in latent space).
     noise_step: 'cond_image' only: noise the start by the DDPM forward process at this step of
       the linear 1,000-step schedule, x0 = sqrt(ᾱ_s) c + sqrt(1 - ᾱ_s) ε (0: x0 = c exactly;
-      the boosting seed uses 400).
+      fm-boosting, CompVis/fm-boosting, uses 400).
   """
   name: str = "gaussian"
   noise_step: int = 0

@@ -1,4 +1,5 @@
-"""Shortcut-model objective (Frans et al., "One Step Diffusion via Shortcut Models"), SPEC §3.
+"""Shortcut-model objective (Frans et al., "One Step Diffusion via Shortcut Models"; the original
+code, kvfrans/shortcut-models, computes it in `targets_shortcut.py`).
 
 The batch is split in two parts (which rows: `faithful_layout`, `default_layout`):
 
