@@ -1,4 +1,4 @@
-"""The collectives of the compiled train step, per sharding mode and objective, on faked CPU devices.
+"""Collectives of the compiled train step per sharding mode and objective, on faked CPU devices.
 
 XLA compiles the same SPMD program for faked CPU devices (`--xla_force_host_platform_device_count`)
 as for a pod, and the compiled HLO names every collective the step runs with its shapes. So the
@@ -34,14 +34,19 @@ biases, scales, small kernels), d = the `data` axis size.
     weights (both half steps read the same ones; none when `bootstrap_ema` is off).
     So minimum = S + R + [d > 1] S / n + (1 + [EMA teacher]) S / n. ZeRO-3's schedule, which
     gathers again for the backward pass and for every teacher pass, would add S / n per pass:
-    this is the lower bound (ratio 1 = nothing moved that the layout does not need).
+    this is the lower bound of that schedule. XLA beats it where activations are smaller than
+    the weights (DiT's adaLN kernels: their gradients come from gathered [B, hidden] inputs
+    instead of a reduction), so a ratio below 1 happens.
 The CPU backend reduces gradients with all-reduces (no reduce-scatter pass): the operand bytes
 are the same. Gathers are counted in float32, the parameters' dtype (a gather after the cast to
-a bfloat16 compute dtype moves half that). Scalar reductions of the metrics (a few bytes each)
-are in the measured bytes and not in the minimum.
+a bfloat16 compute dtype would move half that; the CPU backend runs bfloat16 collectives in
+float32 anyway, between two converts). Operand bytes are not wire bytes: over a ring an
+all-gather sends n - 1 times its operand, an all-reduce about twice its operand. Scalar
+reductions of the metrics (a few bytes each) are in the measured bytes, not in the minimum.
 
   python benchmarks/collectives.py --sizes=B,XL,digits --devices=8,64 \\
       --shardings=dp,fsdp,hybrid --objectives=naive,shortcut,meanflow [--out=FILE.jsonl]
+  python benchmarks/collectives.py --table=FILE.jsonl[,FILE2.jsonl]   # a markdown table
 
 Sizes: `B` / `XL` are configs/imagenet_dit_b.py / imagenet_dit_xl.py (DiT-B/2, DiT-XL/2, 1,000
 classes, CFG bootstrap targets, bfloat16 compute) on 32x32x4 latents fed as the batch (the shape of
@@ -423,8 +428,9 @@ def main(argv=None):
     worker(args)
     return
 
-  passed = [a for a in (argv if argv is not None else sys.argv[1:])
-            if not a.startswith(("--devices", "--out"))]
+  passed = [f"--sizes={args.sizes}", f"--shardings={args.shardings}",
+            f"--objectives={args.objectives}", f"--per_device_batch={args.per_device_batch}",
+            f"--hybrid_fsdp={args.hybrid_fsdp}"]
   for count in (int(d) for d in args.devices.split(",")):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
