@@ -69,6 +69,17 @@ def _setup(spec):
   return jax
 
 
+def start(spec_path):
+  """A test worker's start: (its spec, jax set up as the spec says; `batch_delay_s` slows
+  the input down, see `slow_batches`)."""
+  with open(spec_path) as f:
+    spec = json.load(f)
+  jax = _setup(spec)
+  if spec.get("batch_delay_s"):
+    slow_batches(spec["batch_delay_s"])
+  return spec, jax
+
+
 def slow_batches(delay_s):
   """Patches pipeline.make_dataset to sleep `delay_s` per batch: slows a run down (not its
   numbers) so that a signal or a kill lands mid-training however fast the machine is."""

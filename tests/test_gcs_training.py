@@ -26,16 +26,12 @@ DELAY_S = 0.4  # Per batch, in the run that is killed (its numbers do not change
 
 
 def _worker(spec_path):
-  with open(spec_path) as f:
-    spec = json.load(f)
   sys.path.insert(0, HERE)
-  jax = sharding_worker._setup(spec)
+  spec, jax = sharding_worker.start(spec_path)  # A delay makes the kill land mid-training.
   import digits_configs
   from shortcut_jax import console
   from shortcut_jax import trainer
 
-  if spec.get("batch_delay_s"):
-    sharding_worker.slow_batches(spec["batch_delay_s"])  # The kill lands mid-training.
   console.setup(spec["workdir"], "test_gcs_training worker")
   trainer.train_and_evaluate(digits_configs.smoke_config(spec["data_dir"], **CONFIG),
                              spec["workdir"])

@@ -35,17 +35,13 @@ STOP_BOUND_S = 90  # Both processes exit this soon after the SIGTERM (the notice
 
 
 def _worker(spec_path):
-  with open(spec_path) as f:
-    spec = json.load(f)
   sys.path.insert(0, HERE)
   import sharding_worker
-  jax = sharding_worker._setup(spec)
+  spec, jax = sharding_worker.start(spec_path)  # A delay makes the signal land mid-training.
   import digits_configs
   from shortcut_jax import distributed
   from shortcut_jax import trainer
 
-  if spec.get("batch_delay_s"):
-    sharding_worker.slow_batches(spec["batch_delay_s"])  # The signal lands mid-training.
   # Times the cross-process stop check.
   calls, reached = [], distributed.StopRequest.reached
 
