@@ -2,8 +2,8 @@
 # Sets up .venv (once) and runs the test suite: `bash scripts/test.sh [pytest args]`.
 # The test files are spread over pytest-xdist workers (`-n`, default: the CPU count, at most 4;
 # SHORTCUT_JAX_TEST_JOBS overrides it), each file whole in one worker (`--dist loadfile`) so
-# that its module fixtures and compiled functions are made once; all workers share one XLA
-# compilation cache.
+# that its module fixtures and compiled functions are made once, in the order tests/conftest.py
+# gives (the files that start processes first); all workers share one XLA compilation cache.
 # `bash scripts/test.sh --reference` instead sets up .venv-reference (torch, torchvision,
 # pytorch-fid, diffusers, transformers: scripts/setup_reference.sh) and runs the comparisons
 # against those reference implementations (tests marked `reference`); there none may skip for
@@ -29,4 +29,4 @@ targets=(tests)
 for arg in "$@"; do
   case "$arg" in tests/*|./tests/*) targets=() ;; esac
 done
-python -m pytest -q -p no:cacheprovider -n "$jobs" --dist loadfile "$@" "${targets[@]}"
+python -m pytest -q -p no:cacheprovider -n "$jobs" --dist loadfile --no-loadscope-reorder "$@" "${targets[@]}"

@@ -105,3 +105,16 @@ def pytest_runtest_makereport(item, call):
                        f"{call.excinfo.value} (install with scripts/setup_reference.sh)")
     return report
   return None
+
+
+def pytest_collection_modifyitems(config, items):
+  """Test files that start processes of their own (marked `processes`: minutes each, several
+  cores) first, then files with slow tests, then the rest: pytest-xdist hands whole files to its
+  workers in this order (`--no-loadscope-reorder`), so the longest start first and the short
+  ones fill the gaps at the end."""
+  del config
+  def rank(item):
+    if item.get_closest_marker("processes") is not None:
+      return 0
+    return 1 if item.get_closest_marker("slow") is not None else 2
+  items.sort(key=rank)  # Stable: collection order within a rank.

@@ -19,6 +19,8 @@ import pytest
 
 import sharding_worker
 
+pytestmark = pytest.mark.processes  # Scheduled first (tests/conftest.py).
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = {"max_steps": 12, "log_every": 2, "checkpoint__every_steps": 4,
           "checkpoint__max_to_keep": 5}

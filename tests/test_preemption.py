@@ -25,6 +25,8 @@ import pytest
 
 import sharding_worker
 
+pytestmark = pytest.mark.processes  # Scheduled first (tests/conftest.py).
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Only the final step is a regular checkpoint; the preemption save is the only other one.
 CONFIG = {"max_steps": 24, "log_every": 1, "checkpoint__every_steps": 24,

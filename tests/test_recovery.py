@@ -34,6 +34,8 @@ from shortcut_jax.checkpoints import manager as manager_lib
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
                                               CheckpointReadError)
 
+pytestmark = pytest.mark.processes  # Scheduled first (tests/conftest.py).
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

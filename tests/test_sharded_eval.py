@@ -24,6 +24,8 @@ import pytest
 import sharding_worker
 from random_inception import random_inception_variables
 
+pytestmark = pytest.mark.processes  # Scheduled first (tests/conftest.py).
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGE_SIZE = 75
 NUM_IMAGES = 36  # Not a multiple of the batch: the last batch is padded.

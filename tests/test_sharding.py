@@ -33,6 +33,8 @@ from shortcut_jax import train_state as train_state_lib
 from shortcut_jax import trainer
 from shortcut_jax.models import dit
 
+pytestmark = pytest.mark.processes  # Scheduled first (tests/conftest.py).
+
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 5e-6
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sharding_worker.py")
