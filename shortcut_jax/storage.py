@@ -181,7 +181,7 @@ def read_json(p: PathLike) -> Any:
   return json.loads(read_text(p))
 
 
-def write_bytes(p: PathLike, data: bytes, *, atomic: bool = True) -> None:
+def write_bytes(p: PathLike, data: bytes) -> None:
   """Writes a whole file. Locally through a temporary file and a rename, so a reader (or a crash)
   never sees half of it; an object store's upload is atomic by itself."""
   if is_remote(p):
@@ -191,18 +191,14 @@ def write_bytes(p: PathLike, data: bytes, *, atomic: bool = True) -> None:
   parent = os.path.dirname(target)
   if parent:
     os.makedirs(parent, exist_ok=True)
-  if not atomic:
-    with builtins.open(target, "wb") as f:
-      f.write(data)
-    return
   tmp = f"{target}.tmp.{os.getpid()}"
   with builtins.open(tmp, "wb") as f:
     f.write(data)
   os.replace(tmp, target)
 
 
-def write_text(p: PathLike, text: str, *, atomic: bool = True) -> None:
-  write_bytes(p, text.encode("utf-8"), atomic=atomic)
+def write_text(p: PathLike, text: str) -> None:
+  write_bytes(p, text.encode("utf-8"))
 
 
 def write_json(p: PathLike, obj: Any, **kwargs) -> None:
