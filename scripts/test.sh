@@ -24,6 +24,12 @@ if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
   trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
 fi
 jobs=${SHORTCUT_JAX_TEST_JOBS:-$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")}
+# One worker per core already keeps the cores busy: XLA's multi-threaded CPU ops would only add
+# thread hand-offs (unless XLA_FLAGS says otherwise; the programs tests start inherit it).
+case " ${XLA_FLAGS:-} " in
+  *--xla_cpu_multi_thread_eigen*) ;;
+  *) export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false" ;;
+esac
 # Test files or folders named on the command line run instead of the whole of tests/.
 targets=(tests)
 for arg in "$@"; do

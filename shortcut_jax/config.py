@@ -10,6 +10,7 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
+from shortcut_jax import errors as errors_lib
 from shortcut_jax import guidance
 from shortcut_jax import storage
 from shortcut_jax import text_encoders
@@ -219,7 +220,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def finalize(c: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections.ConfigDict:
   """Applies the `get_config(arg)` argument ('smoke' or None) and locks the config."""
   if arg not in (None, "", "smoke"):
-    raise ValueError(f"unknown config argument {arg!r}: use ':smoke' or nothing")
+    raise errors_lib.ConfigError(f"unknown config argument {arg!r}: use ':smoke' or nothing")
   if arg == "smoke":
     apply_smoke(c)
   c.lock()
@@ -466,7 +467,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
             "(make one with `python eval.py --mode=fid_stats --config=... --out=stats.npz`)")
 
   if errors:
-    raise ValueError("invalid config:\n  " + "\n  ".join(errors))
+    raise errors_lib.ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
 def _check_baselines(c: ml_collections.ConfigDict, objective, check) -> None:

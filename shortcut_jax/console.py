@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
+from shortcut_jax import errors  # noqa: E402
 from shortcut_jax import storage  # noqa: E402
 
 _LOG_LIBRARIES = flags.DEFINE_bool(
@@ -135,6 +136,32 @@ def _sync_quietly():
     sys.stderr.write(f"could not upload the log to the workdir: {e}\n")
 
 
-def detail(msg: str, *args) -> None:
+def detail(msg: str, *args, **kwargs) -> None:
   """An INFO record for the log file only."""
-  logging.info(msg, *args, extra={_FILE_ONLY: True})
+  logging.info(msg, *args, extra={_FILE_ONLY: True}, **kwargs)
+
+
+flags.DEFINE_bool("traceback", False, "Show the Python traceback of errors in the input too "
+                  "(a bad config value, a missing file); by default only their message.")
+
+
+def guarded(main):
+  """`main(argv)` with `errors.UserError`s reported as `error: <message>` alone on stderr (the
+  traceback to the log file, where one is set up) and exit status 2; with --traceback they are
+  raised as usual. Other exceptions keep their traceback (exit status 1)."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      if flags.FLAGS["traceback"].value:  # (Readable before the flags are parsed, too.)
+        raise
+      detail("user error, with its traceback:", exc_info=e)
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.exit(errors.EXIT_USER_ERROR)
+  return wrapped
+
+
+def run(main) -> None:
+  """`absl.app.run(main)` for the entry points and tools, through `guarded`."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(guarded(main))

@@ -38,6 +38,8 @@ import jax
 import numpy as np
 from absl import flags, logging
 
+from shortcut_jax import errors
+
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0's coordinator (multi-process runs; "
     "not needed on TPU pods or under SLURM / Open MPI).")
@@ -59,7 +61,7 @@ def _env_int(name: str) -> Optional[int]:
   return int(value) if value not in (None, "") else None
 
 
-class LaunchError(RuntimeError):
+class LaunchError(errors.UserError, RuntimeError):
   """A multi-process launch that is incomplete, or a workdir another run is using."""
 
 
@@ -266,18 +268,26 @@ class StopRequest:
     return False
 
 
-def broadcast_text(text: Optional[str], limit: int = 2048) -> Optional[str]:
-  """Process 0's `text` (None included) on every process; a collective with several processes."""
+def exchange_json(record, limit: int = 8192) -> list:
+  """Every process's `record` (a small JSON value), in process order; a collective with several
+  processes (every process must call it, at the same point). When any process's JSON is longer
+  than `limit` - 4 bytes, every process raises the same ValueError (none is left waiting)."""
   if jax.process_count() == 1:
-    return text
+    return [record]
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  buf = np.zeros(limit + 1, np.uint8)
-  if text is not None:
-    data = text.encode("utf-8")[:limit]
-    buf[0] = 1
-    buf[1:1 + len(data)] = np.frombuffer(data, np.uint8)
-  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8)
-  return bytes(buf[1:]).rstrip(b"\0").decode("utf-8", "replace") if buf[0] else None
+  data = json.dumps(record).encode("utf-8")
+  too_long = len(data) > limit - 4
+  buf = np.zeros(limit, np.uint8)
+  header = np.uint32(0xFFFFFFFF if too_long else len(data))
+  buf[:4] = np.frombuffer(header.tobytes(), np.uint8)
+  if not too_long:
+    buf[4:4 + len(data)] = np.frombuffer(data, np.uint8)
+  rows = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), -1)
+  sizes = [int(np.frombuffer(row[:4].tobytes(), np.uint32)[0]) for row in rows]
+  over = [i for i, n in enumerate(sizes) if n == 0xFFFFFFFF]
+  if over:
+    raise ValueError(f"exchange_json: the records of processes {over} exceed {limit - 4} bytes")
+  return [json.loads(row[4:4 + n].tobytes().decode("utf-8")) for row, n in zip(rows, sizes)]
 
 
 class WorkdirLock:
@@ -409,7 +419,7 @@ class WorkdirLock:
         self._take()
       except LaunchError as e:
         problem = str(e)
-    problem = broadcast_text(problem)  # Every process learns it together.
+    problem = exchange_json(problem[:2048] if problem else None)[0]  # Process 0's, on all.
     if problem is not None:
       raise LaunchError(problem)
     if self.remote:

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from shortcut_jax import errors
 from shortcut_jax import guidance as guidance_lib
 from shortcut_jax import storage
 from shortcut_jax import trainer
@@ -49,7 +50,7 @@ def fid_settings(config, *, steps: Optional[List[int]] = None,
   f = config.evals.fid
   protocol = protocol or f.get("protocol", "guided")
   if protocol not in guidance_lib.PROTOCOLS:
-    raise ValueError(f"--protocol={protocol!r}: use one of {guidance_lib.PROTOCOLS}")
+    raise errors.ArgumentError(f"--protocol={protocol!r}: use one of {guidance_lib.PROTOCOLS}")
   if guidance_lib.convention(config) == guidance_lib.LEGACY:
     steps = list(guidance_lib.EVAL_STEPS) if steps is None else steps
     num_samples = guidance_lib.EVAL_NUM_SAMPLES if num_samples is None else num_samples
@@ -94,17 +95,17 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   by `sample` only, for a model trained with embeddings: image i gets prompt i % N.
   """
   if mode not in MODES:
-    raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
+    raise errors.ArgumentError(f"unknown mode {mode!r}; known: {MODES}")
   if (prompts or embeddings) and mode != "sample":
-    raise ValueError("--prompts and --embeddings are for --mode=sample")
+    raise errors.ArgumentError("--prompts and --embeddings are for --mode=sample")
   if prompts and embeddings:
-    raise ValueError("give --prompts or --embeddings, not both")
+    raise errors.ArgumentError("give --prompts or --embeddings, not both")
   if prompts and not storage.isfile(prompts):
-    raise FileNotFoundError(f"--prompts: {prompts} does not exist")
+    raise errors.MissingFileError(f"--prompts: {prompts} does not exist")
   if mode != "fid" and protocol:
-    raise ValueError("--protocol is for --mode=fid")
+    raise errors.ArgumentError("--protocol is for --mode=fid")
   if mode != "fid" and extra_metrics:
-    raise ValueError("--extra_metrics is for --mode=fid")
+    raise errors.ArgumentError("--extra_metrics is for --mode=fid")
   if extra_metrics:  # A bad name stops the run before anything is restored.
     from shortcut_jax.evaluators import adm_metrics  # pylint: disable=g-import-not-at-top
     adm_metrics.check_metrics(extra_metrics)
@@ -117,14 +118,15 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   if mode == "fid_stats":
     if config is None:
       if not workdir:
-        raise ValueError("--mode=fid_stats needs --config (or --workdir to read its config)")
+        raise errors.ArgumentError(
+            "--mode=fid_stats needs --config (or --workdir to read its config)")
       config = trainer.load_config(workdir)
     if not out:
-      raise ValueError("--mode=fid_stats needs --out (the .npz to write)")
+      raise errors.ArgumentError("--mode=fid_stats needs --out (the .npz to write)")
     return reference_fid_stats(config, out, split=split, inception_path=inception_path,
                                batch_size=batch_size)
   if not workdir:
-    raise ValueError(f"--mode={mode} needs --workdir")
+    raise errors.ArgumentError(f"--mode={mode} needs --workdir")
   workdir_config = trainer.load_config(workdir)
   if mode == "fid":
     settings = fid_settings(workdir_config, steps=steps, num_samples=num_samples,
@@ -140,7 +142,8 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   M = exp.config.objective.denoise_timesteps
   bad = [n for n in steps if not 1 <= n <= M]
   if bad:
-    raise ValueError(f"--steps {bad}: each must be between 1 and denoise_timesteps ({M})")
+    raise errors.ArgumentError(
+        f"--steps {bad}: each must be between 1 and denoise_timesteps ({M})")
   exp.objective.check_steps(steps)
   logging.info("restored step %d from %s", ckpt_step, workdir)
   if mode == "sample":
@@ -155,9 +158,10 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
                              use_ema=use_ema)
   if mode == "super_resolve":
     if not input_dir or not output_dir:
-      raise ValueError("--mode=super_resolve needs --input_dir and --output_dir")
+      raise errors.ArgumentError("--mode=super_resolve needs --input_dir and --output_dir")
     if len(steps) != 1:
-      raise ValueError(f"--mode=super_resolve takes one step budget, got --steps={steps}")
+      raise errors.ArgumentError(
+          f"--mode=super_resolve takes one step budget, got --steps={steps}")
     from shortcut_jax.evaluators import super_resolution
     result = super_resolution.super_resolve_folder(
         exp, params, input_dir, output_dir, num_steps=steps[0], input_is_lr=input_is_lr,
@@ -190,8 +194,9 @@ def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Opt
     return None
   from shortcut_jax import text_encoders  # pylint: disable=g-import-not-at-top
   if "embedding" not in exp.model.conditioning.keys:
-    raise ValueError("--prompts / --embeddings: this model was trained without embeddings "
-                     "(data.embedding_dim=0)")
+    raise errors.ArgumentError(
+        "--prompts / --embeddings: this model was trained without embeddings "
+        "(data.embedding_dim=0)")
   if prompts:
     texts = text_encoders.read_prompts(prompts)  # Local or remote files (`storage`).
     vectors = text_encoders.encode_prompts(exp.config.data, texts)
@@ -358,7 +363,7 @@ def cascade(workdirs: Optional[List[str]], *, steps: List[int], num_samples: int
   default, used by every stage trained with condition dropout."""
   from shortcut_jax.evaluators import cascade as cascade_lib
   if not workdirs or not output_dir:
-    raise ValueError("--mode=cascade needs --workdirs=GEN,UP1[,UP2...] and --output_dir")
+    raise errors.ArgumentError("--mode=cascade needs --workdirs=GEN,UP1[,UP2...] and --output_dir")
   exps, params = [], []
   for w in workdirs:
     exp, weights, _ = restore_weights(w, None, use_ema)

@@ -33,6 +33,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from shortcut_jax import errors
+
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 MESH_AXES = (DATA_AXIS, FSDP_AXIS)
@@ -65,7 +67,7 @@ DEFAULT_RULES: Tuple[Tuple[str, Placement], ...] = (
 DEFAULT_PLACEMENT = AUTO
 
 
-class ShardingError(ValueError):
+class ShardingError(errors.UserError, ValueError):
   """A mesh, batch size or partitioning rule that cannot work on the devices at hand."""
 
 

@@ -56,13 +56,15 @@ except ImportError:  # Local paths only.
 
 from etils import epath  # noqa: E402  (after EPATH_USE_TF)
 
+from shortcut_jax import errors
+
 PathLike = Union[str, os.PathLike]
 
 # Scheme -> (the fsspec package that serves it, what to install).
 REMOTE_SCHEMES = {"gs": ("gcsfs", "pip install gcsfs"), "s3": ("s3fs", "pip install s3fs")}
 
 
-class StorageError(ValueError):
+class StorageError(errors.UserError, ValueError):
   """A path the library cannot use: unsupported scheme, missing client, bucket or credentials."""
 
 

@@ -23,6 +23,7 @@ from clu import metric_writers
 from shortcut_jax import config as config_lib
 from shortcut_jax import console
 from shortcut_jax import distributed
+from shortcut_jax import errors
 from shortcut_jax import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import objectives
@@ -502,8 +503,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a training run saved as workdir/config.json."""
   path = storage.join(workdir, "config.json")
   if not storage.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a training workdir? (pass --config "
-                            "to say which config the checkpoint was trained with)")
+    raise errors.MissingFileError(
+        f"{path} not found: is {workdir!r} a training workdir? (pass --config to say which "
+        "config the checkpoint was trained with)")
   raw = storage.read_json(path)
   config = config_lib.base_config()
   config.update_from_flattened_dict(_flatten(raw))

@@ -36,7 +36,9 @@ def launch(script, tmp, name, specs, fast_compile=True):
     log = open(tmp / f"{name}_{i}.log", "w")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true" if fast_compile else "false"
-    env.pop("XLA_FLAGS", None)
+    # The worker sets its own device count; only the test run's threading choice is kept.
+    env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                if f.startswith("--xla_cpu_multi_thread_eigen"))
     procs.append((subprocess.Popen([sys.executable, os.path.abspath(script), str(path)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env), log.name))
   return procs

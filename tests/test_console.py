@@ -27,7 +27,7 @@ def data_dir(tmp_path_factory):
   return path
 
 
-def _run(args):
+def _run(args, returncode=0):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
   for name in ("XLA_FLAGS", cpu_devices.ENV_VAR):  # The programs' own device choice.
     env.pop(name, None)
@@ -35,7 +35,7 @@ def _run(args):
   out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)
   console = out.stdout + out.stderr
-  assert out.returncode == 0, console[-6000:]
+  assert out.returncode == returncode, console[-6000:]
   return console
 
 
@@ -103,6 +103,50 @@ def test_eval_console_and_guidance_default(trained, monkeypatch):
   # meaning, shortcut_jax.guidance; --nocfg is 1, conditional without guidance).
   assert seen == [1.5, 0.0, 2.0]
   assert digits_configs.smoke_config(None).evals.samples.cfg_scale == 1.5
+
+
+def test_a_user_error_is_one_message_and_exit_status_2(trained):
+  workdir, _ = trained
+  console = _run(["eval.py", f"--workdir={workdir}", "--mode=sample", "--steps=999"],
+                 returncode=2)
+  assert "error: --steps [999]: each must be between 1 and denoise_timesteps" in console, console
+  assert "Traceback" not in console
+  with open(os.path.join(workdir, "log.txt")) as f:  # The traceback is kept in the log file.
+    log = f.read()
+  assert "user error, with its traceback:" in log and "ArgumentError" in log
+
+
+def test_guarded_main_reports_user_errors_and_keeps_bugs(capsys):
+  from absl import flags
+  from shortcut_jax import console, errors, storage
+
+  def failing(error):
+    def main(argv):
+      raise error
+    return main
+  with pytest.raises(SystemExit) as e:
+    console.guarded(failing(storage.StorageError("bucket gs://x does not exist")))(["prog"])
+  assert e.value.code == errors.EXIT_USER_ERROR == 2
+  assert capsys.readouterr().err == "error: bucket gs://x does not exist\n"
+  with pytest.raises(KeyError):  # A bug: raised as it is, traceback and all.
+    console.guarded(failing(KeyError("bug")))(["prog"])
+  flags.FLAGS["traceback"].value = True
+  try:
+    with pytest.raises(storage.StorageError):  # --traceback: the user error is raised too.
+      console.guarded(failing(storage.StorageError("again")))(["prog"])
+  finally:
+    flags.FLAGS["traceback"].value = False
+  # Every user-facing error class of the library is a UserError and keeps its usual base.
+  from shortcut_jax import config, distributed, sharding
+  from shortcut_jax.checkpoints import manager
+  from shortcut_jax.data import errors as data_errors
+  from shortcut_jax.objectives import teacher
+  for cls, base in [(config.errors_lib.ConfigError, ValueError), (storage.StorageError, ValueError),
+                    (distributed.LaunchError, RuntimeError), (sharding.ShardingError, ValueError),
+                    (manager.CheckpointMismatchError, ValueError),
+                    (data_errors.DataNotPreparedError, FileNotFoundError),
+                    (teacher.TeacherError, ValueError)]:
+    assert issubclass(cls, errors.UserError) and issubclass(cls, base), cls
 
 
 def test_log_file_name_per_process_and_header(tmp_path):

@@ -137,6 +137,7 @@ def _np_dit(params, x, t, level, y, *, patch, heads):
   return out.reshape(b, h, w, cout)
 
 
+@jax.jit
 def _randomize(params, rng):
   """Non-zero values everywhere (the zero-initialised final layer would hide most of the net)."""
   leaves, tree = jax.tree.flatten(params)
@@ -158,7 +159,7 @@ def test_forward_matches_independent_numpy(patch, shape, depth, heads, hidden, c
   t = np.array([0.0, 0.3, 0.99], np.float32)
   level = np.array([0, 3, 7], np.float32)
   y = np.array([0, classes, classes - 1], np.int32)
-  out = module.apply({"params": params}, x, t, level, y)
+  out = jax.jit(module.apply)({"params": params}, x, t, level, y)  # One compile, not one per op.
   ref = _np_dit(params, x, t, level, y, patch=patch, heads=heads)
   np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-4, atol=2e-4 * np.abs(ref).max())
 
@@ -170,7 +171,8 @@ def test_ignore_dt_and_sqrt_scale_change_what_they_should():
   params = _randomize(dit_lib.init_params(base, jax.random.PRNGKey(0), (4, 4, 1)), jax.random.PRNGKey(1))
   x = np.random.default_rng(1).normal(size=(2, 4, 4, 1)).astype(np.float32)
   t, y = np.array([0.2, 0.7], np.float32), np.array([0, 1], np.int32)
-  lv = lambda m, lev: np.asarray(m.apply({"params": params}, x, t, np.asarray(lev, np.float32), y))
+  lv = lambda m, lev: np.asarray(jax.jit(m.apply)({"params": params}, x, t,
+                                                   np.asarray(lev, np.float32), y))
   assert not np.allclose(lv(base, [0, 0]), lv(base, [5, 5]))
   ignoring = dit_lib.DiT(**kw, ignore_dt=True)
   np.testing.assert_array_equal(lv(ignoring, [5, 5]), lv(ignoring, [0, 0]))

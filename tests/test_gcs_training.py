@@ -41,8 +41,11 @@ def _worker(spec_path):
 
 
 def _launch(tmp, name, data_dir, workdir, processes=1, batch_delay_s=0.0):
+  """One process with one device (what this pytest process has), or `processes` processes
+  with two devices each."""
   port = sharding_worker_port()
-  specs = [{"devices": 2, "data_dir": data_dir, "workdir": workdir, "optimize": False,
+  specs = [{"devices": 2 if processes > 1 else 1, "data_dir": data_dir, "workdir": workdir,
+            "optimize": False,
             "cache_dir": str(tmp / "jax_cache"), "batch_delay_s": batch_delay_s,
             **({"distributed": {"port": port, "num_processes": processes, "process_id": i}}
                if processes > 1 else {})} for i in range(processes)]
@@ -89,8 +92,17 @@ def data_dir(tmp_path_factory):
 def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
     gcs, data_dir, tmp_path):
   import jax
+  import digits_configs
   from shortcut_jax import storage
-  _wait(_launch(tmp_path, "local", data_dir, str(tmp_path / "local")))
+  from shortcut_jax import trainer
+  # The uninterrupted local run, here: one device and the workers' settings (highest-precision
+  # matmuls, most XLA optimisations off), so the same program as theirs.
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    trainer.train_and_evaluate(digits_configs.smoke_config(data_dir, **CONFIG),
+                               str(tmp_path / "local"))
+  finally:
+    jax.config.update("jax_disable_most_optimizations", False)
 
   workdir = "gs://bucket/killed"
   step_dir = os.path.join(gcs.bucket_dir(), "killed", "checkpoints", "4")
@@ -124,7 +136,7 @@ def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
   assert storage.listdir(workdir + "/starts") == ["000.json", "001.json"]  # One per start.
   start = storage.read_json(workdir + "/starts/001.json")
   assert start["start_step"] == steps[-1] and start["versions"]["jax"] == jax.__version__
-  assert start["devices"]["count"] == 2 and start["process_count"] == 1
+  assert start["devices"]["count"] == 1 and start["process_count"] == 1
   logged = [json.loads(line)["step"] for line in storage.read_text(workdir + "/metrics.jsonl")
             .splitlines()]
   assert logged[-1] == CONFIG["max_steps"]

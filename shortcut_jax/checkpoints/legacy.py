@@ -18,10 +18,11 @@ from typing import Any, Dict
 import numpy as np
 import optax
 
+from shortcut_jax import errors
 from shortcut_jax import storage
 
 
-class LegacyCheckpointError(ValueError):
+class LegacyCheckpointError(errors.UserError, ValueError):
   """The file is not a readable checkpoint of the original codebase."""
 
 

@@ -56,11 +56,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from shortcut_jax import distributed
+from shortcut_jax import errors
 from shortcut_jax import storage
 from shortcut_jax.sharding import path_name
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(errors.UserError, ValueError):
   """A checkpoint's arrays do not fit the state the config describes."""
 
 
@@ -79,11 +81,11 @@ def shape_mismatches(expected, found) -> list:
   return problems
 
 
-class DamagedCheckpointError(RuntimeError):
+class DamagedCheckpointError(errors.UserError, RuntimeError):
   """A checkpoint's files differ from its checksum lists (or every checkpoint is damaged)."""
 
 
-class CheckpointReadError(RuntimeError):
+class CheckpointReadError(errors.UserError, RuntimeError):
   """A checkpoint could not be verified or restored for a reason other than damage (I/O,
   permissions, memory, sharding, versions). Nothing was renamed or deleted."""
 
@@ -95,7 +97,7 @@ _OWNER = re.compile(r"(?:^|\.)process_(\d+)$")
 _CHUNK = 1 << 23
 _VERIFY_THREADS = 8  # Per process, at resume (I/O bound on object stores; locally: <= cores).
 _EXCHANGE_BYTES = 8192  # Fixed size of one process's record in a verdict exchange.
-_MESSAGE_CHARS = 1500
+_MESSAGE_CHARS = 1000  # At most 6 JSON bytes a character: the record fits.
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -152,24 +154,12 @@ class _Damage(Exception):
 
 
 def _exchange(record: Dict[str, Any]) -> List[Dict[str, Any]]:
-  """Every process's `record` (small JSON), in process order; a collective with several
-  processes (every process must call it, in the same order)."""
-  if jax.process_count() == 1:
-    return [record]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  """Every process's outcome `record`, in process order (`distributed.exchange_json`; its
+  message shortened to fit)."""
   record = dict(record)
   if "message" in record:
     record["message"] = str(record["message"])[:_MESSAGE_CHARS]
-  data = json.dumps(record).encode("utf-8")[:_EXCHANGE_BYTES - 4]
-  buf = np.zeros(_EXCHANGE_BYTES, np.uint8)
-  buf[:4] = np.frombuffer(np.uint32(len(data)).tobytes(), np.uint8)
-  buf[4:4 + len(data)] = np.frombuffer(data, np.uint8)
-  rows = np.asarray(multihost_utils.process_allgather(buf)).reshape(jax.process_count(), -1)
-  out = []
-  for row in rows:
-    n = int(np.frombuffer(row[:4].tobytes(), np.uint32)[0])
-    out.append(json.loads(row[4:4 + n].tobytes().decode("utf-8")))
-  return out
+  return distributed.exchange_json(record, _EXCHANGE_BYTES)
 
 
 def _run(fn: Callable[[], Any]) -> Tuple[Optional[Any], Dict[str, Any]]:

@@ -2,8 +2,10 @@
 
 from typing import Optional
 
+from shortcut_jax import errors
 
-class DataNotPreparedError(FileNotFoundError):
+
+class DataNotPreparedError(errors.UserError, FileNotFoundError):
   """A dataset is not in `data_dir` and cannot be built without files the user must download."""
 
 

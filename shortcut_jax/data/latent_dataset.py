@@ -60,6 +60,7 @@ import tensorflow_datasets as tfds
 
 from shortcut_jax import storage
 from shortcut_jax.data import errors
+from shortcut_jax.errors import UserError
 from shortcut_jax.latents import COND_LATENT
 
 FORMAT_VERSION = 1
@@ -80,11 +81,11 @@ class LatentsNotFoundError(errors.DataNotPreparedError):
   """`data.latents_dir` holds no (complete) encoded dataset: run the encode command."""
 
 
-class CorruptLatentsError(IOError):
+class CorruptLatentsError(UserError, IOError):
   """A shard or metadata file of an encoded dataset is missing, truncated or unreadable."""
 
 
-class IncompatibleLatentsError(ValueError):
+class IncompatibleLatentsError(UserError, ValueError):
   """The folder holds latents encoded differently (other dataset, VAE, flips, ...)."""
 
 

@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from shortcut_jax import console
 from shortcut_jax.data import catalog
 from shortcut_jax.data import errors
 from shortcut_jax.data.builders import manual
@@ -83,4 +84,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("dataset")
-  app.run(main)
+  console.run(main)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax import errors
 from shortcut_jax import storage
 from shortcut_jax.models import vae as vae_lib
 
@@ -45,11 +46,11 @@ _WEIGHT_FILES = (SAFETENSORS_FILE, MSGPACK_FILE)
 PathLike = Union[str, os.PathLike]
 
 
-class VAEWeightsNotFoundError(FileNotFoundError):
+class VAEWeightsNotFoundError(errors.UserError, FileNotFoundError):
   """The VAE's config.json / weight file is neither on disk nor obtainable from the hub."""
 
 
-class VAEWeightsError(ValueError):
+class VAEWeightsError(errors.UserError, ValueError):
   """A weight file does not match its config: a missing, unexpected or mis-shaped tensor."""
 
 

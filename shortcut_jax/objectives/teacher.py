@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from shortcut_jax import errors
 from shortcut_jax import storage
 from shortcut_jax.config_value import config_value
 
@@ -44,7 +45,7 @@ _MODEL_FIELDS = ("name", "patch_size", "hidden_size", "depth", "num_heads", "mlp
 _DATA_FIELDS = ("image_size", "num_classes", "low_res_factor", "latents")
 
 
-class TeacherError(ValueError):
+class TeacherError(errors.UserError, ValueError):
   """The teacher is missing or does not fit the student."""
 
 

@@ -67,6 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax import errors
 from shortcut_jax import objectives
 from shortcut_jax import storage
 from shortcut_jax.models import dit as dit_lib
@@ -93,7 +94,7 @@ TARGET_FUNCTIONS = {
 _KEY_PART = re.compile(r"\['([^']*)'\]")
 
 
-class FixtureError(ValueError):
+class FixtureError(errors.UserError, ValueError):
   """The folder is not a fixture of this layout."""
 
 
@@ -284,9 +285,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   try:
     results = check_fixture(args.fixture, args.case, args.tolerance_ulps)
-  except FixtureError as e:
+  except errors.UserError as e:  # A fixture that is missing or malformed, unreachable storage.
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return errors.EXIT_USER_ERROR
   for r in results:
     print(r.line(), flush=True)
   failed = [r.name for r in results if not r.ok]

@@ -22,9 +22,10 @@ import re
 import sys
 from typing import Dict, List, Mapping, Sequence, Tuple
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
+from shortcut_jax import console
 from shortcut_jax import storage
 
 FLAGS = flags.FLAGS
@@ -168,4 +169,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  console.run(main)

@@ -37,6 +37,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from shortcut_jax import console
 from shortcut_jax.models import inception
 from shortcut_jax.tools.torch_weights import load_torch_state_dict
 
@@ -124,4 +125,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  console.run(main)

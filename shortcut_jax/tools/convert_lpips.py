@@ -40,6 +40,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from shortcut_jax import console
 from shortcut_jax.evaluators import lpips
 from shortcut_jax.tools.torch_weights import load_torch_state_dict
 
@@ -138,4 +139,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("lin", None, "The LPIPS linear layers: lpips/weights/v0.1/alex.pth from "
                       "the lpips pip package.")
   flags.DEFINE_string("out", "lpips_alex.npz", "Output .npz path.")
-  app.run(main)
+  console.run(main)

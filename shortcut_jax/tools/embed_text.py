@@ -30,6 +30,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from shortcut_jax import console
 from shortcut_jax import storage
 
 
@@ -138,4 +139,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  console.run(main)

@@ -41,11 +41,12 @@ import sys
 import time
 from typing import Dict, Optional, Sequence
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 from ml_collections import config_flags
 import numpy as np
 
+from shortcut_jax import console
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
 from shortcut_jax.data import catalog
@@ -315,4 +316,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("shard_size", DEFAULT_SHARD_SIZE, "Examples per shard (unit of resumption).")
   flags.DEFINE_enum("dtype", "float32", ld.STORAGE_DTYPES, "Storage dtype of the moments.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  console.run(main)

@@ -26,9 +26,10 @@ and TensorStore, which write gs:// themselves). A remote workdir is checked firs
 import jax
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
+from shortcut_jax import console
 from shortcut_jax import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
@@ -156,4 +157,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("workdir", None, "New workdir to create.")
   config_flags.DEFINE_config_file("config", None, "Config describing the checkpoint's model.")
   flags.mark_flags_as_required(["checkpoint", "workdir", "config"])
-  app.run(main)
+  console.run(main)
