@@ -53,6 +53,16 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", previous)
 
 
+@pytest.fixture
+def fast_compile_test():
+  """`fast_compile` for one test only (in a module whose other tests need XLA's optimisations,
+  e.g. bit-exact comparisons with the original's outputs)."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture(scope="session")
 def gcs(tmp_path_factory):
   """A real GCS API server on loopback (fake-gcs-server, tests/gcs_server.py) with a bucket
@@ -105,6 +115,17 @@ def pytest_runtest_makereport(item, call):
                        f"{call.excinfo.value} (install with scripts/setup_reference.sh)")
     return report
   return None
+
+
+def pytest_configure(config):
+  """The programs tests start (train.py, eval.py, tools, scripts) compile with most XLA
+  optimisations off unless a test says otherwise: they run a few steps of tiny models, where
+  compiling is most of the cost (a :smoke train.py run: 25 s instead of 54). Set in the test
+  processes only (an xdist worker, or pytest without workers), after jax read its own setting
+  at import: the xdist controller leaves it unset, so its workers keep XLA's default."""
+  controller = getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput")
+  if not controller:
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "true")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -145,6 +145,7 @@ def _randomize(params, rng):
   return jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, l.shape) for k, l in zip(keys, leaves)])
 
 
+@pytest.mark.usefixtures("fast_compile_test")  # Compared at float32 tolerances, not bits.
 @pytest.mark.parametrize("patch,shape,depth,heads,hidden,classes", [
     (1, (4, 6, 3), 1, 2, 16, 3),
     (4, (8, 16, 2), 3, 4, 32, 1),
@@ -164,6 +165,7 @@ def test_forward_matches_independent_numpy(patch, shape, depth, heads, hidden, c
   np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-4, atol=2e-4 * np.abs(ref).max())
 
 
+@pytest.mark.usefixtures("fast_compile_test")
 def test_ignore_dt_and_sqrt_scale_change_what_they_should():
   kw = dict(patch_size=2, hidden_size=16, depth=1, num_heads=2, mlp_ratio=2.0, out_channels=1,
             class_dropout_prob=0.0, num_classes=2, dtype=jnp.float32)

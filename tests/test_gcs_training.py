@@ -35,18 +35,26 @@ def _worker(spec_path):
   from shortcut_jax import trainer
 
   console.setup(spec["workdir"], "test_gcs_training worker")
-  trainer.train_and_evaluate(digits_configs.smoke_config(spec["data_dir"], **CONFIG),
-                             spec["workdir"])
+  config = digits_configs.smoke_config(spec["data_dir"], **CONFIG)
+  if spec.get("held_workdir"):  # Another run holds it: every process must learn it together.
+    from shortcut_jax import distributed
+    try:
+      trainer.train_and_evaluate(config, spec["held_workdir"])
+      raise AssertionError(f"trained on the held workdir {spec['held_workdir']}")
+    except distributed.LaunchError as e:
+      print("LaunchError:", str(e).splitlines()[0], flush=True)
+  trainer.train_and_evaluate(config, spec["workdir"])
   print("worker done, process", jax.process_index())
 
 
-def _launch(tmp, name, data_dir, workdir, processes=1, batch_delay_s=0.0):
+def _launch(tmp, name, data_dir, workdir, processes=1, batch_delay_s=0.0, held_workdir=None):
   """One process with one device (what this pytest process has), or `processes` processes
   with two devices each."""
   port = sharding_worker_port()
   specs = [{"devices": 2 if processes > 1 else 1, "data_dir": data_dir, "workdir": workdir,
             "optimize": False,
             "cache_dir": str(tmp / "jax_cache"), "batch_delay_s": batch_delay_s,
+            "held_workdir": held_workdir,
             **({"distributed": {"port": port, "num_processes": processes, "process_id": i}}
                if processes > 1 else {})} for i in range(processes)]
   return sharding_worker.launch(__file__, tmp, name, specs)
@@ -150,19 +158,19 @@ def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
 def test_two_process_run_on_a_gs_workdir(gcs, data_dir, tmp_path):
   from shortcut_jax import distributed
   from shortcut_jax import storage
-  workdir = "gs://bucket/two"
-  # Held by another run: both processes stop before training, with the same message, no hang.
-  held = distributed.WorkdirLock(workdir).acquire(run_id="holder")
-  procs = _launch(tmp_path, "held", data_dir, workdir, processes=2)
-  codes = [p.wait(timeout=300) for p, _ in procs]
-  held.release()
-  assert codes[0] != 0 and codes[1] != 0, codes
-  errors = [[line for line in open(log).read().splitlines()
-             if "LaunchError: workdir gs://bucket/two is in use by run holder" in line]
-            for _, log in procs]
+  workdir, held_workdir = "gs://bucket/two", "gs://bucket/held_by_another_run"
+  # First a workdir held by another run: both processes stop before training on it, with the
+  # same message, no hang (then they train on `workdir`, in the same launch).
+  held = distributed.WorkdirLock(held_workdir).acquire(run_id="holder")
+  try:
+    _wait(_launch(tmp_path, "two", data_dir, workdir, processes=2, held_workdir=held_workdir))
+  finally:
+    held.release()
+  errors = [[line for line in open(tmp_path / f"two_{i}.log").read().splitlines()
+             if f"LaunchError: workdir {held_workdir} is in use by run holder" in line]
+            for i in (0, 1)]
   assert errors[0] and errors[0][-1] == errors[1][-1], errors
-  assert not storage.exists(workdir + "/checkpoints")
-  _wait(_launch(tmp_path, "two", data_dir, workdir, processes=2))
+  assert not storage.exists(held_workdir + "/checkpoints")
   step_dir = f"{workdir}/checkpoints/{CONFIG['max_steps']}"
   files = storage.walk_files(step_dir)
   # Both processes wrote their shards into the one checkpoint in the bucket.
