@@ -2,7 +2,7 @@
 
 Command:
   python train.py --config=configs/digits_shortcut.py --workdir=workdirs/digits_shortcut
-Hardware: 2 CPU cores, about 7 minutes (3,000 steps at batch 64, float32 compute, about
+Hardware: 2 CPU cores, about 7.5 minutes (3,000 steps at batch 64, float32 compute, about
 9 steps/s; the periodic evaluations at steps 1,500 and 3,000 add about a minute and a half).
 Result: 1-step samples are readable digits of the requested class; FD-digits and class accuracy
 at 1 … 128 steps are in docs/results.md (`python eval.py --mode=digits_metrics ...`).

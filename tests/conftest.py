@@ -1,6 +1,7 @@
 """Test settings: CPU only, float32 matmuls, fixtures' location."""
 
 import atexit
+import contextlib
 import os
 import pathlib
 import shutil
@@ -43,24 +44,30 @@ def original_fixture_dir():
   return path
 
 
+@contextlib.contextmanager
+def _most_optimizations_off():
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture(scope="module")
 def fast_compile():
   """Turns off most XLA optimisations for a module whose tiny tests are dominated by compiling;
   the optimisations do not change what such tests check."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+  with _most_optimizations_off():
+    yield
 
 
 @pytest.fixture
 def fast_compile_test():
   """`fast_compile` for one test only (in a module whose other tests need XLA's optimisations,
   e.g. bit-exact comparisons with the original's outputs)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+  with _most_optimizations_off():
+    yield
 
 
 @pytest.fixture(scope="session")
