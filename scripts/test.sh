@@ -25,11 +25,15 @@ if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
 fi
 jobs=${SHORTCUT_JAX_TEST_JOBS:-$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")}
 # One worker per core already keeps the cores busy: XLA's multi-threaded CPU ops would only add
-# thread hand-offs (unless XLA_FLAGS says otherwise; the programs tests start inherit it).
-case " ${XLA_FLAGS:-} " in
-  *--xla_cpu_multi_thread_eigen*) ;;
-  *) export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false" ;;
-esac
+# thread hand-offs. XLA's older CPU fusion emitters compile the tests' tiny programs in about
+# two thirds of the time (docs/benchmarks.md) and run them as fast. Unless XLA_FLAGS says
+# otherwise; the programs tests start inherit them.
+for flag in --xla_cpu_multi_thread_eigen=false --xla_cpu_use_fusion_emitters=false; do
+  case " ${XLA_FLAGS:-} " in
+    *"${flag%=*}"*) ;;
+    *) export XLA_FLAGS="${XLA_FLAGS:-} $flag" ;;
+  esac
+done
 # Test files or folders named on the command line run instead of the whole of tests/.
 targets=(tests)
 for arg in "$@"; do

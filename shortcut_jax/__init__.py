@@ -1,3 +1,12 @@
 """shortcut_jax: one-step and few-step generative models (shortcut models, flow matching) in JAX/Flax."""
 
+import os as _os
+
 __version__ = "0.1.0"
+
+# TensorFlow serves tf.data and TFDS only here. Left alone, `import tensorflow` also imports all
+# of Keras 3 (about 2 s at every start of a program, docs/benchmarks.md); told to use the legacy
+# Keras, it looks for the tf_keras package, which this project does not install, and goes on
+# without it. Set TF_USE_LEGACY_KERAS=0 before importing shortcut_jax to use tf.keras in the
+# same process (no effect once TensorFlow is imported).
+_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")

@@ -16,9 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from shortcut_jax import config as config_lib
 from shortcut_jax import console
@@ -26,6 +24,7 @@ from shortcut_jax import distributed
 from shortcut_jax import errors
 from shortcut_jax import guidance
 from shortcut_jax import latents as latents_lib
+from shortcut_jax import metric_log
 from shortcut_jax import objectives
 from shortcut_jax import sharding as sharding_lib
 from shortcut_jax import storage
@@ -199,85 +198,6 @@ def evaluator_state(state):
   return multihost_utils.process_allgather(state.replace(opt_state=None), tiled=True)
 
 
-class _JsonlWriter:
-  """Appends one JSON object per logged step to workdir/metrics.jsonl (in the workdir's staging
-  folder when the workdir is remote: `storage.Mirror`)."""
-
-  def __init__(self, mirror: storage.Mirror, name: str = "metrics.jsonl"):
-    mirror.pull(name)
-    self.path = mirror.local_path(name)
-
-  def write(self, step, scalars):
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
-
-
-class WandbWriter(metric_writers.MetricWriter):
-  """A clu metric writer into a Weights & Biases run (scalars, images, texts, hparams)."""
-
-  def __init__(self, run):
-    self.run = run
-
-  def write_scalars(self, step, scalars):
-    self.run.log({k: float(v) for k, v in scalars.items()}, step=int(step))
-
-  def write_images(self, step, images):
-    import wandb  # pylint: disable=g-import-not-at-top
-    self.run.log({k: [wandb.Image(np.asarray(im)) for im in np.asarray(v)]
-                  for k, v in images.items()}, step=int(step))
-
-  def write_texts(self, step, texts):
-    self.run.log({k: str(v) for k, v in texts.items()}, step=int(step))
-
-  def write_hparams(self, hparams):
-    self.run.config.update(dict(hparams), allow_val_change=True)
-
-  def write_summaries(self, step, values, metadata=None):
-    del step, values, metadata
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
-
-  def flush(self):
-    pass
-
-  def close(self):
-    self.run.finish()
-
-
-def make_wandb_writer(config: ml_collections.ConfigDict, workdir: str) -> Optional[WandbWriter]:
-  """A `WandbWriter` when `config.wandb.project` is set and `wandb` is installed, else None.
-
-  The run id is kept in workdir/wandb_run_id, so a resumed run continues the same W&B run.
-  """
-  w = config.get("wandb")
-  if not w or not w.get("project"):
-    return None
-  try:
-    import wandb  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    logging.warning("wandb.project=%r is set but the wandb package is not installed "
-                    "(pip install wandb): logging to TensorBoard only", w.project)
-    return None
-  id_path = storage.join(workdir, "wandb_run_id")
-  if storage.exists(id_path):
-    run_id = storage.read_text(id_path).strip()
-  else:
-    run_id = wandb.util.generate_id() if hasattr(wandb, "util") else os.urandom(4).hex()
-    storage.write_text(id_path, run_id)
-  run = wandb.init(project=w.project, entity=w.get("entity"),
-                   name=w.get("name") or storage.basename(storage.absolute(workdir)),
-                   dir=storage.staging(workdir).local, id=run_id, resume="allow", mode=w.get("mode", "online"),
-                   config=json.loads(config.to_json_best_effort()))
-  return WandbWriter(run)
-
-
 def check_finite(metrics: Dict[str, float], step: int) -> None:
   bad = sorted(k for k, v in metrics.items() if not math.isfinite(float(v)))
   if bad:
@@ -382,11 +302,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
   # uploaded as they grow when the workdir is remote (storage.Mirror): one storage client for
   # everything, and TensorFlow's own GCS client is never used.
   mirror = storage.staging(workdir)
-  writer = metric_writers.create_default_writer(mirror.local, just_logging=not is_main)
-  wandb_writer = make_wandb_writer(config, workdir) if is_main else None
-  if wandb_writer is not None:
-    writer = metric_writers.MultiWriter([writer, wandb_writer])
-  jsonl = _JsonlWriter(mirror) if is_main else None
+  writer = metric_log.MetricLog(config, workdir, mirror, is_main)
   train_iter = pipeline.make_dataset(config.data, split="train", global_batch_size=config.batch_size,
                                      seed=config.seed, train=True, start_step=start_step,
                                      process_index=jax.process_index(),
@@ -447,9 +363,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
         t_last, step_last = now, step
         scalars = dict(last_metrics, **{"perf/steps_per_s": steps_per_s,
                                         "perf/images_per_s": steps_per_s * config.batch_size})
-        writer.write_scalars(step, scalars)
-        if jsonl:
-          jsonl.write(step, scalars)
+        writer.write(step, scalars)
         lock.heartbeat()
         eta = (config.max_steps - step) / max(steps_per_s, 1e-9)
         logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f images/s  ETA %s", step,
@@ -484,16 +398,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, exp: Ex
             raise
           continue
         if results:
-          writer.write_scalars(step, results)
-          if jsonl:
-            jsonl.write(step, results)
+          writer.write(step, results)
   finally:
     if profiling:
       jax.profiler.stop_trace()
     stop.__exit__(None, None, None)
-    writer.flush()
-    if wandb_writer is not None:
-      wandb_writer.close()
+    writer.close()
     ckpt.close()
     storage.sync_all()
   return last_metrics

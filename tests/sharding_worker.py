@@ -36,12 +36,17 @@ def launch(script, tmp, name, specs, fast_compile=True):
     log = open(tmp / f"{name}_{i}.log", "w")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "true" if fast_compile else "false"
-    # The worker sets its own device count; only the test run's threading choice is kept.
-    env["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                                if f.startswith("--xla_cpu_multi_thread_eigen"))
+    env["XLA_FLAGS"] = cpu_flags()
     procs.append((subprocess.Popen([sys.executable, os.path.abspath(script), str(path)],
                                    stdout=log, stderr=subprocess.STDOUT, env=env), log.name))
   return procs
+
+
+def cpu_flags():
+  """The test run's XLA_FLAGS less any device count (a worker sets its own): its CPU threading
+  and emitter choices (scripts/test.sh)."""
+  return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                  if not f.startswith("--xla_force_host_platform_device_count"))
 
 
 def _setup(spec):

@@ -1,8 +1,9 @@
 """Training on a gs:// workdir, against a real GCS API server (fake-gcs-server on loopback,
 tests/gcs_server.py): a run killed with SIGKILL after its first checkpoint resumes from the
-bucket and ends with the weights of an uninterrupted local run; a 2-process run (gloo) writes
-one checkpoint both processes' shards are in; the lock object of a remote workdir; unusable
-remote workdirs fail before anything is written; nothing ever lands in a local `gs:` folder.
+bucket and ends with the weights of an uninterrupted local run; the lock object of a remote
+workdir; unusable remote workdirs fail before anything is written; nothing ever lands in a local
+`gs:` folder. The 2-process run on a gs:// workdir (gloo; both processes' shards in one
+checkpoint, a held workdir stops both) is tests/test_preemption.py's uninterrupted run.
 
 The training processes run this file as a script (`python tests/test_gcs_training.py
 SPEC.json`), like tests/test_preemption.py: their device count is fixed before jax is imported.
@@ -36,35 +37,15 @@ def _worker(spec_path):
 
   console.setup(spec["workdir"], "test_gcs_training worker")
   config = digits_configs.smoke_config(spec["data_dir"], **CONFIG)
-  if spec.get("held_workdir"):  # Another run holds it: every process must learn it together.
-    from shortcut_jax import distributed
-    try:
-      trainer.train_and_evaluate(config, spec["held_workdir"])
-      raise AssertionError(f"trained on the held workdir {spec['held_workdir']}")
-    except distributed.LaunchError as e:
-      print("LaunchError:", str(e).splitlines()[0], flush=True)
   trainer.train_and_evaluate(config, spec["workdir"])
   print("worker done, process", jax.process_index())
 
 
-def _launch(tmp, name, data_dir, workdir, processes=1, batch_delay_s=0.0, held_workdir=None):
-  """One process with one device (what this pytest process has), or `processes` processes
-  with two devices each."""
-  port = sharding_worker_port()
-  specs = [{"devices": 2 if processes > 1 else 1, "data_dir": data_dir, "workdir": workdir,
-            "optimize": False,
-            "cache_dir": str(tmp / "jax_cache"), "batch_delay_s": batch_delay_s,
-            "held_workdir": held_workdir,
-            **({"distributed": {"port": port, "num_processes": processes, "process_id": i}}
-               if processes > 1 else {})} for i in range(processes)]
-  return sharding_worker.launch(__file__, tmp, name, specs)
-
-
-def sharding_worker_port():
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+def _launch(tmp, name, data_dir, workdir, batch_delay_s=0.0):
+  """One process with one device (what this pytest process has)."""
+  spec = {"devices": 1, "data_dir": data_dir, "workdir": workdir, "optimize": False,
+          "cache_dir": str(tmp / "jax_cache"), "batch_delay_s": batch_delay_s}
+  return sharding_worker.launch(__file__, tmp, name, [spec])
 
 
 def _wait(procs, timeout=600):
@@ -151,34 +132,6 @@ def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
   log = storage.read_text(workdir + "/log.txt")
   assert log.count("==== test_gcs_training worker started") == 2  # Appended across starts.
   assert json.loads(storage.read_text(workdir + "/run.lock"))["released"] is True
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("no_local_gs_folder")
-def test_two_process_run_on_a_gs_workdir(gcs, data_dir, tmp_path):
-  from shortcut_jax import distributed
-  from shortcut_jax import storage
-  workdir, held_workdir = "gs://bucket/two", "gs://bucket/held_by_another_run"
-  # First a workdir held by another run: both processes stop before training on it, with the
-  # same message, no hang (then they train on `workdir`, in the same launch).
-  held = distributed.WorkdirLock(held_workdir).acquire(run_id="holder")
-  try:
-    _wait(_launch(tmp_path, "two", data_dir, workdir, processes=2, held_workdir=held_workdir))
-  finally:
-    held.release()
-  errors = [[line for line in open(tmp_path / f"two_{i}.log").read().splitlines()
-             if f"LaunchError: workdir {held_workdir} is in use by run holder" in line]
-            for i in (0, 1)]
-  assert errors[0] and errors[0][-1] == errors[1][-1], errors
-  assert not storage.exists(held_workdir + "/checkpoints")
-  step_dir = f"{workdir}/checkpoints/{CONFIG['max_steps']}"
-  files = storage.walk_files(step_dir)
-  # Both processes wrote their shards into the one checkpoint in the bucket.
-  assert any("ocdbt.process_0/" in f for f in files) and any("ocdbt.process_1/" in f
-                                                              for f in files), files
-  _, step = _weights(workdir)
-  assert step == CONFIG["max_steps"]
-  assert storage.exists(f"{workdir}/log.process_1.txt")  # Each process's log reached the bucket.
 
 
 @pytest.mark.usefixtures("no_local_gs_folder")

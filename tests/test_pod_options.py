@@ -14,13 +14,13 @@ import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 import digits_configs
 from shortcut_jax import config as config_lib
+from shortcut_jax import metric_log
 from shortcut_jax import train_state
 from shortcut_jax import trainer
 
@@ -166,8 +166,8 @@ def test_clip_mask_profile_and_wandb_in_a_training_run_that_resumes(tmp_path, fa
 def test_wandb_project_without_the_package_warns_and_trains_on(monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError.
   config = digits_configs.smoke_config("/nonexistent", wandb__project="p")
-  assert trainer.make_wandb_writer(config, str(tmp_path)) is None
-  assert trainer.make_wandb_writer(digits_configs.smoke_config("/nonexistent"),
+  assert metric_log.make_wandb(config, str(tmp_path)) is None
+  assert metric_log.make_wandb(digits_configs.smoke_config("/nonexistent"),
                                    str(tmp_path)) is None  # No project: off.
 
 
@@ -175,7 +175,7 @@ def test_real_wandb_offline(tmp_path):
   wandb = pytest.importorskip("wandb")
   del wandb
   config = digits_configs.smoke_config("/nonexistent", wandb__project="p", wandb__mode="offline")
-  writer = trainer.make_wandb_writer(config, str(tmp_path))
-  writer.write_scalars(1, {"train/loss": 0.5})
+  writer = metric_log.make_wandb(config, str(tmp_path))
+  writer.write(1, {"train/loss": 0.5})
   writer.close()
   assert glob.glob(os.path.join(str(tmp_path), "wandb", "*"))

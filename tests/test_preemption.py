@@ -2,6 +2,11 @@
 gloo collectives) makes both save the same step and exit 0; the resumed run ends with the
 weights of an uninterrupted one.
 
+The uninterrupted run is also the 2-process run on a gs:// workdir (a real GCS API server,
+tests/gcs_server.py): before it trains, both processes try a workdir another run holds and stop
+with the same message, no hang; then both write their shards into the one checkpoint in the
+bucket and their logs reach it, and nothing lands in a local `gs:` folder.
+
 Cost: three 2-process launches of 24 smoke steps at most. The interrupted run sleeps
 `PREEMPTED_DELAY_S` per batch (its numbers do not change), so the signal, sent after step 3,
 lands mid-training however slow the machine is: the stop (measured: 2-4 steps after the signal
@@ -11,7 +16,6 @@ no CPU.
 The processes run this file as a script (`python tests/test_preemption.py SPEC.json`): the device
 count is fixed when jax is imported, and pytest has imported it with one device.
 """
-
 import json
 import os
 import re
@@ -41,8 +45,11 @@ def _worker(spec_path):
   import sharding_worker
   spec, jax = sharding_worker.start(spec_path)  # A delay makes the signal land mid-training.
   import digits_configs
+  from shortcut_jax import console
   from shortcut_jax import distributed
   from shortcut_jax import trainer
+
+  console.setup(spec["workdir"], "test_preemption worker")  # The log file: local or in the bucket.
 
   # Times the cross-process stop check.
   calls, reached = [], distributed.StopRequest.reached
@@ -53,9 +60,16 @@ def _worker(spec_path):
     calls.append((time.perf_counter() - t0, self.mode))
     return out
   distributed.StopRequest.reached = timed
+  config = digits_configs.smoke_config(spec["data_dir"], **CONFIG)
+  if spec.get("held_workdir"):  # Another run holds it: every process must learn it together.
+    try:
+      trainer.train_and_evaluate(config, spec["held_workdir"])
+      raise AssertionError(f"trained on the held workdir {spec['held_workdir']}")
+    except distributed.LaunchError as e:
+      print("LaunchError:", str(e).splitlines()[0], flush=True)
+    calls.clear()
   t0 = time.time()
-  trainer.train_and_evaluate(digits_configs.smoke_config(spec["data_dir"], **CONFIG),
-                             spec["workdir"])
+  trainer.train_and_evaluate(config, spec["workdir"])
   with open(spec["results"] + f".{jax.process_index()}", "w") as f:
     json.dump({"process": jax.process_index(), "wall_s": time.time() - t0, "checks": len(calls),
                "modes": sorted({m for _, m in calls}),
@@ -70,11 +84,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _launch(tmp, name, data_dir, batch_delay_s=0.0):
+def _launch(tmp, name, data_dir, batch_delay_s=0.0, workdir=None, held_workdir=None):
   port = _free_port()
-  specs = [{"devices": DEVICES, "data_dir": data_dir, "workdir": str(tmp / name), "optimize": False,
-            "cache_dir": str(tmp / "jax_cache"), "results": str(tmp / f"{name}.json"),
-            "batch_delay_s": batch_delay_s,
+  specs = [{"devices": DEVICES, "data_dir": data_dir, "workdir": workdir or str(tmp / name),
+            "optimize": False, "cache_dir": str(tmp / "jax_cache"),
+            "results": str(tmp / f"{name}.json"), "batch_delay_s": batch_delay_s,
+            "held_workdir": held_workdir,
             "distributed": {"port": port, "num_processes": 2, "process_id": i}} for i in (0, 1)]
   return sharding_worker.launch(__file__, tmp, name, specs)
 
@@ -99,8 +114,10 @@ def _tail(log):
 
 
 def _steps(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  return sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(folder) else []
+  from shortcut_jax import storage
+  folder = storage.join(str(workdir), "checkpoints")
+  return sorted(int(n) for n in storage.listdir(folder) if n.isdigit()) if storage.isdir(
+      folder) else []
 
 
 def _weights(workdir):
@@ -111,16 +128,36 @@ def _weights(workdir):
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+@pytest.mark.usefixtures("no_local_gs_folder")
+def test_sigterm_to_one_process_stops_both_at_the_same_step(gcs, tmp_path):
+  del gcs  # Its environment points the processes at the server.
   import jax
   import digits_configs
+  from shortcut_jax import distributed
+  from shortcut_jax import storage
   from shortcut_jax.data import pipeline
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path / "tfds")
   pipeline.dataset_info(digits_configs.smoke_config(data_dir).data)  # Built once, here.
 
-  # Uninterrupted reference.
-  _wait(_launch(tmp_path, "straight", data_dir), timeout=600)
-  assert _steps(tmp_path / "straight") == [CONFIG["max_steps"]]
+  # Uninterrupted reference, on a gs:// workdir, after trying one that another run holds.
+  straight, held_workdir = "gs://bucket/straight", "gs://bucket/held_by_another_run"
+  held = distributed.WorkdirLock(held_workdir).acquire(run_id="holder")
+  try:
+    _wait(_launch(tmp_path, "straight", data_dir, workdir=straight, held_workdir=held_workdir),
+          timeout=600)
+  finally:
+    held.release()
+  errors = [[line for line in open(tmp_path / f"straight_{i}.log").read().splitlines()
+             if f"LaunchError: workdir {held_workdir} is in use by run holder" in line]
+            for i in (0, 1)]
+  assert errors[0] and errors[0][-1] == errors[1][-1], errors
+  assert not storage.exists(held_workdir + "/checkpoints")
+  assert _steps(straight) == [CONFIG["max_steps"]]
+  files = storage.walk_files(f"{straight}/checkpoints/{CONFIG['max_steps']}")
+  # Both processes wrote their shards into the one checkpoint in the bucket.
+  assert any("ocdbt.process_0/" in f for f in files) and any("ocdbt.process_1/" in f
+                                                              for f in files), files
+  assert storage.exists(f"{straight}/log.process_1.txt")  # Each process's log reached it.
 
   # Interrupted: SIGTERM to process 0 only, a few steps in.
   procs = _launch(tmp_path, "preempted", data_dir, batch_delay_s=PREEMPTED_DELAY_S)
@@ -145,7 +182,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
   # Resumed to the end: the weights of the uninterrupted run.
   _wait(_launch(tmp_path, "preempted", data_dir), timeout=600)
   assert _steps(tmp_path / "preempted") == [stop_step, CONFIG["max_steps"]]
-  want, _ = _weights(tmp_path / "straight")
+  want, _ = _weights(straight)
   have, step = _weights(tmp_path / "preempted")
   assert step == CONFIG["max_steps"]
   jax.tree.map(np.testing.assert_array_equal, have, want)

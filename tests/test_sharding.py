@@ -237,7 +237,7 @@ def _spawn(tmp, name, devices, jobs, data_dir, distributed=None):
   path.write_text(json.dumps(spec))
   log = open(tmp / f"{name}_{(distributed or {}).get('process_id', 0)}.log", "w")
   env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(WORKER))))
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = sharding_worker.cpu_flags()
   return subprocess.Popen([sys.executable, WORKER, str(path)], stdout=log, stderr=subprocess.STDOUT,
                           env=env), tmp / f"{name}.json", log.name
 

@@ -47,7 +47,19 @@ def test_smoke_run_writes_everything(tmp_path):
   grids = sorted(os.listdir(tmp_path / "samples" / "step_4"))
   assert "grid_1steps.png" in grids and "grid_8steps_cfg1.5.png" in grids
   assert (tmp_path / "plots" / "loss_per_t_4.png").exists()
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+  # TensorBoard's events, read back by TensorFlow's own reader: what metrics.jsonl holds.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  events = [f for f in os.listdir(tmp_path) if f.startswith("events.out.tfevents")]
+  assert len(events) == 1
+  scalars = {}
+  for e in tf.compat.v1.train.summary_iterator(str(tmp_path / events[0])):
+    for v in e.summary.value:
+      scalars[(e.step, v.tag)] = v.simple_value
+  for l in lines:
+    for k, v in l.items():
+      if k != "step":
+        np.testing.assert_allclose(scalars.pop((l["step"], k)), v, rtol=1e-6)
+  assert not scalars
   assert CheckpointManager(str(tmp_path), read_only=True).latest_step() == 4
 
 
@@ -123,7 +135,6 @@ def test_checkpoint_that_does_not_match_config(tmp_path):
 def test_import_original_then_sample(tmp_path, original_fixture_dir):
   from shortcut_jax import evaluation
   from shortcut_jax.tools.import_original import import_original
-  from shortcut_jax.models import dit as dit_lib
   meta = json.loads((original_fixture_dir / "original_dit_small_meta.json").read_text())
   io = np.load(original_fixture_dir / "original_dit_small_io.npz")
   a = meta["dit_args"]
