@@ -111,6 +111,11 @@ def base_config() -> ml_collections.ConfigDict:
   # run (the original's max_steps; it follows `max_steps` unless set).
   c.objective.teacher_workdir = ml_collections.FieldReference(None, field_type=str)
   c.objective.teacher_step = -1
+  # Fine-tuning (`shortcut_jax.finetune`): a run without checkpoints of its own starts from the
+  # weights of the training workdir `workdir` (or one `<workdir>/checkpoints/<step>` folder) at
+  # checkpoint `step` (-1: its latest), its 'ema' or 'online' weights; fresh optimizer, step 0.
+  c.init = ml_collections.ConfigDict(dict(
+      workdir=ml_collections.FieldReference(None, field_type=str), step=-1, weights="ema"))
   c.objective.schedule_steps = c.get_ref("max_steps") + 0
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
@@ -374,6 +379,12 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(prof == () or (len(prof) == 2 and all(isinstance(v, int) for v in prof)
                        and 1 <= prof[0] <= prof[1]),
         f"profile_steps must be () (off) or (N, M) with 1 <= N <= M, got {prof!r}")
+  if "init" in c:
+    from shortcut_jax import finetune  # pylint: disable=g-import-not-at-top
+    check(c.init.weights in finetune.WEIGHTS,
+          f"init.weights must be one of {finetune.WEIGHTS}, got {c.init.weights!r}")
+    check(isinstance(c.init.step, int) and c.init.step >= -1,
+          f"init.step must be -1 (the latest) or a checkpoint step, got {c.init.step!r}")
   if "wandb" in c:
     check(c.wandb.mode in ("online", "offline", "disabled"),
           f"wandb.mode must be 'online', 'offline' or 'disabled', got {c.wandb.mode!r}")

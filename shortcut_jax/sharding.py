@@ -29,6 +29,7 @@ import re
 from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -310,6 +311,12 @@ def with_shardings(abstract_tree, shardings):
   """`jax.ShapeDtypeStruct`s carrying `shardings` (what Orbax restores into)."""
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract_tree, shardings)
+
+
+def placed_copy(tree, shardings):
+  """Real copies of `tree`'s arrays placed with `shardings` (a train step donates its state:
+  no two leaves of it may share a buffer, e.g. weights restored once and used twice)."""
+  return jax.jit(lambda x: jax.tree.map(jnp.copy, x), out_shardings=shardings)(tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -22,6 +22,7 @@ from shortcut_jax import config as config_lib
 from shortcut_jax import console
 from shortcut_jax import distributed
 from shortcut_jax import errors
+from shortcut_jax import finetune
 from shortcut_jax import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import metric_log
@@ -30,7 +31,7 @@ from shortcut_jax import sharding as sharding_lib
 from shortcut_jax import storage
 from shortcut_jax import train_state as train_state_lib
 from shortcut_jax import train_step as train_step_lib
-from shortcut_jax.checkpoints.manager import CheckpointManager
+from shortcut_jax.checkpoints.manager import CheckpointManager, shape_mismatches
 from shortcut_jax.data import pipeline
 from shortcut_jax.models import registry as models_lib
 from shortcut_jax.models.velocity_model import VelocityModel
@@ -176,16 +177,55 @@ def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
   """
   mesh = make_mesh(exp.config) if mesh is None else mesh
   abstract, shardings = sharded_abstract_state(exp, mesh)
+  init_workdir = exp.config.get("init", {}).get("workdir")
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore_latest_intact(abstract)
     logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])
+    if init_workdir:
+      logging.warning("init.workdir=%s ignored: this run resumes its own checkpoint",
+                      init_workdir)
     return state, int(meta.get("data_position", meta["step"]))
   init = lambda: jax.jit(exp.init_state, out_shardings=shardings)(
       jax.random.PRNGKey(exp.config.seed))
+  if init_workdir:
+    return start_from_run(exp, init, abstract, shardings, mesh), 0
   # A fresh run starts where its objective says (a distillation student from its teacher).
   state = exp.objective.start_state(init, config=exp.config, abstract_state=abstract,
                                     shardings=shardings, mesh=mesh)
   return state, 0
+
+
+def start_from_run(exp: Experiment, init_fn, abstract, shardings, mesh):
+  """A fresh state whose online and EMA weights come from another run (`config.init`,
+  `shortcut_jax.finetune`), restored onto `mesh` and placed like this run's parameters."""
+  config = exp.config
+  if exp.objective.needs_teacher:
+    raise finetune.InitError(
+        f"init.workdir is set, but objective {exp.objective.name!r} starts from its teacher "
+        f"(objective.teacher_workdir): unset init.workdir")
+  workdir, step = finetune.resolve(config.init)
+  finetune.check_source(workdir)
+  source_config = load_config(workdir)
+  problems = finetune.mismatches(config, source_config)
+  if problems:
+    raise finetune.InitError(f"init.workdir: the run in {workdir} is another network or data "
+                             f"than this one:\n  " + "\n  ".join(problems))
+  source_exp, source, source_step = restore_experiment(workdir, config=source_config, step=step,
+                                                        mesh=mesh)
+  weights = finetune.source_weights(
+      source, config.init, source_uses_level=source_exp.objective.uses_level,
+      uses_level=exp.objective.uses_level, hidden_size=source_config.model.hidden_size,
+      dtype=jax.numpy.dtype(source_config.model.dtype))
+  problems = shape_mismatches(abstract.params, weights)
+  if problems:
+    raise finetune.InitError(f"init.workdir: the parameters of {workdir} (step {source_step}) "
+                             f"do not fit this run's:\n  " + "\n  ".join(problems[:20]))
+  state = init_fn()
+  state = state.replace(params=sharding_lib.placed_copy(weights, shardings.params),
+                        ema_params=sharding_lib.placed_copy(weights, shardings.ema_params))
+  logging.info("weights from %s at step %d (%s, objective %r), fresh optimizer, step 0",
+               workdir, source_step, config.init.weights, source_config.objective.name)
+  return state
 
 
 def evaluator_state(state):

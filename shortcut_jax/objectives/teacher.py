@@ -27,13 +27,14 @@ read the teacher's workdir again (which may have moved or trained on).
 """
 
 import os
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from absl import logging
 
 from shortcut_jax import errors
+from shortcut_jax import sharding
 from shortcut_jax import storage
 from shortcut_jax.config_value import config_value
 
@@ -158,12 +159,6 @@ def teacher_weights(state_params, state_ema, objective_config, objective_name=No
   return state_ema if config_value(objective_config, "bootstrap_ema", True) else state_params
 
 
-def _copy(tree, shardings):
-  """Real copies placed with `shardings` (the train step donates the state: no two leaves of it
-  may share a buffer)."""
-  return jax.jit(lambda x: jax.tree.map(jnp.copy, x), out_shardings=shardings)(tree)
-
-
 def start_from_teacher(init_fn, *, config, abstract_state, shardings, mesh):
   """`start_state` of the distillation objectives (see the module docstring)."""
   from shortcut_jax import objectives  # pylint: disable=g-import-not-at-top
@@ -171,13 +166,13 @@ def start_from_teacher(init_fn, *, config, abstract_state, shardings, mesh):
   teacher, teacher_step, workdir = load_teacher(config, objective, abstract_state.params, mesh)
   state = init_fn()
   objective_state = dict(state.objective_state)
-  objective_state[TEACHER] = _copy(
+  objective_state[TEACHER] = sharding.placed_copy(
       teacher_weights(teacher.params, teacher.ema_params, config.objective, objective.name),
       shardings.objective_state[TEACHER])
   logging.info("objective %s: teacher and student start from %s at step %d", objective.name,
                workdir, teacher_step)
-  return state.replace(params=_copy(teacher.params, shardings.params),
-                       ema_params=_copy(teacher.ema_params, shardings.ema_params),
+  return state.replace(params=sharding.placed_copy(teacher.params, shardings.params),
+                       ema_params=sharding.placed_copy(teacher.ema_params, shardings.ema_params),
                        objective_state=objective_state)
 
 
