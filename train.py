@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from shortcut_jax import cpu_devices
 from shortcut_jax import distributed
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,7 @@ def main(argv):
   config = FLAGS.config
   if config is None:
     # Resuming a workdir (e.g. an imported checkpoint): its saved config, or a clear error.
-    config = trainer.load_config(FLAGS.workdir)
+    config = experiment.load_config(FLAGS.workdir)
     config.lock()
   # Opt-in (SHORTCUT_JAX_CPU_DEVICES=auto or =N), before jax starts its backends: one
   # single-threaded XLA CPU device per core (as many as the batch and config.mesh allow), the

@@ -25,13 +25,13 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import emit_json  # noqa: E402
-from shortcut_jax import trainer  # noqa: E402
+from shortcut_jax import experiment
 from shortcut_jax.data import low_res  # noqa: E402
 from shortcut_jax.evaluators import generate as gen  # noqa: E402
 
 
 def _stage(name):
-  exp = trainer.build_experiment(importlib.import_module(f"configs.{name}").get_config())
+  exp = experiment.build_experiment(importlib.import_module(f"configs.{name}").get_config())
   return exp, jax.jit(exp.init_state)(jax.random.PRNGKey(0)).ema_params
 
 

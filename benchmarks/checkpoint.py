@@ -48,7 +48,7 @@ import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
 from shortcut_jax import config as config_lib  # noqa: E402
-from shortcut_jax import trainer  # noqa: E402
+from shortcut_jax import experiment
 from shortcut_jax.checkpoints import manager as manager_lib  # noqa: E402
 from shortcut_jax.models import dit  # noqa: E402
 from common import emit_json  # benchmarks/ is on sys.path when a script runs
@@ -204,7 +204,7 @@ def build_state(preset):
   c = config_lib.base_config()
   c.model.update(**dit.DIT_PRESETS[preset], dtype="float32")
   c.data.update(name="imagenet256", image_size=32, num_classes=1000)
-  exp = trainer.build_experiment(c, image_shape=(32, 32, 4))
+  exp = experiment.build_experiment(c, image_shape=(32, 32, 4))
   abstract = exp.abstract_state()
   leaves, treedef = jax.tree.flatten(abstract)
   keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))

@@ -3,7 +3,7 @@
 XLA compiles the same SPMD program for faked CPU devices (`--xla_force_host_platform_device_count`)
 as for a pod, and the compiled HLO names every collective the step runs with its shapes. So the
 communication of a layout is visible without a pod: this script lowers and compiles the real
-train step (`trainer.build_experiment`, `trainer.make_mesh`, `trainer.sharded_abstract_state`,
+train step (`experiment.build_experiment`, `experiment.make_mesh`, `experiment.sharded_abstract_state`,
 `train_step.make_train_step`, with the trainer's in/out shardings; nothing is allocated or run:
 `jit(...).lower(abstract args).compile()`), reads `compiled.as_text()` and prints, per (size,
 devices, sharding, objective), one JSON object per line:
@@ -287,16 +287,16 @@ def measure(size: str, objective: str, sharding: str, args) -> dict:
   import numpy as np
   from shortcut_jax import sharding as sharding_lib
   from shortcut_jax import train_step as train_step_lib
-  from shortcut_jax import trainer
+  from shortcut_jax import experiment
 
   devices = jax.devices()
   n = len(devices)
   c, image_shape = make_config(size, objective, sharding, n, args.per_device_batch,
                                args.hybrid_fsdp)
   start = time.time()
-  exp = trainer.build_experiment(c, image_shape=image_shape)
-  mesh = trainer.make_mesh(c, devices)
-  abstract, shardings = trainer.sharded_abstract_state(exp, mesh)
+  exp = experiment.build_experiment(c, image_shape=image_shape)
+  mesh = experiment.make_mesh(c, devices)
+  abstract, shardings = experiment.sharded_abstract_state(exp, mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   batch = {key: jax.ShapeDtypeStruct((c.batch_size,) + tuple(shape), jnp.float32,
                                      sharding=batch_sharding)

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from common import emit_json  # noqa: E402  benchmarks/ is on sys.path when a script runs
 
-from shortcut_jax import trainer  # noqa: E402
+from shortcut_jax import experiment
 from shortcut_jax.evaluators import fid  # noqa: E402
 from shortcut_jax.evaluators import fid_evaluator  # noqa: E402
 from shortcut_jax.evaluators import generate  # noqa: E402
@@ -63,7 +63,7 @@ def main(argv):
   throughput = FLAGS.throughput_batches * features.batch_size / (time.perf_counter() - t0)
 
   config = importlib.import_module("configs.digits_shortcut").get_config("smoke")
-  exp = trainer.build_experiment(config, image_shape=(16, 16, 1))
+  exp = experiment.build_experiment(config, image_shape=(16, 16, 1))
   params = jax.jit(exp.init_state)(jax.random.PRNGKey(0)).ema_params
   rng = np.random.default_rng(1)
   fake = rng.normal(size=(4096, inception.FEATURE_DIM))

@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 from shortcut_jax import config as config_lib  # noqa: E402
 from shortcut_jax import sharding as sharding_lib  # noqa: E402
 from shortcut_jax import train_step as train_step_lib  # noqa: E402
-from shortcut_jax import trainer  # noqa: E402
+from shortcut_jax import experiment
 from shortcut_jax.models import dit  # noqa: E402
 from common import emit_json  # benchmarks/ is on sys.path when a script runs
 
@@ -53,10 +53,10 @@ def measure(preset: str, mode: str, devices) -> dict:
   c.batch_size = FLAGS.per_device_batch * n
   c.sharding = mode
   c.mesh.update(data=-1, fsdp=1) if mode == "dp" else c.mesh.update(data=1, fsdp=-1)
-  exp = trainer.build_experiment(c, image_shape=(FLAGS.image_size, FLAGS.image_size,
+  exp = experiment.build_experiment(c, image_shape=(FLAGS.image_size, FLAGS.image_size,
                                                  FLAGS.channels))
-  mesh = trainer.make_mesh(c, devices)
-  abstract, shardings = trainer.sharded_abstract_state(exp, mesh)
+  mesh = experiment.make_mesh(c, devices)
+  abstract, shardings = experiment.sharded_abstract_state(exp, mesh)
   state_bytes = {
       "params": sharding_lib.bytes_per_device(abstract.params, shardings.params),
       "ema_params": sharding_lib.bytes_per_device(abstract.ema_params, shardings.ema_params),

@@ -27,7 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shortcut_jax import trainer  # noqa: E402
+from shortcut_jax import experiment
 from shortcut_jax import train_step as train_step_lib  # noqa: E402
 
 DEFAULT_VARIANTS = ("naive,shortcut,meanflow,"
@@ -59,7 +59,7 @@ def variant_config(spec: str, base: str):
 
 def build_step(spec: str, base: str):
   c = variant_config(spec, base)
-  exp = trainer.build_experiment(c)
+  exp = experiment.build_experiment(c)
   state = jax.jit(exp.init_state)(jax.random.PRNGKey(0))
   step = train_step_lib.make_train_step(exp.model, exp.objective, exp.tx, exp.lr_schedule,
                                         c.objective, c.optim.ema_rate)

@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
   # every new config: w = 0 unconditional, w = 1 conditional with no unconditional pass, w > 1
   # guided, in training, in `evals.*.cfg_scale` and on eval.py's command line) or 'legacy' (a
   # workdir whose config.json predates this field: eval.py's scale 0 meant conditional without
-  # guidance, and `--mode=fid` kept its own defaults; `trainer.load_config` sets it, with a notice).
+  # guidance, and `--mode=fid` kept its own defaults; `experiment.load_config` sets it, with a notice).
   c.guidance_convention = "original"
   c.batch_size = 256  # Global batch size, summed over all devices and processes.
   c.max_steps = 100_000

@@ -10,7 +10,7 @@ from absl import logging
 from shortcut_jax import errors
 from shortcut_jax import guidance as guidance_lib
 from shortcut_jax import storage
-from shortcut_jax import trainer
+from shortcut_jax import experiment
 from shortcut_jax.evaluators import generate as gen
 
 MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics", "cascade")
@@ -20,8 +20,8 @@ def restore_weights(workdir: str, step: Optional[int], use_ema: bool, config=Non
   """(experiment, weights to sample with, checkpoint step) of a workdir (`config`: its config
   when already loaded). With several processes every one gets the whole weights, as evaluators
   in training do (the generation and Inception loops run on each process's own devices)."""
-  exp, state, ckpt_step = trainer.restore_experiment(workdir, config=config, step=step)
-  state = trainer.evaluator_state(state)
+  exp, state, ckpt_step = experiment.restore_experiment(workdir, config=config, step=step)
+  state = experiment.evaluator_state(state)
   return exp, (state.ema_params if use_ema else state.params), ckpt_step
 
 
@@ -120,14 +120,14 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
       if not workdir:
         raise errors.ArgumentError(
             "--mode=fid_stats needs --config (or --workdir to read its config)")
-      config = trainer.load_config(workdir)
+      config = experiment.load_config(workdir)
     if not out:
       raise errors.ArgumentError("--mode=fid_stats needs --out (the .npz to write)")
     return reference_fid_stats(config, out, split=split, inception_path=inception_path,
                                batch_size=batch_size)
   if not workdir:
     raise errors.ArgumentError(f"--mode={mode} needs --workdir")
-  workdir_config = trainer.load_config(workdir)
+  workdir_config = experiment.load_config(workdir)
   if mode == "fid":
     settings = fid_settings(workdir_config, steps=steps, num_samples=num_samples,
                             cfg_scale=cfg_scale, use_ema=use_ema, protocol=protocol)

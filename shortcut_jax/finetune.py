@@ -9,8 +9,8 @@ the new run. Everything else starts fresh: the optimizer state, the step (0), th
 state, the data order. Only a run without a checkpoint of its own starts this way: a resume
 restores its own checkpoint and ignores `init` (with a notice).
 
-The source must be the same network on the same data (`mismatches`: the fields the teacher of
-the distillation baselines must share, `objectives.teacher`); its objective may differ. What the
+The source must be the same network on the same data (`mismatches`, which also checks a
+distillation objective's teacher); its objective may differ. What the
 new objective adds, and what each part starts as:
 
 * The step-size input. A network that ignored the step size (an objective without
@@ -38,7 +38,7 @@ from shortcut_jax import storage
 WEIGHTS = ("ema", "online")
 STEP_SIZE_EMBEDDER = "TimestepEmbedder_1"
 
-# Fields that must agree between the source's config and the new run's.
+# Fields that must agree between another run's config (a source, a teacher) and this run's.
 MODEL_FIELDS = ("name", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
                 "prediction", "cond_image_mode", "embedding_mode")
 DATA_FIELDS = ("image_size", "num_classes", "low_res_factor", "latents", "embedding_dim")
@@ -69,15 +69,16 @@ def check_source(workdir: str) -> None:
                     f"original's checkpoint with `python -m shortcut_jax.tools.import_original`")
 
 
-def mismatches(config: ml_collections.ConfigDict,
-               source: ml_collections.ConfigDict) -> List[str]:
-  """What differs between the source run's network and data and this run's."""
+def mismatches(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict,
+               names: Tuple[str, str] = ("source", "this run")) -> List[str]:
+  """What differs between another run's network and data (`source`: a fine-tuning source, a
+  distillation teacher) and this run's, one line each, with `names` for (source, this run)."""
   problems = []
   for section, fields in (("model", MODEL_FIELDS), ("data", DATA_FIELDS)):
     for field in fields:
       a, b = config[section].get(field), source[section].get(field)
       if a != b:
-        problems.append(f"{section}.{field}: source {b!r}, this run {a!r}")
+        problems.append(f"{section}.{field}: {names[0]} {b!r}, {names[1]} {a!r}")
   return problems
 
 

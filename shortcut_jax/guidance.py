@@ -9,7 +9,7 @@
 
 This is config field `guidance_convention = 'original'`, the default of every new config. A
 workdir whose config.json predates the field (written before this convention existed) is read
-as `'legacy'` by `trainer.load_config`, with a one-line notice, and evaluates exactly as it did:
+as `'legacy'` by `experiment.load_config`, with a one-line notice, and evaluates exactly as it did:
 there a scale of 0 given to eval.py (`--cfg_scale=0`, or `evals.samples.cfg_scale=0`) meant
 "conditional, no guidance", and eval.py's `--mode=fid` took its defaults from the command line
 (steps 1, 4, 128; 1,000 samples; EMA weights; `evals.samples.cfg_scale`) instead of `evals.fid`.
@@ -65,7 +65,7 @@ def convention(config) -> str:
 
 
 def legacy_notice(where: str) -> str:
-  """The one line `trainer.load_config` logs for a config.json without the field."""
+  """The one line `experiment.load_config` logs for a config.json without the field."""
   return (f"{where} predates guidance_convention: evaluating with its old meaning ('legacy': "
           f"eval.py's --cfg_scale=0 / evals.samples.cfg_scale=0 = conditional without guidance; "
           f"--mode=fid keeps its old defaults, steps {','.join(map(str, EVAL_STEPS))}, "

@@ -7,9 +7,9 @@ import numpy as np
 
 def assert_same_weights(workdir_a, workdir_b):
   """The final online weights of two workdirs are bit-identical."""
-  from shortcut_jax import trainer
-  a = jax.device_get(trainer.restore_experiment(str(workdir_a))[1].params)
-  b = jax.device_get(trainer.restore_experiment(str(workdir_b))[1].params)
+  from shortcut_jax import experiment
+  a = jax.device_get(experiment.restore_experiment(str(workdir_a))[1].params)
+  b = jax.device_get(experiment.restore_experiment(str(workdir_b))[1].params)
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 

@@ -12,7 +12,7 @@ SPEC: {"devices": 8, "data_dir": ..., "results": "out.json", "optimize": true, "
                  "dump": "params.npz"}]}            # optional
 Each job runs `trainer.train_and_evaluate` on a `configs/digits_shortcut.py:smoke` config changed
 by `config` (keys with `__` for nesting), then restores the final checkpoint with
-`trainer.restore_experiment` onto this process's devices and reports the shardings it got; with
+`experiment.restore_experiment` onto this process's devices and reports the shardings it got; with
 `dump`, process 0 writes the restored params and EMA params to an .npz.
 `combine_processes: k` makes a single process read the concatenation of the per-process slices
 of k processes (the global batches a k-process run assembles), for comparisons.
@@ -121,6 +121,7 @@ def run_job(jax, job, data_dir):
   import time
   import numpy as np
   t0 = time.perf_counter()
+  from shortcut_jax import experiment
   from shortcut_jax import trainer
   import digits_configs  # tests/ is sys.path[0] when this file runs as a script
   c = digits_configs.smoke_config(data_dir, **job.get("config", {}))
@@ -130,7 +131,7 @@ def run_job(jax, job, data_dir):
   finally:
     if restore:
       restore()
-  exp, state, step = trainer.restore_experiment(job["workdir"])
+  exp, state, step = experiment.restore_experiment(job["workdir"])
   specs = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
     specs["/".join(str(p.key) for p in path)] = str(leaf.sharding.spec)

@@ -16,6 +16,8 @@ import digits_configs
 import gaussian_oracle as go
 import run_checks
 from shortcut_jax import config as config_lib
+from shortcut_jax import experiment
+from shortcut_jax import initialisation
 from shortcut_jax import objectives
 from shortcut_jax import sampling
 from shortcut_jax import sharding as sharding_lib
@@ -537,10 +539,10 @@ def test_teacher_path_forms(tmp_path):
 
 
 def test_teacher_is_sharded_like_the_params():
-  from shortcut_jax import trainer
+  from shortcut_jax import experiment
   c = digits_configs.digits_config("smoke", objective__name="progressive",
                                    objective__teacher_workdir="w")
-  abstract = trainer.build_experiment(c, image_shape=(16, 16, 1)).abstract_state()
+  abstract = experiment.build_experiment(c, image_shape=(16, 16, 1)).abstract_state()
   specs = sharding_lib.state_partition_specs(abstract, "fsdp", 2, min_size=1000)
   flat = lambda tree: jax.tree_util.tree_leaves_with_path(
       tree, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
@@ -613,7 +615,7 @@ class Runs:
     return self.done[name]
 
   def state(self, workdir, step=None):
-    return jax.device_get(self.trainer.restore_experiment(workdir, step=step)[1])
+    return jax.device_get(experiment.restore_experiment(workdir, step=step)[1])
 
 
 @pytest.fixture(scope="module")
@@ -678,13 +680,12 @@ def test_teacher_is_loaded_and_never_trained(runs, name):
 
 
 @pytest.mark.slow
-def test_start_state_copies_the_teacher_and_checks_it_first(runs, tmp_path):
-  from shortcut_jax import trainer  # pylint: disable=g-import-not-at-top
+def test_a_student_starts_from_a_copy_of_its_teacher_checked_first(runs, tmp_path):
   from shortcut_jax.checkpoints.manager import CheckpointManager  # pylint: disable=g-import-not-at-top
   teacher_run = runs.state(runs.teacher)
   c = runs.config("consistency-distillation")
-  exp = trainer.build_experiment(c)
-  state, step = trainer.restore_or_init(exp, CheckpointManager(str(tmp_path / "fresh")))
+  exp = experiment.build_experiment(c)
+  state, step = initialisation.restore_or_init(exp, CheckpointManager(str(tmp_path / "fresh")))
   assert step == 0 and int(state.step) == 0
   assert_trees_equal(jax.device_get(state.params), teacher_run.params)
   assert_trees_equal(jax.device_get(state.ema_params), teacher_run.ema_params)
@@ -698,12 +699,12 @@ def test_start_state_copies_the_teacher_and_checks_it_first(runs, tmp_path):
   fake_init = lambda: calls.append(1)
   bad = runs.config("consistency-distillation", model__hidden_size=64)
   with pytest.raises(teacher_lib.TeacherError, match="(?s)model.hidden_size.*digits_naive.py"):
-    teacher_lib.start_from_teacher(fake_init, config=bad, abstract_state=exp.abstract_state(),
-                                   shardings=None, mesh=trainer.make_mesh(bad))
+    initialisation.start_from_teacher(experiment.build_experiment(bad), fake_init,
+                                      exp.abstract_state(), None, experiment.make_mesh(bad))
   empty = runs.config("progressive", objective__teacher_workdir=str(tmp_path / "none"))
   with pytest.raises(teacher_lib.TeacherError, match="(?s)holds no training run.*train.py"):
-    teacher_lib.start_from_teacher(fake_init, config=empty, abstract_state=exp.abstract_state(),
-                                   shardings=None, mesh=trainer.make_mesh(empty))
+    initialisation.start_from_teacher(experiment.build_experiment(empty), fake_init,
+                                      exp.abstract_state(), None, experiment.make_mesh(empty))
   # A teacher whose network takes the step size (a shortcut run) does not fit either.
   fake = tmp_path / "shortcut_teacher"
   os.makedirs(fake / "checkpoints")
@@ -714,8 +715,8 @@ def test_start_state_copies_the_teacher_and_checks_it_first(runs, tmp_path):
     json.dump(raw, f)
   other = runs.config("progressive", objective__teacher_workdir=str(fake))
   with pytest.raises(teacher_lib.TeacherError, match="(?s)'shortcut' run.*takes the step size"):
-    teacher_lib.start_from_teacher(fake_init, config=other, abstract_state=exp.abstract_state(),
-                                   shardings=None, mesh=trainer.make_mesh(other))
+    initialisation.start_from_teacher(experiment.build_experiment(other), fake_init,
+                                      exp.abstract_state(), None, experiment.make_mesh(other))
   assert not calls
 
 
@@ -725,13 +726,13 @@ def test_loss_falls_on_a_fixed_batch(runs, name):
   # The train step built exactly as the trainer builds it (so it comes from the compile cache),
   # from the straight run's last state (after the last phase boundary), on one fixed batch.
   from shortcut_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
-  from shortcut_jax import trainer  # pylint: disable=g-import-not-at-top
+  from shortcut_jax import experiment
   from shortcut_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   straight, _ = runs.get(name)
   c = runs.config(name)
-  exp, state, _ = trainer.restore_experiment(straight, config=c, mesh=trainer.make_mesh(c))
-  mesh = trainer.make_mesh(c)
-  _, shardings = trainer.sharded_abstract_state(exp, mesh)
+  exp, state, _ = experiment.restore_experiment(straight, config=c, mesh=experiment.make_mesh(c))
+  mesh = experiment.make_mesh(c)
+  _, shardings = experiment.sharded_abstract_state(exp, mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   step_fn = train_step_lib.make_train_step(
       exp.model, exp.objective, exp.tx, exp.lr_schedule, c.objective, c.optim.ema_rate,

@@ -11,18 +11,18 @@ import pytest
 
 import digits_configs
 
-from shortcut_jax import evaluation, trainer
+from shortcut_jax import evaluation, experiment, trainer
 from shortcut_jax.evaluators import cascade
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def test_stages_that_do_not_fit_are_errors_before_sampling():
-  gen16 = trainer.build_experiment(importlib.import_module("configs.digits_shortcut")
+  gen16 = experiment.build_experiment(importlib.import_module("configs.digits_shortcut")
                                    .get_config("smoke"), image_shape=(16, 16, 1))
-  gen8 = trainer.build_experiment(importlib.import_module("configs.digits_8px_shortcut")
+  gen8 = experiment.build_experiment(importlib.import_module("configs.digits_8px_shortcut")
                                   .get_config("smoke"), image_shape=(8, 8, 1))
-  up = trainer.build_experiment(importlib.import_module("configs.digits_upscale_x2")
+  up = experiment.build_experiment(importlib.import_module("configs.digits_upscale_x2")
                                 .get_config("smoke"), image_shape=(16, 16, 1))
   cascade.check_stages([gen8, up], [1, 1], ["gen8", "up"])
   with pytest.raises(ValueError, match=r"takes 8x8x1 inputs.*outputs 16x16x1"):

@@ -153,17 +153,17 @@ def test_concat_mode_is_the_dit_on_stacked_channels():
 
 def test_model_registry_and_batch_spec(tmp_path):
   from digits_configs import digits_config
-  from shortcut_jax import trainer
+  from shortcut_jax import experiment
   c = digits_config("smoke")
   c.data.low_res_factor = 2
-  exp = trainer.build_experiment(c, image_shape=(16, 16, 1))
+  exp = experiment.build_experiment(c, image_shape=(16, 16, 1))
   assert exp.batch_spec == {"image": (16, 16, 1), "cond_image": (16, 16, 1)}
   assert exp.model.conditioning.keys == ("label", "cond_image")
   state = jax.eval_shape(exp.init_state, jax.random.PRNGKey(0))
   assert state.params["PatchEmbed_0"]["Conv_0"]["kernel"].shape[2] == 2
   c.model.name = "unet"
   with pytest.raises(ValueError, match="model.name"):
-    trainer.build_experiment(c, image_shape=(16, 16, 1))
+    experiment.build_experiment(c, image_shape=(16, 16, 1))
 
 
 def _image_echo_model():

@@ -109,8 +109,8 @@ def test_config_checks():
 def test_a_fresh_coupling_model_returns_its_input():
   # The DiT's output layer starts at zero: a fresh coupling model's velocity is 0, so every
   # sample is its own upsampled LR input, whatever the step count.
-  from shortcut_jax import trainer
-  exp = trainer.build_experiment(_sr_config())
+  from shortcut_jax import experiment
+  exp = experiment.build_experiment(_sr_config())
   assert exp.source == Source("cond_image", 0)
   params = exp.network.init(jax.random.PRNGKey(0))
   lr = np.random.default_rng(4).uniform(-1, 1, (5,) + exp.image_shape).astype(np.float32)
@@ -120,7 +120,7 @@ def test_a_fresh_coupling_model_returns_its_input():
                              cond=cond, batch_size=4)
     np.testing.assert_allclose(images, lr, rtol=1e-5, atol=1e-5)
   # A noise-source model does not.
-  exp_noise = trainer.build_experiment(_sr_config(objective__source="gaussian"))
+  exp_noise = experiment.build_experiment(_sr_config(objective__source="gaussian"))
   images, _ = gen.generate(exp_noise, params, num_images=5, num_steps=1, cfg_scale=None,
                            cond=cond, batch_size=4)
   assert np.max(np.abs(images - lr)) > 0.5
@@ -149,9 +149,10 @@ def test_coupling_smoke_run_starts_at_bicubic(tmp_path, tmp_path_factory):
 def test_latent_coupling_config_trains_under_smoke(tmp_path):
   # fm-boosting's setting: latent space, the start noised at DDPM step 400; one smoke step runs.
   import digits_configs
+  from shortcut_jax import experiment
   from shortcut_jax import trainer
   c = digits_configs.quick_run_config("coupling_latent_x2", str(tmp_path / "tfds"), 1)
-  exp = trainer.build_experiment(c)
+  exp = experiment.build_experiment(c)
   assert exp.source == Source("cond_image", 400) and exp.config.data.latents == "online"
   metrics = trainer.train_and_evaluate(c, str(tmp_path / "w"))
   assert np.isfinite(metrics["train/loss"])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import digits_configs
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints import manager as manager_lib
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointReadError,
@@ -42,7 +43,7 @@ def trained(data_dir, tmp_path_factory):
 
 
 def _weights(workdir, step=None):
-  _, state, restored = trainer.restore_experiment(workdir, step=step)
+  _, state, restored = experiment.restore_experiment(workdir, step=step)
   return jax.device_get({"params": state.params, "ema": state.ema_params}), restored
 
 
@@ -144,13 +145,13 @@ def test_eval_names_the_damaged_step_and_the_intact_ones(trained, tmp_path):
   bad = _largest_data_file(workdir, 6)
   _overwrite(bad)
   with pytest.raises(DamagedCheckpointError) as info:
-    trainer.restore_experiment(workdir)
+    experiment.restore_experiment(workdir)
   message = str(info.value)
   assert "step 6" in message and bad in message and "Intact steps: [2, 4]" in message
   assert "--checkpoint_step=4" in message
   assert info.value.__cause__ is None and info.value.__suppress_context__
   with pytest.raises(DamagedCheckpointError, match="step 6"):
-    trainer.restore_experiment(workdir, step=6)
+    experiment.restore_experiment(workdir, step=6)
   _, step = _weights(workdir, step=4)
   assert step == 4
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4", "6"]

@@ -22,6 +22,7 @@ import digits_configs
 from random_inception import random_inception_variables
 from shortcut_jax import config as config_lib
 from shortcut_jax import evaluation
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators import fid
@@ -95,7 +96,7 @@ def numpy_stats(variables, images_grey):
 
 def independent_stats(setup, *, num_images, num_steps, config=None):
   """`numpy_stats` of `generate.generate`'s images (seed 0, EMA, CFG 1.5; no mesh)."""
-  exp, state, _ = trainer.restore_experiment(setup["workdir"], config=config)
+  exp, state, _ = experiment.restore_experiment(setup["workdir"], config=config)
   images, _ = gen.generate(exp, state.ema_params, num_images=num_images, num_steps=num_steps,
                            cfg_scale=1.5, seed=0)
   return numpy_stats(setup["variables"], images)
@@ -183,7 +184,7 @@ def test_fid_stats_then_fid_write_sane_results(setup, fid_calls):
 def test_generation_does_not_depend_on_batch_size_or_mesh(setup):
   # Same seed -> same images, whatever the batch size and whether a (here 1-device) mesh places
   # the batches.
-  exp, state, _ = trainer.restore_experiment(setup["workdir"])
+  exp, state, _ = experiment.restore_experiment(setup["workdir"])
   expected, _ = gen.generate(exp, state.ema_params, num_images=10, num_steps=2, cfg_scale=1.5,
                              seed=3, batch_size=4)
   got = [np.asarray(x)[:n] for x, n in gen.generate_batches(
@@ -201,7 +202,7 @@ def test_in_training_evaluator_logs_fid_per_step_budget(setup, marginal_fid_call
   fid.save_stats(stats_path, fake.mean(0), np.cov(fake, rowvar=False))
   c = smoke_config(setup["config"].data.data_dir, every=2, steps=(1,), num_samples=24,
                    batch_size=16, stats_path=stats_path, inception_path=setup["weights"])
-  exp, state, _ = trainer.restore_experiment(setup["workdir"], config=c)
+  exp, state, _ = experiment.restore_experiment(setup["workdir"], config=c)
   from shortcut_jax.evaluators import registry
   [ev] = registry.build_evaluators(exp, setup["workdir"])
   assert isinstance(ev, fid_evaluator.FIDEvaluator) and ev.due(2) and not ev.due(3)
@@ -237,7 +238,7 @@ def test_in_training_evaluator_reports_adm_metrics(setup, marginal_fid_calls, tm
                    batch_size=16, stats_path=reference_path, inception_path=weights,
                    extra_metrics=("is", "sfid", "precision_recall"))
   config_lib.validate(c)
-  exp, state, _ = trainer.restore_experiment(setup["workdir"], config=c)
+  exp, state, _ = experiment.restore_experiment(setup["workdir"], config=c)
   [ev] = registry.build_evaluators(exp, setup["workdir"])
   metrics = ev.run(state, 4)
   assert set(metrics) == {"fid/steps_1", "is/steps_1", "sfid/steps_1", "precision/steps_1",
@@ -314,7 +315,7 @@ def test_eval_fid_extra_metrics_reach_fid_json(setup, monkeypatch, tmp_path):
 def test_evaluator_with_missing_files_fails_at_construction(setup, tmp_path):
   c = smoke_config(setup["config"].data.data_dir, every=2, stats_path=str(tmp_path / "no.npz"),
                    inception_path=setup["weights"])
-  exp = trainer.build_experiment(c, image_shape=(16, 16, 1))
+  exp = experiment.build_experiment(c, image_shape=(16, 16, 1))
   from shortcut_jax.evaluators import registry
   with pytest.raises(FileNotFoundError, match=r"config.evals.fid.stats_path.*no.npz.*fid_stats"):
     registry.build_evaluators(exp, str(tmp_path))
@@ -323,7 +324,7 @@ def test_evaluator_with_missing_files_fails_at_construction(setup, tmp_path):
   fid.save_stats(stats_path, np.zeros(2048), np.eye(2048))
   c = smoke_config(setup["config"].data.data_dir, every=2, stats_path=stats_path,
                    inception_path=str(tmp_path / "no_weights.npz"))
-  exp = trainer.build_experiment(c, image_shape=(16, 16, 1))
+  exp = experiment.build_experiment(c, image_shape=(16, 16, 1))
   with pytest.raises(FileNotFoundError, match=r"inception_path.*no_weights.npz"):
     registry.build_evaluators(exp, str(tmp_path))
 

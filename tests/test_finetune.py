@@ -14,7 +14,9 @@ import pytest
 
 import digits_configs
 from shortcut_jax import finetune
+from shortcut_jax import experiment
 from shortcut_jax import trainer
+from shortcut_jax import initialisation
 from shortcut_jax.checkpoints.manager import CheckpointManager
 
 
@@ -42,10 +44,10 @@ def _config(source_workdir, data_dir, **changes):
 
 
 def _start(config, workdir):
-  exp = trainer.build_experiment(config)
+  exp = experiment.build_experiment(config)
   ckpt = CheckpointManager(workdir)
   try:
-    state, step = trainer.restore_or_init(exp, ckpt)
+    state, step = initialisation.restore_or_init(exp, ckpt)
   finally:
     ckpt.close()
   return exp, state, step
@@ -55,7 +57,7 @@ def test_fine_tuned_shortcut_model_starts_as_its_naive_source(source, tmp_path):
   source_dir, data_dir = source
   config = _config(source_dir, data_dir, init__weights="online")
   exp, state, step = _start(config, str(tmp_path / "tuned"))
-  src_exp, src, _ = trainer.restore_experiment(source_dir)
+  src_exp, src, _ = experiment.restore_experiment(source_dir)
   assert step == 0 and int(state.step) == 0
   assert not src_exp.objective.uses_level and exp.objective.uses_level
   # Fresh optimizer; online and EMA weights both the source's online weights.
@@ -92,7 +94,7 @@ def test_fine_tuning_trains_the_step_size_input_and_a_resume_ignores_init(source
   workdir = str(tmp_path / "tuned")
   metrics = trainer.train_and_evaluate(_config(source_dir, data_dir), workdir)
   assert np.isfinite(metrics["train/loss"])
-  _, state, step = trainer.restore_experiment(workdir)
+  _, state, step = experiment.restore_experiment(workdir)
   assert step == 2
   kernel = state.params[finetune.STEP_SIZE_EMBEDDER]["Dense_1"]["kernel"]
   assert float(jnp.abs(kernel).max()) > 0  # The gradient reached it.
@@ -101,7 +103,7 @@ def test_fine_tuning_trains_the_step_size_input_and_a_resume_ignores_init(source
     trainer.train_and_evaluate(_config(source_dir, data_dir, max_steps=3), workdir)
   assert any("init.workdir" in r.getMessage() and "ignored" in r.getMessage()
              for r in caplog.records), [r.getMessage() for r in caplog.records]
-  assert trainer.restore_experiment(workdir)[2] == 3
+  assert experiment.restore_experiment(workdir)[2] == 3
 
 
 @pytest.mark.parametrize("case", ["missing", "other_network", "shape", "teacher"])

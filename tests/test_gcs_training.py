@@ -61,8 +61,8 @@ def _wait(procs, timeout=600):
 
 def _weights(workdir):
   import jax
-  from shortcut_jax import trainer
-  _, state, step = trainer.restore_experiment(workdir)
+  from shortcut_jax import experiment
+  _, state, step = experiment.restore_experiment(workdir)
   return jax.device_get({"params": state.params, "ema": state.ema_params}), step
 
 
@@ -162,6 +162,7 @@ def test_remote_workdir_lock(gcs):
 def test_unusable_remote_workdirs_fail_before_anything_is_written(gcs, tmp_path):
   import digits_configs
   from shortcut_jax import storage
+  from shortcut_jax import experiment
   from shortcut_jax import trainer
   config = digits_configs.smoke_config(str(tmp_path / "tfds_unused"))
   with pytest.raises(storage.StorageError, match="bucket gs://no-such-bucket does not exist"):
@@ -177,13 +178,13 @@ def test_unusable_remote_workdirs_fail_before_anything_is_written(gcs, tmp_path)
     sys.modules["gcsfs"] = saved
   # The trainer checks the workdir before building anything that compiles or writes.
   calls = []
-  original = trainer.build_experiment
+  original = experiment.build_experiment
   try:
-    trainer.build_experiment = lambda *a, **k: calls.append(1) or original(*a, **k)
+    experiment.build_experiment = lambda *a, **k: calls.append(1) or original(*a, **k)
     with pytest.raises(storage.StorageError, match="no-such-bucket"):
       trainer.train_and_evaluate(config, "gs://no-such-bucket/run")
   finally:
-    trainer.build_experiment = original
+    experiment.build_experiment = original
   assert not calls
   assert not os.path.exists(os.path.join(gcs.root, "no-such-bucket"))
 

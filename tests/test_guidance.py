@@ -29,7 +29,7 @@ from digits_configs import override
 from shortcut_jax import config as config_lib
 from shortcut_jax import evaluation
 from shortcut_jax import guidance
-from shortcut_jax import trainer
+from shortcut_jax import experiment
 from shortcut_jax.evaluators import fid_evaluator
 from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.tools import import_original as import_lib
@@ -91,7 +91,7 @@ def test_scale_meanings():
 def fake_original_checkpoint(config, seed=1):
   """What `load_original_checkpoint` returns for a checkpoint of the config's DiT (8x8x3
   pixels), with EMA weights that differ from the online ones."""
-  exp = trainer.build_experiment(config, image_shape=(8, 8, 3))
+  exp = experiment.build_experiment(config, image_shape=(8, 8, 3))
   state = jax.device_get(jax.jit(exp.init_state)(jax.random.PRNGKey(seed)))
   params = jax.tree.map(np.asarray, state.params)
   rng = np.random.default_rng(seed)
@@ -205,7 +205,7 @@ def test_an_old_workdir_evaluates_as_it_did(imported, sampled, tmp_path, caplog,
   with open(path, "w") as f:
     json.dump(raw, f)
   with caplog.at_level(logging.WARNING):
-    config = trainer.load_config(workdir)
+    config = experiment.load_config(workdir)
   notices = [r.getMessage() for r in caplog.records if "predates guidance_convention" in
              r.getMessage()]
   assert len(notices) == 1 and "\n" not in notices[0]
@@ -230,16 +230,16 @@ def test_an_old_workdir_evaluates_as_it_did(imported, sampled, tmp_path, caplog,
 
 
 def test_in_training_evaluator_follows_the_protocol(imported, sampled):
-  config = trainer.load_config(imported["workdir"])
+  config = experiment.load_config(imported["workdir"])
   for section in config.evals.values():
     section.every = 0
   config.evals.fid.update(every=2, steps=(1, 2), stats_path=imported["stats"],
                           inception_path="inception.npz")
-  exp, state, _ = trainer.restore_experiment(imported["workdir"], config=config)
+  exp, state, _ = experiment.restore_experiment(imported["workdir"], config=config)
   from shortcut_jax.evaluators import registry
   [ev] = [e for e in registry.build_evaluators(exp, imported["workdir"])
           if isinstance(e, fid_evaluator.FIDEvaluator)]
-  metrics = ev.run(trainer.evaluator_state(state), 4)
+  metrics = ev.run(experiment.evaluator_state(state), 4)
   assert list(metrics) == ["fid/steps_1", "fid/steps_2", "fid/steps_128_cfg1.5"]
   assert [(c["num_steps"], c["cfg_scale"]) for c in sampled] == [(1, 1.0), (2, 1.0), (128, 1.5)]
   for c in sampled:

@@ -131,12 +131,12 @@ def test_loss_terms_on_known_targets():
 
 
 def _experiment(**changes):
-  from shortcut_jax import trainer
+  from shortcut_jax import experiment
   import digits_configs
   c = importlib.import_module("configs.digits_homo").get_config("smoke")
   c.unlock()
   digits_configs.override(c, **changes)
-  return trainer.build_experiment(c)
+  return experiment.build_experiment(c)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -202,6 +202,7 @@ def test_config_checks_and_linear_path_warning(monkeypatch):
 
 @pytest.mark.slow
 def test_smoke_run_logs_and_samples(tmp_path, tmp_path_factory):
+  from shortcut_jax import experiment
   from shortcut_jax import trainer
   import digits_configs
   import run_checks
@@ -213,7 +214,7 @@ def test_smoke_run_logs_and_samples(tmp_path, tmp_path_factory):
               "train/mse_acceleration", "train/mse_sc_velocity"):
     assert np.isfinite(metrics[key]), key
   assert os.path.exists(tmp_path / "run" / "plots" / "loss_per_t_4.png")
-  assert trainer.restore_experiment(str(tmp_path / "run"))[1].objective_state == {}
+  assert experiment.restore_experiment(str(tmp_path / "run"))[1].objective_state == {}
   # No state of its own: resuming is the trainer's (tests/test_trainer.py), not retested here.
   run_checks.assert_samples(tmp_path / "run", (16, 16, 1))
 

@@ -385,7 +385,7 @@ def test_pair_datasets_store_the_conditioning_images_posterior_mean(encoded_pair
 
 
 def test_pair_batches_flip_together_and_give_the_online_condition(encoded_pairs, monkeypatch):
-  from shortcut_jax import trainer  # pylint: disable=g-import-not-at-top
+  from shortcut_jax import experiment
   c, out = encoded_pairs
   stored = _stored(out, "test")
   monkeypatch.setitem(catalog.SPECS, "digits",
@@ -406,7 +406,7 @@ def test_pair_batches_flip_together_and_give_the_online_condition(encoded_pairs,
 
   # The experiment's encoder gives the model the scaled condition latent, as online encoding
   # of the same pixels does (its posterior mean); the image is a posterior sample.
-  exp = trainer.build_experiment(c)
+  exp = experiment.build_experiment(c)
   assert exp.batch_spec == {"image": (8, 8, 4), "cond_image": (8, 8, 4)}
   prepared = exp.prepare_batch(dict(batch), jax.random.PRNGKey(0))
   vae = exp.encoder.vae

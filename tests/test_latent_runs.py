@@ -35,6 +35,7 @@ from digits_configs import override
 from shortcut_jax import evaluation
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import train_step as train_step_lib
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager
 from shortcut_jax.data import errors as data_errors
@@ -119,7 +120,7 @@ class _OriginalPickler(pickle._Pickler):  # pylint: disable=protected-access
 def write_original_checkpoint(path, config, seed=1):
   """A train state of the config's DiT on 32x32x4 latents in the original's pickle format;
   returns its numpy trees."""
-  exp = trainer.build_experiment(config, image_shape=LATENT_SHAPE)
+  exp = experiment.build_experiment(config, image_shape=LATENT_SHAPE)
   params = jax.tree.map(np.asarray, jax.device_get(exp.network.init(jax.random.PRNGKey(seed))))
   rng = np.random.default_rng(seed)
   like = lambda scale, f=lambda x: x: jax.tree.map(
@@ -170,7 +171,7 @@ def test_written_checkpoint_has_the_original_records(original):
 
 
 def test_import_keeps_latent_shapes_weights_and_optimizer(original, imported):
-  exp, state, step = trainer.restore_experiment(imported)
+  exp, state, step = experiment.restore_experiment(imported)
   assert step == STEP and int(state.step) == STEP
   assert exp.image_shape == LATENT_SHAPE
   assert exp.config.data.latents == "online" and exp.config.data.num_classes == NUM_CLASSES
@@ -241,7 +242,7 @@ def test_resuming_the_imported_imagenet_run_without_imagenet(original, tmp_path,
   config = paper_config("imagenet_dit_b", **TINY_LATENT_RUN)
   workdir = str(tmp_path / "w")
   import_original(original[0], config, workdir)
-  config = trainer.load_config(workdir)
+  config = experiment.load_config(workdir)
   config.data.data_dir = str(tmp_path / "no_tfds")
   with pytest.raises(data_errors.DataNotPreparedError,
                      match=r"(?s)imagenet256.*python -m shortcut_jax.data.prepare --dataset imagenet256"):
@@ -273,7 +274,7 @@ def test_resume_from_imported_checkpoint(original, tmp_path, data_dir):
   lines = [json.loads(l) for l in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines if "train/loss" in l] == [STEP + 1, STEP + 2]
 
-  _, state, step = trainer.restore_experiment(workdir)
+  _, state, step = experiment.restore_experiment(workdir)
   assert step == STEP + 2 and int(_adam(state.opt_state).count) == ADAM_COUNT + 2
   # Two AdamW steps at lr 1e-4 from the imported weights and moments: moved, but only by about
   # 1e-4 per weight (a fresh initialisation is ~0.01 away: the noise added to the original's).
@@ -304,7 +305,7 @@ def test_smoke_configs_build_patch_2_on_latents(name, data_dir):
   config = paper_config(name, "smoke", data__data_dir=data_dir)
   assert config.data.name == "photos" and config.vae.random_init
   assert config.data.latents == "online" and config.model.patch_size == 2
-  exp = trainer.build_experiment(config)
+  exp = experiment.build_experiment(config)
   assert exp.image_shape == (16, 16, 4)  # 32x32 photos through the factor-2 VAE.
   kernel = exp.abstract_state().params["PatchEmbed_0"]["Conv_0"]["kernel"]
   assert kernel.shape == (2, 2, 4, config.model.hidden_size)
@@ -334,7 +335,7 @@ def test_missing_imagenet_stops_before_compiling(tmp_path, no_compiling):
 
 def test_online_train_step_equals_encoding_then_latent_step(data_dir):
   config = paper_config("imagenet_dit_b", "smoke", data__data_dir=data_dir)
-  exp = trainer.build_experiment(config)
+  exp = experiment.build_experiment(config)
   encoder = exp.encoder
   vae = encoder.vae
   assert encoder.mode == "online" and vae is latents_lib.vae_from_config(config)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from digits_configs import digits_config
-from shortcut_jax import trainer
+from shortcut_jax import experiment
 from shortcut_jax.evaluators.loss_per_t import LossPerTEvaluator
 
 SHAPE = (16, 16, 1)
@@ -22,7 +22,7 @@ def _perturbed(tree, seed):
 
 @pytest.mark.parametrize("objective", ["shortcut", "naive"])
 def test_losses_match_direct_computation(tmp_path, fast_compile, objective):
-  exp = trainer.build_experiment(digits_config("smoke", objective__name=objective),
+  exp = experiment.build_experiment(digits_config("smoke", objective__name=objective),
                                  image_shape=SHAPE)
   state = exp.init_state(jax.random.PRNGKey(0))
   params, teacher = _perturbed(state.params, 1), _perturbed(state.params, 2)
@@ -61,7 +61,7 @@ def test_run_draws_the_source_independently_of_the_latent_sample(tmp_path, monke
   draws the flow's source x0: the two draws must use different keys. Here the "encoder" returns
   its posterior noise itself, so x0 equal to it (the same key) shows as a correlation of 1."""
   from shortcut_jax.data import pipeline
-  exp = trainer.build_experiment(digits_config("smoke", objective__name="naive"),
+  exp = experiment.build_experiment(digits_config("smoke", objective__name="naive"),
                                  image_shape=SHAPE)
   n = 64
 
@@ -72,7 +72,7 @@ def test_run_draws_the_source_independently_of_the_latent_sample(tmp_path, monke
     return dict(batch, image=jax.random.normal(key, (n, *SHAPE)))
 
   monkeypatch.setattr(pipeline, "make_dataset", make_dataset)
-  monkeypatch.setattr(trainer.Experiment, "prepare_batch", prepare_batch)
+  monkeypatch.setattr(experiment.Experiment, "prepare_batch", prepare_batch)
   ev = LossPerTEvaluator(exp, str(tmp_path), 1, num_batches=1, num_bins=2)
   seen = []
 

@@ -275,7 +275,7 @@ def test_lpips_scorer_note(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_compile")
 def test_sr_metrics_mode_reports_lpips(tmp_path, monkeypatch):
-  from shortcut_jax import evaluation, trainer
+  from shortcut_jax import evaluation, experiment, trainer
   monkeypatch.delenv(lpips.ENV_VAR, raising=False)
   c = importlib.import_module("configs.sr_x4_photos").get_config("smoke")
   c.unlock()
@@ -298,7 +298,7 @@ def test_sr_metrics_mode_reports_lpips(tmp_path, monkeypatch):
   # both rounded to 8 bits.
   from shortcut_jax.data import low_res
   from shortcut_jax.evaluators import generate as gen
-  exp = trainer.restore_experiment(workdir)[0]
+  exp = experiment.restore_experiment(workdir)[0]
   hr = gen.held_out_examples(exp.config, 3)["image"]
   eight_bit = lambda x: gen.to_uint8(x).astype(np.float32) / 127.5 - 1.0
   want = lpips.LPIPSScorer.from_file(weights).mean(eight_bit(hr),

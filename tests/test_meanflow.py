@@ -233,6 +233,7 @@ def test_config_checks():
 
 @pytest.mark.slow
 def test_smoke_run_trains_and_samples(tmp_path, tmp_path_factory, monkeypatch):
+  from shortcut_jax import experiment
   from shortcut_jax import trainer
   import run_checks
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
@@ -245,7 +246,7 @@ def test_smoke_run_trains_and_samples(tmp_path, tmp_path_factory, monkeypatch):
   metrics = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   for key in ("train/loss", "train/mse", "train/loss_average", "train/loss_instant"):
     assert np.isfinite(metrics[key])
-  _, state, step = trainer.restore_experiment(str(tmp_path / "run"))
+  _, state, step = experiment.restore_experiment(str(tmp_path / "run"))
   assert step == 4 and state.objective_state == {}
   # No state of its own: resuming is the trainer's (tests/test_trainer.py), not retested here.
   run_checks.assert_samples(tmp_path / "run", (16, 16, 1))

@@ -22,6 +22,7 @@ import digits_configs
 from shortcut_jax import config as config_lib
 from shortcut_jax import metric_log
 from shortcut_jax import train_state
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 
 
@@ -63,7 +64,7 @@ def test_grad_clip_norm_rescales_gradients_to_the_global_norm():
 
 
 def test_weight_decay_mask_leaves_biases_norms_and_embeddings_alone():
-  exp = trainer.build_experiment(digits_configs.smoke_config("/nonexistent"),
+  exp = experiment.build_experiment(digits_configs.smoke_config("/nonexistent"),
                                  image_shape=(16, 16, 1))
   params = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), exp.abstract_state().params)
   params["LayerNorm_0"] = {"scale": jnp.ones((3,)), "bias": jnp.ones((3,))}
@@ -159,7 +160,7 @@ def test_clip_mask_profile_and_wandb_in_a_training_run_that_resumes(tmp_path, fa
   trainer.train_and_evaluate(config, workdir)
   assert fake_wandb[1].kwargs["id"] == "fakeid42"  # The same W&B run continues.
   assert [s for s, v in fake_wandb[1].logged if "train/loss" in v] == [5, 6]
-  _, state, step = trainer.restore_experiment(workdir)
+  _, state, step = experiment.restore_experiment(workdir)
   assert step == 6 and isinstance(state.opt_state[1][0], optax.ScaleByAdamState)
 
 

@@ -122,8 +122,8 @@ def _steps(workdir):
 
 def _weights(workdir):
   import jax
-  from shortcut_jax import trainer
-  _, state, step = trainer.restore_experiment(str(workdir))
+  from shortcut_jax import experiment
+  _, state, step = experiment.restore_experiment(str(workdir))
   return jax.device_get({"params": state.params, "ema": state.ema_params}), step
 
 

@@ -281,8 +281,8 @@ def _worker(spec_path):
 
 
 def _weights(workdir):
-  from shortcut_jax import trainer
-  _, state, step = trainer.restore_experiment(str(workdir))
+  from shortcut_jax import experiment
+  _, state, step = experiment.restore_experiment(str(workdir))
   return jax.device_get({"params": state.params, "ema": state.ema_params,
                          "opt": state.opt_state}), step
 

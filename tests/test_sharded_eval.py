@@ -48,7 +48,7 @@ def _worker(spec_path):
   jax = sharding_worker._setup(spec)
   from shortcut_jax import evaluation
   from shortcut_jax.evaluators import fid_evaluator
-  from shortcut_jax import trainer
+  from shortcut_jax import experiment
 
   load, loaded = fid_evaluator.load_features, {}
 
@@ -105,7 +105,7 @@ def _worker(spec_path):
   fid_rows = sum(rows)
   rows.clear()
   ref = evaluation.run("fid_stats", None, steps=[], num_samples=0, cfg_scale=None,
-                       batch_size=BATCH, config=trainer.load_config(workdir),
+                       batch_size=BATCH, config=experiment.load_config(workdir),
                        out=spec["ref_out"], split=REF_SPLIT, inception_path=spec["weights"])
   lap("fid_stats")
   ref_rows = sum(rows)

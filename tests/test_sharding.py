@@ -30,6 +30,7 @@ import digits_configs
 import sharding_worker
 from shortcut_jax import sharding
 from shortcut_jax import train_state as train_state_lib
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.models import dit
 
@@ -310,7 +311,7 @@ def _losses(workdir):
 
 
 def _restore(workdir, step=None):
-  exp, state, restored = trainer.restore_experiment(str(workdir), step=step)
+  exp, state, restored = experiment.restore_experiment(str(workdir), step=step)
   # Restored onto this process's single device, whatever mesh wrote it.
   leaf = state.params["DiTBlock_0"]["Dense_0"]["kernel"]
   assert len(leaf.sharding.device_set) == 1

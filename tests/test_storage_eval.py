@@ -99,8 +99,8 @@ def test_fid_stats_and_fid_on_gs_paths(gcs, gs_workdir, monkeypatch):
   storage.copy(local_weights, weights)
   stats = "gs://bucket/stats/digits_train40.npz"
 
-  from shortcut_jax import trainer
-  config = trainer.load_config(gs_workdir)
+  from shortcut_jax import experiment
+  config = experiment.load_config(gs_workdir)
   ref = evaluation.run("fid_stats", None, steps=[], num_samples=0, cfg_scale=None,
                        batch_size=16, config=config, out=stats, split="train[:40]",
                        inception_path=weights)

@@ -22,7 +22,7 @@ import pytest
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
 from shortcut_jax import text_encoders
-from shortcut_jax import trainer
+from shortcut_jax import experiment
 from shortcut_jax.data import catalog
 from shortcut_jax.data import image_folder
 from shortcut_jax.data import latent_dataset as ld
@@ -80,7 +80,7 @@ def test_import_original_writes_a_restorable_workdir_to_the_bucket(gcs, original
   assert "config.json" in written
   assert any(p.startswith(f"checkpoints/{meta['step']}/") for p in written), written
 
-  exp, state, step = trainer.restore_experiment("gs://bucket/imported")
+  exp, state, step = experiment.restore_experiment("gs://bucket/imported")
   assert step == meta["step"] and int(state.step) == meta["step"]
   with np.load(fixture / "original_dit_small_io.npz") as io_arrays:
     out = exp.module.apply({"params": state.ema_params}, io_arrays["x"], io_arrays["t"],

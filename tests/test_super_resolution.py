@@ -10,6 +10,7 @@ from PIL import Image
 import digits_configs
 
 from shortcut_jax import evaluation
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
@@ -40,7 +41,7 @@ def test_sr_metrics_reports_model_and_bicubic(trained):
   with open(os.path.join(trained, "sr_metrics.json")) as f:
     assert json.load(f)["steps"]["1"] == results["steps"]["1"]
   # The bicubic entry is the LR input's bicubic upsampling scored against HR, recomputed here.
-  exp, _, _ = trainer.restore_experiment(trained)
+  exp, _, _ = experiment.restore_experiment(trained)
   hr = gen.held_out_examples(exp.config, 6)["image"]
   expected = sr_quality.sr_metrics(hr, low_res.cond_image(hr, 4))
   for k, v in expected.items():
@@ -81,6 +82,6 @@ def test_super_resolve_folder_end_to_end(trained, tmp_path):
 def test_super_resolution_modes_need_an_image_conditioned_model():
   from digits_configs import digits_config
   from shortcut_jax.evaluators import super_resolution
-  exp = trainer.build_experiment(digits_config("smoke"), image_shape=(16, 16, 1))
+  exp = experiment.build_experiment(digits_config("smoke"), image_shape=(16, 16, 1))
   with pytest.raises(ValueError, match="not a super-resolution model"):
     super_resolution.check_super_resolution_model(exp)

@@ -213,6 +213,7 @@ def test_embed_text_with_a_tiny_random_clip(tmp_path):
 def test_smoke_run_on_embeddings_trains_and_samples(tmp_path):
   import digits_configs
   import run_checks
+  from shortcut_jax import experiment
   from shortcut_jax import trainer
   emb_path = _captioned_folder(str(tmp_path / "imgs"), n=20)
   c = digits_configs.digits_config("smoke")
@@ -226,7 +227,7 @@ def test_smoke_run_on_embeddings_trains_and_samples(tmp_path):
   c.batch_size = 8
   metrics = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   assert np.isfinite(metrics["train/loss"]) and "train/dropped_ratio_embedding" in metrics
-  exp, state, _ = trainer.restore_experiment(str(tmp_path / "run"))
+  exp, state, _ = experiment.restore_experiment(str(tmp_path / "run"))
   assert "EmbeddingNull_0" in state.params and exp.batch_spec["embedding"] == (DIM,)
   run_checks.assert_samples(tmp_path / "run", (8, 8, 3), steps=(1,))
 
@@ -287,11 +288,12 @@ def test_word_vector_demo_trains_scores_classes_and_follows_prompts(tmp_path):
   import digits_configs
   from shortcut_jax import evaluation
   from shortcut_jax import text_encoders as te
+  from shortcut_jax import experiment
   from shortcut_jax import trainer
   work = str(tmp_path / "run")
   c = digits_configs.quick_run_config("digits_word_vectors", str(tmp_path / "tfds"), 2)
   trainer.train_and_evaluate(c, work)
-  exp = trainer.build_experiment(c)
+  exp = experiment.build_experiment(c)
   assert exp.batch_spec["embedding"] == (32,) and not evaluation.gen.is_conditional(c)
   # Accuracy is scored against the prompted words (the labels are all null).
   metrics = evaluation.run("digits_metrics", work, steps=[1], num_samples=20, cfg_scale=1.5,

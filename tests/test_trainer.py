@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import digits_configs
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager, CheckpointMismatchError
 from shortcut_jax.data import pipeline
@@ -30,7 +31,7 @@ def shared_data_dir(tmp_path_factory):
 
 
 def _params(workdir):
-  exp, state, step = trainer.restore_experiment(workdir)
+  exp, state, step = experiment.restore_experiment(workdir)
   return jax.device_get(state.params), jax.device_get(state.ema_params), step
 
 
@@ -97,7 +98,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
   jax.tree.map(np.testing.assert_array_equal, e1, e2)
   # ... and training really moved the weights (the comparison can fail).
-  fresh = jax.device_get(jax.jit(trainer.build_experiment(c).init_state)(jax.random.PRNGKey(c.seed)).params)
+  fresh = jax.device_get(jax.jit(experiment.build_experiment(c).init_state)(jax.random.PRNGKey(c.seed)).params)
   assert not np.allclose(fresh["DiTBlock_0"]["Dense_1"]["kernel"], p1["DiTBlock_0"]["Dense_1"]["kernel"])
 
 
@@ -118,7 +119,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     trainer.train_and_evaluate(c, str(tmp_path))
   ckpt = CheckpointManager(str(tmp_path), read_only=True)
   assert ckpt.latest_step() == 4
-  _, state, _ = trainer.restore_experiment(str(tmp_path))
+  _, state, _ = experiment.restore_experiment(str(tmp_path))
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
 
 
@@ -145,7 +146,7 @@ def test_import_original_then_sample(tmp_path, original_fixture_dir):
   c.objective.update(denoise_timesteps=128, class_dropout_prob=a["class_dropout_prob"])
   step = import_original(str(original_fixture_dir / "original_dit_small.pkl"), c, str(tmp_path))
   assert step == meta["step"]
-  exp, state, restored_step = trainer.restore_experiment(str(tmp_path))
+  exp, state, restored_step = experiment.restore_experiment(str(tmp_path))
   assert restored_step == step
   # The imported EMA weights give the original's outputs.
   out = exp.module.apply({"params": state.ema_params}, io["x"], io["t"], io["dt_base"], io["y"])

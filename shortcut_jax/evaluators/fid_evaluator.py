@@ -25,7 +25,7 @@ runs Inception on them, and accumulates the features of its rows only; the float
 are then merged across processes (`fid.RunningStats.combine_processes`), so the FID equals the
 one-process value on the same seeds (tests/test_sharded_eval.py). Every process must take part
 (the in-training evaluator runs on all of them; params are host copies,
-`trainer.evaluator_state`). A dataset split is read the same way: process p reads only its
+`experiment.evaluator_state`). A dataset split is read the same way: process p reads only its
 part (`tfds.split_for_jax_process`, as training does), which is its rows of every batch.
 
 Files (reference statistics, Inception weights) may be local or remote (`storage`).

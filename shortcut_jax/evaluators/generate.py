@@ -291,7 +291,7 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
   (the last one padded) so the sampler compiles once.
 
   Args:
-    exp: the `trainer.Experiment`.
+    exp: the `experiment.Experiment`.
     params: the network weights.
     num_images: images in all.
     num_steps: sampling steps N.
@@ -302,7 +302,7 @@ def generate_batches(exp, params, *, num_images: int, num_steps: int,
     mesh: a 1-D device mesh (`data_mesh()`) to run data parallel on: params are replicated onto
       it and every batch is split along its axis. A mesh over several processes needs every
       process to call this with the same arguments (host params, e.g. from
-      `trainer.evaluator_state`); each one then computes only its rows of each batch
+      `experiment.evaluator_state`); each one then computes only its rows of each batch
       (`local_rows`, `local_part`). None: the arrays stay where they are (params may then be
       sharded over any mesh, several processes included).
     cond: host arrays of conditions, `num_images` rows each (default: `sample_cond`).

@@ -82,7 +82,7 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
   samples with its unconditional velocity for the label, which label dropout trained.
 
   Args:
-    exp: the `trainer.Experiment` of a super-resolution model.
+    exp: the `experiment.Experiment` of a super-resolution model.
     params: its weights.
     cond_image: float32 [H, W, C] in [-1, 1], the LR input upsampled to the output size.
     num_steps: sampling steps.

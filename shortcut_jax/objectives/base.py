@@ -22,12 +22,10 @@ write their targets.
   `{}` for stateless objectives), and `update_state(state, *, step, params, ema_params, config)
   -> state`, applied after each update (a distillation phase, an N schedule, a teacher copy).
   Both are pure, so a resumed run carries on exactly.
-* Start: `start_state(init_fn, *, config, abstract_state, shardings, mesh) -> TrainState`, run
-  on the host once when a run starts without a checkpoint (`trainer.restore_or_init`; never on
-  resume, where the checkpoint holds the whole state). `init_fn()` returns the fresh state,
-  placed with `shardings`; `config` is the whole experiment config. Default `fresh_state`
-  (`init_fn()` itself); the distillation objectives load their frozen teacher here, check it
-  before anything is compiled, and start the student from it (`objectives.teacher`).
+* Start: an objective never loads anything. One that `needs_teacher` gets its frozen teacher
+  from the training layer when a run starts without a checkpoint (`initialisation`): the
+  student starts from the teacher's weights and `objective_state['teacher']` holds the weights
+  its calls use (`objectives.teacher`).
 * Sampling: `sampler_step(predict, x, t, d, level) -> x_next` is one step of the sampler from
   time t (float32 [B]) by d (a float32 scalar) at the level the schedule gives (int32 [B]),
   where `predict(x, t, level)` is the network output (guided when sampling with CFG); default
@@ -103,12 +101,6 @@ def keep_state(state, **unused):
   return state
 
 
-def fresh_state(init_fn, **unused):
-  """`start_state` of an objective that starts from the freshly initialised state."""
-  del unused
-  return init_fn()
-
-
 def euler_step(predict: Callable[..., Array], x: Array, t: Array, d: Array, level: Array) -> Array:
   """x + d · v(x, t, level): the Euler step of flow models and the shortcut step."""
   return x + d * predict(x, t, level).astype(x.dtype)
@@ -138,7 +130,8 @@ class Objective:
       and the config validation refuses another source for them.
     splits_batch: B // `bootstrap_every` rows of each batch get other targets
       (self-consistency, reflow), so the batch size must be a multiple of it.
-    needs_teacher: the run starts from a frozen teacher (`teacher_workdir`).
+    needs_teacher: the run starts from a frozen teacher (`teacher_workdir`), loaded by the
+      training layer (`initialisation.start_from_teacher`).
     phased: training runs in log2(M) phases over `schedule_steps`.
     linear_path_only: the parameterisation assumes the linear path.
     needs_curved_path: part of the objective learns nothing on the linear path (HOMO's
@@ -147,7 +140,6 @@ class Objective:
       objective; ('velocity', 'acceleration') for `homo`, whose network output concatenates
       both along the channel axis (`models.registry` builds a second network or head for it,
       `velocity_of` reads the first part).
-    start_state: how a run without a checkpoint starts (see the module docstring).
   """
   name: str
   targets_fn: Callable[..., TrainingTargets]
@@ -169,7 +161,6 @@ class Objective:
   phased: bool = False
   linear_path_only: bool = False
   needs_curved_path: bool = False
-  start_state: Callable[..., Any] = fresh_state
 
   def velocity_of(self, output: Array) -> Array:
     """The velocity part of a network output (all of it for single-output objectives)."""
@@ -200,8 +191,7 @@ _REGISTRY: Dict[str, Objective] = {}
 def register_objective(name: str, *, uses_level: bool, source: str = "gaussian",
                        max_sample_steps: Optional[int] = None, **parts):
   """Decorator registering `targets_fn` under `name` (see `Objective` for the options; `parts`
-  are its `loss_fn`, `init_state`, `update_state`, `sampler_step`, `sampler_noise`, `schedule`,
-  `start_state`)."""
+  are its `loss_fn`, `init_state`, `update_state`, `sampler_step`, `sampler_noise`, `schedule`)."""
   def wrap(fn):
     if name in _REGISTRY:
       raise ValueError(f"objective {name!r} is registered twice")

@@ -137,7 +137,7 @@ def training_pair_target(model, target_net, x0, x1, t, t_next, level, cond, path
 
 @register_objective("consistency-distillation", uses_level=False,
                     init_state=teacher_lib.init_teacher_state,
-                    start_state=teacher_lib.start_from_teacher, needs_teacher=True,
+                    needs_teacher=True,
                     linear_path_only=True)
 def consistency_distillation_targets(model, params, ema_params, batch, rng, config, *, step=None,
                                      state=None) -> TrainingTargets:

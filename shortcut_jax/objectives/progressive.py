@@ -153,7 +153,7 @@ def update_progressive_state(state, *, step, params, ema_params, config):
 
 @register_objective("progressive", uses_level=False, init_state=init_progressive_state,
                     update_state=update_progressive_state,
-                    start_state=teacher_lib.start_from_teacher, needs_teacher=True,
+                    needs_teacher=True,
                     phased=True)
 def progressive_targets(model, params, ema_params, batch, rng, config, *, step=None,
                         state=None) -> TrainingTargets:

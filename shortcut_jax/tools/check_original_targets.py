@@ -203,7 +203,7 @@ def library_targets(fixture: Fixture, case: dict, model=None) -> Dict[str, np.nd
     raise FixtureError(f"case {case['name']!r}: states.npz has no {', '.join(missing)}")
   params, ema_params = fixture.states["student/params"], fixture.states["student/params_ema"]
   state = objective.init_state(params, config)
-  if teacher_lib.TEACHER in state:  # As a run's teacher starts (`teacher.start_from_teacher`).
+  if teacher_lib.TEACHER in state:  # As a run's teacher starts (`initialisation.start_from_teacher`).
     state[teacher_lib.TEACHER] = teacher_lib.teacher_weights(
         fixture.states["teacher/params"], fixture.states["teacher/params_ema"], config, name)
   if "phase" in state:

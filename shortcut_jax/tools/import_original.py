@@ -33,6 +33,7 @@ from shortcut_jax import console
 from shortcut_jax import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
+from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.legacy import load_original_checkpoint
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
@@ -106,7 +107,7 @@ def import_original(checkpoint: str, config, workdir: str) -> int:
   legacy = load_original_checkpoint(checkpoint)
   channels = legacy["params"]["PatchEmbed_0"]["Conv_0"]["kernel"].shape[2]
   shape = sample_shape(config, channels)
-  exp = trainer.build_experiment(config, image_shape=shape)
+  exp = experiment.build_experiment(config, image_shape=shape)
   abstract = exp.abstract_state()
   try:
     _check_params(abstract.params, legacy["params"], "params")
