@@ -143,6 +143,12 @@ def sharded_abstract_state(exp: Experiment, mesh: jax.sharding.Mesh) -> Tuple[An
   return sharding_lib.with_shardings(abstract, shardings), shardings
 
 
+def holds_training_run(workdir: str) -> bool:
+  """Whether `workdir` holds a training run: its config.json and a checkpoints/ folder."""
+  return storage.exists(storage.join(workdir, "config.json")) and storage.isdir(
+      storage.join(workdir, "checkpoints"))
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a training run saved as workdir/config.json."""
   path = storage.join(workdir, "config.json")

@@ -15,11 +15,11 @@ new objective adds, and what each part starts as:
 
 * The step-size input. A network that ignored the step size (an objective without
   `uses_level`, e.g. `naive`: its DiT is built with `ignore_dt`, its second `TimestepEmbedder`
-  always saw 0 and added a constant vector c0 to the conditioning) is given one that uses it with that embedder's output layer
-  changed to kernel 0 and bias c0 (`step_size_input`): the new network adds c0 whatever the
-  step size, so at start it predicts what the source predicted, at every level, the finest
-  included; the embedder's first layer keeps its weights, so the gradient reaches the new
-  kernel from the first step.
+  always saw 0 and added a constant vector c0 to the conditioning) is given one that uses it,
+  with that embedder's output layer changed to kernel 0 and bias c0 (`step_size_input`): the
+  new network adds c0 whatever the step size, so at start it predicts what the source
+  predicted, at every level, the finest included; the embedder's first layer keeps its
+  weights, so the gradient reaches the new kernel from the first step.
 * A source whose network took the step size keeps it as it is, into a network that takes it or
   ignores it (then at level 0, as the source's own `ignore_dt` runs do).
 * Any other parameter the source lacks, or holds with another shape, is an error naming it
@@ -59,14 +59,12 @@ def resolve(init_config) -> Tuple[str, Optional[int]]:
   return path, (None if step < 0 else step)
 
 
-def check_source(workdir: str) -> None:
-  """A clear error when `workdir` holds no training run."""
-  if not storage.exists(storage.join(workdir, "config.json")) or not storage.isdir(
-      storage.join(workdir, "checkpoints")):
-    raise InitError(f"init.workdir: {workdir} holds no training run (config.json and "
-                    f"checkpoints/); train one first, e.g. `python train.py "
-                    f"--config=configs/digits_naive.py --workdir={workdir}`, or import the "
-                    f"original's checkpoint with `python -m shortcut_jax.tools.import_original`")
+def no_source(workdir: str) -> InitError:
+  """The error for an `init.workdir` that holds no training run."""
+  return InitError(f"init.workdir: {workdir} holds no training run (config.json and "
+                   f"checkpoints/); train one first, e.g. `python train.py "
+                   f"--config=configs/digits_naive.py --workdir={workdir}`, or import the "
+                   f"original's checkpoint with `python -m shortcut_jax.tools.import_original`")
 
 
 def mismatches(config: ml_collections.ConfigDict, source: ml_collections.ConfigDict,

@@ -17,11 +17,11 @@ from absl import logging
 from shortcut_jax import finetune
 from shortcut_jax import objectives
 from shortcut_jax import sharding as sharding_lib
-from shortcut_jax import storage
 from shortcut_jax.checkpoints.manager import CheckpointManager, shape_mismatches
-from shortcut_jax.experiment import (Experiment, load_config, make_mesh, restore_experiment,
-                                     sharded_abstract_state)
+from shortcut_jax.experiment import (Experiment, holds_training_run, load_config, make_mesh,
+                                     restore_experiment, sharded_abstract_state)
 from shortcut_jax.objectives import teacher as teacher_lib
+from shortcut_jax.objectives.teacher import TeacherError
 
 
 def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
@@ -67,7 +67,8 @@ def start_from_run(exp: Experiment, init_fn, abstract, shardings, mesh):
         f"init.workdir is set, but objective {exp.objective.name!r} starts from its teacher "
         f"(objective.teacher_workdir): unset init.workdir")
   workdir, step = finetune.resolve(config.init)
-  finetune.check_source(workdir)
+  if not holds_training_run(workdir):
+    raise finetune.no_source(workdir)
   source_config = load_config(workdir)
   problems = finetune.mismatches(config, source_config)
   if problems:
@@ -106,11 +107,9 @@ def load_teacher(config, student_objective, abstract_params, mesh):
   Raises:
     TeacherError: no teacher there, or one of another model, data or kind of network.
   """
-  TeacherError = teacher_lib.TeacherError  # pylint: disable=invalid-name
   workdir, step = teacher_lib.resolve_teacher(config.objective)
   name = student_objective.name
-  if not storage.exists(storage.join(workdir, "config.json")) or not storage.isdir(
-      storage.join(workdir, "checkpoints")):
+  if not holds_training_run(workdir):
     raise TeacherError(f"objective {name!r} needs a trained teacher, and {workdir} holds no "
                        f"training run (config.json and checkpoints/): "
                        + teacher_lib.train_teacher_hint(workdir))

@@ -18,12 +18,12 @@ from absl import logging
 
 from shortcut_jax import console
 from shortcut_jax import distributed
+from shortcut_jax import experiment as experiment_lib
+from shortcut_jax import initialisation
 from shortcut_jax import metric_log
 from shortcut_jax import sharding as sharding_lib
 from shortcut_jax import storage
 from shortcut_jax import train_step as train_step_lib
-from shortcut_jax import experiment as experiment_lib
-from shortcut_jax import initialisation
 from shortcut_jax.checkpoints.manager import CheckpointManager
 from shortcut_jax.data import pipeline
 
@@ -143,7 +143,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # everything, and TensorFlow's own GCS client is never used.
   mirror = storage.staging(workdir)
   writer = metric_log.MetricLog(config, workdir, mirror, is_main)
-  train_iter = pipeline.make_dataset(config.data, split="train", global_batch_size=config.batch_size,
+  train_iter = pipeline.make_dataset(config.data, split="train",
+                                     global_batch_size=config.batch_size,
                                      seed=config.seed, train=True, start_step=start_step,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
