@@ -8,7 +8,7 @@ Starts from workdirs/digits_naive's EMA weights (`init.workdir`; `shortcut_jax.f
 the step-size input the naive network lacked starting as the constant it added: the fine-tuned
 model first predicts what the naive one does, at every step size. Then trains the shortcut
 objective for 1,500 steps, half of `digits_shortcut.py`'s budget, with a fresh optimizer.
-Hardware: 2 CPU cores, 3.75 minutes after the naive run's 7.5. Result (docs/results.md, one
+Hardware: 2 CPU cores, 3.75 minutes after the naive run's 7.2. Result (docs/results.md, one
 seed): 1-step FD-digits 18.1 against 11.9 for the from-scratch default (3,000 steps); from
 4 steps on within 1.2x of it, and the flow model's class accuracy at every budget.
 """

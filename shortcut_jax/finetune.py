@@ -26,14 +26,12 @@ new objective adds, and what each part starts as:
   (`checkpoints.manager.shape_mismatches`).
 """
 
-import os
 from typing import List, Optional, Tuple
 
 import jax.numpy as jnp
 import ml_collections
 
 from shortcut_jax import errors
-from shortcut_jax import storage
 
 WEIGHTS = ("ema", "online")
 STEP_SIZE_EMBEDDER = "TimestepEmbedder_1"
@@ -49,14 +47,9 @@ class InitError(errors.UserError, ValueError):
 
 
 def resolve(init_config) -> Tuple[str, Optional[int]]:
-  """(source workdir, step or None for the latest) from `init.workdir` / `init.step`; a path
-  `<workdir>/checkpoints/<step>` names the workdir and the step at once."""
-  path = storage.absolute(os.path.expanduser(str(init_config.workdir))).rstrip(os.sep)
-  step = int(init_config.step)
-  head, tail = os.path.split(path)
-  if tail.isdigit() and os.path.basename(head) == "checkpoints":
-    path, step = os.path.dirname(head), int(tail)
-  return path, (None if step < 0 else step)
+  """(source workdir, step or None for the latest) from `init.workdir` / `init.step`."""
+  from shortcut_jax.checkpoints import manager  # pylint: disable=g-import-not-at-top
+  return manager.run_and_step(init_config.workdir, init_config.step)
 
 
 def no_source(workdir: str) -> InitError:

@@ -66,6 +66,18 @@ class CheckpointMismatchError(errors.UserError, ValueError):
   """A checkpoint's arrays do not fit the state the config describes."""
 
 
+def run_and_step(path: str, step: int) -> Tuple[str, Optional[int]]:
+  """(training workdir, step or None for the latest) of a path that names a workdir, with `step`
+  (-1: the latest), or one of its checkpoint folders `<workdir>/checkpoints/<step>` (that step).
+  Local paths become absolute; a URI stays one."""
+  path = storage.absolute(os.path.expanduser(str(path))).rstrip(os.sep)
+  step = int(step)
+  head, tail = os.path.split(path)
+  if tail.isdigit() and os.path.basename(head) == "checkpoints":
+    path, step = os.path.dirname(head), int(tail)
+  return path, (None if step < 0 else step)
+
+
 def shape_mismatches(expected, found) -> list:
   """Differences between two pytrees' leaf paths and shapes, one readable line each.
 

@@ -27,14 +27,12 @@ more than params + EMA + Adam's two moments) and buys a resume and an `eval.py` 
 read the teacher's workdir again (which may have moved or trained on).
 """
 
-import os
 from typing import Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from shortcut_jax import errors
-from shortcut_jax import storage
 from shortcut_jax.config_value import config_value
 
 TEACHER = "teacher"
@@ -57,12 +55,8 @@ def resolve_teacher(objective_config) -> Tuple[str, Optional[int]]:
   if not path:
     raise TeacherError("objective.teacher_workdir is not set: "
                        + train_teacher_hint("workdirs/digits_naive"))
-  path = storage.absolute(os.path.expanduser(str(path))).rstrip(os.sep)  # A URI stays one.
-  step = int(config_value(objective_config, "teacher_step", -1))
-  head, tail = os.path.split(path)
-  if tail.isdigit() and os.path.basename(head) == "checkpoints":
-    path, step = os.path.dirname(head), int(tail)
-  return path, (None if step < 0 else step)
+  from shortcut_jax.checkpoints import manager  # pylint: disable=g-import-not-at-top
+  return manager.run_and_step(path, config_value(objective_config, "teacher_step", -1))
 
 
 def objective_mismatches(student, teacher, student_objective, teacher_objective) -> list:
