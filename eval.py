@@ -14,7 +14,7 @@ Every path (workdirs, --out, --fid_stats, --inception, --lpips_weights, --input_
       [--input_is_lr] [--overwrite] [--nouse_ema] [--seed=0]
   python eval.py --workdir=W --mode=sr_metrics --steps=1,2,4,8 [--num_samples=N]
 
-Guidance scales have the original's meaning (`shortcut_jax.guidance`): 0 unconditional, 1
+Guidance scales have the original's meaning (`shortcut_jax.core.guidance`): 0 unconditional, 1
 conditional (no unconditional pass), above 1 guided. --mode=fid takes what is not given from the
 workdir config's `evals.fid` (steps, num_samples, cfg_scale, use_ema, protocol); a workdir whose
 config.json predates `guidance_convention` keeps the old meanings and defaults (with a notice).

@@ -7,7 +7,7 @@ Not run at this scale here (no accelerator; the tests exercise only its `:smoke`
 the numbers below are the paper's, not this library's.
 Result reported by the paper (FID-50k): 6.9 at 128 steps, 13.8 at 4 steps, 20.5 at 1 step,
 under the original's FID protocol, this config's `evals.fid.protocol='original'`
-(`shortcut_jax.guidance`): the sweep 1, 4, 32, 128 steps with the null label (an unconditional
+(`shortcut_jax.core.guidance`): the sweep 1, 4, 32, 128 steps with the null label (an unconditional
 model: the original samples it at cfg 0), no guided entry, the online (not EMA) weights.
 `python eval.py --mode=fid --workdir=W --num_samples=50000 --fid_stats=...` follows it.
 Latent space, as the paper: the frozen SD VAE (`sd-vae-ft-mse`, scaling 0.18215) encodes each

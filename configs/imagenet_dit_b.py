@@ -7,7 +7,7 @@ Not run at this scale here (no accelerator; the tests exercise only its `:smoke`
 the numbers below are the paper's, not this library's.
 Result reported by the paper (FID-50k): 15.5 at 128 steps, 28.3 at 4 steps, 40.3 at 1 step,
 under the original's FID protocol, this config's `evals.fid.protocol='original'`
-(`shortcut_jax.guidance`): the sweep 1, 4, 32, 128 steps at cfg 1 (conditional, no
+(`shortcut_jax.core.guidance`): the sweep 1, 4, 32, 128 steps at cfg 1 (conditional, no
 unconditional pass: the few-step levels' guidance is distilled by `bootstrap_cfg`), one more
 entry at cfg 1.5 with 128 steps (`128_cfg1.5`), the online (not EMA) weights. `python eval.py
 --mode=fid --workdir=W --num_samples=50000 --fid_stats=...` follows it (`--protocol=guided`

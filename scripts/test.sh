@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up .venv (once) and runs the test suite: `bash scripts/test.sh [pytest args]`.
-# The test files are spread over pytest-xdist workers (`-n`, default: the CPU count, at most 4;
+# The test files are spread over pytest-xdist workers (`-n`, default: the CPU count + 1, at most 4;
 # SHORTCUT_JAX_TEST_JOBS overrides it), each file whole in one worker (`--dist loadfile`) so
 # that its module fixtures and compiled functions are made once, in the order tests/conftest.py
 # gives (the files that start processes first); all workers share one XLA compilation cache.
@@ -23,7 +23,9 @@ if [ -z "${JAX_COMPILATION_CACHE_DIR:-}" ]; then
   export JAX_COMPILATION_CACHE_DIR
   trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
 fi
-jobs=${SHORTCUT_JAX_TEST_JOBS:-$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")}
+# One worker more than the cores (at most 4): a worker often waits on the processes its test
+# started, and a third keeps both cores busy then (docs/benchmarks.md: 16.1 -> 14.0 min here).
+jobs=${SHORTCUT_JAX_TEST_JOBS:-$(python -c "import os; print(min(4, len(os.sched_getaffinity(0)) + 1))")}
 # One worker per core already keeps the cores busy: XLA's multi-threaded CPU ops would only add
 # thread hand-offs. XLA's older CPU fusion emitters compile the tests' tiny programs in about
 # two thirds of the time (docs/benchmarks.md) and run them as fast. Unless XLA_FLAGS says
@@ -34,6 +36,9 @@ for flag in --xla_cpu_multi_thread_eigen=false --xla_cpu_use_fusion_emitters=fal
     *) export XLA_FLAGS="${XLA_FLAGS:-} $flag" ;;
   esac
 done
+# The import contract (pyproject.toml [tool.importlinter], docs/architecture.md): a module that
+# imports from a layer above its own, or a circle, fails the run before any test.
+lint-imports --no-cache >/dev/null || { lint-imports --no-cache; exit 1; }
 # Test files or folders named on the command line run instead of the whole of tests/.
 targets=(tests)
 for arg in "$@"; do

@@ -10,3 +10,10 @@ __version__ = "0.1.0"
 # without it. Set TF_USE_LEGACY_KERAS=0 before importing shortcut_jax to use tf.keras in the
 # same process (no effect once TensorFlow is imported).
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def load(workdir, **kwargs):
+  """A trained workdir's model, to sample in Python: `shortcut_jax.api.load` (imported on first
+  use, so that `import shortcut_jax` stays free of JAX)."""
+  from shortcut_jax import api  # pylint: disable=g-import-not-at-top
+  return api.load(workdir, **kwargs)

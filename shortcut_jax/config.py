@@ -1,4 +1,5 @@
-"""The configuration schema: defaults for every field, the `:smoke` shrink, and validation.
+"""Configs: the `:smoke` shrink, sibling configs, and validation; the schema (every field and
+its only default) is `shortcut_jax.core.schema.base_config`, re-exported here.
 
 Experiment files in `configs/` start from `base_config()` and change what they need. Every value
 is checked by `validate(config)` before anything is compiled; errors name the field
@@ -11,181 +12,25 @@ import ml_collections
 from absl import logging
 
 from shortcut_jax import errors as errors_lib
-from shortcut_jax import guidance
+from shortcut_jax.core import guidance
 from shortcut_jax import storage
 from shortcut_jax import text_encoders
+from shortcut_jax.core.schema import base_config  # noqa: F401  (configs/ start from it)
+from shortcut_jax.data.catalog import LATENTS, SPECS
 from shortcut_jax.models.dit import validate_dit_args
+from shortcut_jax.sharding import MODES as SHARDINGS
+from shortcut_jax.train_state import SCHEDULES, WEIGHT_DECAY_MASKS
 
-DTYPES = ("float32", "bfloat16", "float16")
-SCHEDULES = ("constant", "cosine")
-SHARDINGS = ("dp", "fsdp", "hybrid")
-DATASETS = ("digits", "photos", "celebahq256", "imagenet256", "lsun_church", "image_folder")
-MANUAL_DATASETS = ("celebahq256", "imagenet256", "lsun_church")  # Downloaded by hand.
+# Every enum is defined once, next to the code that uses it; the validator reads them there.
+DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, vae.dtype.
+DATASETS = tuple(SPECS)
+MANUAL_DATASETS = tuple(name for name, spec in SPECS.items() if spec.manual)  # Downloaded by hand.
 LOW_RES_FACTORS = (0, 2, 4, 8)
 ACCELERATIONS = ("network", "head")
 PREDICTIONS = ("velocity", "data")
-LATENTS = ("none", "online", "precomputed")
 EVAL_ERRORS = ("continue", "stop")
-# ADM's metrics beside FID (`evals.fid.extra_metrics`; `evaluators.adm_metrics.METRICS`).
+# ADM's metrics beside FID (`evals.fid.extra_metrics`; computed by `evaluators.adm_metrics`).
 EXTRA_FID_METRICS = ("is", "sfid", "precision_recall")
-WEIGHT_DECAY_MASKS = ("all", "no_bias_norm_embed")
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """All fields with their defaults (the original's defaults where it has one)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  # What a guidance scale w means (`shortcut_jax.guidance`): 'original' (the original's, for
-  # every new config: w = 0 unconditional, w = 1 conditional with no unconditional pass, w > 1
-  # guided, in training, in `evals.*.cfg_scale` and on eval.py's command line) or 'legacy' (a
-  # workdir whose config.json predates this field: eval.py's scale 0 meant conditional without
-  # guidance, and `--mode=fid` kept its own defaults; `experiment.load_config` sets it, with a notice).
-  c.guidance_convention = "original"
-  c.batch_size = 256  # Global batch size, summed over all devices and processes.
-  c.max_steps = 100_000
-  c.log_every = 100
-  c.eval_every = 5_000  # Default period for the evaluators below that leave `every` at -1.
-  # An evaluator that raises: 'continue' logs the error with the step and trains on (the step's
-  # checkpoint is saved before evaluators run), 'stop' re-raises after the save.
-  c.eval_errors = "continue"
-  # Profile train steps N..M (inclusive; (N, M), 1-based) with jax.profiler into
-  # workdir/profile (TensorBoard's profile tab, Perfetto); () = off. Process 0 only.
-  c.profile_steps = ()
-  # Weights & Biases, written next to TensorBoard by process 0 when the `wandb` package is
-  # installed and `project` is set (None: off). `mode`: 'online' | 'offline' | 'disabled'.
-  c.wandb = ml_collections.ConfigDict(dict(
-      project=ml_collections.FieldReference(None, field_type=str),
-      entity=ml_collections.FieldReference(None, field_type=str),
-      name=ml_collections.FieldReference(None, field_type=str), mode="online"))
-
-  c.model = ml_collections.ConfigDict(dict(
-      name="dit",  # The network (shortcut_jax.models.registry).
-      patch_size=2, hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0, dropout=0.0,
-      dtype="bfloat16",  # Compute dtype; parameters are always float32.
-      attention_impl="xla",  # 'xla' | 'cudnn' | 'auto' | 'einsum' (the original's arithmetic).
-      attention_scale="original",  # 'original' (1/head_dim) | 'sqrt' (1/sqrt(head_dim)).
-      remat=False,
-      # How a conditioning image (super-resolution input) enters the DiT, when the data has
-      # one: 'concat' (extra input channels) | 'tokens' (second patch embedding, fused tokens).
-      cond_image_mode="concat",
-      # What the network outputs: 'velocity' (the original) or 'data' (a prediction of x1,
-      # turned into the velocity it implies on the objective's path; see models.registry).
-      prediction="velocity",
-      # Where a higher-order objective's acceleration comes from (objective 'homo'): 'network'
-      # (a second DiT taking the velocity as input) | 'head' (a second output of one DiT).
-      acceleration="network",
-      # A vector condition (`data.embedding_dim > 0`, e.g. CLIP text embeddings): 'add' (projected
-      # and added to c, where the label embedding goes) | 'tokens' (extra tokens); its null:
-      # 'zero' (the zero vector) | 'learned' (a learned vector replaces null rows).
-      embedding_mode="add", embedding_null="zero",
-  ))
-  c.objective = ml_collections.ConfigDict(dict(
-      name="shortcut", denoise_timesteps=128, bootstrap_every=8, bootstrap_ema=True,
-      bootstrap_dt_bias=0, bootstrap_cfg=False, cfg_scale=1.5, class_dropout_prob=0.1,
-      faithful=False,  # True: the original's level assignment and key reuse, bit for bit.
-      # Classifier-free-guidance dropout of a conditioning image (null: the zero image); a model
-      # trained with it > 0 nulls the image in the unconditional CFG branch.
-      image_dropout_prob=0.0,
-      embedding_dropout_prob=0.1,  # CFG dropout of a vector condition (`embedding`).
-      path="linear",  # Interpolation path (objectives.paths): 'linear' | 'smoothstep' | 'cosine'.
-      # Where flows start (objectives.flow_path.Source): 'gaussian' noise (the original) or
-      # 'cond_image' (coupling flow matching from the upsampled LR input of super-resolution
-      # data), optionally noised by the DDPM forward process at `source_noise_step` (0 = none;
-      # linear 1,000-step schedule).
-      source="gaussian", source_noise_step=0,
-      # MeanFlow (objective 'meanflow'): logit-normal (mu, sigma) of the paper's times, share of
-      # the batch with r = t, adaptive loss weight 1 / (mse + c)^p.
-      meanflow_time_mu=-0.4, meanflow_time_sigma=1.0, meanflow_equal_share=0.75,
-      meanflow_adaptive_p=1.0, meanflow_adaptive_c=1e-3,
-      # HOMO (objective 'homo'): loss weights of the velocity, acceleration and self-consistency
-      # terms (1.0 / 0.5 / 0.1, not tuned here), whether the self-consistency rows also
-      # train the acceleration, and whether u1's velocity enters u2 without its gradient.
-      homo_lambda_v=1.0, homo_lambda_a=0.5, homo_lambda_sc=0.1, homo_sc_acceleration=True,
-      homo_velocity_stop_grad=False,
-  ))
-  # The original's baselines (objectives.progressive, .consistency): the frozen teacher of
-  # 'progressive' and 'consistency-distillation' is the training workdir (or one
-  # `<workdir>/checkpoints/<step>` folder) of a flow-matching run of the same model and data,
-  # at checkpoint `teacher_step` (-1: its latest). `schedule_steps` is the number of training
-  # steps over which progressive distillation's phases and consistency training's N schedule
-  # run (the original's max_steps; it follows `max_steps` unless set).
-  c.objective.teacher_workdir = ml_collections.FieldReference(None, field_type=str)
-  c.objective.teacher_step = -1
-  # Fine-tuning (`shortcut_jax.finetune`): a run without checkpoints of its own starts from the
-  # weights of the training workdir `workdir` (or one `<workdir>/checkpoints/<step>` folder) at
-  # checkpoint `step` (-1: its latest), its 'ema' or 'online' weights; fresh optimizer, step 0.
-  c.init = ml_collections.ConfigDict(dict(
-      workdir=ml_collections.FieldReference(None, field_type=str), step=-1, weights="ema"))
-  c.objective.schedule_steps = c.get_ref("max_steps") + 0
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
-      ema_rate=0.999,
-      grad_clip_norm=0.0,  # > 0: gradients clipped to this global L2 norm before AdamW; 0 = off.
-      weight_decay_mask="all",  # 'all' (the original: decay everything) | 'no_bias_norm_embed'.
-  ))
-  c.data = ml_collections.ConfigDict(dict(
-      name="digits", image_size=16, num_classes=10,
-      data_dir=ml_collections.FieldReference(None, field_type=str),  # None: TFDS default.
-      folder=ml_collections.FieldReference(None, field_type=str),  # For name='image_folder'.
-      # Super-resolution: 0 = none; 2, 4 or 8 = every batch also gets `cond_image`, the HR image
-      # downsampled by this factor (antialiased) and bicubic-upsampled back to image_size. HR
-      # images are then crops of image_size (random crop + flip in training, centre crop in
-      # evaluation) instead of resized images.
-      low_res_factor=0,
-      # Training augmentation on top of the dataset's flips: each training image is also turned
-      # by a random multiple of 90 degrees (square images; pixel or online-latent pipelines).
-      random_rot90=False,
-      # Latent space (the paper's ImageNet / CelebA-HQ runs): 'none' (pixels), 'online' (the
-      # frozen VAE of `vae` encodes each batch inside the train step: the original's way) or
-      # 'precomputed' (posterior moments
-      # written once by `python -m shortcut_jax.tools.encode_dataset` into `latents_dir`).
-      latents="none",
-      latents_dir=ml_collections.FieldReference(None, field_type=str),
-      # Text / vector conditioning: > 0 = every example carries `embedding`, a float32 vector
-      # of this size (a TFDS feature 'embedding'; for `image_folder`, the .npz `embeddings`
-      # written by `python -m shortcut_jax.tools.embed_text`).
-      embedding_dim=0,
-      embeddings=ml_collections.FieldReference(None, field_type=str),
-      # `embeddings='digit_words'` (digits only): each example's embedding is its class word's
-      # fixed vector plus noise of this standard deviation (`shortcut_jax.text_encoders`).
-      embedding_noise=0.0,
-      # The CLIP text model folder the embeddings were made with (`tools.embed_text --model`):
-      # `eval.py --mode=sample --prompts=FILE` embeds prompts with it.
-      text_model=ml_collections.FieldReference(None, field_type=str),
-  ))
-  # The Stable Diffusion VAE of latent runs: `path` is a folder (diffusers or Flax layout) or a
-  # hub id (None: $SHORTCUT_JAX_VAE, else stabilityai/sd-vae-ft-mse); `random_init` builds a tiny
-  # randomly initialised VAE in process instead (smoke runs; no files).
-  c.vae = ml_collections.ConfigDict(dict(
-      path=ml_collections.FieldReference(None, field_type=str), dtype="float32", chunk_size=16,
-      random_init=False,
-  ))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1_000, max_to_keep=3, async_save=True))
-  # Scale-out: mesh axis sizes (-1 = all remaining devices) and the parameter sharding mode.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  c.sharding = "dp"
-  c.evals = ml_collections.ConfigDict(dict(
-      samples=dict(every=-1, steps=(1, 2, 4, 8, 16, 32, 64, 128), num_images=64, cfg_scale=1.5,
-                   use_ema=True),
-      loss_per_t=dict(every=-1, num_batches=2, num_bins=16),
-      validation=dict(every=-1, num_batches=4),
-      # FID against `stats_path` (an .npz with mu/sigma, e.g. from `eval.py --mode=fid_stats`)
-      # with the Inception weights at `inception_path` (None: $SHORTCUT_JAX_INCEPTION). Off by
-      # default (every=0): it needs both files, which are read before training starts.
-      # `protocol` (`shortcut_jax.guidance`): 'guided' (`cfg_scale` at every budget of `steps`,
-      # EMA weights) or 'original' (the original's: `steps` at cfg 1, one more entry at
-      # `cfg_scale` with objective.denoise_timesteps steps, online weights; the paper configs').
-      # `use_ema` None: the protocol's weights. eval.py --mode=fid reads these fields too.
-      # `extra_metrics`: ADM's metrics of the same samples besides FID (`EXTRA_FID_METRICS`:
-      # 'is', 'sfid', 'precision_recall'; evaluators/adm_metrics.py); they need an ADM
-      # reference batch at `stats_path` where images are needed, and 'is' the classifier weights.
-      fid=dict(every=0, steps=(1, 4, 128), num_samples=4096, cfg_scale=1.5,
-               stats_path=ml_collections.FieldReference(None, field_type=str),
-               inception_path=ml_collections.FieldReference(None, field_type=str),
-               batch_size=256, use_ema=ml_collections.FieldReference(None, field_type=bool),
-               protocol="guided", extra_metrics=()),
-  ))
-  return c
 
 
 def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -303,7 +148,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(0.0 <= o.image_dropout_prob <= 1.0,
         f"objective.image_dropout_prob must be in [0, 1], got {o.image_dropout_prob!r}")
   check(o.cfg_scale >= 0, f"objective.cfg_scale must be >= 0, got {o.cfg_scale!r}")
-  from shortcut_jax.objectives.paths import PATHS
+  from shortcut_jax.core.paths import PATHS
   check(o.path in PATHS, f"objective.path must be one of {sorted(PATHS)}, got {o.path!r}")
   check(o.meanflow_time_sigma > 0, f"objective.meanflow_time_sigma must be > 0, got {o.meanflow_time_sigma!r}")
   check(0.0 <= o.meanflow_equal_share <= 1.0,

@@ -8,7 +8,7 @@ import numpy as np
 from absl import logging
 
 from shortcut_jax import errors
-from shortcut_jax import guidance as guidance_lib
+from shortcut_jax.core import guidance as guidance_lib
 from shortcut_jax import storage
 from shortcut_jax import experiment
 from shortcut_jax.evaluators import generate as gen
@@ -26,7 +26,7 @@ def restore_weights(workdir: str, step: Optional[int], use_ema: bool, config=Non
 
 
 def guidance(exp, cfg_scale: Optional[float]) -> Optional[float]:
-  """The guidance to sample with, in the sampler's meaning (`shortcut_jax.guidance`): None
+  """The guidance to sample with, in the sampler's meaning (`shortcut_jax.core.guidance`): None
   (eval.py without --cfg_scale) means the workdir config's evals.samples.cfg_scale, the guidance
   the in-training grids use. w = 1 (--nocfg) is conditional without guidance, w = 0
   unconditional, other w guided; a 'legacy' workdir (config.json without guidance_convention)
@@ -83,7 +83,7 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   them from the workdir config's `evals.fid` (`fid_settings`, which also resolves `protocol`,
   'original' or 'guided'); the other modes use steps 1, 4, 128, 1,000 samples, the config's
   `evals.samples.cfg_scale` and the EMA weights. Guidance scales have the meaning of
-  `shortcut_jax.guidance` (0 unconditional, 1 conditional, else guided; a 'legacy' workdir's
+  `shortcut_jax.core.guidance` (0 unconditional, 1 conditional, else guided; a 'legacy' workdir's
   0 is conditional).
 
   `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,

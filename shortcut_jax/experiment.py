@@ -17,7 +17,7 @@ from absl import logging
 
 from shortcut_jax import config as config_lib
 from shortcut_jax import errors
-from shortcut_jax import guidance
+from shortcut_jax.core import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import objectives
 from shortcut_jax import sharding as sharding_lib

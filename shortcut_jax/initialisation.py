@@ -17,11 +17,23 @@ from absl import logging
 from shortcut_jax import finetune
 from shortcut_jax import objectives
 from shortcut_jax import sharding as sharding_lib
+from shortcut_jax.checkpoints import manager
 from shortcut_jax.checkpoints.manager import CheckpointManager, shape_mismatches
+from shortcut_jax.core.config_value import config_value
 from shortcut_jax.experiment import (Experiment, holds_training_run, load_config, make_mesh,
                                      restore_experiment, sharded_abstract_state)
 from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.teacher import TeacherError
+
+
+def resolve_teacher(objective_config) -> Tuple[str, Optional[int]]:
+  """(teacher workdir, step or None for the latest) from `teacher_workdir` / `teacher_step`;
+  a path `<workdir>/checkpoints/<step>` names the workdir and the step at once."""
+  path = config_value(objective_config, "teacher_workdir")
+  if not path:
+    raise TeacherError("objective.teacher_workdir is not set: "
+                       + teacher_lib.train_teacher_hint("workdirs/digits_naive"))
+  return manager.run_and_step(path, config_value(objective_config, "teacher_step"))
 
 
 def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
@@ -107,7 +119,7 @@ def load_teacher(config, student_objective, abstract_params, mesh):
   Raises:
     TeacherError: no teacher there, or one of another model, data or kind of network.
   """
-  workdir, step = teacher_lib.resolve_teacher(config.objective)
+  workdir, step = resolve_teacher(config.objective)
   name = student_objective.name
   if not holds_training_run(workdir):
     raise TeacherError(f"objective {name!r} needs a trained teacher, and {workdir} holds no "

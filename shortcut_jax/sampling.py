@@ -9,7 +9,7 @@ if it needs one, its own schedule. Without an objective the sampler is the Euler
 steps 1/N.
 
 Any N >= 1 works with trained levels only (`step_schedule`). The guidance scale w has the
-original's meaning (`shortcut_jax.guidance`): w = 1 (or None) is the conditional velocity from one
+original's meaning (`shortcut_jax.core.guidance`): w = 1 (or None) is the conditional velocity from one
 call on the batch, w = 0 the unconditional one (the null condition, one call), and any other w
 `v_u + w (v_c - v_u)` with the conditional and unconditional velocities from one call on the
 doubled batch. The whole loop is one jitted function, compiled once per (model, N, guidance,
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from shortcut_jax.core import guidance
 from shortcut_jax.objectives.base import euler_step
 from shortcut_jax.objectives.flow_path import finest_level
 
@@ -90,16 +91,6 @@ def _schedule(num_steps, denoise_timesteps, uses_level):
   return times.astype(np.float32), sizes.astype(np.float32), levels
 
 
-def guided_velocity(model, params, x, t, level, cond, null_cond, cfg_scale):
-  """v_u + w (v_c - v_u), both from one network call on the batch doubled (cond, then uncond)."""
-  b = x.shape[0]
-  both = lambda a, c: jnp.concatenate([a, c], axis=0)
-  out = model(params, both(x, x), both(t, t), both(level, level),
-              jax.tree.map(both, dict(cond), dict(null_cond)), train=False)
-  v_cond, v_uncond = out[:b], out[b:]
-  return v_uncond + cfg_scale * (v_cond - v_uncond)
-
-
 def _plan(num_steps: int, denoise_timesteps: int, uses_level: bool, cfg_scale, objective):
   """(times, sizes, levels, step_fn, w, draws_noise) of a sampler (see `make_sampler`)."""
   if objective is not None and objective.schedule is not None:
@@ -114,16 +105,14 @@ def _plan(num_steps: int, denoise_timesteps: int, uses_level: bool, cfg_scale, o
 
 
 def _predictor(model, params, cond, w):
-  """`predict(x, t [B], level [B])`: the network output, guided by w (see `make_sampler`)."""
+  """`predict(x, t [B], level [B])`: the network output, guided by w (see `make_sampler`): w None
+  (= 1) the conditional velocity, w = 0 the unconditional one, one call each."""
   cond = dict(cond)
-  null = model.null_cond(cond) if w is not None else None
 
   def predict(x, t_b, level_b):
-    if w is None:  # w = 1: the conditional velocity, no unconditional pass.
-      return model(params, x, t_b, level_b, cond, train=False)
-    if w == 0.0:  # w = 0: the unconditional velocity alone.
-      return model(params, x, t_b, level_b, null, train=False)
-    return guided_velocity(model, params, x, t_b, level_b, cond, null, w)
+    if w == 0.0:
+      return model(params, x, t_b, level_b, model.null_cond(cond), train=False)
+    return guidance.guided_velocity(model, params, x, t_b, level_b, cond, w)
   return predict
 
 

@@ -7,15 +7,18 @@ Two text models, chosen by the run's data config:
     Gaussian noise of standard deviation `data.embedding_noise`, so the model learns the class
     from the vector alone (its labels are all dropped: `objective.class_dropout_prob=1`).
   * otherwise `data.text_model`: a local CLIP text model folder (`tools.embed_text`, the model
-    the dataset's embeddings were computed with).
+    the dataset's embeddings were computed with: `load_text_model`, `embed`, the library side of
+    `tools.embed_text`).
 
 Prompts files, embeddings files and the text model folder may be remote (gs://...): they are
 read through `shortcut_jax.storage` (`tools.embed_text`).
 """
 
 import io
+import os
 import re
-from typing import List, Optional, Sequence
+import sys
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -59,6 +62,78 @@ def default_prompts(data_config, num_images: int) -> Optional[List[str]]:
   return [DIGIT_WORDS[i % len(DIGIT_WORDS)] for i in range(num_images)]
 
 
+DOWNLOAD_HINT = ("get a CLIP text model (e.g. `huggingface-cli download "
+                 "openai/clip-vit-large-patch14 --local-dir /models/clip-vit-large-patch14`) and "
+                 "pass its folder as --model")
+
+
+def read_captions(path: str) -> Tuple[List[str], List[str]]:
+  """(paths, captions) of a captions file (see the module docstring); blank lines skipped."""
+  if not storage.isfile(path):
+    raise FileNotFoundError(f"--captions: {path} does not exist")
+  paths, captions = [], []
+  with storage.open(path, "rb") as raw:
+    for line in io.TextIOWrapper(raw, encoding="utf-8"):
+      line = line.rstrip("\n")
+      if not line.strip():
+        continue
+      if "\t" in line:
+        rel, caption = line.split("\t", 1)
+      else:
+        rel, caption = str(len(captions)), line
+      paths.append(os.path.normpath(rel.strip()))
+      captions.append(caption.strip())
+  if not captions:
+    raise ValueError(f"--captions: {path} holds no captions")
+  return paths, captions
+
+
+def load_text_model(folder: str):
+  """(tokenizer, model, has_projection) from a local transformers folder; clear errors."""
+  if not folder:
+    raise ValueError(f"no --model given: {DOWNLOAD_HINT}")
+  if not storage.isdir(folder):
+    raise FileNotFoundError(f"--model: {folder} is not a folder; {DOWNLOAD_HINT}")
+  try:
+    import torch  # noqa: F401  pylint: disable=unused-import
+    import transformers
+  except ImportError as e:
+    raise ImportError(f"embed_text needs torch and transformers ({e}); "
+                      "pip install torch transformers") from e
+  folder = storage.local_dir_copy(folder)  # transformers reads local folders only.
+  config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
+  text_config = getattr(config, "text_config", config)
+  has_projection = getattr(config, "projection_dim", None) is not None and any(
+      name.endswith("TextModelWithProjection") or name == "CLIPModel"
+      for name in (config.architectures or []))
+  cls = (transformers.CLIPTextModelWithProjection if has_projection
+         else transformers.CLIPTextModel)
+  model = cls.from_pretrained(folder, local_files_only=True, config=text_config
+                              if cls is transformers.CLIPTextModel else config).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+  return tokenizer, model, has_projection
+
+
+def embed(captions: List[str], tokenizer, model, has_projection: bool, *, batch_size: int = 64,
+          max_length: int = 77, progress: bool = True) -> np.ndarray:
+  """float32 [N, D] embeddings of `captions`, in batches, with a progress bar."""
+  import torch
+  from tqdm import tqdm
+  out = []
+  with torch.no_grad(), tqdm(total=len(captions), unit="caption", disable=not progress,
+                             file=sys.stderr) as bar:
+    for start in range(0, len(captions), batch_size):
+      chunk = captions[start:start + batch_size]
+      tokens = tokenizer(chunk, padding="max_length", truncation=True, max_length=max_length,
+                         return_tensors="pt")
+      result = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+      vectors = result.text_embeds if has_projection else result.pooler_output
+      out.append(vectors.float().cpu().numpy())
+      bar.update(len(chunk))
+  return np.concatenate(out).astype(np.float32)
+
+
+
 def prompt_classes(data_config, prompts: Sequence[str]) -> Optional[np.ndarray]:
   """The class each prompt asks for, where the text model knows it (the digit words), else None."""
   return digit_word_classes(prompts) if uses_digit_words(data_config) else None
@@ -66,8 +141,7 @@ def prompt_classes(data_config, prompts: Sequence[str]) -> Optional[np.ndarray]:
 
 def read_prompts(path: str) -> List[str]:
   """The non-blank lines of a UTF-8 prompts file (one prompt a line)."""
-  from shortcut_jax.tools import embed_text  # pylint: disable=g-import-not-at-top
-  _, captions = embed_text.read_captions(path)
+  _, captions = read_captions(path)
   return captions
 
 
@@ -79,16 +153,15 @@ def encode_prompts(data_config, prompts: Sequence[str]) -> np.ndarray:
                      "cannot be prompted")
   if uses_digit_words(data_config):
     return digit_word_vectors(dim)[digit_word_classes(prompts)]
-  from shortcut_jax.tools import embed_text  # pylint: disable=g-import-not-at-top
   folder = data_config.get("text_model", None)
   if not folder:
     raise ValueError("prompts need the text model the training embeddings were made with: set "
                      f"--config.data.text_model=FOLDER in training, or pass --embeddings=NPY "
-                     f"instead ({embed_text.DOWNLOAD_HINT})")
-  tokenizer, model, has_projection = embed_text.load_text_model(folder)
+                     f"instead ({DOWNLOAD_HINT})")
+  tokenizer, model, has_projection = load_text_model(folder)
   # The model's own context length (77 for CLIP), as the dataset's captions were embedded.
   length = int(getattr(model.config, "max_position_embeddings", 77))
-  vectors = embed_text.embed(list(prompts), tokenizer, model, has_projection,
+  vectors = embed(list(prompts), tokenizer, model, has_projection,
                              max_length=min(77, length), progress=False)
   if vectors.shape[1] != dim:
     raise ValueError(f"data.text_model {folder} gives embeddings of size {vectors.shape[1]}, "

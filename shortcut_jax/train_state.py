@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from shortcut_jax.config_value import config_value
+from shortcut_jax.core.config_value import config_value
 
 Array = Any
 SCHEDULES = ("constant", "cosine")
@@ -114,11 +114,11 @@ def make_optimizer(optim_config, max_steps: int) -> Tuple[optax.GradientTransfor
     (optax transformation, learning-rate schedule).
   """
   lr_schedule = learning_rate_schedule(optim_config, max_steps)
-  mask = weight_decay_mask(config_value(optim_config, "weight_decay_mask", "all"))
+  mask = weight_decay_mask(config_value(optim_config, "weight_decay_mask", section="optim"))
   tx = optax.adamw(learning_rate=lr_schedule, b1=float(optim_config.b1),
                    b2=float(optim_config.b2), weight_decay=float(optim_config.weight_decay),
                    mask=mask)
-  clip = float(config_value(optim_config, "grad_clip_norm", 0.0) or 0.0)
+  clip = float(config_value(optim_config, "grad_clip_norm", section="optim") or 0.0)
   if clip < 0:
     raise ValueError(f"optim.grad_clip_norm must be >= 0 (0 = off), got {clip}")
   if clip > 0:

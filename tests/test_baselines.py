@@ -528,14 +528,14 @@ def test_config_checks():
 
 
 def test_teacher_path_forms(tmp_path):
-  wd, step = teacher_lib.resolve_teacher({"teacher_workdir": str(tmp_path / "run")})
+  wd, step = initialisation.resolve_teacher({"teacher_workdir": str(tmp_path / "run")})
   assert wd == str(tmp_path / "run") and step is None
-  wd, step = teacher_lib.resolve_teacher({"teacher_workdir": str(tmp_path / "run" / "checkpoints"
+  wd, step = initialisation.resolve_teacher({"teacher_workdir": str(tmp_path / "run" / "checkpoints"
                                                                  / "40"), "teacher_step": 7})
   assert wd == str(tmp_path / "run") and step == 40
-  assert teacher_lib.resolve_teacher({"teacher_workdir": "x", "teacher_step": 7})[1] == 7
+  assert initialisation.resolve_teacher({"teacher_workdir": "x", "teacher_step": 7})[1] == 7
   with pytest.raises(teacher_lib.TeacherError, match="digits_naive"):
-    teacher_lib.resolve_teacher({"teacher_workdir": None})
+    initialisation.resolve_teacher({"teacher_workdir": None})
 
 
 def test_teacher_is_sharded_like_the_params():
@@ -653,7 +653,7 @@ def test_smoke_run_resumes_exactly_and_samples(runs, name):
     assert_trees_equal(a, b)  # Params, EMA, optimizer and objective state, bit for bit.
   if name == "progressive":
     assert int(a.objective_state["phase"]) == 2
-  run_checks.assert_samples(straight, (16, 16, 1))
+  run_checks.assert_samples(straight, (16, 16, 1), fingerprint=f"baselines {name}")
 
 
 @pytest.mark.slow

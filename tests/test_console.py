@@ -100,7 +100,7 @@ def test_eval_console_and_guidance_default(trained, monkeypatch):
   for flag in (None, 0.0, 2.0):
     evaluation.run("sample", workdir, steps=[1], num_samples=4, cfg_scale=flag)
   # Unset: the workdir config's evals.samples.cfg_scale (1.5); 0: unconditional (the original's
-  # meaning, shortcut_jax.guidance; --nocfg is 1, conditional without guidance).
+  # meaning, shortcut_jax.core.guidance; --nocfg is 1, conditional without guidance).
   assert seen == [1.5, 0.0, 2.0]
   assert digits_configs.smoke_config(None).evals.samples.cfg_scale == 1.5
 

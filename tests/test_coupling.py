@@ -65,7 +65,7 @@ def _x0_of(tg, images):
 @pytest.mark.parametrize("name", ["naive", "shortcut"])
 def test_objectives_start_from_the_low_resolution_image(name):
   from shortcut_jax.models.velocity_model import VelocityModel
-  from shortcut_jax import conditioning as cond_lib
+  from shortcut_jax.core import conditioning as cond_lib
   images = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (16, 4, 4, 3)), jnp.float32)
   cond_image = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (16, 4, 4, 3)), jnp.float32)
   conditioning = cond_lib.Conditioning((cond_lib.LabelKind(1), cond_lib.ImageKind()))

@@ -55,9 +55,35 @@ def test_every_python_block_of_the_quickstart_is_tested():
   assert not untested, f"python blocks without {MARKER} in {PAGE}: {untested}"
 
 
+# Run after the snippets, in their process: `shortcut_jax.load(...).sample` gives the images of
+# eval.py's generation path (labels as given, EMA weights, w = 1 conditional) and refuses what
+# the model cannot take with one message.
+API_CHECKS = """
+import numpy as np
+import shortcut_jax
+from shortcut_jax import errors, experiment
+from shortcut_jax.evaluators import generate as gen
+loaded = shortcut_jax.load("workdirs/smoke_python")
+exp, state, _ = experiment.restore_experiment("workdirs/smoke_python")
+want, _ = gen.generate(exp, state.ema_params, num_images=10, num_steps=1, cfg_scale=None,
+                       cond={"label": np.arange(10, dtype=np.int32)}, progress=False)
+np.testing.assert_array_equal(loaded.sample(labels=range(10), num_steps=1), gen.to_uint8(want))
+assert loaded.sample(labels=2, num_images=3, uint8=False).dtype == np.float32
+for bad in ({}, {"prompts": ["seven"]}, {"cond_image": np.zeros((1, 16, 16, 1))},
+            {"labels": [1, 2], "num_images": 3}):
+  try:
+    loaded.sample(**bad)
+    raise AssertionError(f"no error for {bad}")
+  except errors.ArgumentError as e:
+    print("refused", sorted(bad), e)
+print("api checks passed")
+"""
+
+
 @pytest.mark.slow
 def test_the_quickstart_python_snippets_run(tmp_path):
   script = "\n".join(code for tested, code in python_blocks(PAGE.read_text()) if tested)
+  script += API_CHECKS
   path = tmp_path / "quickstart_snippets.py"
   path.write_text(script)
   run_dir = tmp_path / "run"
@@ -72,6 +98,10 @@ def test_the_quickstart_python_snippets_run(tmp_path):
   assert result.returncode == 0, (
       f"the tested snippets of {PAGE} failed (exit {result.returncode}):\n"
       f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
-  # The first snippet trained, restored and sampled the smoke model: step 4, 10 digits.
+  # The first snippet trained the smoke model and sampled it through shortcut_jax.load, the
+  # second restored it and called the sampler: step 4, 10 digits.
+  assert "step 4, objective 'shortcut', images (16, 16, 1)) (10, 16, 16, 1) (4, 16, 16, 1)" in (
+      result.stdout), result.stdout[-3000:]
   assert "4 (10, 16, 16, 1)" in result.stdout, result.stdout[-3000:]
+  assert "api checks passed" in result.stdout, result.stdout[-3000:]
   assert (run_dir / "workdirs" / "smoke_python" / "checkpoints").is_dir()

@@ -1,4 +1,4 @@
-"""The one meaning of the guidance scale and the FID protocols (`shortcut_jax.guidance`).
+"""The one meaning of the guidance scale and the FID protocols (`shortcut_jax.core.guidance`).
 
 * Which (steps, guidance) entries and which weights each protocol evaluates for the paper's
   configs and the digits default.
@@ -28,7 +28,7 @@ import pytest
 from digits_configs import override
 from shortcut_jax import config as config_lib
 from shortcut_jax import evaluation
-from shortcut_jax import guidance
+from shortcut_jax.core import guidance
 from shortcut_jax import experiment
 from shortcut_jax.evaluators import fid_evaluator
 from shortcut_jax.evaluators import generate as gen

@@ -16,7 +16,7 @@ from shortcut_jax import config as config_lib
 from shortcut_jax import objectives, sampling
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives import homo
-from shortcut_jax.objectives.paths import get_path
+from shortcut_jax.core.paths import get_path
 
 # Dirac data: every x1 is the fixed image MU, so the flow from any x_t is known in closed form.
 MU = np.asarray([[[0.5], [-0.3]], [[0.1], [0.8]]], np.float32)  # [2, 2, 1]
@@ -216,7 +216,7 @@ def test_smoke_run_logs_and_samples(tmp_path, tmp_path_factory):
   assert os.path.exists(tmp_path / "run" / "plots" / "loss_per_t_4.png")
   assert experiment.restore_experiment(str(tmp_path / "run"))[1].objective_state == {}
   # No state of its own: resuming is the trainer's (tests/test_trainer.py), not retested here.
-  run_checks.assert_samples(tmp_path / "run", (16, 16, 1))
+  run_checks.assert_samples(tmp_path / "run", (16, 16, 1), fingerprint="digits_homo 4 steps")
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch():

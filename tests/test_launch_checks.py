@@ -149,6 +149,7 @@ def test_without_file_locks_a_live_heartbeat_blocks_and_a_stale_one_does_not(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile_test")  # Compiling is most of a smoke run.
 def test_training_on_a_held_workdir_stops_before_training_then_resumes(tmp_path):
   import digits_configs
   from shortcut_jax import trainer

@@ -249,7 +249,7 @@ def test_smoke_run_trains_and_samples(tmp_path, tmp_path_factory, monkeypatch):
   _, state, step = experiment.restore_experiment(str(tmp_path / "run"))
   assert step == 4 and state.objective_state == {}
   # No state of its own: resuming is the trainer's (tests/test_trainer.py), not retested here.
-  run_checks.assert_samples(tmp_path / "run", (16, 16, 1))
+  run_checks.assert_samples(tmp_path / "run", (16, 16, 1), fingerprint="digits_meanflow 4 steps")
 
 
 def importlib_config(arg):

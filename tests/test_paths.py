@@ -5,7 +5,8 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.objectives import flow_path, paths
+from shortcut_jax.core import paths
+from shortcut_jax.objectives import flow_path
 
 rng = np.random.default_rng(0)
 X0 = jnp.asarray(rng.normal(size=(5, 4, 4, 2)).astype(np.float32))

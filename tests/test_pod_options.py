@@ -128,6 +128,7 @@ def fake_wandb(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fast_compile_test")  # Compiling is most of a smoke run.
 def test_clip_mask_profile_and_wandb_in_a_training_run_that_resumes(tmp_path, fake_wandb):
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path / "tfds")
   workdir = str(tmp_path / "w")

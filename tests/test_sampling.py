@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gaussian_oracle as go
-from shortcut_jax import conditioning as cond_lib
+from shortcut_jax.core import conditioning as cond_lib
 from shortcut_jax import sampling
 from shortcut_jax.models.velocity_model import VelocityModel
 
@@ -135,7 +135,7 @@ def test_cfg_is_one_batched_call_and_mixes_cond_and_uncond():
 
 @pytest.mark.parametrize("w", [1.0, 0.0])
 def test_cfg_one_is_the_conditional_call_and_zero_the_unconditional_one(w):
-  # The original's meaning (shortcut_jax.guidance): w = 1 is the conditional velocity, w = 0 the
+  # The original's meaning (shortcut_jax.core.guidance): w = 1 is the conditional velocity, w = 0 the
   # unconditional one, each from exactly one network call on the batch (no doubling).
   calls = []
   inner = go.shortcut_oracle(M_DATA, S_DATA, num_classes=NUM_CLASSES, label_shift=0.3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import digits_configs
-from shortcut_jax import conditioning as cond_lib
+from shortcut_jax.core import conditioning as cond_lib
 from shortcut_jax import objectives
 from shortcut_jax import tiling
 from shortcut_jax.evaluators import generate as gen

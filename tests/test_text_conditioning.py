@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from PIL import Image
 
-from shortcut_jax import conditioning as cond_lib
+from shortcut_jax.core import conditioning as cond_lib
 from shortcut_jax.data import pipeline
 from shortcut_jax.models import dit as dit_lib
 

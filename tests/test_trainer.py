@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import digits_configs
+import run_checks
 from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager, CheckpointMismatchError
@@ -62,6 +63,10 @@ def test_smoke_run_writes_everything(tmp_path):
         np.testing.assert_allclose(scalars.pop((l["step"], k)), v, rtol=1e-6)
   assert not scalars
   assert CheckpointManager(str(tmp_path), read_only=True).latest_step() == 4
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  run_checks.check_fingerprint("digits_shortcut:smoke", tmp_path, {
+      name: np.asarray(Image.open(tmp_path / "samples" / "step_4" / name))
+      for name in ("grid_1steps.png", "grid_8steps_cfg1.5.png")})
 
 
 class _StopAfter:

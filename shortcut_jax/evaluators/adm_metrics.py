@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from shortcut_jax import config as config_lib
 from shortcut_jax import storage
 from shortcut_jax.evaluators import fid
 from shortcut_jax.evaluators import generate as gen
@@ -51,7 +52,7 @@ from shortcut_jax.models import inception
 
 Array = Any
 
-METRICS = ("is", "sfid", "precision_recall")
+METRICS = config_lib.EXTRA_FID_METRICS  # The names `evals.fid.extra_metrics` takes.
 SPLIT_SIZE = 5000  # ADM's `compute_inception_score(split_size=5000)`.
 NEAREST_K = 3  # ADM's `ManifoldEstimator(nhood_sizes=(3,))`.
 DISTANCE_BATCH = 10000  # ADM's row / column batch for pairwise distances.

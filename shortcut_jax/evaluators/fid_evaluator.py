@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from shortcut_jax import guidance
+from shortcut_jax.core import guidance
 from shortcut_jax import sharding
 from shortcut_jax import storage
 from shortcut_jax.data import catalog

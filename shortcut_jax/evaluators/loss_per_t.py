@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from shortcut_jax import storage
-from shortcut_jax.conditioning import cond_from_batch
+from shortcut_jax.core.conditioning import cond_from_batch
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators.base import Evaluator
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives import flow_path
-from shortcut_jax.objectives import paths
+from shortcut_jax.core import paths
 from shortcut_jax.objectives import shortcut
 
 

@@ -2,7 +2,7 @@
 
 import jax
 
-from shortcut_jax import guidance as guidance_lib
+from shortcut_jax.core import guidance as guidance_lib
 from shortcut_jax import storage
 from shortcut_jax.evaluators import generate as gen
 from shortcut_jax.evaluators.base import Evaluator

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax import conditioning as cond_lib
+from shortcut_jax.core import conditioning as cond_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 
 Array = Any

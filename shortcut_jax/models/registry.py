@@ -12,10 +12,10 @@ from typing import Any, Callable, Dict, Mapping, Tuple
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax import conditioning as cond_lib
+from shortcut_jax.core import conditioning as cond_lib
 from shortcut_jax.models import dit as dit_lib
 from shortcut_jax.models.velocity_model import VelocityModel
-from shortcut_jax.objectives import paths
+from shortcut_jax.core import paths
 
 BatchSpec = Mapping[str, Tuple[int, ...]]
 

@@ -1,7 +1,7 @@
 """The single calling convention between networks and everything that uses them.
 
 Objectives, samplers, evaluators and CFG never call a Flax module directly: they call a
-`VelocityModel`, passing the conditioning as one dict (`cond`, see `shortcut_jax.conditioning`).
+`VelocityModel`, passing the conditioning as one dict (`cond`, see `shortcut_jax.core.conditioning`).
 The model checks the dict against the condition kinds it was built for: an unknown key is an
 error, a missing optional kind (a label) means its null value.
 """
@@ -9,8 +9,8 @@ error, a missing optional kind (a label) means its null value.
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from shortcut_jax import conditioning as cond_lib
-from shortcut_jax.conditioning import cond_from_batch  # noqa: F401  (re-exported)
+from shortcut_jax.core import conditioning as cond_lib
+from shortcut_jax.core.conditioning import cond_from_batch  # noqa: F401  (re-exported)
 
 Array = Any
 Cond = Mapping[str, Array]

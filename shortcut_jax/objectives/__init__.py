@@ -4,7 +4,7 @@ interpolation paths they train on (`paths`)."""
 from shortcut_jax.objectives.base import (Objective, TrainingTargets, as_objective, euler_step,
                                           get_objective, mse_loss, objective_names,
                                           register_objective)
-from shortcut_jax.objectives.paths import Path, get_path
+from shortcut_jax.core.paths import Path, get_path
 # Importing the modules registers their objectives.
 from shortcut_jax.objectives import homo  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import consistency  # noqa: F401  pylint: disable=unused-import

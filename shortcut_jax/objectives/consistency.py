@@ -69,10 +69,9 @@ import jax.numpy as jnp
 
 from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
-from shortcut_jax.objectives.shortcut import TEACHER_CLIP  # The original's bound on teacher states.
 from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                sample_source)
-from shortcut_jax.objectives.paths import broadcast_time, path_from_config
+from shortcut_jax.core.paths import broadcast_time, path_from_config
 
 Array = Any
 
@@ -91,15 +90,15 @@ def target_weights(params, ema_params, config):
   """The target network f⁻: EMA weights (the original) or, without `bootstrap_ema`, the online
   weights (no gradient). `faithful=True`: always the EMA weights, as the original's
   `call_model_ema`, which does not read `bootstrap_ema`."""
-  use_ema = (config_value(config, "bootstrap_ema", True)
-             or config_value(config, "faithful", False))
+  use_ema = (config_value(config, "bootstrap_ema")
+             or config_value(config, "faithful"))
   return jax.lax.stop_gradient(ema_params if use_ema else params)
 
 
 def _prepare(model, batch, rng, config, num_keys: int):
   """(images, cond, keys, drop metrics): the faithful shuffle, the cfg_scale = 0 nulling
   (`flow_path.batch_for_targets`), and condition dropout unless faithful."""
-  faithful = bool(config_value(config, "faithful", False))
+  faithful = bool(config_value(config, "faithful"))
   batch, cond, rng = batch_for_targets(model, batch, rng, config)
   if faithful:
     return batch["image"], cond, jax.random.split(rng, num_keys), {}
@@ -117,7 +116,7 @@ def distillation_step_target(model, teacher, target_net, x_t, t, d, level, cond)
   """
   v_teacher = jax.lax.stop_gradient(model(teacher, x_t, t, level, cond, train=False))
   x_next = jnp.clip(x_t + broadcast_time(d, x_t.ndim) * v_teacher.astype(x_t.dtype),
-                    -TEACHER_CLIP, TEACHER_CLIP)
+                    -teacher_lib.TEACHER_CLIP, teacher_lib.TEACHER_CLIP)
   t_next = t + d
   v_next = jax.lax.stop_gradient(model(target_net, x_next, t_next, level, cond, train=False))
   return velocity_target(x_t, t, consistency_fn(x_next, t_next, v_next)), v_teacher, v_next
@@ -156,7 +155,7 @@ def consistency_distillation_targets(model, params, ema_params, batch, rng, conf
     TrainingTargets with one group `consistency`.
   """
   del step
-  m = int(config_value(config, "denoise_timesteps", 128))
+  m = int(config_value(config, "denoise_timesteps"))
   finest = finest_level(m)
   path = path_from_config(config)
   images, cond, (time_key, noise_key), drop_metrics = _prepare(model, batch, rng, config, 2)
@@ -192,10 +191,10 @@ ORIGINAL_START_STEP = 1
 def training_phase(step, config) -> Array:
   """Consistency training's phase p (N = 2^p intervals): floor(step L / schedule_steps), at most
   L - 1 (the step counted from `ORIGINAL_START_STEP` = 1 when `faithful`, as the original's)."""
-  finest = finest_level(int(config_value(config, "denoise_timesteps", 128)))
-  total = int(config_value(config, "schedule_steps", 1))
+  finest = finest_level(int(config_value(config, "denoise_timesteps")))
+  total = int(config_value(config, "schedule_steps"))
   step = jnp.zeros((), jnp.int32) if step is None else jnp.asarray(step, jnp.int32)
-  if config_value(config, "faithful", False):
+  if config_value(config, "faithful"):
     step = step + ORIGINAL_START_STEP
   return jnp.minimum(step * finest // total, finest - 1).astype(jnp.int32)
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax.conditioning import cond_from_batch
-from shortcut_jax.config_value import config_value  # noqa: F401  (objectives read it here)
-from shortcut_jax.objectives.paths import (SIGMA_MIN, flow_velocity,  # noqa: F401  (re-exported)
+from shortcut_jax.core.conditioning import cond_from_batch
+from shortcut_jax.core.config_value import config_value  # noqa: F401  (objectives read it here)
+from shortcut_jax.core.paths import (SIGMA_MIN, flow_velocity,  # noqa: F401  (re-exported)
                                            interpolate)
 
 Array = Any
@@ -112,8 +112,8 @@ def source_from_config(config, objective_source: str = "gaussian") -> Source:
   objective config (default Gaussian noise)."""
   if objective_source != "gaussian":
     return Source(objective_source)
-  return Source(str(config_value(config, "source", "gaussian")),
-                int(config_value(config, "source_noise_step", 0)))
+  return Source(str(config_value(config, "source")),
+                int(config_value(config, "source_noise_step")))
 
 
 def sample_source(rng: Array, shape: Tuple[int, ...], source="gaussian",
@@ -141,7 +141,7 @@ FAITHFUL_SCOPES = ("update", "get_targets")
 
 def faithful_scope(config) -> str:
   """`objective.faithful_scope` (see `FAITHFUL_SCOPES`); raises ValueError for another value."""
-  scope = str(config_value(config, "faithful_scope", "update"))
+  scope = str(config_value(config, "faithful_scope"))
   if scope not in FAITHFUL_SCOPES:
     raise ValueError(f"objective.faithful_scope must be one of {FAITHFUL_SCOPES}, got {scope!r}")
   return scope
@@ -159,7 +159,7 @@ def batch_for_targets(model, batch: Mapping[str, Array], rng: Array, config):
   original's `get_targets(key=rng)` on the batch and labels exactly as given (what
   `shortcut_jax.tools.check_original_targets` compares with that function's own outputs).
   """
-  faithful = bool(config_value(config, "faithful", False))
+  faithful = bool(config_value(config, "faithful"))
   scope = faithful_scope(config) if faithful else "update"
   if faithful and scope == "update":
     perm_key, rng = jax.random.split(rng)

@@ -37,12 +37,12 @@ curved path (`smoothstep`, `cosine`); the config validation warns on the linear 
 import functools
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from shortcut_jax.objectives.base import per_sample_mse, register_objective
 from shortcut_jax.objectives.flow_path import config_value
-from shortcut_jax.objectives.paths import Path
+from shortcut_jax.core.paths import Path
+from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.shortcut import (TEACHER_CLIP, JumpRule, ShortcutSettings,
                                               default_layout, teacher_output)
 
@@ -79,14 +79,14 @@ def second_order_bootstrap(model, teacher_params, x_t, t, level, cond, *, num_cf
   Returns:
     (target [.., 2C] (velocity, acceleration), v_a, v_b).
   """
-  h = (1 / jnp.power(2.0, level.astype(jnp.float32))) / 2
-  hb = _expand(h, x_t.ndim)
-  teacher_level = level + 1
-  teacher = lambda x, tt: split_output(jax.lax.stop_gradient(teacher_output(
-      model, teacher_params, x, tt, teacher_level, cond, num_cfg, cfg_mask, cfg_scale)))
-  v_a, a_a = teacher(x_t, t)
-  x_mid = jnp.clip(x_t + hb * v_a + 0.5 * hb * hb * a_a, -TEACHER_CLIP, TEACHER_CLIP)
-  v_b, a_b = teacher(x_mid, t + h)
+  teacher = lambda x, tt, lvl: teacher_output(model, teacher_params, x, tt, lvl, cond, num_cfg,
+                                              cfg_mask, cfg_scale)
+
+  def advance(x, out, h):  # x + h u1 + h^2/2 u2.
+    v, a = split_output(out)
+    return x + h * v + 0.5 * h * h * a
+  out_a, out_b = teacher_lib.two_half_steps(teacher, x_t, t, level, advance)
+  (v_a, a_a), (v_b, a_b) = split_output(out_a), split_output(out_b)
   v_target = jnp.clip((v_a + v_b) / 2, -TEACHER_CLIP, TEACHER_CLIP)
   a_target = (a_a + a_b) / 4 if sc_acceleration else jnp.zeros_like(a_a)
   return jnp.concatenate([v_target, a_target], axis=-1), v_a, v_b
@@ -94,10 +94,10 @@ def second_order_bootstrap(model, teacher_params, x_t, t, level, cond, *, num_cf
 
 def homo_loss(pred: Array, targets, config):
   """The weighted per-sample HOMO loss and its plain terms (module docstring)."""
-  lambda_v = float(config_value(config, "homo_lambda_v", 1.0))
-  lambda_a = float(config_value(config, "homo_lambda_a", 0.5))
-  lambda_sc = float(config_value(config, "homo_lambda_sc", 0.1))
-  sc_acc = bool(config_value(config, "homo_sc_acceleration", True))
+  lambda_v = float(config_value(config, "homo_lambda_v"))
+  lambda_a = float(config_value(config, "homo_lambda_a"))
+  lambda_sc = float(config_value(config, "homo_lambda_sc"))
+  sc_acc = bool(config_value(config, "homo_sc_acceleration"))
   pred_v, pred_a = split_output(pred)
   target_v, target_a = split_output(targets.target)
   mse_v, mse_a = per_sample_mse(pred_v, target_v), per_sample_mse(pred_a, target_a)
@@ -123,10 +123,10 @@ def homo_targets(model, params, ema_params, batch, rng, config, *, step=None, st
   keep), plus `homo_sc_acceleration`.
   """
   del step, state
-  sc_acc = bool(config_value(config, "homo_sc_acceleration", True))
+  sc_acc = bool(config_value(config, "homo_sc_acceleration"))
   rule = JumpRule(flow_target=flow_target,
                   bootstrap_targets=functools.partial(second_order_bootstrap,
                                                       sc_acceleration=sc_acc))
   settings = ShortcutSettings.from_config(config, rule=rule)
-  teacher = ema_params if config_value(config, "bootstrap_ema", True) else params
+  teacher = ema_params if config_value(config, "bootstrap_ema") else params
   return default_layout(model, teacher, batch, rng, config, settings)

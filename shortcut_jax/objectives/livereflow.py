@@ -35,11 +35,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax.conditioning import concat_rows, take_rows
+from shortcut_jax.core import guidance
+from shortcut_jax.core.conditioning import concat_rows, take_rows
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
 from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                interpolate, sample_source)
-from shortcut_jax.objectives.paths import path_from_config
+from shortcut_jax.core.paths import path_from_config
 
 Array = Any
 ROLLOUT_STEPS = 8  # The original's rollout length.
@@ -62,15 +63,8 @@ def rollout(model, params, x0, cond, finest: int, cfg_scale: float,
   (unguided when it is 0); no gradient. Returns x̂1."""
   n = x0.shape[0]
   level = jnp.full((n,), finest, jnp.int32)
-  null = model.null_cond(cond)
-
-  def velocity(x, t):
-    if cfg_scale == 0:
-      return model(params, x, t, level, cond, train=False)
-    both = lambda a, c: jnp.concatenate([a, c], axis=0)
-    out = model(params, both(x, x), both(t, t), both(level, level),
-                jax.tree.map(both, dict(cond), dict(null)), train=False)
-    return out[n:] + cfg_scale * (out[:n] - out[n:])
+  w = None if cfg_scale == 0 else cfg_scale  # 0: the labels are nulled already.
+  velocity = lambda x, t: guidance.guided_velocity(model, params, x, t, level, cond, w)
 
   def body(i, x):
     t = jnp.full((n,), i / steps, jnp.float32)
@@ -99,15 +93,15 @@ def livereflow_targets(model, params, ema_params, batch, rng, config, *, step=No
     TrainingTargets with groups `reflow` (first B // bootstrap_every rows) and `flow`.
   """
   del ema_params, step, state
-  m = int(config_value(config, "denoise_timesteps", 128))
+  m = int(config_value(config, "denoise_timesteps"))
   finest = finest_level(m)
-  faithful = bool(config_value(config, "faithful", False))
-  cfg_scale = float(config_value(config, "cfg_scale", 0.0))
+  faithful = bool(config_value(config, "faithful"))
+  cfg_scale = float(config_value(config, "cfg_scale"))
   path = path_from_config(config)
   batch, cond, rng = batch_for_targets(model, batch, rng, config)
   images = batch["image"]
   b = images.shape[0]
-  b_r = b // int(config_value(config, "bootstrap_every", 8))
+  b_r = b // int(config_value(config, "bootstrap_every"))
   teacher = jax.lax.stop_gradient(params)
 
   if faithful:

@@ -58,12 +58,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.conditioning import cond_from_batch
+from shortcut_jax.core.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import (TrainingTargets, euler_step, per_sample_mse,
                                           register_objective)
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, sample_source,
                                                source_from_config)
-from shortcut_jax.objectives.paths import Path, broadcast_time, path_from_config
+from shortcut_jax.core.paths import Path, broadcast_time, path_from_config
 
 Array = Any
 
@@ -81,13 +81,13 @@ class MeanFlowSettings:
 
   @classmethod
   def from_config(cls, config) -> "MeanFlowSettings":
-    get = lambda name, default: config_value(config, name, default)
-    return cls(finest=finest_level(int(get("denoise_timesteps", 128))),
-               time_mu=float(get("meanflow_time_mu", -0.4)),
-               time_sigma=float(get("meanflow_time_sigma", 1.0)),
-               equal_share=float(get("meanflow_equal_share", 0.75)),
-               adaptive_p=float(get("meanflow_adaptive_p", 1.0)),
-               adaptive_c=float(get("meanflow_adaptive_c", 1e-3)),
+    get = lambda name: config_value(config, name)
+    return cls(finest=finest_level(int(get("denoise_timesteps"))),
+               time_mu=float(get("meanflow_time_mu")),
+               time_sigma=float(get("meanflow_time_sigma")),
+               equal_share=float(get("meanflow_equal_share")),
+               adaptive_p=float(get("meanflow_adaptive_p")),
+               adaptive_c=float(get("meanflow_adaptive_c")),
                path=path_from_config(config))
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
 from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                sample_source, source_from_config)
-from shortcut_jax.objectives.paths import path_from_config
+from shortcut_jax.core.paths import path_from_config
 
 
 @register_objective("naive", uses_level=False, takes_source=True)
@@ -36,7 +36,7 @@ def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
   """
   del params, ema_params, step, state
   path = path_from_config(config)
-  m = int(config_value(config, "denoise_timesteps", 128))
+  m = int(config_value(config, "denoise_timesteps"))
   level_flow = finest_level(m)
   # The original shuffles every batch in its update step; a shuffled input pipeline makes this
   # redundant, so only faithful mode spends a key on it.

@@ -53,12 +53,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from shortcut_jax.core import guidance
 from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
-from shortcut_jax.objectives.shortcut import TEACHER_CLIP  # The original's bound on teacher states.
 from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                sample_source)
-from shortcut_jax.objectives.paths import Path, broadcast_time, path_from_config
+from shortcut_jax.core.paths import Path, path_from_config
 
 Array = Any
 
@@ -74,11 +74,11 @@ class ProgressiveSettings:
 
   @classmethod
   def from_config(cls, config) -> "ProgressiveSettings":
-    return cls(finest=finest_level(int(config_value(config, "denoise_timesteps", 128))),
-               schedule_steps=int(config_value(config, "schedule_steps", 1)),
-               faithful=bool(config_value(config, "faithful", False)),
-               use_cfg=bool(config_value(config, "bootstrap_cfg", False)),
-               cfg_scale=float(config_value(config, "cfg_scale", 0.0)),
+    return cls(finest=finest_level(int(config_value(config, "denoise_timesteps"))),
+               schedule_steps=int(config_value(config, "schedule_steps")),
+               faithful=bool(config_value(config, "faithful")),
+               use_cfg=bool(config_value(config, "bootstrap_cfg")),
+               cfg_scale=float(config_value(config, "cfg_scale")),
                path=path_from_config(config))
 
 
@@ -100,31 +100,14 @@ def faithful_phase(step: Array, st: ProgressiveSettings) -> Array:
   return jnp.clip(phase, 0, st.finest - 1).astype(jnp.int32)
 
 
-def teacher_velocity(model, teacher, x, t, level, cond, weight):
-  """T(x, t) at `level`; guided `v_u + weight (v_c - v_u)` (one batched call) unless weight is
-  None."""
-  if weight is None:
-    return model(teacher, x, t, level, cond, train=False)
-  b = x.shape[0]
-  both = lambda a, c: jnp.concatenate([a, c], axis=0)
-  out = model(teacher, both(x, x), both(t, t), both(level, level),
-              jax.tree.map(both, dict(cond), dict(model.null_cond(cond))), train=False)
-  v_cond, v_uncond = out[:b], out[b:]
-  return v_uncond + weight * (v_cond - v_uncond)
-
-
 def two_step_target(model, teacher, x_t, t, level, cond, weight=None):
   """The teacher's two steps of d/2 = 2^-(level+1) from (x_t, t), as one velocity over d.
 
   Returns:
     (target, v1, v2).
   """
-  half = broadcast_time(jnp.power(2.0, -(level.astype(jnp.float32) + 1)), x_t.ndim)
-  velocity = lambda x, tt: jax.lax.stop_gradient(
-      teacher_velocity(model, teacher, x, tt, level + 1, cond, weight))
-  v1 = velocity(x_t, t)
-  x_mid = jnp.clip(x_t + half * v1.astype(x_t.dtype), -TEACHER_CLIP, TEACHER_CLIP)
-  v2 = velocity(x_mid, t + half.reshape(-1))
+  teacher_fn = lambda x, tt, lvl: guidance.guided_velocity(model, teacher, x, tt, lvl, cond, weight)
+  v1, v2 = teacher_lib.two_half_steps(teacher_fn, x_t, t, level)
   return (v1 + v2) / 2, v1, v2
 
 

@@ -11,7 +11,7 @@ step only.
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.conditioning import cond_from_batch
+from shortcut_jax.core.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, flow_velocity,
                                                sample_source)
@@ -37,7 +37,7 @@ def regression_targets(model, params, ema_params, batch, rng, config, *, step=No
   del params, ema_params, step, state
   images = batch["image"]
   b = images.shape[0]
-  level = finest_level(int(config_value(config, "denoise_timesteps", 128)))
+  level = finest_level(int(config_value(config, "denoise_timesteps")))
   cond = model.unguided_cond(cond_from_batch(batch), config)
   cond, drop_metrics = model.drop_cond(cond, rng, config)
   x0 = sample_source(jax.random.PRNGKey(0), images.shape, "zeros")

@@ -16,7 +16,7 @@ The batch is split in two parts (which rows: `faithful_layout`, `default_layout`
   one batched network call.
 * Flow part, the other B - B_b samples: flow-matching targets at level L = log2(M), each condition
   kind dropped to its null value with its own probability (`class_dropout_prob` for labels,
-  `image_dropout_prob` for a conditioning image; `shortcut_jax.conditioning`).
+  `image_dropout_prob` for a conditioning image; `shortcut_jax.core.conditioning`).
 
 With `cfg_scale == 0` every label is nulled first (unconditional training), as the original does;
 a conditioning image is kept.
@@ -72,16 +72,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax.conditioning import concat_rows, cond_from_batch, take_rows
+from shortcut_jax.core import guidance
+from shortcut_jax.core.conditioning import cond_from_batch, take_rows
+from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
 from shortcut_jax.objectives.flow_path import (Source, batch_for_targets, config_value,
                                                finest_level, sample_source, source_from_config)
-from shortcut_jax.objectives.paths import Path, path_from_config
+from shortcut_jax.core.paths import Path, path_from_config
 
 Array = Any
 
-# Bound on the teacher's intermediate state and target, as in the original.
-TEACHER_CLIP = 4.0
+TEACHER_CLIP = teacher_lib.TEACHER_CLIP
 
 
 def faithful_levels(bootstrap_size: int, finest: int, dt_bias: int) -> Tuple[np.ndarray, int]:
@@ -145,30 +146,9 @@ def teacher_output(model, params, x, t, level, cond, num_cfg: int, cfg_mask: Opt
                    cfg_scale: float):
   """s(x, t, level), CFG-guided on the first `num_cfg` rows where `cfg_mask` (one batched call;
   with `num_cfg` = every row and a mask, each row's two calls are adjacent rows of it)."""
-  n = x.shape[0]
-  if num_cfg == 0:
-    return model(params, x, t, level, cond, train=False)
-  if cfg_mask is not None and num_cfg == n:
-    # Every row's conditional and unconditional calls side by side ([n, 2] -> 2n rows), so
-    # both stay on the device that holds the row (a batch split over devices moves nothing);
-    # guided where `cfg_mask`.
-    pair = lambda a, b: jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
-    out = model(params, pair(x, x), pair(t, t), pair(level, level),
-                jax.tree.map(pair, dict(cond), dict(model.null_cond(cond))), train=False)
-    out = out.reshape((n, 2) + out.shape[1:])
-    v_cond, v_uncond = out[:, 0], out[:, 1]
-    return jnp.where(cfg_mask.reshape((-1,) + (1,) * (x.ndim - 1)),
-                     v_uncond + cfg_scale * (v_cond - v_uncond), v_cond)
-  cond_all = concat_rows(cond, take_rows(model.null_cond(cond), slice(0, num_cfg)))
-  out = model(params, jnp.concatenate([x, x[:num_cfg]], axis=0),
-              jnp.concatenate([t, t[:num_cfg]], axis=0),
-              jnp.concatenate([level, level[:num_cfg]], axis=0), cond_all, train=False)
-  v_cond, v_uncond = out[:n], out[n:]
-  v_guided = v_uncond + cfg_scale * (v_cond[:num_cfg] - v_uncond)
-  if cfg_mask is not None:
-    v_guided = jnp.where(cfg_mask.reshape((-1,) + (1,) * (x.ndim - 1)), v_guided,
-                         v_cond[:num_cfg])
-  return jnp.concatenate([v_guided, v_cond[num_cfg:]], axis=0)
+  interleave = cfg_mask is not None and num_cfg == x.shape[0]
+  return guidance.guided_velocity(model, params, x, t, level, cond, cfg_scale,
+                                  guided_rows=num_cfg, mask=cfg_mask, interleave=interleave)
 
 
 def bootstrap_targets(model, teacher_params, x_t, t, level, cond, *, num_cfg: int = 0,
@@ -186,15 +166,9 @@ def bootstrap_targets(model, teacher_params, x_t, t, level, cond, *, num_cfg: in
   Returns:
     (target, v1, v2), each like x_t.
   """
-  level_f = level.astype(jnp.float32)
-  half = (1 / (2 ** level_f)) / 2
-  teacher_level = level + 1
-  velocity = lambda x, tt: jax.lax.stop_gradient(teacher_output(
-      model, teacher_params, x, tt, teacher_level, cond, num_cfg, cfg_mask, cfg_scale))
-  v1 = velocity(x_t, t)
-  x_mid = jnp.clip(x_t + half.reshape((-1,) + (1,) * (x_t.ndim - 1)) * v1,
-                   -TEACHER_CLIP, TEACHER_CLIP)
-  v2 = velocity(x_mid, t + half)
+  teacher = lambda x, tt, lvl: teacher_output(model, teacher_params, x, tt, lvl, cond, num_cfg,
+                                              cfg_mask, cfg_scale)
+  v1, v2 = teacher_lib.two_half_steps(teacher, x_t, t, level)
   target = jnp.clip((v1 + v2) / 2, -TEACHER_CLIP, TEACHER_CLIP)
   return target, v1, v2
 
@@ -232,12 +206,12 @@ class ShortcutSettings:
 
   @classmethod
   def from_config(cls, config, rule: JumpRule = FIRST_ORDER) -> "ShortcutSettings":
-    m = int(config_value(config, "denoise_timesteps", 128))
+    m = int(config_value(config, "denoise_timesteps"))
     return cls(denoise_timesteps=m, finest=finest_level(m),
-               bootstrap_every=int(config_value(config, "bootstrap_every", 8)),
-               dt_bias=int(config_value(config, "bootstrap_dt_bias", 0)),
-               use_cfg=bool(config_value(config, "bootstrap_cfg", False)),
-               cfg_scale=float(config_value(config, "cfg_scale", 0.0)),
+               bootstrap_every=int(config_value(config, "bootstrap_every")),
+               dt_bias=int(config_value(config, "bootstrap_dt_bias")),
+               use_cfg=bool(config_value(config, "bootstrap_cfg")),
+               cfg_scale=float(config_value(config, "cfg_scale")),
                path=path_from_config(config), rule=rule, source=source_from_config(config))
 
 
@@ -426,6 +400,6 @@ def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None
   """
   del step, state
   settings = ShortcutSettings.from_config(config)
-  teacher = ema_params if config_value(config, "bootstrap_ema", True) else params
-  layout = faithful_layout if config_value(config, "faithful", False) else default_layout
+  teacher = ema_params if config_value(config, "bootstrap_ema") else params
+  layout = faithful_layout if config_value(config, "faithful") else default_layout
   return layout(model, teacher, batch, rng, config, settings)

@@ -3,7 +3,8 @@
 Where it comes from. `config.objective.teacher_workdir` names the training workdir of a finished
 run (its `config.json` and `checkpoints/`), or one of its checkpoint folders
 `<workdir>/checkpoints/<step>`, local or remote (gs://...: read through `shortcut_jax.storage`
-and the checkpoint manager); `objective.teacher_step` picks a step (-1: the latest). The
+and the checkpoint manager, by the training layer: `initialisation.resolve_teacher`);
+`objective.teacher_step` picks a step (-1: the latest). The
 teacher has to be a run of the same network on the same data whose network does not take the
 step size (a flow-matching `naive` run, or an earlier distillation run): anything else is an
 error naming the field that differs, raised before anything is compiled, with the command that
@@ -27,15 +28,43 @@ more than params + EMA + Adam's two moments) and buys a resume and an `eval.py` 
 read the teacher's workdir again (which may have moved or trained on).
 """
 
-from typing import Optional, Tuple
-
 import jax
 import jax.numpy as jnp
 
 from shortcut_jax import errors
-from shortcut_jax.config_value import config_value
+from shortcut_jax.core.config_value import config_value
 
 TEACHER = "teacher"
+# Bound on the teacher's intermediate state and the shortcut model's target, as in the original.
+TEACHER_CLIP = 4.0
+
+
+def euler_advance(x, out, h):
+  """x + h out: a first-order step of h ([n, 1, ...]) with the teacher's output."""
+  return x + h * out.astype(x.dtype)
+
+
+def two_half_steps(teacher_fn, x_t, t, level, advance=euler_advance):
+  """The teacher's two half steps of d/2 = 2^-level / 2 from (x_t, t) at level + 1: the
+  self-consistency target of every shortcut-style objective (the shortcut model, HOMO,
+  progressive distillation), written once.
+
+  Args:
+    teacher_fn: `(x, t, level) -> output` of the teacher (no gradient flows through it).
+    x_t: [n, ...] states; t: float32 [n]; level: int32 [n] (the student's level).
+    advance: `(x, output, h) -> x'`, a step of h ([n, 1, ...]) with an output (first order by
+      default; HOMO's is second order). The midpoint is clipped to +-TEACHER_CLIP.
+
+  Returns:
+    (output at (x_t, t), output at the midpoint (x_mid, t + d/2)).
+  """
+  half = (1 / (2 ** level.astype(jnp.float32))) / 2  # The original's arithmetic.
+  call = lambda x, tt: jax.lax.stop_gradient(teacher_fn(x, tt, level + 1))
+  out_a = call(x_t, t)
+  x_mid = jnp.clip(advance(x_t, out_a, half.reshape((-1,) + (1,) * (x_t.ndim - 1))),
+                   -TEACHER_CLIP, TEACHER_CLIP)
+  return out_a, call(x_mid, t + half)
+
 
 class TeacherError(errors.UserError, ValueError):
   """The teacher is missing or does not fit the student."""
@@ -46,17 +75,6 @@ def train_teacher_hint(workdir: str) -> str:
           f"`python train.py --config=configs/digits_naive.py --workdir={workdir}` (with "
           f"`configs/digits_naive.py:smoke` for a `:smoke` student), or point "
           f"objective.teacher_workdir at an existing run")
-
-
-def resolve_teacher(objective_config) -> Tuple[str, Optional[int]]:
-  """(teacher workdir, step or None for the latest) from `teacher_workdir` / `teacher_step`;
-  a path `<workdir>/checkpoints/<step>` names the workdir and the step at once."""
-  path = config_value(objective_config, "teacher_workdir", None)
-  if not path:
-    raise TeacherError("objective.teacher_workdir is not set: "
-                       + train_teacher_hint("workdirs/digits_naive"))
-  from shortcut_jax.checkpoints import manager  # pylint: disable=g-import-not-at-top
-  return manager.run_and_step(path, config_value(objective_config, "teacher_step", -1))
 
 
 def objective_mismatches(student, teacher, student_objective, teacher_objective) -> list:
@@ -87,9 +105,9 @@ def teacher_weights(state_params, state_ema, objective_config, objective_name=No
   """The weights the teacher's calls use: EMA when `bootstrap_ema` (the original), else online;
   always EMA for a faithful `consistency-distillation` (`objective_name`), as the original."""
   if (objective_name in _EMA_TEACHER_WHEN_FAITHFUL
-      and config_value(objective_config, "faithful", False)):
+      and config_value(objective_config, "faithful")):
     return state_ema
-  return state_ema if config_value(objective_config, "bootstrap_ema", True) else state_params
+  return state_ema if config_value(objective_config, "bootstrap_ema") else state_params
 
 
 def init_teacher_state(params, config=None) -> dict:

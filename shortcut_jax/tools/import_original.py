@@ -7,7 +7,7 @@ The config must describe the checkpoint's network (sizes, num_classes, image siz
 parameter shape is checked against it before anything is written. The workdir then works with
 eval.py and with resumed training (the Adam moments and the step are imported too). Its
 config.json evaluates FID with the original's protocol (`evals.fid.protocol='original'`,
-`shortcut_jax.guidance`: the step sweep at cfg 1, one entry at the config's CFG with
+`shortcut_jax.core.guidance`: the step sweep at cfg 1, one entry at the config's CFG with
 denoise_timesteps steps, the online weights), whatever the given config says, and with the
 original's meaning of guidance scales (`guidance_convention='original'`).
 
@@ -30,7 +30,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from shortcut_jax import console
-from shortcut_jax import guidance
+from shortcut_jax.core import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
 from shortcut_jax import experiment

@@ -28,7 +28,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.config_value import config_value
+from shortcut_jax.core.config_value import config_value
 
 Array = Any
 Cond = Mapping[str, Array]
@@ -166,7 +166,7 @@ class Conditioning:
   def unguided(self, cond: Cond, config) -> Dict[str, Array]:
     """With `config.cfg_scale == 0` the kinds that say so (labels) are nulled: the model is
     trained without them, as the original trains unconditionally."""
-    if float(config_value(config, "cfg_scale", 0.0)) != 0.0:
+    if float(config_value(config, "cfg_scale")) != 0.0:
       return dict(cond)
     cond = dict(cond)
     for k in self.kinds:
@@ -192,7 +192,7 @@ class Conditioning:
       if k.key not in cond:
         continue
       value = cond[k.key]
-      p = float(config_value(config, k.drop_prob_field, 0.0))
+      p = float(config_value(config, k.drop_prob_field))
       kind_key = key if i == 0 else jax.random.fold_in(key, i)
       mask = jax.random.bernoulli(kind_key, p, value.shape[:1])
       cond[k.key] = k.drop(value, mask)

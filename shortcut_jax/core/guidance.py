@@ -1,4 +1,5 @@
-"""What a guidance scale means, and which (steps, guidance) pairs an FID evaluation samples.
+"""What a guidance scale means, the one guided network call, and which (steps, guidance) pairs an
+FID evaluation samples.
 
 **One meaning of the guidance scale w** (the original's, `v = v_u + w (v_c - v_u)`), in training
 (`objective.cfg_scale`), in configs (`evals.*.cfg_scale`) and on eval.py's command line:
@@ -50,6 +51,11 @@ nulled), as the original does.
 import dataclasses
 from typing import List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
+
+from shortcut_jax.core.conditioning import concat_rows, take_rows
+
 CONVENTIONS = ("original", "legacy")
 ORIGINAL, LEGACY = CONVENTIONS
 FIELD = "guidance_convention"
@@ -57,6 +63,57 @@ PROTOCOLS = ("original", "guided")
 # eval.py's defaults outside --mode=fid, and a legacy workdir's for --mode=fid too.
 EVAL_STEPS = (1, 4, 128)
 EVAL_NUM_SAMPLES = 1000
+
+
+def guided_velocity(model, params, x, t, level, cond, w, *, guided_rows: Optional[int] = None,
+                    mask=None, interleave: bool = False):
+  """The network's velocity guided by w, `v_u + w (v_c - v_u)`, with v_c and v_u from one
+  network call on the batch plus unconditional copies of its guided rows (`model.null_cond`).
+  The only place the library writes the guided call: the samplers, the shortcut and HOMO
+  teachers, progressive distillation and live reflow all call it.
+
+  Args:
+    model: a `VelocityModel` (`model(params, x, t, level, cond, train=False)`, `null_cond`).
+    params: the weights called.
+    x, t, level, cond: the rows ([n, ...], [n], [n], a cond of n rows).
+    w: the guidance weight (a float or a traced scalar); None: the conditional velocity of every
+      row, one call on the n rows as they are.
+    guided_rows: k: only the first k rows are guided, the others get v_c (the call has n + k
+      rows: the n rows, then the k unconditional copies). None: every row.
+    mask: optional bool [k]: which of the guided rows guidance applies to (the others get v_c).
+    interleave: each row's conditional and unconditional inputs side by side (rows 2i, 2i+1 of
+      the call) instead of the copies after the batch, so that a batch split over devices keeps
+      both calls of a row on the device that holds it; every row guided.
+
+  Returns:
+    [n, ...] velocities.
+  """
+  n = x.shape[0]
+  k = n if guided_rows is None else int(guided_rows)
+  if w is None or k == 0:
+    return model(params, x, t, level, cond, train=False)
+  cond = dict(cond)
+  null = model.null_cond(cond)
+  expand = (-1,) + (1,) * (x.ndim - 1)
+  if interleave:
+    if k != n:
+      raise ValueError(f"interleave guides every row; got guided_rows={k} of {n}")
+    pair = lambda a, b: jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+    out = model(params, pair(x, x), pair(t, t), pair(level, level), jax.tree.map(pair, cond, null),
+                train=False)
+    out = out.reshape((n, 2) + out.shape[1:])
+    v_cond, v_uncond = out[:, 0], out[:, 1]
+  else:
+    rows = slice(0, k)
+    out = model(params, jnp.concatenate([x, x[rows]], axis=0),
+                jnp.concatenate([t, t[rows]], axis=0),
+                jnp.concatenate([level, level[rows]], axis=0),
+                concat_rows(cond, take_rows(null, rows)), train=False)
+    v_cond, v_uncond = out[:n], out[n:]
+  v_guided = v_uncond + w * (v_cond[:k] - v_uncond)
+  if mask is not None:
+    v_guided = jnp.where(mask.reshape(expand), v_guided, v_cond[:k])
+  return v_guided if k == n else jnp.concatenate([v_guided, v_cond[k:]], axis=0)
 
 
 def convention(config) -> str:

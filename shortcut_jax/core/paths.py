@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.config_value import config_value
+from shortcut_jax.core.config_value import config_value
 
 Array = Any
 
@@ -141,4 +141,4 @@ def get_path(name: str) -> Path:
 
 def path_from_config(config) -> Path:
   """The path of an objective config (`path`, default 'linear')."""
-  return get_path(config_value(config, "path", "linear"))
+  return get_path(config_value(config, "path"))
