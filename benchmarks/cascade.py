@@ -28,6 +28,7 @@ from common import emit_json  # noqa: E402
 from shortcut_jax import experiment
 from shortcut_jax.data import low_res  # noqa: E402
 from shortcut_jax.evaluators import generate as gen  # noqa: E402
+from shortcut_jax.evaluators import conditions
 
 
 def _stage(name):
@@ -46,7 +47,7 @@ def main():
   direct, small, up = _stage("digits_shortcut"), _stage("digits_8px_shortcut"), _stage(
       "digits_upscale_x2")
   lr = np.zeros((n, 8, 8, 1), np.float32)
-  up_cond = gen.sample_cond(up[0], n, examples={"cond_image": low_res.upsample(lr, 2)})
+  up_cond = conditions.sample_cond(up[0], n, examples={"cond_image": low_res.upsample(lr, 2)})
 
   def run(stage, steps, cond=None):
     exp, params = stage

@@ -94,14 +94,14 @@ def _flax_worker(options, batch_size, input_size):
       -1, 1, (batch_size, input_size, input_size, 3)).astype(np.float32)
   if devices:
     from shortcut_jax.evaluators import fid_evaluator
-    from shortcut_jax.evaluators import generate
+    from shortcut_jax.evaluators import batch_rows
     assert jax.device_count() == devices, jax.devices()
     features = fid_evaluator.InceptionFeatures(
         variables, batch_size=batch_size, image_size=299 if input_size != 299 else None)
     if options.get("transfer"):
       run = lambda: features.batch_features(images)
     else:
-      placed = generate.put_batch(images, features.mesh)
+      placed = batch_rows.put_batch(images, features.mesh)
       run = lambda: jax.block_until_ready(features._apply(features._variables, placed))
     run()
     return run

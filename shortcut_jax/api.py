@@ -20,6 +20,8 @@ from shortcut_jax import experiment
 from shortcut_jax import text_encoders
 from shortcut_jax.core import guidance
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import image_files
+from shortcut_jax.evaluators import conditions
 
 
 class TrainedModel:
@@ -89,13 +91,13 @@ class TrainedModel:
         raise errors.ArgumentError(f"cond_image: expected [N, {size}, {size}, C] images at the "
                                    f"output size, got {cond_image.shape}")
       examples = {"cond_image": cond_image}
-    cond = gen.sample_cond(exp, num_images, examples=examples, embedding=embedding,
+    cond = conditions.sample_cond(exp, num_images, examples=examples, embedding=embedding,
                            labels=labels)
     w = guidance.sampler_scale(self.config, cfg_scale)
     images, _ = gen.generate(exp, self.params, num_images=num_images, num_steps=num_steps,
                              cfg_scale=w, seed=seed, batch_size=batch_size, cond=cond,
                              progress=False)
-    return gen.to_uint8(images) if uint8 else images
+    return image_files.to_uint8(images) if uint8 else images
 
 
 def load(workdir: str, *, step: Optional[int] = None, use_ema: bool = True) -> TrainedModel:

@@ -12,6 +12,10 @@ from shortcut_jax.core import guidance as guidance_lib
 from shortcut_jax import storage
 from shortcut_jax import experiment
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import progress as progress_lib
+from shortcut_jax.evaluators import image_files
+from shortcut_jax.evaluators import conditions
+from shortcut_jax.evaluators import batch_rows
 
 MODES = ("sample", "digits_metrics", "fid_stats", "fid", "super_resolve", "sr_metrics", "cascade")
 
@@ -66,7 +70,7 @@ def fid_settings(config, *, steps: Optional[List[int]] = None,
           "use_ema": guidance_lib.protocol_use_ema(protocol, use_ema), "protocol": protocol}
 
 
-@gen.progress_bars  # Sampling, FID and SR metrics show a bar (rate, ETA) on process 0.
+@progress_lib.progress_bars  # Sampling, FID and SR metrics show a bar (rate, ETA) on process 0.
 def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
         num_samples: Optional[int] = None, cfg_scale: Optional[float] = None, seed: int = 0,
         use_ema: Optional[bool] = None, batch_size: int = 256,
@@ -179,7 +183,7 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
     strip = super_resolution.comparison_strip(exp, params, steps=sorted({min(steps), max(steps)}),
                                               seed=seed)
     if jax.process_index() == 0:
-      gen.save_png(storage.join(workdir, "sr_strip.png"), strip,
+      image_files.save_png(storage.join(workdir, "sr_strip.png"), strip,
                    max(1, 128 // exp.config.data.image_size))
     print(json.dumps(results, indent=2))
     return results
@@ -204,7 +208,7 @@ def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Opt
     vectors = text_encoders.load_embeddings_file(embeddings, int(exp.config.data.embedding_dim))
     texts = [f"embedding {i}" for i in range(len(vectors))]
   index = np.arange(num_samples) % len(vectors)
-  return gen.sample_cond(exp, num_samples, embedding=vectors[index]), index, texts
+  return conditions.sample_cond(exp, num_samples, embedding=vectors[index]), index, texts
 
 
 def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
@@ -217,7 +221,7 @@ def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size
   seeds); process 0 gathers the images and writes the files.
   """
   cond, extra, cols = None, {}, None
-  if gen.is_conditional(exp.config):
+  if conditions.is_conditional(exp.config):
     cols = exp.config.data.num_classes
   if prompted is not None:
     cond, index, texts = prompted
@@ -230,12 +234,12 @@ def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size
   for n in steps:
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
                                   cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
-                                  cond=cond, mesh=gen.data_mesh(), desc=f"sampling {n} steps")
-    images = gen.to_uint8(images)
+                                  cond=cond, mesh=batch_rows.data_mesh(), desc=f"sampling {n} steps")
+    images = image_files.to_uint8(images)
     if jax.process_index() == 0:
       path = storage.join(out_dir, f"samples_{n}.npz")
       storage.write_npz(path, images=images, labels=labels, **extra)
-      gen.save_png(storage.join(out_dir, f"grid_{n}.png"), gen.image_grid(images[:100], cols),
+      image_files.save_png(storage.join(out_dir, f"grid_{n}.png"), image_files.image_grid(images[:100], cols),
                    max(1, 64 // images.shape[1]))
       written[n] = path
       logging.info("wrote %d samples with %d steps to %s", len(images), n, path)
@@ -255,9 +259,9 @@ def digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, ba
   for n in steps:
     images, labels = gen.generate(exp, params, num_images=num_samples, num_steps=n,
                                   cfg_scale=cfg_scale, seed=seed, batch_size=batch_size,
-                                  mesh=gen.data_mesh(), desc=f"sampling {n} steps")
+                                  mesh=batch_rows.data_mesh(), desc=f"sampling {n} steps")
     results["steps"][str(n)] = dm.digits_metrics(clf, ref, images,
-                                                 gen.intended_classes(exp, labels))
+                                                 conditions.intended_classes(exp, labels))
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   if jax.process_index() == 0:
     name = "digits_metrics.json" if seed == 0 else f"digits_metrics_seed{seed}.json"
@@ -320,7 +324,7 @@ def fid_of_checkpoint(exp, params, workdir, steps, num_samples, cfg_scale, seed,
   extra = adm_metrics.check_metrics(fid_config.get("extra_metrics", ()) if extra_metrics is None
                                     else extra_metrics)
   entries = guidance_lib.fid_entries(protocol, steps, cfg_scale,
-                                     exp.config.objective.denoise_timesteps, gen.is_guidable(exp))
+                                     exp.config.objective.denoise_timesteps, conditions.is_guidable(exp))
   exp.objective.check_steps(sorted({e.steps for e in entries}))
   summary = guidance_lib.describe(protocol, entries, use_ema)
   logging.info("%s", summary)

@@ -28,6 +28,7 @@ from shortcut_jax.data import pipeline
 from shortcut_jax.models import registry as models_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives import flow_path
+from shortcut_jax.core.config_value import config_value
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -98,7 +99,7 @@ def batch_spec(config: ml_collections.ConfigDict, image_shape) -> Dict[str, Tupl
   spec = {"image": tuple(int(d) for d in image_shape)}
   if config.data.low_res_factor:
     spec["cond_image"] = spec["image"]
-  if config.data.get("embedding_dim", 0):
+  if config_value(config.data, "embedding_dim", section="data"):
     spec["embedding"] = (int(config.data.embedding_dim),)
   return spec
 

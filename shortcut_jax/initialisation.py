@@ -53,7 +53,7 @@ def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
   """
   mesh = make_mesh(exp.config) if mesh is None else mesh
   abstract, shardings = sharded_abstract_state(exp, mesh)
-  init_workdir = exp.config.get("init", {}).get("workdir")
+  init_workdir = exp.config.init.workdir
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore_latest_intact(abstract)
     logging.info("resumed from %s at step %d", ckpt.directory, meta["step"])

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shortcut_jax.models import vae as vae_lib
+from shortcut_jax.core.config_value import config_value
 
 Array = Any
 LATENT_KEYS = ("latent_mean", "latent_std")
@@ -33,7 +34,7 @@ COND_LATENT = "cond_latent"
 
 
 def mode(config) -> str:
-  return config.data.get("latents", "none")
+  return config_value(config.data, "latents", section="data")
 
 
 def uses_latents(config) -> bool:

@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from shortcut_jax import storage
+from shortcut_jax.core.config_value import config_value
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DIGIT_WORDS_NAME = "digit_words"
@@ -30,7 +31,7 @@ _WORD_SEED = 20250101  # Fixed: the vectors are part of the demo's data.
 
 
 def uses_digit_words(data_config) -> bool:
-  return data_config.get("embeddings", None) == DIGIT_WORDS_NAME
+  return config_value(data_config, "embeddings", section="data") == DIGIT_WORDS_NAME
 
 
 def digit_word_vectors(dim: int) -> np.ndarray:
@@ -147,13 +148,13 @@ def read_prompts(path: str) -> List[str]:
 
 def encode_prompts(data_config, prompts: Sequence[str]) -> np.ndarray:
   """float32 [len(prompts), data.embedding_dim] with the run's text model (module docstring)."""
-  dim = int(data_config.get("embedding_dim", 0) or 0)
+  dim = int(config_value(data_config, "embedding_dim", section="data") or 0)
   if not dim:
     raise ValueError("this model was trained without embeddings (data.embedding_dim=0): it "
                      "cannot be prompted")
   if uses_digit_words(data_config):
     return digit_word_vectors(dim)[digit_word_classes(prompts)]
-  folder = data_config.get("text_model", None)
+  folder = config_value(data_config, "text_model", section="data")
   if not folder:
     raise ValueError("prompts need the text model the training embeddings were made with: set "
                      f"--config.data.text_model=FOLDER in training, or pass --embeddings=NPY "

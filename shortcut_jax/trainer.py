@@ -110,11 +110,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     lock.release()
 
 
+class _Profiler:
+  """Profiles train steps N..M (`config.profile_steps`, 1-based, inclusive) into
+  `workdir/profile` with jax.profiler, on process 0; a no-op otherwise."""
+
+  def __init__(self, config, profile_dir: str, is_main: bool):
+    self.steps = tuple(config.profile_steps or ()) if is_main else ()
+    self.dir, self.active, self.first = profile_dir, False, None
+
+  def before_step(self, step: int, state) -> None:
+    """`step` steps done: starts the trace where step + 1 is the first profiled one."""
+    if self.steps and not self.active and self.steps[0] <= step + 1 <= self.steps[1]:
+      jax.block_until_ready(state)  # The trace holds steps N..M only.
+      jax.profiler.start_trace(self.dir)
+      self.active, self.first = True, step + 1
+
+  def after_step(self, step: int, state) -> None:
+    if self.active and step >= self.steps[1]:
+      jax.block_until_ready(state)
+      self.close()
+      logging.info("profile of steps %d..%d written to %s", self.first, step, self.dir)
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+class _Metrics:
+  """The train step's metrics: kept on the device until a log or a save needs them (at most two
+  steps in flight), then fetched, checked (a NaN/Inf stops the run before any save) and logged
+  with the throughput (TensorBoard, metrics.jsonl, console)."""
+
+  def __init__(self, config, writer: metric_log.MetricLog, lock: distributed.WorkdirLock,
+               start_step: int):
+    self.config, self.writer, self.lock = config, writer, lock
+    self.pending, self.last = [], {}
+    self.t_last, self.step_last = time.time(), start_step
+
+  def add(self, metrics) -> None:
+    self.pending.append(metrics)
+    if len(self.pending) > 2:
+      # At most two steps in flight: the host stays a step ahead of the device (input and
+      # dispatch overlap the computation), and a SIGTERM save never waits behind a long
+      # queue of already-dispatched steps.
+      jax.block_until_ready(self.pending[-3])
+
+  def fetch(self, step: int) -> None:
+    """Every metric since the last fetch is inspected, so no NaN step is ever checkpointed."""
+    fetched = jax.device_get(self.pending)
+    self.pending = []
+    for m in fetched:
+      check_finite(m, step)
+    self.last = {k: float(v) for k, v in fetched[-1].items()}
+
+  def log(self, step: int) -> None:
+    config = self.config
+    now = time.time()
+    steps_per_s = (step - self.step_last) / max(now - self.t_last, 1e-9)
+    self.t_last, self.step_last = now, step
+    self.writer.write(step, dict(self.last, **{
+        "perf/steps_per_s": steps_per_s, "perf/images_per_s": steps_per_s * config.batch_size}))
+    self.lock.heartbeat()
+    eta = (config.max_steps - step) / max(steps_per_s, 1e-9)
+    logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f images/s  ETA %s", step,
+                 config.max_steps, self.last.get("train/loss", float("nan")), steps_per_s,
+                 steps_per_s * config.batch_size, time.strftime("%H:%M:%S", time.gmtime(eta)))
+
+
+def _run_evaluators(evaluators, state, step: int, config, writer, save) -> None:
+  """The evaluators due at `step`, on a host copy of the state. One that raises is logged and
+  training goes on; with `eval_errors='stop'` the step is saved (`save()`) and it re-raises."""
+  due = [ev for ev in evaluators if ev.due(step)]
+  eval_state = experiment_lib.evaluator_state(state) if due else None
+  for ev in due:
+    try:
+      results = ev.run(eval_state, step)
+    except Exception:  # pylint: disable=broad-except
+      stop_run = config.eval_errors == "stop"
+      logging.exception("evaluator %s failed at step %d (%s)", type(ev).__name__, step,
+                        "eval_errors='stop': saving this step and stopping" if stop_run else
+                        "training goes on; eval_errors='stop' stops here")
+      if stop_run:
+        save()
+        raise
+      continue
+    if results:
+      writer.write(step, results)
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         exp: experiment_lib.Experiment,
                         lock: distributed.WorkdirLock) -> Dict[str, float]:
-  """`train_and_evaluate` once the workdir is this job's."""
-  from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
+  """`train_and_evaluate` once the workdir is this job's: the start, then the loop."""
   is_main = jax.process_index() == 0
   mesh = experiment_lib.make_mesh(config)
   _, state_shardings = experiment_lib.sharded_abstract_state(exp, mesh)
@@ -143,6 +231,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # everything, and TensorFlow's own GCS client is never used.
   mirror = storage.staging(workdir)
   writer = metric_log.MetricLog(config, workdir, mirror, is_main)
+  try:
+    return _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_step,
+                 mirror, writer)
+  finally:
+    writer.close()
+    ckpt.close()
+    storage.sync_all()
+
+
+def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_step, mirror,
+          writer) -> Dict[str, float]:
+  """The training loop, from `start_step` to `config.max_steps` or a stop request: per step the
+  profiler, the update, the metrics, the checkpoint cadence, the remote sync and the evaluators.
+  Returns the last fetched metrics."""
+  from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
   train_iter = pipeline.make_dataset(config.data, split="train",
                                      global_batch_size=config.batch_size,
                                      seed=config.seed, train=True, start_step=start_step,
@@ -157,63 +260,33 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       encoder_params=None if encoder is None else jax.device_put(
           encoder.vae.params, sharding_lib.replicated(mesh)))
   evaluators = evaluators_lib.build_evaluators(exp, workdir)
-
-  stop = distributed.StopRequest()
-  # Profiling steps N..M (config.profile_steps) into workdir/profile, on process 0.
-  profile = tuple(config.get("profile_steps", ()) or ())
-  profile_dir, profiling = mirror.local_path("profile"), False
-  last_metrics, pending = {}, []
-  t_last, step_last = time.time(), start_step
+  profiler = _Profiler(config, mirror.local_path("profile"), jax.process_index() == 0)
+  metrics = _Metrics(config, writer, lock, start_step)
+  every, last = config.checkpoint.every_steps, config.max_steps
   t_sync = time.time()
   step = start_step
+  stop = distributed.StopRequest()
   try:
     stop.__enter__()
-    while step < config.max_steps:
-      if profile and is_main and not profiling and profile[0] <= step + 1 <= profile[1]:
-        jax.block_until_ready(state)  # The trace holds steps N..M only.
-        jax.profiler.start_trace(profile_dir)
-        profiling, profile_first = True, step + 1
-      batch = sharding_lib.global_batch(next(train_iter), batch_sharding)
-      state, metrics = step_fn(state, batch)
+    while step < last:
+      profiler.before_step(step, state)
+      state, step_metrics = step_fn(state, sharding_lib.global_batch(next(train_iter),
+                                                                     batch_sharding))
       step += 1
-      if profiling and step >= profile[1]:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-        profiling = False
-        logging.info("profile of steps %d..%d written to %s", profile_first, step, profile_dir)
-      pending.append(metrics)
-      if len(pending) > 2:
-        # At most two steps in flight: the host stays a step ahead of the device (input and
-        # dispatch overlap the computation), and a SIGTERM save never waits behind a long
-        # queue of already-dispatched steps.
-        jax.block_until_ready(pending[-3])
+      profiler.after_step(step, state)
+      metrics.add(step_metrics)
       # The same answer on every process (see distributed.StopRequest): all save this step.
       stopping = stop.reached(step)
-      log_now = step % config.log_every == 0 or step == config.max_steps
-      save_due = step % c.every_steps == 0 or step == config.max_steps or stopping
+      log_now = step % config.log_every == 0 or step == last
+      save_due = step % every == 0 or step == last or stopping
       if log_now or save_due:
-        # Every metric since the last check is inspected, so no NaN step is ever checkpointed.
-        fetched = jax.device_get(pending)
-        pending = []
-        for m in fetched:
-          check_finite(m, step)
-        last_metrics = {k: float(v) for k, v in fetched[-1].items()}
+        metrics.fetch(step)
       if log_now:
-        now = time.time()
-        steps_per_s = (step - step_last) / max(now - t_last, 1e-9)
-        t_last, step_last = now, step
-        scalars = dict(last_metrics, **{"perf/steps_per_s": steps_per_s,
-                                        "perf/images_per_s": steps_per_s * config.batch_size})
-        writer.write(step, scalars)
-        lock.heartbeat()
-        eta = (config.max_steps - step) / max(steps_per_s, 1e-9)
-        logging.info("step %d/%d  loss %.4f  %.2f steps/s  %.0f images/s  ETA %s", step,
-                     config.max_steps, last_metrics.get("train/loss", float("nan")), steps_per_s,
-                     steps_per_s * config.batch_size, time.strftime("%H:%M:%S", time.gmtime(eta)))
+        metrics.log(step)
       # Save first, then evaluate: an evaluator that fails never costs this step's checkpoint.
       meta = {"data_position": step, "image_shape": list(exp.image_shape)}
       if save_due:
-        ckpt.save(step, state, meta, force=stopping or step == config.max_steps)
+        ckpt.save(step, state, meta, force=stopping or step == last)
       if mirror.active and (save_due or time.time() - t_sync > SYNC_EVERY_S):
         writer.flush()
         storage.sync_all()
@@ -222,31 +295,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         ckpt.wait()
         logging.warning("received %s: saved step %d on every process, exiting", stop.signal, step)
         break
-      due = [ev for ev in evaluators if ev.due(step)]
-      eval_state = experiment_lib.evaluator_state(state) if due else None
-      for ev in due:
-        try:
-          results = ev.run(eval_state, step)
-        except Exception:  # pylint: disable=broad-except
-          stop_run = config.get("eval_errors", "continue") == "stop"
-          logging.exception("evaluator %s failed at step %d (%s)", type(ev).__name__, step,
-                            "eval_errors='stop': saving this step and stopping" if stop_run else
-                            "training goes on; eval_errors='stop' stops here")
-          if stop_run:
-            if not save_due:
-              ckpt.save(step, state, meta, force=True)
-            ckpt.wait()
-            raise
-          continue
-        if results:
-          writer.write(step, results)
+
+      def save_for_stop(step=step, state=state, meta=meta, saved=save_due):
+        if not saved:
+          ckpt.save(step, state, meta, force=True)
+        ckpt.wait()
+      _run_evaluators(evaluators, state, step, config, writer, save_for_stop)
   finally:
-    if profiling:
-      jax.profiler.stop_trace()
+    profiler.close()
     stop.__exit__(None, None, None)
-    writer.close()
-    ckpt.close()
-    storage.sync_all()
-  return last_metrics
-
-
+  return metrics.last

@@ -452,13 +452,14 @@ def _consistency_exp():
 
 def test_consistency_samples_do_not_depend_on_batch_size_or_mesh():
   from shortcut_jax.evaluators import generate as gen
+  from shortcut_jax.evaluators import batch_rows
   exp = _consistency_exp()
   run = lambda **kw: gen.generate(exp, {}, num_images=8, num_steps=4, cfg_scale=None, seed=3,
                                   **kw)[0]
   eight = run(batch_size=8)
   one_step = gen.generate(exp, {}, num_images=8, num_steps=1, cfg_scale=None, seed=3)[0]
   assert float(np.mean(np.abs(eight - one_step))) > 0.1  # the re-noising shows
-  for kw in (dict(batch_size=4), dict(batch_size=3), dict(batch_size=4, mesh=gen.data_mesh())):
+  for kw in (dict(batch_size=4), dict(batch_size=3), dict(batch_size=4, mesh=batch_rows.data_mesh())):
     np.testing.assert_allclose(run(**kw), eight, rtol=0, atol=1e-6, err_msg=str(kw))
 
 
@@ -474,7 +475,7 @@ exp = tb._consistency_exp()
 run = lambda **kw: gen.generate(exp, {}, num_images=6, num_steps=4, cfg_scale=None, seed=3,
                                 **kw)[0]
 alone = run(batch_size=5)  # on the default device, the last batch padded
-split = run(batch_size=4, mesh=gen.data_mesh())  # 2 rows on each of 2 devices
+split = run(batch_size=4, mesh=batch_rows.data_mesh())  # 2 rows on each of 2 devices
 np.testing.assert_allclose(split, alone, rtol=0, atol=1e-6)
 print("SAME", float(np.abs(alone).mean()))
 """

@@ -69,10 +69,11 @@ def test_generator_and_upscaler_cascade(tmp_path):
   # The control: the generator's own images (stage 0: seed + 0), bicubic-upsampled.
   from shortcut_jax.data import low_res  # pylint: disable=g-import-not-at-top
   from shortcut_jax.evaluators import generate as gen  # pylint: disable=g-import-not-at-top
+  from shortcut_jax.evaluators import image_files
   exp, params, _ = evaluation.restore_weights(gen_dir, None, True)
   images, labels = gen.generate(exp, params, num_images=5, num_steps=1, cfg_scale=1.5, seed=0,
                                 batch_size=4, progress=False)
-  bicubic = gen.to_uint8(low_res.upsample(np.clip(images, -1, 1), 2)) / 127.5 - 1.0
+  bicubic = image_files.to_uint8(low_res.upsample(np.clip(images, -1, 1), 2)) / 127.5 - 1.0
   assert written["digits_metrics_bicubic_last_stage"] == pytest.approx(
       dm.digits_metrics(clf, dm.reference_stats(clf, data), bicubic, labels), rel=1e-6)
   with pytest.raises(ValueError, match="do not fit"):

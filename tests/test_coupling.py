@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from shortcut_jax import config as config_lib
 from shortcut_jax import objectives
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import conditions
 from shortcut_jax.objectives import flow_path
 from shortcut_jax.objectives.flow_path import Source, ddpm_alpha_bar, sample_source
 
@@ -114,7 +115,7 @@ def test_a_fresh_coupling_model_returns_its_input():
   assert exp.source == Source("cond_image", 0)
   params = exp.network.init(jax.random.PRNGKey(0))
   lr = np.random.default_rng(4).uniform(-1, 1, (5,) + exp.image_shape).astype(np.float32)
-  cond = gen.sample_cond(exp, 5, examples={"cond_image": lr})
+  cond = conditions.sample_cond(exp, 5, examples={"cond_image": lr})
   for steps in (1, 4):
     images, _ = gen.generate(exp, params, num_images=5, num_steps=steps, cfg_scale=None,
                              cond=cond, batch_size=4)

@@ -14,7 +14,7 @@ import pytest
 import digits_configs
 from shortcut_jax import experiment
 from shortcut_jax import trainer
-from shortcut_jax.checkpoints import manager as manager_lib
+from shortcut_jax.checkpoints import integrity
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointReadError,
                                               DamagedCheckpointError)
 from shortcut_jax.evaluators.validation import ValidationLossEvaluator
@@ -116,7 +116,7 @@ def test_read_error_is_not_damage(trained, tmp_path, data_dir, monkeypatch):
 
   def fail(path):
     raise OSError(5, "injected I/O error", path)
-  monkeypatch.setattr(manager_lib, "_crc32", fail)
+  monkeypatch.setattr(integrity, "crc32", fail)
   with pytest.raises(CheckpointReadError, match=r"step 6 .*could not be verified .*process 0: "
                                                 r"OSError: .*injected I/O error.*Nothing was "
                                                 r"renamed or deleted"):

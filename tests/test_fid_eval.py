@@ -28,6 +28,8 @@ from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators import fid
 from shortcut_jax.evaluators import fid_evaluator
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import image_files
+from shortcut_jax.evaluators import batch_rows
 from shortcut_jax.models import inception
 
 pytestmark = pytest.mark.slow
@@ -189,7 +191,7 @@ def test_generation_does_not_depend_on_batch_size_or_mesh(setup):
                              seed=3, batch_size=4)
   got = [np.asarray(x)[:n] for x, n in gen.generate_batches(
       exp, state.ema_params, num_images=10, num_steps=2, cfg_scale=1.5, seed=3, batch_size=6,
-      mesh=gen.data_mesh())]
+      mesh=batch_rows.data_mesh())]
   assert [len(g) for g in got] == [6, 4]
   np.testing.assert_allclose(np.concatenate(got), expected, atol=1e-5)
 
@@ -233,7 +235,7 @@ def test_in_training_evaluator_reports_adm_metrics(setup, marginal_fid_calls, tm
   inception.save_inception_variables(weights, variables)
   ref_images = np.repeat(split_images(setup["config"], "train[:40]"), 3, axis=-1)
   reference_path = str(tmp_path / "adm_reference.npz")
-  np.savez(reference_path, arr_0=gen.to_uint8(ref_images))
+  np.savez(reference_path, arr_0=image_files.to_uint8(ref_images))
   c = smoke_config(setup["config"].data.data_dir, every=2, steps=(1,), num_samples=24,
                    batch_size=16, stats_path=reference_path, inception_path=weights,
                    extra_metrics=("is", "sfid", "precision_recall"))
@@ -249,7 +251,7 @@ def test_in_training_evaluator_reports_adm_metrics(setup, marginal_fid_calls, tm
                            seed=0)
   feature_fn = inception.make_feature_fn(variables, image_size=IMAGE_SIZE,
                                          outputs=inception.OUTPUTS)
-  ref_in = gen.to_uint8(ref_images).astype(np.float32) / 127.5 - 1.0
+  ref_in = image_files.to_uint8(ref_images).astype(np.float32) / 127.5 - 1.0
   smp = {k: np.asarray(v, np.float64) for k, v in feature_fn(np.repeat(images, 3, -1)).items()}
   ref = {k: np.asarray(v, np.float64) for k, v in feature_fn(ref_in).items()}
   p = special.softmax(smp["logits_unbiased"], axis=1)

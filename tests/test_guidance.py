@@ -31,7 +31,7 @@ from shortcut_jax import evaluation
 from shortcut_jax.core import guidance
 from shortcut_jax import experiment
 from shortcut_jax.evaluators import fid_evaluator
-from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import conditions
 from shortcut_jax.tools import import_original as import_lib
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -50,7 +50,7 @@ def paper_config(name, arg=None, **changes):
 def entries_of(c):
   return [(e.key, e.steps, e.cfg_scale) for e in guidance.fid_entries(
       c.evals.fid.protocol, c.evals.fid.steps, c.evals.fid.cfg_scale,
-      c.objective.denoise_timesteps, gen.is_conditional(c))]
+      c.objective.denoise_timesteps, conditions.is_conditional(c))]
 
 
 def test_protocol_entries_and_weights_of_the_configs():

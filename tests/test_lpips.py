@@ -297,10 +297,11 @@ def test_sr_metrics_mode_reports_lpips(tmp_path, monkeypatch):
   # The bicubic entry, recomputed here: the held-out HR crops, their LR's bicubic upsampling,
   # both rounded to 8 bits.
   from shortcut_jax.data import low_res
-  from shortcut_jax.evaluators import generate as gen
+  from shortcut_jax.evaluators import image_files
+  from shortcut_jax.evaluators import conditions
   exp = experiment.restore_experiment(workdir)[0]
-  hr = gen.held_out_examples(exp.config, 3)["image"]
-  eight_bit = lambda x: gen.to_uint8(x).astype(np.float32) / 127.5 - 1.0
+  hr = conditions.held_out_examples(exp.config, 3)["image"]
+  eight_bit = lambda x: image_files.to_uint8(x).astype(np.float32) / 127.5 - 1.0
   want = lpips.LPIPSScorer.from_file(weights).mean(eight_bit(hr),
                                                    eight_bit(low_res.cond_image(hr, 4)))
   assert saved["bicubic"]["lpips"] == pytest.approx(want, rel=1e-4)

@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 
 from shortcut_jax import storage
-from shortcut_jax.checkpoints import manager as manager_lib
+from shortcut_jax.checkpoints import integrity
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
                                               CheckpointReadError)
 
@@ -88,12 +88,12 @@ def _assert_same(a, b):
 
 
 def test_checksums_are_written_in_the_background(tmp_path, monkeypatch):
-  crc = manager_lib._crc32
+  crc = integrity.crc32
 
   def slow(path):
     time.sleep(0.2)
     return crc(path)
-  monkeypatch.setattr(manager_lib, "_crc32", slow)
+  monkeypatch.setattr(integrity, "crc32", slow)
   ckpt = CheckpointManager(str(tmp_path), async_save=False)
   state = _state(1)
   t0 = time.perf_counter()
@@ -152,7 +152,7 @@ def test_injected_io_error_is_not_damage(tmp_path, monkeypatch):
 
   def fail(path):
     raise OSError(5, "injected I/O error", path)
-  monkeypatch.setattr(manager_lib, "_crc32", fail)
+  monkeypatch.setattr(integrity, "crc32", fail)
   ckpt = CheckpointManager(str(tmp_path))
   with pytest.raises(CheckpointReadError) as info:
     ckpt.restore_latest_intact(_abstract(states[2]))
@@ -221,7 +221,7 @@ def _worker(spec_path):
   from jax.experimental import multihost_utils
   import digits_configs
   from shortcut_jax import trainer
-  from shortcut_jax.checkpoints import manager
+  from shortcut_jax.checkpoints import integrity
   me = jax_.process_index()
   root = spec["root"]
   results = {}
@@ -257,13 +257,13 @@ def _worker(spec_path):
       config(max_steps=6, model__hidden_size=64), mismatch))
   # (b) An I/O error in process 1's checksum reader only.
   fault = copy("fault")
-  original = manager._crc32
+  original = integrity.crc32
   if me == 1:
     def fail(path):
       raise OSError(5, "injected read fault", path)
-    manager._crc32 = fail
+    integrity.crc32 = fail
   attempt("fault", lambda: trainer.train_and_evaluate(config(max_steps=6), fault))
-  manager._crc32 = original
+  integrity.crc32 = original
 
   # (a) Process 1's data of step 4 damaged, against an undamaged resume from step 2.
   def damage(folder):

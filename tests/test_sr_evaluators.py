@@ -13,6 +13,8 @@ from shortcut_jax.core import conditioning as cond_lib
 from shortcut_jax import objectives
 from shortcut_jax import tiling
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import image_files
+from shortcut_jax.evaluators import conditions
 from shortcut_jax.evaluators import super_resolution as sr
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives.flow_path import Source
@@ -58,27 +60,27 @@ LABELS = [7, 7, 3, 9, 0]  # Not i % 10.
 def test_sample_cond_takes_the_examples_labels():
   exp = stub_exp(to_label_value)
   examples = _examples(LABELS)
-  cond = gen.sample_cond(exp, 5, examples=examples)
+  cond = conditions.sample_cond(exp, 5, examples=examples)
   np.testing.assert_array_equal(cond["label"], LABELS)
   np.testing.assert_array_equal(cond["cond_image"], examples["cond_image"])
   # Images without labels (user images, a cascade's input): the null label, never i % C.
-  cond = gen.sample_cond(exp, 5, examples={"cond_image": examples["cond_image"]})
+  cond = conditions.sample_cond(exp, 5, examples={"cond_image": examples["cond_image"]})
   np.testing.assert_array_equal(cond["label"], NUM_CLASSES)
   # An explicit label wins.
-  cond = gen.sample_cond(exp, 5, examples=examples, labels=np.full(5, 2))
+  cond = conditions.sample_cond(exp, 5, examples=examples, labels=np.full(5, 2))
   np.testing.assert_array_equal(cond["label"], 2)
 
 
 def test_comparison_strip_and_generation_use_the_held_out_labels(monkeypatch):
   exp = stub_exp(to_label_value)
   examples = _examples(LABELS)
-  monkeypatch.setattr(gen, "held_out_examples", lambda config, n, split="test": {
+  monkeypatch.setattr(conditions, "held_out_examples", lambda config, n, split="test": {
       k: v[:n] for k, v in examples.items()})
   strip = sr.comparison_strip(exp, {}, steps=[1], num_images=5)
   # Row i: LR | bicubic | 1-step sample | HR, cells of 8x8 with a 1-pixel border.
   for i, label in enumerate(LABELS):
     cell = strip[1 + i * 9:1 + i * 9 + 8, 1 + 2 * 9:1 + 2 * 9 + 8]
-    np.testing.assert_array_equal(cell, gen.to_uint8(np.full((8, 8, 1), label / 10)))
+    np.testing.assert_array_equal(cell, image_files.to_uint8(np.full((8, 8, 1), label / 10)))
   # Generation without explicit conditions (digits metrics, FID of an upscaler) as well.
   images, labels = gen.generate(exp, {}, num_images=5, num_steps=1, cfg_scale=None)
   np.testing.assert_array_equal(labels, LABELS)
@@ -115,7 +117,7 @@ def test_tiled_output_equals_the_untiled_output(objective, steps):
   assert np.abs(whole).max() > 0.2 and np.std(whole) > 0.1
   np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-5)
   # A tile-sized image is image 0 of `generate` with the same seed (same noise, same label).
-  cond = gen.sample_cond(whole_exp, 1, examples={"cond_image": lr_up[None]})
+  cond = conditions.sample_cond(whole_exp, 1, examples={"cond_image": lr_up[None]})
   images, _ = gen.generate(whole_exp, {}, num_images=1, num_steps=steps, cfg_scale=None, seed=5,
                            cond=cond)
   np.testing.assert_allclose(whole, np.clip(images[0], -1, 1), rtol=1e-5, atol=1e-5)
@@ -158,7 +160,7 @@ def test_latent_tiles_are_encoded_sampled_as_one_canvas_and_decoded():
   exp.to_images = lambda x: latents_lib.to_images(config, x)
   lr_up = np.random.default_rng(3).uniform(-1, 1, (8, 8, 3)).astype(np.float32)
   one = sr.super_resolve_image(exp, {}, lr_up, num_steps=2, seed=1, batch_size=2)
-  cond = gen.sample_cond(exp, 1, examples={"cond_image": lr_up[None]})
+  cond = conditions.sample_cond(exp, 1, examples={"cond_image": lr_up[None]})
   images, _ = gen.generate(exp, {}, num_images=1, num_steps=2, cfg_scale=None, seed=1, cond=cond)
   np.testing.assert_allclose(one, np.clip(images[0], -1, 1), rtol=1e-5, atol=1e-5)
   big = sr.super_resolve_image(exp, {}, np.resize(lr_up, (13, 11, 3)), num_steps=2, seed=1,

@@ -121,7 +121,7 @@ def test_fid_stats_and_fid_on_gs_paths(gcs, gs_workdir, monkeypatch):
 def test_file_helpers_round_trip_through_gs(gcs, monkeypatch):
   from shortcut_jax.evaluators import fid
   from shortcut_jax.evaluators import fid_evaluator
-  from shortcut_jax.evaluators import generate as gen
+  from shortcut_jax.evaluators import image_files
   from shortcut_jax.evaluators import lpips
   from shortcut_jax.evaluators import super_resolution
   rng = np.random.default_rng(0)
@@ -131,9 +131,9 @@ def test_file_helpers_round_trip_through_gs(gcs, monkeypatch):
   for channels in (1, 3):
     image = rng.integers(0, 256, (5, 7, channels), dtype=np.uint8)
     path = storage.join(root, f"image{channels}.png")
-    gen.save_png(path, image)
+    image_files.save_png(path, image)
     back = super_resolution.read_image(path, channels)
-    np.testing.assert_array_equal(gen.to_uint8(back), image)
+    np.testing.assert_array_equal(image_files.to_uint8(back), image)
 
   # Reference statistics: saved, found, read back.
   mu, sigma = rng.normal(size=3), np.eye(3) * 2.0
@@ -160,7 +160,7 @@ def test_file_helpers_round_trip_through_gs(gcs, monkeypatch):
   # A super-resolution folder on gs:// (the sampler replaced by the bicubic input itself).
   inputs, outputs = storage.join(root, "hr"), storage.join(root, "sr")
   for name in ("a.png", "b.png"):
-    gen.save_png(storage.join(inputs, name), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    image_files.save_png(storage.join(inputs, name), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
   storage.write_bytes(storage.join(inputs, "notes.txt"), b"not an image")
 
   class Exp:

@@ -13,7 +13,7 @@ from shortcut_jax import evaluation
 from shortcut_jax import experiment
 from shortcut_jax import trainer
 from shortcut_jax.data import low_res
-from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import conditions
 from shortcut_jax.evaluators import sr_quality
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
@@ -42,7 +42,7 @@ def test_sr_metrics_reports_model_and_bicubic(trained):
     assert json.load(f)["steps"]["1"] == results["steps"]["1"]
   # The bicubic entry is the LR input's bicubic upsampling scored against HR, recomputed here.
   exp, _, _ = experiment.restore_experiment(trained)
-  hr = gen.held_out_examples(exp.config, 6)["image"]
+  hr = conditions.held_out_examples(exp.config, 6)["image"]
   expected = sr_quality.sr_metrics(hr, low_res.cond_image(hr, 4))
   for k, v in expected.items():
     assert results["bicubic"][k] == pytest.approx(v, rel=1e-4)

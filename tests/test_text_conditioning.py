@@ -287,6 +287,7 @@ def test_digits_batches_carry_their_class_words_vector_plus_noise(tmp_path):
 def test_word_vector_demo_trains_scores_classes_and_follows_prompts(tmp_path):
   import digits_configs
   from shortcut_jax import evaluation
+  from shortcut_jax.evaluators import conditions
   from shortcut_jax import text_encoders as te
   from shortcut_jax import experiment
   from shortcut_jax import trainer
@@ -294,7 +295,7 @@ def test_word_vector_demo_trains_scores_classes_and_follows_prompts(tmp_path):
   c = digits_configs.quick_run_config("digits_word_vectors", str(tmp_path / "tfds"), 2)
   trainer.train_and_evaluate(c, work)
   exp = experiment.build_experiment(c)
-  assert exp.batch_spec["embedding"] == (32,) and not evaluation.gen.is_conditional(c)
+  assert exp.batch_spec["embedding"] == (32,) and not conditions.is_conditional(c)
   # Accuracy is scored against the prompted words (the labels are all null).
   metrics = evaluation.run("digits_metrics", work, steps=[1], num_samples=20, cfg_scale=1.5,
                            batch_size=20)

@@ -39,16 +39,9 @@ save a step at or below one it still lists), and every process waits for it. `re
 (evaluation) names a damaged step and the intact ones.
 """
 
-import builtins
-import concurrent.futures
 import hashlib
 import json
 import os
-import queue
-import re
-import threading
-import time
-import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
@@ -59,6 +52,7 @@ from absl import logging
 from shortcut_jax import distributed
 from shortcut_jax import errors
 from shortcut_jax import storage
+from shortcut_jax.checkpoints import integrity
 from shortcut_jax.sharding import path_name
 
 
@@ -102,67 +96,12 @@ class CheckpointReadError(errors.UserError, RuntimeError):
   permissions, memory, sharding, versions). Nothing was renamed or deleted."""
 
 
-CHECKSUMS = "checksums.json"  # The single list of earlier versions (read only).
-COMMIT_MARKER = "commit_success.txt"
-_LIST = re.compile(r"^checksums\.process_(\d+)\.json$")
-_OWNER = re.compile(r"(?:^|\.)process_(\d+)$")
-_CHUNK = 1 << 23
-_VERIFY_THREADS = 8  # Per process, at resume (I/O bound on object stores; locally: <= cores).
 _EXCHANGE_BYTES = 8192  # Fixed size of one process's record in a verdict exchange.
 _MESSAGE_CHARS = 1000  # At most 6 JSON bytes a character: the record fits.
 
 
 def checkpoint_dir(workdir: str) -> str:
   return storage.join(storage.absolute(workdir), "checkpoints")
-
-
-def _list_name(process: int) -> str:
-  return f"checksums.process_{process}.json"
-
-
-def _owner(rel: str) -> int:
-  """The process that writes file `rel` of a step: `k` for anything under a `*process_<k>`
-  path component (OCDBT's per-process shards, array metadata), else 0."""
-  for part in rel.split("/"):
-    m = _OWNER.search(part)
-    if m:
-      return int(m.group(1))
-  return 0
-
-
-def _is_list(rel: str) -> bool:
-  return "/" not in rel and rel.startswith("checksums.")
-
-
-def _crc32(path: str) -> Tuple[int, int]:
-  """(size, CRC-32) of a file's bytes."""
-  crc = size = 0
-  f = storage.open(path, "rb") if storage.is_remote(path) else builtins.open(path, "rb")
-  with f:
-    while True:
-      chunk = f.read(_CHUNK)
-      if not chunk:
-        return size, crc
-      crc = zlib.crc32(chunk, crc)
-      size += len(chunk)
-
-
-def _committed(step_dir: str) -> bool:
-  """Whether Orbax has committed a step: the folder exists (locally it appears by rename,
-  complete) and, on object stores, holds its commit marker."""
-  if storage.is_remote(step_dir):
-    return storage.exists(storage.join(step_dir, COMMIT_MARKER))
-  return os.path.isdir(step_dir)
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-  text = (f"{type(exc).__name__}: {exc}".strip().splitlines() or [type(exc).__name__])[0]
-  text = re.sub(r"\s*See full TensorStore details:.*", "", text)
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
-class _Damage(Exception):
-  """Internal: a file of a step is not as its checksum list says (the message says how)."""
 
 
 def _exchange(record: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -184,94 +123,7 @@ def _run(fn: Callable[[], Any]) -> Tuple[Optional[Any], Dict[str, Any]]:
     return None, {"verdict": "mismatch", "process": me, "message": str(e)}
   except Exception as e:  # pylint: disable=broad-except  # Anything: I/O, OOM, TensorStore, ...
     logging.exception("checkpoint operation failed on process %d", me)
-    return None, {"verdict": "failed", "process": me, "message": _first_line(e)}
-
-
-class _Checksummer:
-  """One background thread per process: writes `checksums.process_<i>.json` for each step
-  saved, once Orbax has committed it (reads this process's files back; never blocks `save`)."""
-
-  def __init__(self, owner: "CheckpointManager"):
-    self._owner = owner
-    self._queue: "queue.Queue[Optional[int]]" = queue.Queue()
-    self._thread = None
-    self._last = None  # The step submitted last.
-
-  def submit(self, step: int) -> None:
-    if self._thread is None or not self._thread.is_alive():
-      self._thread = threading.Thread(target=self._loop, name="shortcut_jax-checksums",
-                                      daemon=True)
-      self._thread.start()
-    self._last = int(step)
-    self._queue.put(int(step))
-
-  def drain(self) -> None:
-    """Waits until every submitted step has its list (or was given up)."""
-    if self._thread is not None:
-      self._queue.join()
-
-  def stop(self) -> None:
-    if self._thread is not None and self._thread.is_alive():
-      self._queue.put(None)
-      self._thread.join()
-    self._thread = None
-
-  def _loop(self):
-    while True:
-      step = self._queue.get()
-      try:
-        if step is None:
-          return
-        self._seal(step)
-      except Exception as e:  # pylint: disable=broad-except
-        try:
-          gone = not _committed(self._owner.step_dir(step))
-        except Exception:  # pylint: disable=broad-except
-          gone = False
-        if not gone:  # A step removed meanwhile (max_to_keep) needs no list.
-          logging.warning("could not write the checksums of checkpoint step %d: %s", step,
-                          _first_line(e))
-      finally:
-        self._queue.task_done()
-
-  def _seal(self, step: int):
-    owner = self._owner
-    step_dir = owner.step_dir(step)
-    delay = 0.02
-    while True:
-      busy = owner._manager.is_saving_in_progress()  # pylint: disable=protected-access
-      if _committed(step_dir):
-        break
-      last = self._last
-      if not busy or (last is not None and last > step and _committed(owner.step_dir(last))):
-        # The save failed, or the step is already gone (max_to_keep; Orbax commits in order).
-        logging.info("checkpoint step %d is not there (its save failed, or max_to_keep removed "
-                     "it already): no checksum list written", step)
-        return
-      time.sleep(delay)
-      delay = min(2 * delay, 1.0)
-    me, count = jax.process_index(), jax.process_count()
-    files = {}
-    for rel in storage.walk_files(step_dir):
-      if _is_list(rel) or _owner(rel) != me:
-        continue
-      files[rel] = list(_crc32(storage.join(step_dir, rel)))
-    payload = {"step": step, "process": me, "process_count": count, "crc32": files}
-    target = storage.join(step_dir, _list_name(me))
-    data = json.dumps(payload).encode("utf-8")
-    if storage.is_remote(step_dir):
-      storage.write_bytes(target, data)
-      if not _committed(step_dir):
-        storage.remove(target)  # Deleted meanwhile (max_to_keep): leave no stray object.
-      return
-    tmp = f"{target}.tmp.{os.getpid()}"
-    try:  # No folder is created: a step deleted meanwhile stays deleted.
-      with builtins.open(tmp, "wb") as f:
-        f.write(data)
-      os.replace(tmp, target)
-    except FileNotFoundError:
-      if os.path.isdir(step_dir):
-        raise
+    return None, {"verdict": "failed", "process": me, "message": integrity.first_line(e)}
 
 
 class CheckpointManager:
@@ -290,7 +142,7 @@ class CheckpointManager:
           "(python -m shortcut_jax.tools.import_original ...)")
     self._options = options
     self._read_only = read_only
-    self._checksummer = _Checksummer(self)
+    self._checksummer = integrity.Checksummer(self)
     self._verified = set()  # Steps every process found intact (checked once).
     self._open()
 
@@ -340,91 +192,6 @@ class CheckpointManager:
   # -------------------------------------------------------------------------------------------
   # Verifying.
 
-  def _lists(self, step: int) -> Tuple[List[int], bool]:
-    """(processes with a checksum list in the step's folder, whether the old single list is
-    there)."""
-    names = storage.listdir(self.step_dir(step))
-    lists = sorted(int(m.group(1)) for m in map(_LIST.match, names) if m)
-    return lists, CHECKSUMS in names
-
-  def _read_list(self, path: str) -> Dict[str, Any]:
-    try:
-      data = json.loads(storage.read_text(path))
-      files = data["crc32"]
-      if not isinstance(files, dict):
-        raise TypeError("crc32 is not a mapping")
-      return data
-    except FileNotFoundError:
-      raise _Damage(f"{path}: missing") from None
-    except (ValueError, KeyError, TypeError) as e:
-      raise _Damage(f"{path}: unreadable checksum list ({_first_line(e)})") from None
-
-  def _share(self, step: int, process: int, count: int) -> Optional[Dict[str, List[int]]]:
-    """The listed files that process `process` of `count` verifies: those of the lists
-    `k ≡ process (mod count)` (of the old single list: the files whose writer `k` is). None
-    when the step has no checksum list at all (it cannot be verified)."""
-    step_dir = self.step_dir(step)
-    lists, legacy = self._lists(step)
-    if not lists and not legacy:
-      return None
-    files = {}
-    for k in lists:
-      if k % count != process:
-        continue
-      data = self._read_list(storage.join(step_dir, _list_name(k)))
-      files.update(data["crc32"])
-      if k == 0:
-        missing = sorted(set(range(int(data.get("process_count", 1)))) - set(lists))
-        if missing:
-          logging.warning("checkpoint step %d has no checksum list of process(es) %s (stopped "
-                          "before writing it?): their files are not verified", step, missing)
-    if legacy and not lists:
-      data = self._read_list(storage.join(step_dir, CHECKSUMS))
-      files.update({rel: v for rel, v in data["crc32"].items() if _owner(rel) % count == process})
-    return files
-
-  def _check_files(self, step: int, files: Dict[str, List[int]]) -> None:
-    """Compares files with their sizes and CRC-32s, in parallel threads.
-
-    Raises:
-      _Damage: the first damaged file (sorted by name).
-      Exception: any other error (I/O, permissions), as raised.
-    """
-    step_dir = self.step_dir(step)
-    items = sorted(files.items())
-    if not storage.is_remote(step_dir):  # Cheap checks first: missing or truncated files.
-      for rel, (size, _) in items:
-        p = storage.join(step_dir, rel)
-        try:
-          actual = os.path.getsize(p)
-        except FileNotFoundError:
-          raise _Damage(f"{p}: missing") from None
-        if actual != size:
-          raise _Damage(f"{p}: {actual} bytes, {size} when saved (truncated or overwritten)")
-
-    def check(item):
-      rel, (size, crc) = item
-      p = storage.join(step_dir, rel)
-      try:
-        got_size, got_crc = _crc32(p)
-      except FileNotFoundError:
-        return f"{p}: missing"
-      if got_size != size:
-        return f"{p}: {got_size} bytes, {size} when saved (truncated or overwritten)"
-      if got_crc != crc:
-        return f"{p}: contents changed since the save (CRC-32 mismatch)"
-      return None
-
-    if not items:
-      return
-    threads = _VERIFY_THREADS if storage.is_remote(step_dir) else min(_VERIFY_THREADS,
-                                                                          os.cpu_count() or 1)
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
-      problems = list(pool.map(check, items))  # Re-raises the first non-integrity error.
-    for problem in problems:
-      if problem is not None:
-        raise _Damage(problem)
-
   def verify(self, step: int) -> Optional[str]:
     """None if step `step`'s files are as saved (or it has no checksum list), else which file
     is damaged and how. Checks every list, on this process alone (not collective).
@@ -435,10 +202,10 @@ class CheckpointManager:
     if step in self._verified:
       return None
     try:
-      files = self._share(step, 0, 1)
+      files = integrity.share(self.step_dir(step), 0, 1)
       if files is not None:
-        self._check_files(step, files)
-    except _Damage as e:
+        integrity.check_files(self.step_dir(step), files)
+    except integrity.Damage as e:
       return str(e)
     return None
 
@@ -451,7 +218,7 @@ class CheckpointManager:
         if self.verify(step) is None:
           out.append(step)
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning("checkpoint step %d could not be verified: %s", step, _first_line(e))
+        logging.warning("checkpoint step %d could not be verified: %s", step, integrity.first_line(e))
     return out
 
   def _local_check(self, step: int, abstract_state: Any = None) -> Dict[str, Any]:
@@ -460,19 +227,19 @@ class CheckpointManager:
     me, count = jax.process_index(), jax.process_count()
     record = {"process": me, "step": int(step)}
     try:
-      files = self._share(step, me, count)
+      files = integrity.share(self.step_dir(step), me, count)
       if files is not None and step not in self._verified:
-        self._check_files(step, files)
+        integrity.check_files(self.step_dir(step), files)
       record["verdict"] = "intact" if files is not None else "unverified"
       if abstract_state is not None:
         self._check_compatible(step, abstract_state)
-    except _Damage as e:
+    except integrity.Damage as e:
       record.update(verdict="damaged", message=str(e))
     except CheckpointMismatchError as e:
       record.update(verdict="mismatch", message=str(e))
     except Exception as e:  # pylint: disable=broad-except
       logging.exception("checkpoint step %d: verification failed on process %d", step, me)
-      record.update(verdict="failed", message=_first_line(e))
+      record.update(verdict="failed", message=integrity.first_line(e))
     return record
 
   def _check(self, step: int, abstract_state: Any = None) -> Tuple[str, Optional[str]]:

@@ -171,7 +171,7 @@ def fid_entries(protocol: str, steps: Sequence[int], cfg_scale: Optional[float],
     cfg_scale: the config's CFG (`evals.fid.cfg_scale` or `--cfg_scale`), in the sampler's
       meaning (`sampler_scale`).
     denoise_timesteps: M, the step count of the original protocol's guided entry.
-    guidable: whether guidance applies to the model (`generate.is_guidable`); an unconditional
+    guidable: whether guidance applies to the model (`conditions.is_guidable`); an unconditional
       model samples the null condition whatever the scale.
 
   Returns:

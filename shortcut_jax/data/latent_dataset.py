@@ -62,6 +62,7 @@ from shortcut_jax import storage
 from shortcut_jax.data import errors
 from shortcut_jax.errors import UserError
 from shortcut_jax.latents import COND_LATENT
+from shortcut_jax.core.config_value import config_value
 
 FORMAT_VERSION = 1
 METADATA_FILE = "encode_metadata.json"
@@ -97,11 +98,11 @@ def encode_command(out: Optional[str], config: str = "CONFIG.py") -> str:
 
 def latents_mode(data_config) -> str:
   """`data.latents`: 'none' (pixels; also when the field is absent), 'online' or 'precomputed'."""
-  return data_config.get("latents", "none") or "none"
+  return config_value(data_config, "latents", section="data") or "none"
 
 
 def latents_dir_of(data_config) -> Optional[str]:
-  d = data_config.get("latents_dir", None)
+  d = config_value(data_config, "latents_dir", section="data")
   return os.path.expanduser(d) if d else None
 
 
@@ -424,14 +425,14 @@ def open_latents(data_config, split: Optional[str] = None):
   if data_config.num_classes not in (1, source["num_classes"]):
     problems.append(f"data.num_classes is {data_config.num_classes}, the latents were encoded "
                     f"with {source['num_classes']} (use {source['num_classes']} or 1)")
-  if data_config.get("folder", None) != source.get("folder", None):
+  if config_value(data_config, "folder", section="data") != source.get("folder", None):
     problems.append(f"data.folder is {data_config.get('folder', None)!r}, the latents encode "
                     f"{source.get('folder')!r}")
-  factor = int(data_config.get("low_res_factor", 0) or 0)
+  factor = int(config_value(data_config, "low_res_factor", section="data") or 0)
   if factor != int(source.get("low_res_factor", 0)):
     problems.append(f"data.low_res_factor is {factor}, the latents were encoded with "
                     f"{source.get('low_res_factor', 0)} (0: no super-resolution pairs)")
-  dim = int(data_config.get("embedding_dim", 0) or 0)
+  dim = int(config_value(data_config, "embedding_dim", section="data") or 0)
   stored = meta["identity"]["extra_features"].get("embedding")
   if dim and (stored is None or stored["shape"] != [dim]):
     problems.append(f"data.embedding_dim is {dim}, the latents store "

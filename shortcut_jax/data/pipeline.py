@@ -65,6 +65,7 @@ from shortcut_jax.data import errors
 from shortcut_jax.data import latent_dataset
 from shortcut_jax.data import low_res
 from shortcut_jax import text_encoders
+from shortcut_jax.core.config_value import config_value
 
 # Examples held in the shuffle buffer (encoded bytes: ~1 GB for 256×256 JPEGs).
 SHUFFLE_BUFFER = 16_384
@@ -80,7 +81,7 @@ _FLIP_MARKER = ((0.0,), (1.0,))
 
 def low_res_factor_of(data_config) -> int:
   """`data.low_res_factor`, 0 when the config has no such field (no super-resolution)."""
-  return int(data_config.get("low_res_factor", 0) or 0)
+  return int(config_value(data_config, "low_res_factor", section="data") or 0)
 
 
 def dataset_info(data_config) -> Dict:
@@ -137,7 +138,7 @@ def dataset_info(data_config) -> Dict:
 
 def check_embedding(builder, data_config) -> None:
   """Raises ValueError unless the dataset's `embedding` feature matches `data.embedding_dim`."""
-  want = int(data_config.get("embedding_dim", 0) or 0)
+  want = int(config_value(data_config, "embedding_dim", section="data") or 0)
   if text_encoders.uses_digit_words(data_config):
     return  # The vectors come from text_encoders, not the dataset (config.validate checks them).
   features = builder.info.features
@@ -185,12 +186,12 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
   factor = low_res_factor_of(data_config)
   unconditional = data_config.num_classes == 1
   flip = train and spec.random_flip
-  rotate = train and bool(data_config.get("random_rot90", False))
-  embedding = bool(data_config.get("embedding_dim", 0))
+  rotate = train and bool(config_value(data_config, "random_rot90", section="data"))
+  embedding = bool(config_value(data_config, "embedding_dim", section="data"))
   words = None
   if embedding and text_encoders.uses_digit_words(data_config):
     words = tf.constant(text_encoders.digit_word_vectors(int(data_config.embedding_dim)))
-    word_noise = float(data_config.get("embedding_noise", 0.0) or 0.0)
+    word_noise = float(config_value(data_config, "embedding_noise", section="data") or 0.0)
 
   def fn(position, example):
     image = image_feature.decode_example(example["image"])
@@ -268,7 +269,7 @@ def require_data(data_config, split: str = "train") -> None:
   """Raises now (before anything is compiled) if `split` of the configured data cannot be read:
   `DataNotPreparedError` with the prepare command for a manual dataset, the latents errors of
   `latent_dataset.open_latents` for precomputed latents. Embedded datasets are built."""
-  if data_config.get("latents", "none") == "precomputed":
+  if config_value(data_config, "latents", section="data") == "precomputed":
     latent_dataset.open_latents(data_config, split)
   else:
     catalog.get_builder(data_config)

@@ -48,6 +48,7 @@ from shortcut_jax import config as config_lib
 from shortcut_jax import storage
 from shortcut_jax.evaluators import fid
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import progress as progress_lib
 from shortcut_jax.models import inception
 
 Array = Any
@@ -342,7 +343,7 @@ def load_reference(path: str, feature_fn: Optional[Callable[[Array], Mapping[str
     images = data["arr_0"]
     pool, spatial, kept = fid.RunningStats(), fid.RunningStats(), []
     t0 = time.time()
-    with gen.progress_bar(len(images), "reference features", progress) as bar:
+    with progress_lib.progress_bar(len(images), "reference features", progress) as bar:
       for start in range(0, len(images), batch_size):
         out = feature_fn(fid.images_to_unit_range(images[start:start + batch_size]))
         pool_batch = np.asarray(out["pool"])
@@ -436,7 +437,7 @@ def model_metrics(exp, params, features, reference: Reference, *, entries: Seque
     t0 = time.time()
     acc = Accumulator(metrics)
     desc = f"FID + {'/'.join(metrics)} {entry.steps} steps"
-    with gen.progress_bar(num_images, desc, progress) as bar:
+    with progress_lib.progress_bar(num_images, desc, progress) as bar:
       for samples, count in gen.generate_batches(exp, params, num_images=num_images,
                                                  num_steps=entry.steps,
                                                  cfg_scale=entry.cfg_scale, seed=seed,

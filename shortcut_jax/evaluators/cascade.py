@@ -1,7 +1,7 @@
 """Cascades: a generator followed by one or more upscalers (`eval.py --mode=cascade`).
 
 Stage 0 is any trained workdir (it generates images from its source, with labels or held-out
-conditions as `generate.sample_cond` gives them); every later stage is a super-resolution model
+conditions as `conditions.sample_cond` gives them); every later stage is a super-resolution model
 (`data.low_res_factor = f`) whose input is the previous stage's output, bicubic-upsampled by f
 to its size — exactly the condition it was trained on (and, for a coupling model, its start).
 Labels travel down the cascade: an upscaler trained with the generator's classes gets its
@@ -30,6 +30,8 @@ from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import image_files
+from shortcut_jax.evaluators import conditions
 
 
 def pixel_shape(exp):
@@ -73,12 +75,12 @@ def _stage_cond(exp, previous: Optional[np.ndarray], labels: Optional[np.ndarray
                 generator_config, n: int):
   """Stage conditions: the previous output upsampled; the generator's labels when both stages
   were trained with the same classes (else, for a label-conditional upscaler, the null label:
-  the class of its input is unknown, `generate.example_labels`)."""
+  the class of its input is unknown, `conditions.example_labels`)."""
   if previous is None:
-    return gen.sample_cond(exp, n)
+    return conditions.sample_cond(exp, n)
   factor = int(exp.config.data.low_res_factor)
-  cond = gen.sample_cond(exp, n, examples={"cond_image": low_res.upsample(previous, factor)})
-  if (gen.is_conditional(exp.config) and gen.is_conditional(generator_config)
+  cond = conditions.sample_cond(exp, n, examples={"cond_image": low_res.upsample(previous, factor)})
+  if (conditions.is_conditional(exp.config) and conditions.is_conditional(generator_config)
       and exp.config.data.num_classes == generator_config.data.num_classes):
     cond["label"] = np.asarray(labels, np.int32)
   return cond
@@ -122,14 +124,14 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
       labels = stage_labels
     before_last, previous = previous, np.clip(images, -1.0, 1.0)
     grid = storage.join(output_dir, f"stage_{k}.png")
-    gen.save_png(grid, gen.image_grid(gen.to_uint8(previous[:64])))
+    image_files.save_png(grid, image_files.image_grid(image_files.to_uint8(previous[:64])))
     stages.append({"workdir": names[k], "steps": int(n_steps),
                    "image_shape": list(previous.shape[1:]), "seconds": seconds,
                    "images_per_s": num_samples / seconds, "grid": grid})
     logging.info("cascade stage %d (%s): %d images %s in %.2f s (%.1f images/s)", k, names[k],
                  num_samples, tuple(previous.shape[1:]), seconds, num_samples / seconds)
   samples = storage.join(output_dir, "samples.npz")
-  pixels = gen.to_uint8(previous)
+  pixels = image_files.to_uint8(previous)
   storage.write_npz(samples, images=pixels, labels=np.asarray(labels, np.int32))
   total = sum(s["seconds"] for s in stages)
   result = {"stages": stages, "num_samples": num_samples, "seconds": total,
@@ -140,10 +142,10 @@ def run_cascade(exps: Sequence, params: Sequence, steps: Sequence[int], *, num_s
     # Scored like a one-stage digits model (`--mode=digits_metrics`), on the saved images.
     from shortcut_jax.evaluators import digits_metrics as dm  # pylint: disable=g-import-not-at-top
     clf = dm.get_classifier(final)
-    ref, classes = dm.reference_stats(clf, final), gen.intended_classes(exps[0], labels)
+    ref, classes = dm.reference_stats(clf, final), conditions.intended_classes(exps[0], labels)
 
     def score(images):  # As saved: quantised to uint8.
-      return dm.digits_metrics(clf, ref, gen.to_uint8(images) / 127.5 - 1.0, classes)
+      return dm.digits_metrics(clf, ref, image_files.to_uint8(images) / 127.5 - 1.0, classes)
 
     result["digits_metrics"] = score(previous)
     # The control: the last upscaler replaced by bicubic upsampling of its input.

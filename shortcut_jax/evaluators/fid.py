@@ -258,7 +258,7 @@ def save_stats(path: str, mu: Array, sigma: Array, **meta: Any) -> None:
 def progress_bar(total: Optional[int], desc: str = 'FID features', unit: str = 'img'):
   """A tqdm bar counting `unit`s (rate and ETA), or None when tqdm is unavailable.
 
-  The library's one progress bar: `generate.progress_bar` wraps it for sampling, FID and SR
+  The library's one progress bar: `progress.progress_bar` wraps it for sampling, FID and SR
   metrics (process 0 only).
   """
   try:

@@ -4,7 +4,7 @@ FID), run sharded over every device of every process.
 `fid.py` holds the statistics and the distance; this module feeds them:
 
   * `InceptionFeatures`: the FID InceptionV3 jitted with explicit shardings. Every batch is
-    split along its first axis over a 1-D mesh of every device (`generate.data_mesh`); the weights
+    split along its first axis over a 1-D mesh of every device (`batch_rows.data_mesh`); the weights
     are replicated. Grey images (digits) are repeated to 3 channels first.
   * Generation is `generate.generate_batches` on the same mesh as Inception: streamed, with
     fixed per-image seeds, data parallel.
@@ -18,7 +18,7 @@ FID), run sharded over every device of every process.
     Reference statistics and Inception weights are read when it is constructed, so a missing
     file stops the run before its first training step.
 
-Scope of the sharding: every device of every process. The mesh (`gen.data_mesh()`) spans all
+Scope of the sharding: every device of every process. The mesh (`batch_rows.data_mesh()`) spans all
 processes; each process generates its rows of every batch (its share of the fixed per-image
 seeds: image i always starts from `fold_in(PRNGKey(seed), i)` with conditions `cond[k][i]`),
 runs Inception on them, and accumulates the features of its rows only; the float64 statistics
@@ -50,6 +50,9 @@ from shortcut_jax.evaluators import adm_metrics
 from shortcut_jax.evaluators import fid
 from shortcut_jax import latents as latents_lib
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import progress as progress_lib
+from shortcut_jax.evaluators import conditions
+from shortcut_jax.evaluators import batch_rows
 from shortcut_jax.evaluators.base import Evaluator
 from shortcut_jax.models import inception
 
@@ -73,7 +76,7 @@ class InceptionFeatures:
     Args:
       variables: FID Inception variables (`inception.load_inception_variables`).
       batch_size: images per call; rounded up to a multiple of the device count.
-      mesh: the device mesh (default `gen.data_mesh()`: every device of every process, so
+      mesh: the device mesh (default `batch_rows.data_mesh()`: every device of every process, so
         every process must make the same calls).
       image_size: Inception input side; 299 for FID (smaller only in tests).
       outputs: `inception.OUTPUTS` to compute, concatenated along the feature axis in this
@@ -83,8 +86,8 @@ class InceptionFeatures:
     if set(self.outputs) & set(inception.LOGIT_OUTPUTS) and not inception.has_classifier(
         variables):
       raise ValueError(inception.NO_CLASSIFIER_HELP)
-    self.mesh = mesh if mesh is not None else gen.data_mesh()
-    self.batch_size = gen.round_up_batch(batch_size, self.mesh)
+    self.mesh = mesh if mesh is not None else batch_rows.data_mesh()
+    self.batch_size = batch_rows.round_up_batch(batch_size, self.mesh)
     self.data_sharding = NamedSharding(self.mesh, PartitionSpec(sharding.DATA_AXIS))
     replicated = NamedSharding(self.mesh, PartitionSpec())
     self._variables = jax.device_put(variables, replicated)
@@ -101,25 +104,25 @@ class InceptionFeatures:
     self._apply = jax.jit(apply, in_shardings=(replicated, self.data_sharding),
                           out_shardings=self.data_sharding)
     # The rows of every batch this process feeds and keeps ([0, batch_size) with one process).
-    self.local_rows = gen.local_rows(self.mesh, self.batch_size)
+    self.local_rows = batch_rows.local_rows(self.mesh, self.batch_size)
 
   def _features(self, images) -> jax.Array:
     if images.shape[0] != self.batch_size:
       raise ValueError(f"expected a batch of {self.batch_size} images, got {images.shape[0]}")
     if images.shape[-1] not in (1, 3):
       raise ValueError(f"FID needs 1- or 3-channel images, got shape {images.shape}")
-    return self._apply(self._variables, gen.put_batch(images, self.mesh))
+    return self._apply(self._variables, batch_rows.put_batch(images, self.mesh))
 
   def batch_features(self, images, count: Optional[int] = None) -> np.ndarray:
     """Features of one batch of exactly `batch_size` images; returns the first `count` rows
     (all rows on every process; a collective with several processes)."""
-    return gen.to_host(self._features(images))[:count]
+    return batch_rows.to_host(self._features(images))[:count]
 
   def local_features(self, images, count: Optional[int] = None) -> np.ndarray:
     """This process's valid rows of one batch's features: rows [lo, min(hi, count)) of the
     batch, where [lo, hi) = `local_rows` (all `count` rows with one process). What
     `RunningStats` accumulates before `combine_processes`."""
-    local, lo = gen.local_part(self._features(images))
+    local, lo = batch_rows.local_part(self._features(images))
     count = self.batch_size if count is None else count
     return local[:max(0, min(lo + len(local), count) - lo)]
 
@@ -134,13 +137,13 @@ class InceptionFeatures:
       raise ValueError(f"expected this process's {hi - lo} rows of a batch, got "
                        f"{local_images.shape[0]}")
     shape = (self.batch_size, *local_images.shape[1:])
-    if gen.is_multi_process(self.mesh):
+    if batch_rows.is_multi_process(self.mesh):
       batch = jax.make_array_from_process_local_data(self.data_sharding, local_images, shape)
     else:
       batch = jax.device_put(local_images, self.data_sharding)
     if batch.shape[-1] not in (1, 3):
       raise ValueError(f"FID needs 1- or 3-channel images, got shape {batch.shape}")
-    local, _ = gen.local_part(self._apply(self._variables, batch))
+    local, _ = batch_rows.local_part(self._apply(self._variables, batch))
     return local[:hi - lo if count is None else count]
 
   def __call__(self, images) -> np.ndarray:
@@ -190,7 +193,7 @@ def model_stats(exp, params, features: InceptionFeatures, *, num_images: int, nu
                 ) -> Tuple[np.ndarray, np.ndarray]:
   """(mu, sigma) of the Inception features of `num_images` generated images."""
   stats = fid.RunningStats()
-  with gen.progress_bar(num_images, f"FID {num_steps} steps", progress) as bar:
+  with progress_lib.progress_bar(num_images, f"FID {num_steps} steps", progress) as bar:
     for samples, n in gen.generate_batches(exp, params, num_images=num_images, num_steps=num_steps,
                                            cfg_scale=cfg_scale, seed=seed,
                                            batch_size=features.batch_size, mesh=features.mesh):
@@ -361,7 +364,7 @@ def dataset_stats(data_config, features: Callable[[Any], np.ndarray], *, split: 
                      process_count=count, num_images=num_images)
   stats = fid.RunningStats()
   desc = f"FID statistics of {split}" + (f" (part {index + 1}/{count})" if count > 1 else "")
-  with gen.progress_bar(total if count == 1 else None, desc, progress) as bar:
+  with progress_lib.progress_bar(total if count == 1 else None, desc, progress) as bar:
     for images, n in parts:
       if not inception_net:
         if n:
@@ -435,7 +438,7 @@ class FIDEvaluator(Evaluator):
     self.use_ema, self.seed = guidance.protocol_use_ema(protocol, use_ema), seed
     self.entries = guidance.fid_entries(protocol, self.steps, cfg_scale,
                                         exp.config.objective.denoise_timesteps,
-                                        gen.is_guidable(exp))
+                                        conditions.is_guidable(exp))
     self.extra_metrics = adm_metrics.check_metrics(extra_metrics)
     self.stats_path = resolve_stats_path(stats_path, "config.evals.fid.stats_path")
     try:

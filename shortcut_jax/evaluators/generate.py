@@ -1,213 +1,22 @@
-"""Generating images from a trained model: fixed noise seeds, one condition per image, uint8 output.
-
-The conditions of image i are `sample_cond(exp, n)[key][i]` for every condition kind the model
-takes: for image-conditioned models (super-resolution) the conditioning images of the held-out
-split in stored order (repeated when it has fewer) with those examples' own labels; for other
-models labels spread evenly over the classes.
+"""Generating images from a trained model: fixed noise seeds, one condition per image
+(`conditions`), data parallel over a mesh (`batch_rows`), decoded to images.
 """
 
-import contextlib
 import functools
-import io
-import os
-from typing import Dict, Iterator, Mapping, Optional, Tuple
+from typing import Iterator, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from shortcut_jax import latents as latents_lib
 from shortcut_jax import sampling
-from shortcut_jax import storage
-from shortcut_jax import text_encoders
 from shortcut_jax import sharding
+from shortcut_jax.evaluators.batch_rows import (is_multi_process, local_part, put_batch,
+                                                round_up_batch, to_host)
+from shortcut_jax.evaluators.conditions import is_guidable, sample_cond
+from shortcut_jax.evaluators.progress import progress_bar
 from shortcut_jax.objectives.flow_path import Source, sample_source
-
-
-def is_conditional(config) -> bool:
-  """Whether the model was trained with labels (CelebA-style unconditional runs were not)."""
-  return (config.data.num_classes > 1 and config.objective.class_dropout_prob < 1.0
-          and config.objective.cfg_scale != 0)
-
-
-def sample_labels(config, num_images: int) -> np.ndarray:
-  """Labels spread evenly over the classes (0, 1, …, C-1, 0, 1, …); the null label if unconditional."""
-  if not is_conditional(config):
-    return np.full((num_images,), config.data.num_classes, np.int32)
-  return (np.arange(num_images) % config.data.num_classes).astype(np.int32)
-
-
-def held_out_examples(config, num_images: int, split: str = "test") -> Dict[str, np.ndarray]:
-  """The first `num_images` examples of `split` (evaluation preprocessing, stored order; the
-  split is cycled when smaller), every key the pixel pipeline yields ('image', 'label',
-  'cond_image', 'embedding'): a run on precomputed latents reads the pixel dataset they were
-  encoded from. Read whole by every process, so all processes agree."""
-  from shortcut_jax.data import pipeline  # TensorFlow is only needed here.
-  data_config = latents_lib.pixel_data_config(config.data)
-  parts, have = [], 0
-  while have < num_images:
-    for batch in pipeline.make_dataset(data_config, split=split, global_batch_size=256, seed=0,
-                                       train=False, process_index=0, process_count=1):
-      parts.append(batch)
-      have += len(batch["image"])
-      if have >= num_images:
-        break
-  return {k: np.concatenate([p[k] for p in parts])[:num_images] for k in parts[0]}
-
-
-def example_labels(config, num_images: int,
-                   examples: Optional[Mapping[str, np.ndarray]] = None,
-                   labels=None) -> np.ndarray:
-  """The labels of `num_images` generated images (int32), by this policy:
-
-  * a model trained without labels (`is_conditional` false): the null label, always;
-  * `labels` given (an int or one per image): those;
-  * images made from examples (super-resolution of held-out images): each example's own label;
-    examples without labels (a user's images, a cascade's input: the class is unknown): the
-    null label, i.e. the model's unconditional velocity for that condition (trained by label
-    dropout, `objective.class_dropout_prob`);
-  * no examples (a generator): `sample_labels`, spread evenly over the classes.
-  """
-  if not is_conditional(config):
-    return sample_labels(config, num_images)
-  if labels is not None:
-    return np.broadcast_to(np.asarray(labels, np.int32), (num_images,)).copy()
-  if examples is not None:
-    if "label" in examples:
-      return np.asarray(examples["label"], np.int32)[:num_images]
-    return np.full((num_images,), config.data.num_classes, np.int32)
-  return sample_labels(config, num_images)
-
-
-def sample_cond(exp, num_images: int, split: str = "test",
-                examples: Optional[Mapping[str, np.ndarray]] = None,
-                embedding: Optional[np.ndarray] = None,
-                labels=None) -> Dict[str, np.ndarray]:
-  """The conditions of `num_images` generated images, for every kind the model takes (in the
-  model's space: a conditioning image is encoded to latents in latent space). Images come from
-  held-out examples; labels follow `example_labels` (the examples' own labels where the
-  conditions come from examples, the null label for examples without labels or a model trained
-  without labels, else spread evenly over the classes); embeddings come from the text model's
-  own prompts (`text_encoders.default_prompts`) or else the held-out captions.
-
-  Args:
-    exp: the experiment.
-    num_images: rows.
-    split: where image conditions come from (`held_out_examples`).
-    examples: those held-out examples when the caller already read them (their 'label', when
-      they have one, is each image's label).
-    embedding: float32 [num_images, embedding_dim] to use instead (e.g. `--prompts`).
-    labels: the label of every image (an int, or one per image) instead of the policy above.
-  """
-  keys = exp.model.conditioning.keys
-  if "embedding" in keys and embedding is None:
-    prompts = text_encoders.default_prompts(exp.config.data, num_images)
-    if prompts is not None:
-      embedding = text_encoders.encode_prompts(exp.config.data, prompts)
-  needs_examples = "cond_image" in keys or ("embedding" in keys and embedding is None)
-  if needs_examples and examples is None:
-    examples = held_out_examples(exp.config, num_images, split)
-  cond = {"label": example_labels(exp.config, num_images, examples, labels)}
-  if "cond_image" in keys:
-    pixels = np.asarray(examples["cond_image"])[:num_images]
-    cond["cond_image"] = np.asarray(latents_lib.encode_cond(exp.config, {"cond_image": pixels})[
-        "cond_image"])
-  if "embedding" in keys:
-    if embedding is None:
-      embedding = examples["embedding"]
-    cond["embedding"] = np.asarray(embedding, np.float32)[:num_images]
-  return cond
-
-
-def intended_classes(exp, labels: np.ndarray) -> Optional[np.ndarray]:
-  """The class each `sample_cond` image was asked for, for class accuracy: its label for a
-  label-conditional model, its prompt's class where the text model knows it, else None."""
-  if is_conditional(exp.config):
-    return labels
-  if "embedding" in exp.model.conditioning.keys:
-    prompts = text_encoders.default_prompts(exp.config.data, len(labels))
-    if prompts is not None:
-      return text_encoders.prompt_classes(exp.config.data, prompts)
-  return None
-
-
-def is_guidable(exp) -> bool:
-  """Whether classifier-free guidance applies: a label-conditional model, or one trained with
-  dropout of another condition kind (its null branch is then meaningful)."""
-  if is_conditional(exp.config):
-    return True
-  return any(k.guided for k in exp.model.conditioning.kinds if k.key != "label")
-
-
-def to_uint8(images) -> np.ndarray:
-  """[-1, 1] floats -> uint8 [0, 255] (clipped)."""
-  images = np.asarray(images, np.float32)
-  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def data_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process; batches are split along its `data` axis.
-
-  The devices are ordered by process (process 0's first), so every process holds one contiguous
-  block of rows of each batch (`local_rows`). With one process: all its devices.
-  """
-  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-  return Mesh(np.asarray(devices), (sharding.DATA_AXIS,))
-
-
-def local_mesh() -> Mesh:
-  """A 1-D mesh over this process's devices only (work that one process does alone)."""
-  return Mesh(np.asarray(jax.local_devices()), (sharding.DATA_AXIS,))
-
-
-def is_multi_process(mesh: Mesh) -> bool:
-  """Whether `mesh` has devices of other processes (its arrays are then not fully addressable)."""
-  return any(d.process_index != jax.process_index() for d in mesh.devices.flat)
-
-
-def local_rows(mesh: Mesh, batch_size: int) -> Tuple[int, int]:
-  """The rows [lo, hi) of a `batch_size`-row batch split over `mesh` that this process holds."""
-  spec = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
-  spans = sorted({(s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
-                  for s in spec.addressable_devices_indices_map((batch_size,)).values()})
-  lo, hi = spans[0][0], spans[-1][1]
-  if sum(b - a for a, b in spans) != hi - lo:
-    raise ValueError(f"this process's rows of the mesh are not contiguous: {spans}")
-  return lo, hi
-
-
-def put_batch(x, mesh: Mesh) -> jax.Array:
-  """A batch (the same host array on every process) split over `mesh`'s data axis; with several
-  processes each one transfers only its own rows (`local_rows`)."""
-  data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
-  if isinstance(x, jax.Array) and x.sharding == data:
-    return x
-  if not is_multi_process(mesh):
-    return jax.device_put(x, data)
-  x = np.asarray(x)
-  lo, hi = local_rows(mesh, x.shape[0])
-  return jax.make_array_from_process_local_data(data, x[lo:hi], x.shape)
-
-
-def local_part(x: jax.Array) -> Tuple[np.ndarray, int]:
-  """This process's rows of a batch split along its first axis, on the host, and the index of
-  the first (0 for a fully addressable array: all of it)."""
-  if x.is_fully_addressable:
-    return np.asarray(x), 0
-  shards = {}
-  for s in x.addressable_shards:
-    shards.setdefault(s.index[0].start or 0, s)
-  starts = sorted(shards)
-  return np.concatenate([np.asarray(shards[k].data) for k in starts]), starts[0]
-
-
-def to_host(x) -> np.ndarray:
-  """Every row of a batch on every process (gathered across processes when it is split)."""
-  if not isinstance(x, jax.Array) or x.is_fully_addressable:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def decode(exp, samples: jax.Array, mesh: Optional[Mesh] = None) -> jax.Array:
@@ -221,13 +30,6 @@ def decode(exp, samples: jax.Array, mesh: Optional[Mesh] = None) -> jax.Array:
   data = NamedSharding(mesh, PartitionSpec(sharding.DATA_AXIS))
   return jax.make_array_from_process_local_data(data, images,
                                                 (samples.shape[0], *images.shape[1:]))
-
-
-def round_up_batch(batch_size: int, mesh: Mesh) -> int:
-  """The smallest multiple of the mesh size that is >= batch_size."""
-  if batch_size <= 0:
-    raise ValueError(f"batch size must be positive, got {batch_size}")
-  return -(-batch_size // mesh.size) * mesh.size
 
 
 @functools.lru_cache(maxsize=16)
@@ -378,75 +180,3 @@ def generate(exp, params, *, num_images: int, num_steps: int, cfg_scale: Optiona
       out.append(to_host(decode(exp, x, mesh))[:n])
       bar.update(n)
   return np.concatenate(out), np.asarray(cond["label"])
-
-
-_PROGRESS = [False]  # The default of `progress=None`: off in training, on in eval.py's modes.
-
-
-def progress_bars(fn):
-  """Decorator: progress bars default to on while `fn` runs (the offline modes of eval.py)."""
-
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    previous, _PROGRESS[0] = _PROGRESS[0], True
-    try:
-      return fn(*args, **kwargs)
-    finally:
-      _PROGRESS[0] = previous
-  return wrapped
-
-
-class _NoBar:
-
-  def update(self, n):
-    del n
-
-
-@contextlib.contextmanager
-def progress_bar(total: Optional[int], desc: str, show: Optional[bool] = None, unit: str = "img"):
-  """The one progress bar of long offline work (sampling, FID, SR metrics): images done, rate
-  and ETA, on process 0 only (`fid.progress_bar`, tqdm). A context manager yielding an object
-  with `update(n)`; a no-op when `show` is False (None: the `progress_bars` default) or tqdm is
-  missing."""
-  from shortcut_jax.evaluators import fid  # pylint: disable=g-import-not-at-top
-  show = _PROGRESS[0] if show is None else show
-  bar = fid.progress_bar(total, desc, unit=unit) if show and jax.process_index() == 0 else None
-  try:
-    yield bar if bar is not None else _NoBar()
-  finally:
-    if bar is not None:
-      bar.close()
-
-
-def image_grid(images_uint8: np.ndarray, cols: Optional[int] = None) -> np.ndarray:
-  """Tiles NHWC uint8 images into one HWC image with a 1-pixel border."""
-  n, h, w, c = images_uint8.shape
-  cols = cols or int(np.ceil(np.sqrt(n)))
-  rows = int(np.ceil(n / cols))
-  grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, c), 255, np.uint8)
-  for i in range(n):
-    r, q = divmod(i, cols)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = images_uint8[i]
-  return grid
-
-
-def image_bytes(image_hwc: np.ndarray, upscale: int = 1, fmt: str = "PNG") -> bytes:
-  """A uint8 HWC image (C = 1, 3 or 4) encoded as a `fmt` file (each pixel repeated `upscale`
-  times along both axes)."""
-  from PIL import Image
-  if upscale > 1:
-    image_hwc = image_hwc.repeat(upscale, 0).repeat(upscale, 1)
-  if image_hwc.shape[-1] == 1:
-    image_hwc = image_hwc[..., 0]
-  buffer = io.BytesIO()
-  Image.fromarray(image_hwc).save(buffer, format=fmt)
-  return buffer.getvalue()
-
-
-def save_png(path: str, image_hwc: np.ndarray, upscale: int = 1) -> None:
-  """Writes an image file (local or remote, `storage`); the format follows the name's suffix
-  as PIL knows it (PNG when it knows none)."""
-  from PIL import Image
-  fmt = Image.registered_extensions().get(os.path.splitext(os.fspath(path))[1].lower(), "PNG")
-  storage.write_bytes(path, image_bytes(image_hwc, upscale, fmt))
-

@@ -5,6 +5,8 @@ import jax
 from shortcut_jax.core import guidance as guidance_lib
 from shortcut_jax import storage
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import image_files
+from shortcut_jax.evaluators import conditions
 from shortcut_jax.evaluators.base import Evaluator
 
 
@@ -32,23 +34,23 @@ class SampleGridEvaluator(Evaluator):
       second = w is not None  # As before: any nonzero scale, 1 included.
     else:
       second = not guidance_lib.is_conditional_scale(w)
-    if second and gen.is_guidable(self.exp):
+    if second and conditions.is_guidable(self.exp):
       guidance.append(w)
-    cols = self.exp.config.data.num_classes if gen.is_conditional(self.exp.config) else None
+    cols = self.exp.config.data.num_classes if conditions.is_conditional(self.exp.config) else None
     examples = None
     if "cond_image" in self.exp.model.conditioning.keys:
       # Image-conditioned: also the inputs and the targets (pixels), in the same grid layout.
-      examples = gen.held_out_examples(self.exp.config, self.num_images)
+      examples = conditions.held_out_examples(self.exp.config, self.num_images)
       for name, images in (("conditions.png", examples["cond_image"]),
                            ("targets.png", examples["image"])):
-        gen.save_png(storage.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
+        image_files.save_png(storage.join(out_dir, name), image_files.image_grid(image_files.to_uint8(images), cols),
                      max(1, 64 // images.shape[1]))
-    cond = gen.sample_cond(self.exp, self.num_images, examples=examples)
+    cond = conditions.sample_cond(self.exp, self.num_images, examples=examples)
     for n in self.steps:
       for w in guidance:
         images, _ = gen.generate(self.exp, params, num_images=self.num_images, num_steps=n,
                                  cfg_scale=w, seed=0, cond=cond)
         name = f"grid_{n}steps" + ("" if w is None else f"_cfg{w:g}") + ".png"
-        gen.save_png(storage.join(out_dir, name), gen.image_grid(gen.to_uint8(images), cols),
+        image_files.save_png(storage.join(out_dir, name), image_files.image_grid(image_files.to_uint8(images), cols),
                      max(1, 64 // images.shape[1]))
     return {}

@@ -29,6 +29,8 @@ from shortcut_jax import storage
 from shortcut_jax import tiling
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import generate as gen
+from shortcut_jax.evaluators import image_files
+from shortcut_jax.evaluators import conditions
 from shortcut_jax.evaluators import lpips
 from shortcut_jax.evaluators import sr_quality
 
@@ -78,7 +80,7 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
   `generate` with the same seed and conditions.
 
   Labels (a label-conditional model): the class of a user's image is unknown, so every tile
-  gets the null label unless `label` is given (`generate.example_labels`); the model then
+  gets the null label unless `label` is given (`conditions.example_labels`); the model then
   samples with its unconditional velocity for the label, which label dropout trained.
 
   Args:
@@ -101,9 +103,9 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
   tile = exp.image_shape[0]  # In the model's space (latents in latent space).
   overlap = (tile * factor) // 4 if overlap is None else overlap
   overlap_m = -(-int(overlap) // factor)
-  if cfg_scale is not None and not gen.is_guidable(exp):
+  if cfg_scale is not None and not conditions.is_guidable(exp):
     cfg_scale = None
-  if (label is None and gen.is_conditional(exp.config)
+  if (label is None and conditions.is_conditional(exp.config)
       and not exp.config.objective.class_dropout_prob):
     logging.warning("super-resolving with the null label, which this model never trained on "
                     "(objective.class_dropout_prob=0): pass the image's label")
@@ -118,7 +120,7 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
   pixels = tiling.pad_image(image, canvas_h * factor, canvas_w * factor)
   batches = tiling.tile_batches(len(positions), batch_size)
   # The conditions of every batch of tiles, made once (in latent space: encoded).
-  conds = [gen.sample_cond(exp, len(rows), labels=label, examples={"cond_image": (
+  conds = [conditions.sample_cond(exp, len(rows), labels=label, examples={"cond_image": (
       tiling.crop_tiles(pixels, [pixel_positions[r] for r in rows], tile * factor))})
            for rows in batches]
 
@@ -200,7 +202,7 @@ def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_st
     cond = low_res.upsample(lr, factor)
     sr = super_resolve_image(exp, params, cond, num_steps=num_steps, seed=seed,
                              batch_size=batch_size, cfg_scale=cfg_scale, label=label)
-    gen.save_png(out_path, gen.to_uint8(sr))
+    image_files.save_png(out_path, image_files.to_uint8(sr))
     result["written"].append(out_path)
     logging.info("%s: %dx%d -> %dx%d, %s", name, lr.shape[1], lr.shape[0], sr.shape[1],
                  sr.shape[0], out_path)
@@ -271,11 +273,11 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
   scorer, lpips_note = lpips_scorer(lpips_weights, batch_size=min(batch_size, 32))
   if scorer is None:
     logging.info("%s", LPIPS_SKIPPED)
-  held_out = gen.held_out_examples(exp.config, num_images, split)
+  held_out = conditions.held_out_examples(exp.config, num_images, split)
   hr = held_out["image"]
   if scorer is not None:
     lpips.check_size(*hr.shape[1:3])
-  cond = gen.sample_cond(exp, num_images, examples=held_out)
+  cond = conditions.sample_cond(exp, num_images, examples=held_out)
   results = {"num_images": int(num_images), "factor": factor, "split": split,
              "bicubic": score_images(hr, held_out["cond_image"], scorer), "steps": {},
              "lpips": lpips_note}
@@ -291,19 +293,19 @@ def comparison_strip(exp, params, *, steps: List[int], num_images: int = 4, seed
                      split: str = "test") -> np.ndarray:
   """A uint8 picture with one row per held-out crop: LR | bicubic | N-step samples | HR."""
   factor = check_super_resolution_model(exp)
-  held_out = gen.held_out_examples(exp.config, num_images, split)
+  held_out = conditions.held_out_examples(exp.config, num_images, split)
   hr = held_out["image"]
   lr = low_res.make_low_res(hr, factor)
   nearest = np.repeat(np.repeat(lr, factor, axis=1), factor, axis=2)
   columns = [nearest, held_out["cond_image"]]
-  cond = gen.sample_cond(exp, num_images, examples=held_out)
+  cond = conditions.sample_cond(exp, num_images, examples=held_out)
   for n in steps:
     images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=None,
                              seed=seed, cond=cond)
     columns.append(images)
   columns.append(hr)
   cells = np.stack(columns, axis=1).reshape(-1, *hr.shape[1:])
-  return gen.image_grid(gen.to_uint8(cells), cols=len(columns))
+  return image_files.image_grid(image_files.to_uint8(cells), cols=len(columns))
 
 
 def write_json(path: str, results: Dict) -> None:

@@ -52,6 +52,7 @@ from shortcut_jax import storage
 from shortcut_jax.data import catalog
 from shortcut_jax.data import latent_dataset as ld
 from shortcut_jax.data import pipeline
+from shortcut_jax.core.config_value import config_value
 
 DEFAULT_SHARD_SIZE = 4096
 # Test hook: seconds to sleep after every encoded batch (makes a run slow enough to kill).
@@ -85,7 +86,7 @@ def _identity(data_config, builder, vae, *, flips, dtype, shard_size, extra_feat
   size = data_config.image_size
   latent_shape = vae.latent_shape((size, size, vae.config.in_channels))
   source = dict(name=data_config.name, image_size=size, num_classes=data_config.num_classes,
-                folder=data_config.get("folder", None), builder=builder.info.full_name)
+                folder=config_value(data_config, "folder", section="data"), builder=builder.info.full_name)
   factor = pipeline.low_res_factor_of(data_config)
   if factor:  # A latent pair dataset (absent otherwise: earlier folders stay readable).
     source["low_res_factor"] = factor
@@ -153,7 +154,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
     FileExistsError: `out` holds files that are not an encoded dataset.
     IncompatibleLatentsError: `out` holds latents encoded differently (nothing is changed).
   """
-  out = os.path.expanduser(out or config.data.get("latents_dir", None) or "")
+  out = os.path.expanduser(out or config_value(config.data, "latents_dir", section="data") or "")
   if not out:
     raise ValueError("no output folder: pass --out or set data.latents_dir")
   if dtype not in ld.STORAGE_DTYPES:
