@@ -99,7 +99,8 @@ def _is_power_of_two(n) -> bool:
 
 
 def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None) -> None:
-  """Checks every value; raises one ValueError listing all problems, each naming its field."""
+  """Checks every value; raises one ConfigError listing all problems, each naming its field.
+  Each part of the config has its own check below; they run in this order and collect."""
   from shortcut_jax import objectives  # Imported here: the registry imports model code.
   errors = []
 
@@ -107,6 +108,26 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
     if not ok:
       errors.append(msg)
 
+  try:
+    objective = objectives.get_objective(c.objective.name)
+  except ValueError as e:
+    objective = None
+    problem = f"objective.name: {e}"
+  else:
+    problem = None
+  _check_run_and_model(c, check)
+  check(problem is None, problem)
+  _check_objective(c, objective, check)
+  _check_optimizer_and_start(c, check)
+  _check_data(c, check)
+  _check_checkpoints_and_mesh(c, check, device_count)
+  _check_evaluators(c, objective, check)
+  if errors:
+    raise errors_lib.ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_run_and_model(c, check) -> None:
+  """The run's sizes and the network (`model.*`)."""
   for field in ("batch_size", "max_steps", "log_every"):
     check(isinstance(c[field], int) and c[field] > 0, f"{field} must be a positive integer, got {c[field]!r}")
   check(isinstance(c.eval_every, int) and c.eval_every >= 0, f"eval_every must be >= 0, got {c.eval_every!r}")
@@ -118,7 +139,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
                       attention_impl=m.attention_impl, attention_scale=m.attention_scale,
                       cond_image_mode=m.cond_image_mode)
   except ValueError as e:
-    errors.append(str(e))
+    check(False, str(e))
   from shortcut_jax.models.registry import MODELS  # Imported here, like the objectives.
   check(m.name in MODELS, f"model.name must be one of {sorted(MODELS)}, got {m.name!r}")
   check(m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}")
@@ -126,12 +147,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         f"model.prediction must be one of {PREDICTIONS}, got {m.prediction!r}")
   check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout!r}")
 
-  o = c.objective
-  try:
-    objective = objectives.get_objective(o.name)
-  except ValueError as e:
-    objective = None
-    errors.append(f"objective.name: {e}")
+
+
+def _check_objective(c, objective, check) -> None:
+  """The objective (`objective.*`) and the model fields that depend on it or on the conditions."""
+  o, m = c.objective, c.model
   check(_is_power_of_two(o.denoise_timesteps),
         f"objective.denoise_timesteps must be a power of two, got {o.denoise_timesteps!r}")
   check(isinstance(o.bootstrap_every, int) and o.bootstrap_every >= 1,
@@ -203,6 +223,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
           f"model.attention_impl={m.attention_impl!r} has no jax.jvp rule, which objective "
           f"{objective.name!r} needs: use 'xla' or 'einsum'")
 
+
+
+def _check_optimizer_and_start(c, check) -> None:
+  """`optim.*`, the profiler, `init.*` (fine-tuning) and `wandb.*`."""
   p = c.optim
   check(p.lr > 0, f"optim.lr must be positive, got {p.lr!r}")
   check(0 <= p.b1 < 1 and 0 <= p.b2 < 1, f"optim.b1 and optim.b2 must be in [0, 1), got {p.b1!r}, {p.b2!r}")
@@ -234,6 +258,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
     check(c.wandb.mode in ("online", "offline", "disabled"),
           f"wandb.mode must be 'online', 'offline' or 'disabled', got {c.wandb.mode!r}")
 
+
+
+def _check_data(c, check) -> None:
+  """`data.*`, `vae.*`, `eval_errors` and the guidance convention."""
   d = c.data
   check(d.name in DATASETS, f"data.name must be one of {DATASETS}, got {d.name!r}")
   check(isinstance(d.image_size, int) and d.image_size > 0,
@@ -263,6 +291,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
   check(guidance.convention(c) in guidance.CONVENTIONS,
         f"{guidance.FIELD} must be one of {guidance.CONVENTIONS}, got {guidance.convention(c)!r}")
 
+
+
+def _check_checkpoints_and_mesh(c, check, device_count) -> None:
+  """`checkpoint.*`, `sharding`, `mesh.*` and the batch over the devices."""
   check(isinstance(c.checkpoint.every_steps, int) and c.checkpoint.every_steps > 0,
         f"checkpoint.every_steps must be a positive integer, got {c.checkpoint.every_steps!r}")
   check(isinstance(c.checkpoint.max_to_keep, int) and c.checkpoint.max_to_keep > 0,
@@ -277,6 +309,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
     check(c.batch_size % device_count == 0,
           f"batch_size ({c.batch_size}) must be divisible by the device count ({device_count})")
 
+
+
+def _check_evaluators(c, objective, check) -> None:
+  """`evals.*`: periods, step budgets the objective can sample, FID's settings."""
+  o = c.objective
   for name, ev in c.evals.items():
     if "every" in ev:
       check(isinstance(ev.every, int) and ev.every >= -1, f"evals.{name}.every must be -1, 0 or positive")
@@ -293,7 +330,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
         try:
           objective.check_steps(ev.steps)
         except ValueError as e:
-          errors.append(f"evals.{name}.steps: {e}")
+          check(False, f"evals.{name}.steps: {e}")
 
   f = c.evals.get("fid")
   if f is not None:
@@ -316,14 +353,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None
       try:  # The original protocol's guided entry samples with M steps.
         objective.check_steps([o.denoise_timesteps])
       except ValueError as e:
-        errors.append(f"evals.fid.protocol='original' samples its guided entry with "
-                      f"objective.denoise_timesteps ({o.denoise_timesteps}) steps: {e}")
+        check(False, f"evals.fid.protocol='original' samples its guided entry with "
+              f"objective.denoise_timesteps ({o.denoise_timesteps}) steps: {e}")
     if isinstance(f.every, int) and isinstance(c.eval_every, int) and eval_period(c, "fid") > 0:
       check(bool(f.stats_path), "evals.fid.stats_path must be set when evals.fid is enabled "
             "(make one with `python eval.py --mode=fid_stats --config=... --out=stats.npz`)")
-
-  if errors:
-    raise errors_lib.ConfigError("invalid config:\n  " + "\n  ".join(errors))
 
 
 def _check_baselines(c: ml_collections.ConfigDict, objective, check) -> None:
