@@ -83,18 +83,26 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
   step_key = jax.random.fold_in(state.rng, state.step)
   batch = prepare_batch(batch, step_key, encoder, encoder_params)
   targets_key, dropout_key = jax.random.split(step_key)
-  targets = objective.targets(model, state.params, state.ema_params, batch, targets_key,
-                              objective_config, step=state.step, state=objective_state)
-  # Targets are regression constants, whichever weights made them.
-  targets = targets._replace(target=jax.lax.stop_gradient(targets.target))
+  if objective.loss is None:  # The targets (no gradient), then the prediction at their inputs.
+    targets = objective.targets(model, state.params, state.ema_params, batch, targets_key,
+                                objective_config, step=state.step, state=objective_state)
+    # Targets are regression constants, whichever weights made them.
+    targets = targets._replace(target=jax.lax.stop_gradient(targets.target))
 
   def loss_fn(params):
-    pred = model(params, targets.x, targets.t, targets.level, targets.cond, train=True,
-                 rngs={"dropout": dropout_key})
-    per_sample, loss_terms = objective.loss_fn(pred, targets, objective_config)
-    return jnp.mean(per_sample), (per_sample, loss_terms)
+    if objective.loss is not None:  # A loss that makes its own prediction (`Objective.loss`).
+      per_sample, loss_terms, made = objective.loss(
+          model, params, state.ema_params, batch, targets_key, objective_config,
+          step=state.step, state=objective_state, dropout_rng=dropout_key)
+    else:
+      made = targets
+      pred = model(params, targets.x, targets.t, targets.level, targets.cond, train=True,
+                   rngs={"dropout": dropout_key})
+      per_sample, loss_terms = objective.loss_fn(pred, targets, objective_config)
+    return jnp.mean(per_sample), (per_sample, loss_terms, made)
 
-  (_, (per_sample, loss_terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (_, (per_sample, loss_terms, targets)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   rate = ema_rate(state.step) if callable(ema_rate) else ema_rate

@@ -136,6 +136,12 @@ class Objective:
     linear_path_only: the parameterisation assumes the linear path.
     needs_curved_path: part of the objective learns nothing on the linear path (HOMO's
       acceleration); the config validation warns.
+    loss: a loss that makes the network's prediction itself, sharing work with its target
+      (MeanFlow: the prediction is the primal of the jvp that makes the target), called inside
+      the gradient: `loss(model, params, ema_params, batch, rng, config, *, step, state,
+      dropout_rng) -> (per-sample loss [B], loss terms, TrainingTargets)` (the targets for the
+      metrics: groups, the objective's metrics). None, the default: the targets first (no
+      gradient), then the network at their inputs and `loss_fn` (`train_step`).
     outputs: what the network predicts, in order: ('velocity',) for every first-order
       objective; ('velocity', 'acceleration') for `homo`, whose network output concatenates
       both along the channel axis (`models.registry` builds a second network or head for it,
@@ -161,6 +167,7 @@ class Objective:
   phased: bool = False
   linear_path_only: bool = False
   needs_curved_path: bool = False
+  loss: Optional[Callable[..., Tuple[Array, Dict[str, Array], "TrainingTargets"]]] = None
 
   def velocity_of(self, output: Array) -> Array:
     """The velocity part of a network output (all of it for single-output objectives)."""

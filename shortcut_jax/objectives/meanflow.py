@@ -16,10 +16,11 @@ and the paper's identity u = v - (τ - r) du/dτ becomes, in these variables,
 the total derivative along the trajectory with the end e = t + d held fixed (the paper's
 tangent (v, 0, 1) on (z, r, τ) is the tangent (v, 1, -1) on (x, t, d) here, or (v, 1, 0) on
 (x, t, e)). The target is `v + d · Du` with `(u, Du)` from one `jax.jvp` of the network, under
-stop-gradient (the train step stops the target's gradient as for every objective); v is the
-conditional velocity of the path (`objective.path`, linear by default). The target is computed
-with the online weights and without dropout, then the train step calls the network again for the
-prediction (one extra forward pass compared with taking the prediction from the jvp's primal).
+stop-gradient; v is the conditional velocity of the path (`objective.path`, linear by default).
+In training the prediction is that jvp's primal u (`meanflow_loss`, the objective's `loss`: the
+network with the online weights, in training mode, called once per step, the gradient flowing
+through u alone), as in the paper's code; `meanflow_targets` (validation, loss per t) makes the
+same target with the online weights without dropout, and the caller calls the network again.
 
 Conditioning on (t, d). The DiT's time embedder gets the start time t; its step-size embedder
 (which takes a raw float "level", the shortcut models' log2 step size) gets
@@ -135,11 +136,55 @@ def adaptive_loss(pred: Array, targets: TrainingTargets, config):
   return weight * mse, {"mse": jnp.mean(mse)}
 
 
-@register_objective("meanflow", uses_level=True, loss_fn=adaptive_loss,
+def _draws(model, batch, rng, config):
+  """(settings, x_t, t, d, v, cond after dropout, dropout metrics) of a batch."""
+  st = MeanFlowSettings.from_config(config)
+  images = batch["image"]
+  cond = model.unguided_cond(cond_from_batch(batch), config)
+  label_key, time_key, noise_key = jax.random.split(rng, 3)
+  cond, drop_metrics = model.drop_cond(cond, label_key, config)
+  t, d = sample_times(time_key, images.shape[0], st)
+  x0 = sample_source(noise_key, images.shape, source_from_config(config), batch)
+  return (st, st.path.interpolate(x0, images, t), t, d, st.path.velocity(x0, images, t), cond,
+          drop_metrics)
+
+
+def _targets(x, t, d, st, cond, target, u, drop_metrics) -> TrainingTargets:
+  instant = (d == 0).astype(jnp.float32)
+  return TrainingTargets(
+      x=x, t=t, level=interval_level(d, st.finest), cond=cond,
+      target=jax.lax.stop_gradient(target),
+      groups={"average": 1.0 - instant, "instant": instant},
+      metrics={**drop_metrics, "interval_mean": jnp.mean(d),
+               "u_magnitude": jnp.sqrt(jnp.mean(jnp.square(jax.lax.stop_gradient(u))))},
+  )
+
+
+def meanflow_loss(model, params, ema_params, batch, rng, config, *, step=None, state=None,
+                  dropout_rng=None):
+  """The training loss (`Objective.loss`): the prediction is the primal u of the jvp that makes
+  the target, so the network runs once (forward and tangent) plus its backward pass.
+
+  Returns:
+    (per-sample adaptive loss, {'mse'}, the TrainingTargets of the batch).
+  """
+  del ema_params, step, state
+  st, x, t, d, v, cond, drop_metrics = _draws(model, batch, rng, config)
+  rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+  network = lambda xx, tt, dd: model(params, xx, tt, interval_level(dd, st.finest), cond,
+                                     train=True, rngs=rngs)
+  target, u = mean_flow_target(network, x, t, d, v)
+  targets = _targets(x, t, d, st, cond, target, u, drop_metrics)
+  per_sample, terms = adaptive_loss(u, targets, config)
+  return per_sample, terms, targets
+
+
+@register_objective("meanflow", uses_level=True, loss_fn=adaptive_loss, loss=meanflow_loss,
                     sampler_step=mean_flow_step, needs_jvp=True, takes_source=True)
 def meanflow_targets(model, params, ema_params, batch, rng, config, *, step=None,
                      state=None) -> TrainingTargets:
-  """MeanFlow targets for a whole batch (see the module docstring).
+  """MeanFlow targets for a whole batch (see the module docstring), for the evaluators that
+  score a network's prediction against them (validation, loss per t).
 
   Args:
     model: the `VelocityModel` (its jvp makes the target).
@@ -155,24 +200,9 @@ def meanflow_targets(model, params, ema_params, batch, rng, config, *, step=None
     TrainingTargets with groups `average` (d > 0) and `instant` (r = t).
   """
   del ema_params, step, state
-  st = MeanFlowSettings.from_config(config)
-  images = batch["image"]
-  b = images.shape[0]
-  cond = model.unguided_cond(cond_from_batch(batch), config)
-  label_key, time_key, noise_key = jax.random.split(rng, 3)
-  cond, drop_metrics = model.drop_cond(cond, label_key, config)
-  t, d = sample_times(time_key, b, st)
-  x0 = sample_source(noise_key, images.shape, source_from_config(config), batch)
-  x = st.path.interpolate(x0, images, t)
-  v = st.path.velocity(x0, images, t)
+  st, x, t, d, v, cond, drop_metrics = _draws(model, batch, rng, config)
   frozen = jax.lax.stop_gradient(params)
   network = lambda xx, tt, dd: model(frozen, xx, tt, interval_level(dd, st.finest), cond,
                                      train=False)
   target, u = mean_flow_target(network, x, t, d, v)
-  instant = (d == 0).astype(jnp.float32)
-  return TrainingTargets(
-      x=x, t=t, level=interval_level(d, st.finest), cond=cond, target=target,
-      groups={"average": 1.0 - instant, "instant": instant},
-      metrics={**drop_metrics, "interval_mean": jnp.mean(d),
-               "u_magnitude": jnp.sqrt(jnp.mean(jnp.square(u)))},
-  )
+  return _targets(x, t, d, st, cond, target, u, drop_metrics)
