@@ -25,8 +25,8 @@ from shortcut_jax import console  # First: quiets TensorFlow's C++ logs before i
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from shortcut_jax import cpu_devices
-from shortcut_jax import distributed
+from shortcut_jax.parallel import cpu_devices
+from shortcut_jax.parallel import distributed
 from shortcut_jax import evaluation
 
 FLAGS = flags.FLAGS

@@ -13,10 +13,10 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from shortcut_jax import cpu_devices
-from shortcut_jax import distributed
+from shortcut_jax.parallel import cpu_devices
+from shortcut_jax.parallel import distributed
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",

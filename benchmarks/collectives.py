@@ -285,8 +285,8 @@ def measure(size: str, objective: str, sharding: str, args) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from shortcut_jax import sharding as sharding_lib
-  from shortcut_jax import train_step as train_step_lib
+  from shortcut_jax.parallel import sharding as sharding_lib
+  from shortcut_jax.train import train_step as train_step_lib
   from shortcut_jax import experiment
 
   devices = jax.devices()

@@ -15,7 +15,7 @@ not depend on the values).
 Variants: `flax` (`InceptionV3`, the library's FID network) with `:precision=default|highest`,
 `:xla=<XLA_FLAGS>` (`+` joins several flags) and `:pools=reduce_window` (the pools as
 `nn.max_pool` / `nn.avg_pool`, as before the rewrite); `flax:cpu_devices=<n>`: what eval.py's
-FID runs on a CPU-only machine, `shortcut_jax.cpu_devices.configure(n)` (n single-threaded XLA CPU
+FID runs on a CPU-only machine, `shortcut_jax.parallel.cpu_devices.configure(n)` (n single-threaded XLA CPU
 devices) and the FID evaluator's `InceptionFeatures` (the same jitted network, every batch split
 over the n devices, weights replicated), timed on a batch already placed on the devices like the
 other variants; add `:transfer=1` to time `InceptionFeatures.batch_features` on a host batch
@@ -61,7 +61,7 @@ def _parse(variant):
 def _flax_worker(options, batch_size, input_size):
   devices = int(options.get("cpu_devices", 0))
   if devices:
-    from shortcut_jax import cpu_devices
+    from shortcut_jax.parallel import cpu_devices
     if cpu_devices.configure(devices) != devices:
       raise SystemExit(f"cpu_devices={devices}: not applied (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}"
                        " already sets the device count or the threading?)")

@@ -1,6 +1,6 @@
 """Benchmark: the training step with online VAE encoding against precomputed latents.
 
-Both are `shortcut_jax.train_step.make_train_step` with a `latents.LatentEncoder` (state
+Both are `shortcut_jax.train.train_step.make_train_step` with a `latents.LatentEncoder` (state
 donated), on the same DiT and VAE, timed interleaved (one step of each per round, as
 benchmarks/train_step.py does, so that load from other processes hits them alike):
 
@@ -43,8 +43,8 @@ from train_step import flops_of, objective_config, time_interleaved  # noqa: E40
 from shortcut_jax import config as config_lib  # noqa: E402
 from shortcut_jax import latents as latents_lib  # noqa: E402
 from shortcut_jax import objectives  # noqa: E402
-from shortcut_jax import train_state as train_state_lib  # noqa: E402
-from shortcut_jax import train_step as train_step_lib  # noqa: E402
+from shortcut_jax.train import train_state as train_state_lib  # noqa: E402
+from shortcut_jax.train import train_step as train_step_lib  # noqa: E402
 from shortcut_jax.models import dit as dit_lib  # noqa: E402
 from shortcut_jax.models import vae as vae_lib  # noqa: E402
 

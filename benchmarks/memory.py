@@ -1,7 +1,7 @@
 """Per-device memory of the train state and of the compiled train step, under dp and fsdp.
 
 Nothing is trained and no state is allocated: the state's shapes come from `jax.eval_shape`,
-its placement from `shortcut_jax.sharding`, and the step's memory from XLA's analysis of the
+its placement from `shortcut_jax.parallel.sharding`, and the step's memory from XLA's analysis of the
 compiled program (`jit(...).lower(...).compile().memory_analysis()`), which is per device for
 an SPMD program. Run it on faked CPU devices:
 
@@ -25,8 +25,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from shortcut_jax import config as config_lib  # noqa: E402
-from shortcut_jax import sharding as sharding_lib  # noqa: E402
-from shortcut_jax import train_step as train_step_lib  # noqa: E402
+from shortcut_jax.parallel import sharding as sharding_lib  # noqa: E402
+from shortcut_jax.train import train_step as train_step_lib  # noqa: E402
 from shortcut_jax import experiment
 from shortcut_jax.models import dit  # noqa: E402
 from common import emit_json  # benchmarks/ is on sys.path when a script runs

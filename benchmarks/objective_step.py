@@ -28,7 +28,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from shortcut_jax import experiment
-from shortcut_jax import train_step as train_step_lib  # noqa: E402
+from shortcut_jax.train import train_step as train_step_lib  # noqa: E402
 
 DEFAULT_VARIANTS = ("naive,shortcut,meanflow,"
                     "homo:objective.path=smoothstep+model.acceleration=head,"

@@ -4,7 +4,7 @@ Prints one JSON object: the device, the measured (or given) peak, and per config
 step time, images/s, XLA's FLOP count of the compiled step (`cost_analysis()['flops']`), the
 achieved FLOP/s and its fraction of the peak, for
 
-  * `ours`: `shortcut_jax.train_step.make_train_step` (state donated), the library's defaults
+  * `ours`: `shortcut_jax.train.train_step.make_train_step` (state donated), the library's defaults
     (attention_impl='xla');
   * `original`: `benchmarks/original_reference.py`, the original's update re-implemented with
     the same structure and cost (einsum attention, activations, full-batch flow targets, ...);
@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 
 import original_reference as orig  # noqa: E402
 from shortcut_jax import objectives, train_state as train_state_lib  # noqa: E402
-from shortcut_jax import train_step as train_step_lib  # noqa: E402
+from shortcut_jax.train import train_step as train_step_lib  # noqa: E402
 from shortcut_jax.models import dit as dit_lib  # noqa: E402
 from common import emit_json  # benchmarks/ is on sys.path when a script runs
 

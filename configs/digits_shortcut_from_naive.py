@@ -4,7 +4,7 @@ Commands:
   python train.py --config=configs/digits_naive.py --workdir=workdirs/digits_naive
   python train.py --config=configs/digits_shortcut_from_naive.py \
       --workdir=workdirs/digits_shortcut_from_naive
-Starts from workdirs/digits_naive's EMA weights (`init.workdir`; `shortcut_jax.finetune`), with
+Starts from workdirs/digits_naive's EMA weights (`init.workdir`; `shortcut_jax.train.finetune`), with
 the step-size input the naive network lacked starting as the constant it added: the fine-tuned
 model first predicts what the naive one does, at every step size. Then trains the shortcut
 objective for 1,500 steps, half of `digits_shortcut.py`'s budget, with a fresh optimizer.

@@ -18,8 +18,8 @@ from shortcut_jax import text_encoders
 from shortcut_jax.core.schema import base_config  # noqa: F401  (configs/ start from it)
 from shortcut_jax.data.catalog import LATENTS, SPECS
 from shortcut_jax.models.dit import validate_dit_args
-from shortcut_jax.sharding import MODES as SHARDINGS
-from shortcut_jax.train_state import SCHEDULES, WEIGHT_DECAY_MASKS
+from shortcut_jax.parallel.sharding import MODES as SHARDINGS
+from shortcut_jax.train.train_state import SCHEDULES, WEIGHT_DECAY_MASKS
 
 # Every enum is defined once, next to the code that uses it; the validator reads them there.
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, vae.dtype.
@@ -249,7 +249,7 @@ def _check_optimizer_and_start(c, check) -> None:
                        and 1 <= prof[0] <= prof[1]),
         f"profile_steps must be () (off) or (N, M) with 1 <= N <= M, got {prof!r}")
   if "init" in c:
-    from shortcut_jax import finetune  # pylint: disable=g-import-not-at-top
+    from shortcut_jax.train import finetune  # pylint: disable=g-import-not-at-top
     check(c.init.weights in finetune.WEIGHTS,
           f"init.weights must be one of {finetune.WEIGHTS}, got {c.init.weights!r}")
     check(isinstance(c.init.step, int) and c.init.step >= -1,

@@ -20,9 +20,9 @@ from shortcut_jax import errors
 from shortcut_jax.core import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import objectives
-from shortcut_jax import sharding as sharding_lib
+from shortcut_jax.parallel import sharding as sharding_lib
 from shortcut_jax import storage
-from shortcut_jax import train_state as train_state_lib
+from shortcut_jax.train import train_state as train_state_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager
 from shortcut_jax.data import pipeline
 from shortcut_jax.models import registry as models_lib

@@ -71,7 +71,7 @@ def _setup(spec):
                       SHORTCUT_JAX_NUM_PROCESSES=str(dist["num_processes"]),
                       SHORTCUT_JAX_PROCESS_ID=str(dist["process_id"]),
                       SHORTCUT_JAX_CPU_COLLECTIVES="gloo")
-    from shortcut_jax import distributed
+    from shortcut_jax.parallel import distributed
     assert distributed.initialize()
   return jax
 
@@ -122,7 +122,7 @@ def run_job(jax, job, data_dir):
   import numpy as np
   t0 = time.perf_counter()
   from shortcut_jax import experiment
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   import digits_configs  # tests/ is sys.path[0] when this file runs as a script
   c = digits_configs.smoke_config(data_dir, **job.get("config", {}))
   restore = _combine(job["combine_processes"]) if job.get("combine_processes") else None

@@ -50,10 +50,10 @@ def test_the_package_keeps_the_contract(lint_copy):
 
 def test_an_upward_import_breaks_the_layers(lint_copy):
   # The interpolation paths (core) importing the training loop (a layer far above).
-  code, out = lint_copy[1]("core/paths.py", "from shortcut_jax import trainer  # noqa")
+  code, out = lint_copy[1]("core/paths.py", "from shortcut_jax.train import trainer  # noqa")
   assert code != 0, out
   assert "Layers: each imports only from the layers below it BROKEN" in out, out
-  assert "shortcut_jax.core.paths -> shortcut_jax.trainer" in out, out
+  assert "shortcut_jax.core.paths -> shortcut_jax.train.trainer" in out, out
 
 
 def test_a_circle_inside_a_layer_is_found(lint_copy):

@@ -17,10 +17,10 @@ import gaussian_oracle as go
 import run_checks
 from shortcut_jax import config as config_lib
 from shortcut_jax import experiment
-from shortcut_jax import initialisation
+from shortcut_jax.train import initialisation
 from shortcut_jax import objectives
 from shortcut_jax import sampling
-from shortcut_jax import sharding as sharding_lib
+from shortcut_jax.parallel import sharding as sharding_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives import consistency, livereflow, progressive
 from shortcut_jax.objectives import teacher as teacher_lib
@@ -470,6 +470,7 @@ import numpy as np
 import jax
 assert jax.device_count() == 2, jax.devices()
 import test_baselines as tb
+from shortcut_jax.evaluators import batch_rows
 from shortcut_jax.evaluators import generate as gen
 exp = tb._consistency_exp()
 run = lambda **kw: gen.generate(exp, {}, num_images=6, num_steps=4, cfg_scale=None, seed=3,
@@ -580,7 +581,7 @@ class Runs:
   of RUN_STEPS steps (checkpoints every 2) and a run resumed from its step RESUME_FROM."""
 
   def __init__(self, root, data_dir):
-    from shortcut_jax import trainer  # pylint: disable=g-import-not-at-top
+    from shortcut_jax.train import trainer  # pylint: disable=g-import-not-at-top
     self.trainer, self.root, self.data_dir = trainer, root, data_dir
     self.teacher = str(root / "teacher")
     c = smoke("digits_naive", data_dir, max_steps=30, checkpoint__every_steps=30)
@@ -726,7 +727,7 @@ def test_a_student_starts_from_a_copy_of_its_teacher_checked_first(runs, tmp_pat
 def test_loss_falls_on_a_fixed_batch(runs, name):
   # The train step built exactly as the trainer builds it (so it comes from the compile cache),
   # from the straight run's last state (after the last phase boundary), on one fixed batch.
-  from shortcut_jax import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
+  from shortcut_jax.train import train_step as train_step_lib  # pylint: disable=g-import-not-at-top
   from shortcut_jax import experiment
   from shortcut_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   straight, _ = runs.get(name)

@@ -11,7 +11,9 @@ import pytest
 
 import digits_configs
 
-from shortcut_jax import evaluation, experiment, trainer
+from shortcut_jax import evaluation
+from shortcut_jax import experiment
+from shortcut_jax.train import trainer
 from shortcut_jax.evaluators import cascade
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from shortcut_jax import train_state as train_state_lib
+from shortcut_jax.train import train_state as train_state_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager, CheckpointMismatchError
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import digits_configs
-from shortcut_jax import cpu_devices
+from shortcut_jax.parallel import cpu_devices
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
 
@@ -137,7 +137,9 @@ def test_guarded_main_reports_user_errors_and_keeps_bugs(capsys):
   finally:
     flags.FLAGS["traceback"].value = False
   # Every user-facing error class of the library is a UserError and keeps its usual base.
-  from shortcut_jax import config, distributed, sharding
+  from shortcut_jax import config
+  from shortcut_jax.parallel import distributed
+  from shortcut_jax.parallel import sharding
   from shortcut_jax.checkpoints import manager
   from shortcut_jax.data import errors as data_errors
   from shortcut_jax.objectives import teacher

@@ -129,7 +129,8 @@ def test_a_fresh_coupling_model_returns_its_input():
 
 @pytest.mark.slow
 def test_coupling_smoke_run_starts_at_bicubic(tmp_path, tmp_path_factory):
-  from shortcut_jax import evaluation, trainer
+  from shortcut_jax import evaluation
+  from shortcut_jax.train import trainer
   import digits_configs
   c = digits_configs.quick_run_config("photos_coupling_x2", str(tmp_path_factory.mktemp("photos")),
                                       2)
@@ -151,7 +152,7 @@ def test_latent_coupling_config_trains_under_smoke(tmp_path):
   # fm-boosting's setting: latent space, the start noised at DDPM step 400; one smoke step runs.
   import digits_configs
   from shortcut_jax import experiment
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   c = digits_configs.quick_run_config("coupling_latent_x2", str(tmp_path / "tfds"), 1)
   exp = experiment.build_experiment(c)
   assert exp.source == Source("cond_image", 400) and exp.config.data.latents == "online"

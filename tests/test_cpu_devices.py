@@ -1,4 +1,4 @@
-"""`shortcut_jax.cpu_devices`: which XLA_FLAGS it writes, and when it leaves them alone.
+"""`shortcut_jax.parallel.cpu_devices`: which XLA_FLAGS it writes, and when it leaves them alone.
 
 All on a plain dict as the environment: nothing here starts (or depends on) jax's backends. That
 the flags give 2 single-threaded devices whose FID features equal one device's is checked in a
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from shortcut_jax import cpu_devices
+from shortcut_jax.parallel import cpu_devices
 
 FLAGS_2 = "--xla_force_host_platform_device_count=2 --xla_cpu_multi_thread_eigen=false"
 
@@ -95,7 +95,7 @@ def test_only_when_the_cpu_platform_may_be_used(cores, platforms, changed):
 def test_importing_the_module_and_eval_py_starts_no_backend():
   # eval.py configures the devices in main(): nothing imported before may start jax's backends.
   code = ("import sys; sys.argv = ['eval.py']; import eval; "
-          "from shortcut_jax import cpu_devices; import jax; "
+          "from shortcut_jax.parallel import cpu_devices; import jax; "
           "assert not cpu_devices._backends_started(); "
           "assert 'fid' in eval.DATA_PARALLEL_MODES and 'sample' in eval.DATA_PARALLEL_MODES; "
           "jax.devices(); assert cpu_devices._backends_started(); print('OK')")

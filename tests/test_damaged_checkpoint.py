@@ -13,7 +13,7 @@ import pytest
 
 import digits_configs
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 from shortcut_jax.checkpoints import integrity
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointReadError,
                                               DamagedCheckpointError)

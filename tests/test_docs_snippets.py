@@ -68,7 +68,8 @@ loaded = shortcut_jax.load("workdirs/smoke_python")
 exp, state, _ = experiment.restore_experiment("workdirs/smoke_python")
 want, _ = gen.generate(exp, state.ema_params, num_images=10, num_steps=1, cfg_scale=None,
                        cond={"label": np.arange(10, dtype=np.int32)}, progress=False)
-np.testing.assert_array_equal(loaded.sample(labels=range(10), num_steps=1), image_files.to_uint8(want))
+np.testing.assert_array_equal(loaded.sample(labels=range(10), num_steps=1),
+                              image_files.to_uint8(want))
 assert loaded.sample(labels=2, num_images=3, uint8=False).dtype == np.float32
 for bad in ({}, {"prompts": ["seven"]}, {"cond_image": np.zeros((1, 16, 16, 1))},
             {"labels": [1, 2], "num_images": 3}):

@@ -23,7 +23,7 @@ from random_inception import random_inception_variables
 from shortcut_jax import config as config_lib
 from shortcut_jax import evaluation
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators import fid
 from shortcut_jax.evaluators import fid_evaluator
@@ -338,7 +338,7 @@ def test_evaluator_with_missing_files_fails_at_construction(setup, tmp_path):
 
 _SHARDED_SCRIPT = r"""
 import os, sys
-from shortcut_jax import cpu_devices
+from shortcut_jax.parallel import cpu_devices
 assert cpu_devices.configure(2) == 2  # What eval.py does on a 2-core machine, here forced to 2.
 os.environ["JAX_PLATFORMS"] = "cpu"
 import jax, numpy as np

@@ -1,4 +1,4 @@
-"""Starting a run from another run's weights (`config.init`, `shortcut_jax.finetune`): a naive
+"""Starting a run from another run's weights (`config.init`, `shortcut_jax.train.finetune`): a naive
 (flow-matching) smoke run fine-tuned into a shortcut model starts as the source model — the same
 velocity at the finest level and at every other — with a fresh optimizer at step 0, then trains
 its new step-size input; a resume ignores `init` with a notice; a source that is missing, of
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import digits_configs
-from shortcut_jax import finetune
+from shortcut_jax.train import finetune
 from shortcut_jax import experiment
-from shortcut_jax import trainer
-from shortcut_jax import initialisation
+from shortcut_jax.train import trainer
+from shortcut_jax.train import initialisation
 from shortcut_jax.checkpoints.manager import CheckpointManager
 
 

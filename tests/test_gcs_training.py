@@ -33,7 +33,7 @@ def _worker(spec_path):
   spec, jax = sharding_worker.start(spec_path)  # A delay makes the kill land mid-training.
   import digits_configs
   from shortcut_jax import console
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
 
   console.setup(spec["workdir"], "test_gcs_training worker")
   config = digits_configs.smoke_config(spec["data_dir"], **CONFIG)
@@ -83,7 +83,7 @@ def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
   import jax
   import digits_configs
   from shortcut_jax import storage
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   # The uninterrupted local run, here: one device and the workers' settings (highest-precision
   # matmuls, most XLA optimisations off), so the same program as theirs.
   jax.config.update("jax_disable_most_optimizations", True)
@@ -137,7 +137,7 @@ def test_killed_gs_run_resumes_from_the_bucket_like_an_uninterrupted_local_run(
 @pytest.mark.usefixtures("no_local_gs_folder")
 def test_remote_workdir_lock(gcs):
   import socket
-  from shortcut_jax import distributed
+  from shortcut_jax.parallel import distributed
   from shortcut_jax import storage
   workdir = "gs://bucket/held"
   other = {"run_id": "elsewhere", "process_count": 8, "host": "other-host", "pid": 1,
@@ -163,7 +163,7 @@ def test_unusable_remote_workdirs_fail_before_anything_is_written(gcs, tmp_path)
   import digits_configs
   from shortcut_jax import storage
   from shortcut_jax import experiment
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   config = digits_configs.smoke_config(str(tmp_path / "tfds_unused"))
   with pytest.raises(storage.StorageError, match="bucket gs://no-such-bucket does not exist"):
     storage.check("gs://no-such-bucket/run", write=True)

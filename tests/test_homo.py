@@ -203,7 +203,7 @@ def test_config_checks_and_linear_path_warning(monkeypatch):
 @pytest.mark.slow
 def test_smoke_run_logs_and_samples(tmp_path, tmp_path_factory):
   from shortcut_jax import experiment
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   import digits_configs
   import run_checks
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
@@ -220,7 +220,7 @@ def test_smoke_run_logs_and_samples(tmp_path, tmp_path_factory):
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch():
-  from shortcut_jax import train_step as ts
+  from shortcut_jax.train import train_step as ts
   exp = _experiment(model__depth=1, model__hidden_size=32, optim__warmup_steps=0,
                     batch_size=16)
   c = exp.config

@@ -445,7 +445,7 @@ def test_precomputed_latents_carry_embeddings(tmp_path):
 
 
 def test_coupling_run_trains_on_precomputed_pairs(encoded_pairs, tmp_path):
-  from shortcut_jax import trainer  # pylint: disable=g-import-not-at-top
+  from shortcut_jax.train import trainer  # pylint: disable=g-import-not-at-top
   c, _ = encoded_pairs
   c = c.copy_and_resolve_references()
   c.unlock()

@@ -34,9 +34,9 @@ from PIL import Image
 from digits_configs import override
 from shortcut_jax import evaluation
 from shortcut_jax import latents as latents_lib
-from shortcut_jax import train_step as train_step_lib
+from shortcut_jax.train import train_step as train_step_lib
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager
 from shortcut_jax.data import errors as data_errors
 from shortcut_jax.evaluators import fid

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from shortcut_jax import distributed
+from shortcut_jax.parallel import distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -103,7 +103,7 @@ def test_a_killed_run_does_not_block_the_resume(tmp_path):
   script = textwrap.dedent(f"""
       import sys, time
       sys.path.insert(0, {REPO!r})
-      from shortcut_jax import distributed
+      from shortcut_jax.parallel import distributed
       lock = distributed.WorkdirLock({workdir!r}).acquire(run_id="killed")
       print("locked", flush=True)
       time.sleep(600)
@@ -152,7 +152,7 @@ def test_without_file_locks_a_live_heartbeat_blocks_and_a_stale_one_does_not(tmp
 @pytest.mark.usefixtures("fast_compile_test")  # Compiling is most of a smoke run.
 def test_training_on_a_held_workdir_stops_before_training_then_resumes(tmp_path):
   import digits_configs
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path / "tfds")
   workdir = str(tmp_path / "w")
   config = digits_configs.smoke_config(data_dir, max_steps=4, checkpoint__every_steps=4)

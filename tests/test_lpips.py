@@ -275,7 +275,9 @@ def test_lpips_scorer_note(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_compile")
 def test_sr_metrics_mode_reports_lpips(tmp_path, monkeypatch):
-  from shortcut_jax import evaluation, experiment, trainer
+  from shortcut_jax import evaluation
+  from shortcut_jax import experiment
+  from shortcut_jax.train import trainer
   monkeypatch.delenv(lpips.ENV_VAR, raising=False)
   c = importlib.import_module("configs.sr_x4_photos").get_config("smoke")
   c.unlock()

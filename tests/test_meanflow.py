@@ -234,7 +234,7 @@ def test_config_checks():
 @pytest.mark.slow
 def test_smoke_run_trains_and_samples(tmp_path, tmp_path_factory, monkeypatch):
   from shortcut_jax import experiment
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   import run_checks
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
   c = importlib_config("smoke")

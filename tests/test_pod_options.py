@@ -21,9 +21,9 @@ import pytest
 import digits_configs
 from shortcut_jax import config as config_lib
 from shortcut_jax import metric_log
-from shortcut_jax import train_state
+from shortcut_jax.train import train_state
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 
 
 def optim(**changes):

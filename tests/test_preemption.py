@@ -46,8 +46,8 @@ def _worker(spec_path):
   spec, jax = sharding_worker.start(spec_path)  # A delay makes the signal land mid-training.
   import digits_configs
   from shortcut_jax import console
-  from shortcut_jax import distributed
-  from shortcut_jax import trainer
+  from shortcut_jax.parallel import distributed
+  from shortcut_jax.train import trainer
 
   console.setup(spec["workdir"], "test_preemption worker")  # The log file: local or in the bucket.
 
@@ -133,7 +133,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(gcs, tmp_path):
   del gcs  # Its environment points the processes at the server.
   import jax
   import digits_configs
-  from shortcut_jax import distributed
+  from shortcut_jax.parallel import distributed
   from shortcut_jax import storage
   from shortcut_jax.data import pipeline
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path / "tfds")

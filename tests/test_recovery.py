@@ -220,7 +220,7 @@ def _worker(spec_path):
   jax_ = sharding_worker._setup(spec)
   from jax.experimental import multihost_utils
   import digits_configs
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   from shortcut_jax.checkpoints import integrity
   me = jax_.process_index()
   root = spec["root"]

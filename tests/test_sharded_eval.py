@@ -157,7 +157,7 @@ def _results(tmp, name, procs, deadline):
 @pytest.mark.usefixtures("fast_compile")  # The 4 training steps here.
 def test_two_processes_give_the_one_process_fid_and_samples(tmp_path):
   import digits_configs
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   from shortcut_jax.evaluators import fid
   from shortcut_jax.models import inception
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path / "tfds")

@@ -28,10 +28,10 @@ from jax.sharding import PartitionSpec as P
 
 import digits_configs
 import sharding_worker
-from shortcut_jax import sharding
-from shortcut_jax import train_state as train_state_lib
+from shortcut_jax.parallel import sharding
+from shortcut_jax.train import train_state as train_state_lib
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 from shortcut_jax.models import dit
 
 pytestmark = pytest.mark.processes  # Scheduled first (tests/conftest.py).
@@ -74,7 +74,7 @@ def test_batch_size_must_split_over_devices_and_processes():
 
 
 def test_distributed_start_up_needs_a_complete_description(monkeypatch):
-  from shortcut_jax import distributed
+  from shortcut_jax.parallel import distributed
   assert distributed.launched_as_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"})
   assert not distributed.launched_as_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"})
   assert distributed.launched_as_cluster({"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"})

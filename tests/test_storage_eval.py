@@ -39,7 +39,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def gs_workdir(gcs, data_dir, tmp_path_factory):
   """A smoke-trained digits workdir, trained locally and copied file by file into the bucket."""
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   local = str(tmp_path_factory.mktemp("storage_eval") / "trained")
   previous = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)  # Compiling is the whole cost.

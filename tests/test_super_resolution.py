@@ -11,7 +11,7 @@ import digits_configs
 
 from shortcut_jax import evaluation
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 from shortcut_jax.data import low_res
 from shortcut_jax.evaluators import conditions
 from shortcut_jax.evaluators import sr_quality

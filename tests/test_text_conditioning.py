@@ -214,7 +214,7 @@ def test_smoke_run_on_embeddings_trains_and_samples(tmp_path):
   import digits_configs
   import run_checks
   from shortcut_jax import experiment
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   emb_path = _captioned_folder(str(tmp_path / "imgs"), n=20)
   c = digits_configs.digits_config("smoke")
   c.data.update(name="image_folder", image_size=8, num_classes=1, folder=str(tmp_path / "imgs"),
@@ -290,7 +290,7 @@ def test_word_vector_demo_trains_scores_classes_and_follows_prompts(tmp_path):
   from shortcut_jax.evaluators import conditions
   from shortcut_jax import text_encoders as te
   from shortcut_jax import experiment
-  from shortcut_jax import trainer
+  from shortcut_jax.train import trainer
   work = str(tmp_path / "run")
   c = digits_configs.quick_run_config("digits_word_vectors", str(tmp_path / "tfds"), 2)
   trainer.train_and_evaluate(c, work)

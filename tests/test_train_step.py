@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from shortcut_jax import objectives
-from shortcut_jax import train_state as ts
-from shortcut_jax import train_step as tstep
+from shortcut_jax.train import train_state as ts
+from shortcut_jax.train import train_step as tstep
 from shortcut_jax.models import dit as dit_lib
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.objectives.base import TrainingTargets

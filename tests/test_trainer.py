@@ -12,7 +12,7 @@ import pytest
 import digits_configs
 import run_checks
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 from shortcut_jax.checkpoints.manager import CheckpointManager, CheckpointMismatchError
 from shortcut_jax.data import pipeline
 

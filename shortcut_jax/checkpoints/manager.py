@@ -49,11 +49,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from shortcut_jax import distributed
+from shortcut_jax.parallel import distributed
 from shortcut_jax import errors
 from shortcut_jax import storage
 from shortcut_jax.checkpoints import integrity
-from shortcut_jax.sharding import path_name
+from shortcut_jax.parallel.sharding import path_name
 
 
 class CheckpointMismatchError(errors.UserError, ValueError):

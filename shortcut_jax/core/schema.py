@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
   # run (the original's max_steps; it follows `max_steps` unless set).
   c.objective.teacher_workdir = ml_collections.FieldReference(None, field_type=str)
   c.objective.teacher_step = -1
-  # Fine-tuning (`shortcut_jax.finetune`): a run without checkpoints of its own starts from the
+  # Fine-tuning (`shortcut_jax.train.finetune`): a run without checkpoints of its own starts from the
   # weights of the training workdir `workdir` (or one `<workdir>/checkpoints/<step>` folder) at
   # checkpoint `step` (-1: its latest), its 'ema' or 'online' weights; fresh optimizer, step 0.
   c.init = ml_collections.ConfigDict(dict(

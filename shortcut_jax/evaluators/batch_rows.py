@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from shortcut_jax import sharding
+from shortcut_jax.parallel import sharding
 
 
 def data_mesh() -> Mesh:

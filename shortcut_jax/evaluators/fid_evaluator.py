@@ -42,7 +42,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shortcut_jax.core import guidance
-from shortcut_jax import sharding
+from shortcut_jax.parallel import sharding
 from shortcut_jax import storage
 from shortcut_jax.data import catalog
 from shortcut_jax.data import pipeline

@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from shortcut_jax import sampling
-from shortcut_jax import sharding
+from shortcut_jax.parallel import sharding
 from shortcut_jax.evaluators.batch_rows import (is_multi_process, local_part, put_batch,
                                                 round_up_batch, to_host)
 from shortcut_jax.evaluators.conditions import is_guidable, sample_cond

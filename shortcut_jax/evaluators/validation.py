@@ -5,7 +5,7 @@ import functools
 import jax
 import numpy as np
 
-from shortcut_jax import train_step as train_step_lib
+from shortcut_jax.train import train_step as train_step_lib
 from shortcut_jax.data import pipeline
 from shortcut_jax.evaluators.base import Evaluator
 

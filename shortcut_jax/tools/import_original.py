@@ -34,7 +34,7 @@ from shortcut_jax.core import guidance
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
 from shortcut_jax import experiment
-from shortcut_jax import trainer
+from shortcut_jax.train import trainer
 from shortcut_jax.checkpoints.legacy import load_original_checkpoint
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
                                                shape_mismatches)

@@ -17,13 +17,13 @@ import ml_collections
 from absl import logging
 
 from shortcut_jax import console
-from shortcut_jax import distributed
+from shortcut_jax.parallel import distributed
 from shortcut_jax import experiment as experiment_lib
-from shortcut_jax import initialisation
+from shortcut_jax.train import initialisation
 from shortcut_jax import metric_log
-from shortcut_jax import sharding as sharding_lib
+from shortcut_jax.parallel import sharding as sharding_lib
 from shortcut_jax import storage
-from shortcut_jax import train_step as train_step_lib
+from shortcut_jax.train import train_step as train_step_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager
 from shortcut_jax.data import pipeline
 

@@ -1,7 +1,7 @@
 """How a run starts: `restore_or_init(exp, ckpt)`.
 
 A run with checkpoints of its own resumes the latest intact one. A run without starts fresh, or
-from another run's weights (`config.init`, `shortcut_jax.finetune`), or, for the distillation
+from another run's weights (`config.init`, `shortcut_jax.train.finetune`), or, for the distillation
 objectives (`Objective.needs_teacher`), from its frozen teacher (`objectives.teacher`): the
 teacher run is restored onto this run's mesh after its config is checked against this one,
 the student starts from it (online and EMA weights; a fresh optimizer, as the original) and one
@@ -14,9 +14,9 @@ from typing import Any, Optional, Tuple
 import jax
 from absl import logging
 
-from shortcut_jax import finetune
+from shortcut_jax.train import finetune
 from shortcut_jax import objectives
-from shortcut_jax import sharding as sharding_lib
+from shortcut_jax.parallel import sharding as sharding_lib
 from shortcut_jax.checkpoints import manager
 from shortcut_jax.checkpoints.manager import CheckpointManager, shape_mismatches
 from shortcut_jax.core.config_value import config_value
@@ -72,7 +72,7 @@ def restore_or_init(exp: Experiment, ckpt: CheckpointManager,
 
 def start_from_run(exp: Experiment, init_fn, abstract, shardings, mesh):
   """A fresh state whose online and EMA weights come from another run (`config.init`,
-  `shortcut_jax.finetune`), restored onto `mesh` and placed like this run's parameters."""
+  `shortcut_jax.train.finetune`), restored onto `mesh` and placed like this run's parameters."""
   config = exp.config
   if exp.objective.needs_teacher:
     raise finetune.InitError(

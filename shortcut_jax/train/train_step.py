@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from shortcut_jax.objectives.base import as_objective, per_sample_mse  # noqa: F401  (re-exported)
-from shortcut_jax.train_state import TrainState, ema_update
+from shortcut_jax.train.train_state import TrainState, ema_update
 
 Array = Any
 Metrics = Dict[str, Array]
