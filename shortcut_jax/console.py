@@ -9,7 +9,7 @@ else in a log file in the workdir.
   * `workdir/log.txt` gets every INFO record and above, ours and the libraries'
     (`log.process_<i>.txt` on processes other than 0), appended across runs. In a remote workdir
     (`gs://...`) the file is written in a local staging folder and uploaded by
-    `storage.sync_all()` (the trainer calls it as it logs, and it runs at exit). train.py and
+    `remote_staging.sync_all()` (the trainer calls it as it logs, and it runs at exit). train.py and
     eval.py share the file: every run starts with a header line naming the program (and
     eval.py's mode) and its command line, e.g. `==== eval.py --mode=fid started: ...`.
 
@@ -30,6 +30,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from shortcut_jax import errors  # noqa: E402
+from shortcut_jax import remote_staging  # noqa: E402
 from shortcut_jax import storage  # noqa: E402
 
 _LOG_LIBRARIES = flags.DEFINE_bool(
@@ -103,7 +104,7 @@ def setup(workdir: Optional[str], program: str, *, libraries: Optional[bool] = N
   if process_index is None:
     import jax
     process_index = jax.process_index()
-  mirror = storage.staging(workdir)
+  mirror = remote_staging.staging(workdir)
   if not mirror.active:
     os.makedirs(workdir, exist_ok=True)
   name = log_file_name(process_index)
@@ -131,7 +132,7 @@ def _sync_quietly():
   for handler in std_logging.getLogger().handlers:
     handler.flush()
   try:
-    storage.sync_all()
+    remote_staging.sync_all()
   except Exception as e:  # pylint: disable=broad-except  # Never mask the program's own error.
     sys.stderr.write(f"could not upload the log to the workdir: {e}\n")
 

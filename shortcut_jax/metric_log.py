@@ -9,7 +9,7 @@ TFRecord framing of TensorBoard's own writer (`tensorboard.summary.writer.record
 `Event` protos with `simple_value` scalars, which TensorBoard and `tf.compat.v1.train.
 summary_iterator` read. TensorFlow's summary writer would import Keras with it (seconds at every
 start) and write remote paths through TensorFlow's own GCS client; here every file is local, in
-the workdir's staging folder (`storage.Mirror`), uploaded with the rest.
+the workdir's staging folder (`remote_staging.Mirror`), uploaded with the rest.
 """
 
 import json
@@ -22,6 +22,7 @@ import ml_collections
 from absl import logging
 
 from shortcut_jax import console
+from shortcut_jax import remote_staging
 from shortcut_jax import storage
 
 
@@ -61,7 +62,7 @@ class JsonLines:
   """Appends one JSON object per logged step to `metrics.jsonl` in the workdir's staging folder
   (the workdir itself when it is local); a resumed run continues the same file."""
 
-  def __init__(self, mirror: storage.Mirror, name: str = "metrics.jsonl"):
+  def __init__(self, mirror: remote_staging.Mirror, name: str = "metrics.jsonl"):
     mirror.pull(name)
     self.path = mirror.local_path(name)
 
@@ -108,7 +109,7 @@ def make_wandb(config: ml_collections.ConfigDict, workdir: str) -> Optional[Wand
     storage.write_text(id_path, run_id)
   run = wandb.init(project=w.project, entity=w.get("entity"),
                    name=w.get("name") or storage.basename(storage.absolute(workdir)),
-                   dir=storage.staging(workdir).local, id=run_id, resume="allow",
+                   dir=remote_staging.staging(workdir).local, id=run_id, resume="allow",
                    mode=w.get("mode", "online"), config=json.loads(config.to_json_best_effort()))
   return Wandb(run)
 
@@ -116,7 +117,7 @@ def make_wandb(config: ml_collections.ConfigDict, workdir: str) -> Optional[Wand
 class MetricLog:
   """Every sink of a run's scalars behind one `write(step, scalars)`."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mirror: storage.Mirror,
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, mirror: remote_staging.Mirror,
                is_main: bool):
     self.tensorboard = TensorBoardScalars(mirror.local) if is_main else None
     self.jsonl = JsonLines(mirror) if is_main else None

@@ -356,69 +356,6 @@ def check(p: PathLike, *, write: bool = False) -> None:
                        f"{hint}") from None
 
 
-class Mirror:
-  """A local staging folder whose files are copied to a remote folder at each `sync()`.
-
-  For files that are appended to (logs, metrics.jsonl, TensorBoard event files): object stores
-  cannot append, and rewriting an object per line would be one upload per record. With a local
-  `remote`, `local` is `remote` itself and `sync` does nothing.
-
-  `sync` uploads the files whose size changed since the last upload. `pull(name)` first copies
-  an existing remote file down so that a resumed run appends to it.
-  """
-
-  def __init__(self, remote: PathLike, tag: str = ""):
-    self.remote = os.fspath(remote)
-    self.active = is_remote(remote)
-    if self.active:
-      digest = hashlib.sha1(f"{self.remote}|{tag}|{os.getpid()}".encode()).hexdigest()[:16]
-      self.local = os.path.join(_cache_root(), "mirror", digest)
-      os.makedirs(self.local, exist_ok=True)
-    else:
-      self.local = self.remote
-    self._sizes = {}
-
-  def local_path(self, rel: str) -> str:
-    return os.path.join(self.local, rel)
-
-  def pull(self, rel: str) -> None:
-    """Copies `remote/rel` into the staging folder if it exists there (before appending)."""
-    if not self.active:
-      return
-    source = join(self.remote, rel)
-    if exists(source) and not os.path.exists(self.local_path(rel)):
-      copy(source, self.local_path(rel))
-      self._sizes[rel] = os.path.getsize(self.local_path(rel))
-
-  def sync(self) -> None:
-    """Uploads every staged file that grew (or is new) since the last sync."""
-    if not self.active:
-      return
-    for rel in walk_files(self.local):
-      current = os.path.getsize(self.local_path(rel))
-      if self._sizes.get(rel) != current:
-        copy(self.local_path(rel), join(self.remote, rel))
-        self._sizes[rel] = current
-
-
-_MIRRORS = {}
-
-
-def staging(workdir: PathLike) -> Mirror:
-  """The one `Mirror` of a workdir in this process (the log file, metrics.jsonl and TensorBoard
-  events of a remote workdir share it); `sync_all()` uploads every mirror's new bytes."""
-  key = absolute(workdir)
-  if key not in _MIRRORS:
-    _MIRRORS[key] = Mirror(key)
-  return _MIRRORS[key]
-
-
-def sync_all() -> None:
-  """Uploads what every staging folder of this process holds that the remote does not yet."""
-  for mirror in list(_MIRRORS.values()):
-    mirror.sync()
-
-
 def write_npz(p: PathLike, **arrays) -> None:
   """`np.savez` of `arrays` into `p`, written whole (no `.npz` suffix is added)."""
   import io  # pylint: disable=g-import-not-at-top

@@ -51,6 +51,7 @@ from shortcut_jax import latents as latents_lib
 from shortcut_jax import storage
 from shortcut_jax.data import catalog
 from shortcut_jax.data import latent_dataset as ld
+from shortcut_jax.data import latent_writer
 from shortcut_jax.data import pipeline
 from shortcut_jax.core.config_value import config_value
 
@@ -196,7 +197,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
       raise ld.IncompatibleLatentsError(
           f"{out}: split {split!r} was encoded with {old['num_examples']} examples, the dataset "
           f"now has {n}; nothing was changed. Use another --out or delete {out}")
-  removed = ld.remove_temporaries(out)
+  removed = latent_writer.remove_temporaries(out)
   if removed:
     logging.warning("removed %d partial files of an interrupted run: %s", len(removed), removed)
   if meta is None:
@@ -230,11 +231,11 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
       todo[split].append((i, a, b))
     if todo[split]:
       s["complete"] = False
-  ld.write_metadata(out, meta)
+  latent_writer.write_metadata(out, meta)
   total = sum(s["num_examples"] for s in (meta["splits"][x] for x in splits))
   logging.info("encoding into %s: %d of %d examples already encoded", out, done, total)
   delay = float(os.environ.get(_TEST_DELAY_ENV, "0") or 0)
-  features = ld.features_of(identity)
+  features = latent_writer.features_of(identity)
   store_dtype = np.dtype(dtype)
 
   bar = None
@@ -248,7 +249,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
       s = meta["splits"][split]
       for i, a, b in todo[split]:
         path = storage.join(out, ld.shard_name(split, i, s["num_shards"]))
-        with ld.ShardWriter(path, features) as writer:
+        with latent_writer.ShardWriter(path, features) as writer:
           for batch in _batches(pixel_config, split, a, b, batch_size):
             arrays = {k: np.asarray(v).astype(store_dtype)
                       for k, v in _moments(vae, batch, flips).items()}
@@ -274,7 +275,7 @@ def encode_dataset(config, out: Optional[str] = None, *, splits: Optional[Sequen
                     else "in_progress")
   meta["last_run"] = dict(encoded=encoded, seconds=round(seconds, 3),
                           images_per_second=round(encoded / seconds, 2) if seconds else None)
-  ld.write_metadata(out, meta)
+  latent_writer.write_metadata(out, meta)
   summary = (f"encoded {encoded} examples in {seconds:.1f} s ({encoded / max(seconds, 1e-9):.1f} "
              f"images/s) into {out}: {done} were already there; status {meta['status']}")
   logging.info(summary)
@@ -292,8 +293,8 @@ def _complete_split(out: str, meta: Dict, split: str) -> None:
     name = ld.shard_name(split, i, s["num_shards"])
     s["files"].append(dict(name=name, num_examples=length, num_bytes=sizes[name]))
   s["complete"] = True
-  ld.write_tfds_metadata(out, meta)
-  ld.write_metadata(out, meta)
+  latent_writer.write_tfds_metadata(out, meta)
+  latent_writer.write_metadata(out, meta)
 
 
 def main(argv):

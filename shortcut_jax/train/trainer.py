@@ -22,6 +22,7 @@ from shortcut_jax import experiment as experiment_lib
 from shortcut_jax.train import initialisation
 from shortcut_jax import metric_log
 from shortcut_jax.parallel import sharding as sharding_lib
+from shortcut_jax import remote_staging
 from shortcut_jax import storage
 from shortcut_jax.train import train_step as train_step_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager
@@ -227,9 +228,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     save_config(config, workdir)
     record_start(config, workdir, mesh, start_step)
   # Append-only files (TensorBoard events, metrics.jsonl, the profile) are written locally and
-  # uploaded as they grow when the workdir is remote (storage.Mirror): one storage client for
+  # uploaded as they grow when the workdir is remote (remote_staging.Mirror): one storage client for
   # everything, and TensorFlow's own GCS client is never used.
-  mirror = storage.staging(workdir)
+  mirror = remote_staging.staging(workdir)
   writer = metric_log.MetricLog(config, workdir, mirror, is_main)
   try:
     return _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_step,
@@ -237,7 +238,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     writer.close()
     ckpt.close()
-    storage.sync_all()
+    remote_staging.sync_all()
 
 
 def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_step, mirror,
@@ -289,7 +290,7 @@ def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_
         ckpt.save(step, state, meta, force=stopping or step == last)
       if mirror.active and (save_due or time.time() - t_sync > SYNC_EVERY_S):
         writer.flush()
-        storage.sync_all()
+        remote_staging.sync_all()
         t_sync = time.time()
       if stopping:
         ckpt.wait()
