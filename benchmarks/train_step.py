@@ -36,7 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import original_reference as orig  # noqa: E402
-from shortcut_jax import objectives, train_state as train_state_lib  # noqa: E402
+from shortcut_jax import objectives  # noqa: E402
+from shortcut_jax.train import train_state as train_state_lib  # noqa: E402
 from shortcut_jax.train import train_step as train_step_lib  # noqa: E402
 from shortcut_jax.models import dit as dit_lib  # noqa: E402
 from common import emit_json  # benchmarks/ is on sys.path when a script runs

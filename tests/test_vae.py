@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from shortcut_jax.models import vae as vae_lib
+from shortcut_jax.models import vae_layers
 from shortcut_jax.models import vae_weights
 
 EPS = 1e-6
@@ -108,14 +109,14 @@ def _init_block(module, x, seed):
 @pytest.mark.parametrize("in_channels,out_channels", [(8, 8), (8, 12)])
 def test_resnet_block_matches_numpy(in_channels, out_channels):
   x = _images((2, 6, 5, in_channels), seed=1) * 2
-  params, out = _init_block(vae_lib.ResnetBlock(out_channels, groups=4), x, seed=2)
+  params, out = _init_block(vae_layers.ResnetBlock(out_channels, groups=4), x, seed=2)
   assert ("conv_shortcut" in params) == (in_channels != out_channels)
   assert _rel_err(out, np_resnet(x, params, 4)) < 1e-5
 
 
 def test_attention_block_matches_numpy():
   x = _images((2, 4, 3, 8), seed=3) * 3
-  params, out = _init_block(vae_lib.AttentionBlock(groups=2), x, seed=4)
+  params, out = _init_block(vae_layers.AttentionBlock(groups=2), x, seed=4)
   expected = np_attention(x, params, 2)
   assert _rel_err(out, expected) < 1e-5
   # Attention mixes positions: the residual alone would not pass.
@@ -124,12 +125,12 @@ def test_attention_block_matches_numpy():
 
 def test_downsample_and_upsample_match_numpy():
   x = _images((2, 6, 6, 4), seed=5)
-  params, out = _init_block(vae_lib.Downsample(5), x, seed=6)
+  params, out = _init_block(vae_layers.Downsample(5), x, seed=6)
   assert out.shape == (2, 3, 3, 5)
   expected = np_conv(x, params["conv"]["kernel"], params["conv"]["bias"], stride=2,
                      pad=((0, 1), (0, 1)))
   assert _rel_err(out, expected) < 1e-5
-  params, out = _init_block(vae_lib.Upsample(5), x, seed=7)
+  params, out = _init_block(vae_layers.Upsample(5), x, seed=7)
   up = np.zeros((2, 12, 12, 4), np.float32)
   for di in range(2):
     for dj in range(2):

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.models.vae_layers import (AutoencoderKL, Dtype, ResnetBlock,  # noqa: F401
+from shortcut_jax.models.vae_layers import (AutoencoderKL, Dtype,  # noqa: F401
                                              VAEConfig)
 
 Array = Any
