@@ -13,6 +13,7 @@ from absl import logging
 
 from shortcut_jax import errors as errors_lib
 from shortcut_jax.core import guidance
+from shortcut_jax.core.precision import MATMUL_PRECISIONS
 from shortcut_jax import storage
 from shortcut_jax import text_encoders
 from shortcut_jax.core.schema import base_config  # noqa: F401  (configs/ start from it)
@@ -143,6 +144,11 @@ def _check_run_and_model(c, check) -> None:
   from shortcut_jax.models.registry import MODELS  # Imported here, like the objectives.
   check(m.name in MODELS, f"model.name must be one of {sorted(MODELS)}, got {m.name!r}")
   check(m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}")
+  check(m.dtype != "float16", "model.dtype='float16' would train without loss scaling (small "
+        "gradients underflow float16's 5-bit exponent), which this library does not do: use "
+        "'bfloat16' (the same memory with float32's range) or 'float32' (core/precision.py)")
+  check(m.matmul_precision in MATMUL_PRECISIONS,
+        f"model.matmul_precision must be one of {MATMUL_PRECISIONS}, got {m.matmul_precision!r}")
   check(m.prediction in PREDICTIONS,
         f"model.prediction must be one of {PREDICTIONS}, got {m.prediction!r}")
   check(0.0 <= m.dropout < 1.0, f"model.dropout must be in [0, 1), got {m.dropout!r}")
@@ -244,6 +250,12 @@ def _check_optimizer_and_start(c, check) -> None:
   check(p.get("weight_decay_mask", "all") in WEIGHT_DECAY_MASKS,
         f"optim.weight_decay_mask must be one of {WEIGHT_DECAY_MASKS}, got "
         f"{p.get('weight_decay_mask')!r}")
+  k = p.accumulate_steps
+  check(isinstance(k, int) and not isinstance(k, bool) and k >= 1,
+        f"optim.accumulate_steps must be a positive integer (1 = off), got {k!r}")
+  if isinstance(k, int) and k >= 1 and isinstance(c.batch_size, int):
+    check(c.batch_size % k == 0, f"optim.accumulate_steps ({k}) must divide batch_size "
+          f"({c.batch_size}): each update averages {k} microbatches of equal size")
   prof = tuple(c.get("profile_steps", ()) or ())
   check(prof == () or (len(prof) == 2 and all(isinstance(v, int) for v in prof)
                        and 1 <= prof[0] <= prof[1]),
@@ -308,6 +320,12 @@ def _check_checkpoints_and_mesh(c, check, device_count) -> None:
   if device_count is not None:
     check(c.batch_size % device_count == 0,
           f"batch_size ({c.batch_size}) must be divisible by the device count ({device_count})")
+    k = c.optim.accumulate_steps
+    if isinstance(k, int) and k > 1 and c.batch_size % device_count == 0:
+      check(c.batch_size % (device_count * k) == 0,
+            f"optim.accumulate_steps ({k}) must divide the {c.batch_size // device_count} rows "
+            f"each of the {device_count} devices holds (batch_size {c.batch_size}): every "
+            "device takes its share of every microbatch")
 
 
 

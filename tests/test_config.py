@@ -47,6 +47,10 @@ def test_unknown_key_is_an_error():
     (dict(data__name="mnist"), "data.name"),
     (dict(data__name="image_folder"), "data.folder"),
     (dict(model__dtype="float64"), "model.dtype"),
+    (dict(model__dtype="float16"), "loss scaling"),
+    (dict(model__matmul_precision="fastest"), "model.matmul_precision"),
+    (dict(optim__accumulate_steps=3), "optim.accumulate_steps"),
+    (dict(optim__accumulate_steps=0), "optim.accumulate_steps"),
     (dict(model__attention_impl="flash"), "model.attention_impl"),
     (dict(sharding="zero3"), "sharding"),
     (dict(mesh__fsdp=0), "mesh.fsdp"),
@@ -65,6 +69,13 @@ def test_batch_must_divide_device_count():
   c = digits_config(batch_size=24, objective__bootstrap_every=8)
   config_lib.validate(c, device_count=8)
   with pytest.raises(ValueError, match="device count"):
+    config_lib.validate(c, device_count=16)
+
+
+def test_microbatches_must_split_over_the_devices():
+  c = digits_config(batch_size=32, optim__accumulate_steps=4)
+  config_lib.validate(c, device_count=8)
+  with pytest.raises(ValueError, match=r"accumulate_steps \(4\) must divide the 2 rows"):
     config_lib.validate(c, device_count=16)
 
 

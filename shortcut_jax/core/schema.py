@@ -42,7 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="dit",  # The network (shortcut_jax.models.registry).
       patch_size=2, hidden_size=768, depth=12, num_heads=12, mlp_ratio=4.0, dropout=0.0,
-      dtype="bfloat16",  # Compute dtype; parameters are always float32.
+      # The numeric policy (`core.precision`): compute dtype 'float32' | 'bfloat16' (float16 is
+      # refused: no loss scaling); parameters and outputs are always float32. Matmul precision
+      # 'default' (JAX's: one bfloat16 pass on TPU, TF32 on recent GPUs) | 'high' | 'highest'.
+      dtype="bfloat16", matmul_precision="default",
       attention_impl="xla",  # 'xla' | 'cudnn' | 'auto' | 'einsum' (the original's arithmetic).
       attention_scale="original",  # 'original' (1/head_dim) | 'sqrt' (1/sqrt(head_dim)).
       remat=False,
@@ -107,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
       ema_rate=0.999,
       grad_clip_norm=0.0,  # > 0: gradients clipped to this global L2 norm before AdamW; 0 = off.
       weight_decay_mask="all",  # 'all' (the original: decay everything) | 'no_bias_norm_embed'.
+      # Gradient accumulation (`train.accumulation`): each update averages the gradients of this
+      # many microbatches of batch_size / accumulate_steps rows (1 = off).
+      accumulate_steps=1,
   ))
   c.data = ml_collections.ConfigDict(dict(
       name="digits", image_size=16, num_classes=10,

@@ -130,4 +130,6 @@ def build_network(config, batch_spec: BatchSpec, objective) -> Network:
   name = config.model.name
   if name not in MODELS:
     raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {name!r}")
-  return MODELS[name](config, batch_spec, objective)
+  network = MODELS[name](config, batch_spec, objective)
+  model = dataclasses.replace(network.model, matmul_precision=config.model.matmul_precision)
+  return dataclasses.replace(network, model=model)

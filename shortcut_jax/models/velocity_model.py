@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from shortcut_jax.core import conditioning as cond_lib
+from shortcut_jax.core import precision
 from shortcut_jax.core.conditioning import cond_from_batch  # noqa: F401  (re-exported)
 
 Array = Any
@@ -27,10 +28,12 @@ class VelocityModel:
     num_classes: shorthand for a label-only model (label `num_classes` is the null label);
       ignored when `conditioning` is given.
     conditioning: the condition kinds the network takes (default: labels only).
+    matmul_precision: the precision of its matmuls (`core.precision`; 'default': JAX's).
   """
   apply_fn: Callable[..., Array]
   num_classes: int = 0
   conditioning: Optional[cond_lib.Conditioning] = None
+  matmul_precision: str = "default"
 
   def __post_init__(self):
     if self.conditioning is None:
@@ -41,7 +44,8 @@ class VelocityModel:
   def __call__(self, params, x, t, level, cond: Cond, *, train: bool = False,
                rngs: Optional[Mapping[str, Array]] = None) -> Array:
     cond = self.conditioning.check(cond, x.shape[0])
-    return self.apply_fn(params, x, t, level, cond, train, rngs)
+    with precision.scope(self.matmul_precision):
+      return self.apply_fn(params, x, t, level, cond, train, rngs)
 
   def drop_cond(self, cond: Cond, key: Array, config) -> Tuple[Dict[str, Array], Dict[str, Array]]:
     """CFG dropout of every kind with its own probability: (cond, dropped-ratio metrics)."""

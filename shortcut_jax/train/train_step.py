@@ -7,6 +7,10 @@ is jitted once with the state donated (`make_train_step`). Objectives are chosen
 targets (which see the step and `state.objective_state`), its loss (per-sample MSE unless the
 objective defines another) and its state update (`objectives.base`).
 
+Precision: the whole step is traced under the model's matmul precision (`core.precision`).
+Accumulation: with `accumulate_steps` = k > 1 the gradient is the mean over k microbatches
+(`train.accumulation`, which says what equals one big batch).
+
 Keys: the step's key is `fold_in(state.rng, state.step)` and is split once per use (targets,
 dropout), so the randomness of step s does not depend on how many steps ran before in this
 process (a resumed run repeats it exactly).
@@ -19,7 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from shortcut_jax.core import precision
 from shortcut_jax.objectives.base import as_objective, per_sample_mse  # noqa: F401  (re-exported)
+from shortcut_jax.train import accumulation
 from shortcut_jax.train.train_state import TrainState, ema_update
 
 Array = Any
@@ -55,11 +61,21 @@ def prepare_batch(batch: Dict[str, Array], step_key: Array, encoder, encoder_par
   return encoder(encoder_params, batch, jax.random.fold_in(step_key, _LATENT_SALT))
 
 
+def _under_model_precision(step_fn):
+  """`step_fn` traced under its model's matmul precision (`core.precision`)."""
+  @functools.wraps(step_fn)
+  def wrapped(*args, model, **kwargs):
+    with precision.scope(getattr(model, "matmul_precision", None)):
+      return step_fn(*args, model=model, **kwargs)
+  return wrapped
+
+
+@_under_model_precision
 def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, *, model,
                objective, tx: optax.GradientTransformation,
                lr_schedule: Callable[[Array], Array], objective_config,
-               ema_rate: Union[float, Callable[[Array], Array]], encoder=None
-               ) -> Tuple[TrainState, Metrics]:
+               ema_rate: Union[float, Callable[[Array], Array]], encoder=None,
+               accumulate_steps: int = 1) -> Tuple[TrainState, Metrics]:
   """One AdamW update of the online weights, the EMA update, then the objective's state update.
 
   Args:
@@ -74,6 +90,7 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
     objective_config: the `config.objective` section.
     ema_rate: EMA rate tau in `ema = tau ema + (1 - tau) params`, or a function of the step.
     encoder: a `latents.LatentEncoder` for latent-space runs, else None.
+    accumulate_steps: microbatches per update (`optim.accumulate_steps`; 1 = none).
 
   Returns:
     (new state, flat dict of float32 scalar metrics named `train/...`).
@@ -88,21 +105,37 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
                                 objective_config, step=state.step, state=objective_state)
     # Targets are regression constants, whichever weights made them.
     targets = targets._replace(target=jax.lax.stop_gradient(targets.target))
+    inputs = targets._replace(metrics={})  # What the gradient pass reads, row by row.
+  else:
+    inputs = batch
 
-  def loss_fn(params):
+  def loss_fn(params, inputs, targets_key, dropout_key):
+    """The mean loss of one (micro)batch: (batch, keys) for an objective with its own loss,
+    else (targets, dropout key)."""
     if objective.loss is not None:  # A loss that makes its own prediction (`Objective.loss`).
       per_sample, loss_terms, made = objective.loss(
-          model, params, state.ema_params, batch, targets_key, objective_config,
+          model, params, state.ema_params, inputs, targets_key, objective_config,
           step=state.step, state=objective_state, dropout_rng=dropout_key)
     else:
-      made = targets
-      pred = model(params, targets.x, targets.t, targets.level, targets.cond, train=True,
+      made = None
+      pred = model(params, inputs.x, inputs.t, inputs.level, inputs.cond, train=True,
                    rngs={"dropout": dropout_key})
-      per_sample, loss_terms = objective.loss_fn(pred, targets, objective_config)
+      per_sample, loss_terms = objective.loss_fn(pred, inputs, objective_config)
     return jnp.mean(per_sample), (per_sample, loss_terms, made)
 
-  (_, (per_sample, loss_terms, targets)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accumulate_steps == 1:
+    (_, (per_sample, loss_terms, made)), grads = grad_fn(state.params, inputs, targets_key,
+                                                         dropout_key)
+  else:
+    def microbatch_grads(params, microbatch, j):
+      (_, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(targets_key, j),
+                                jax.random.fold_in(dropout_key, j))
+      return grads, aux
+    grads, (per_sample, loss_terms, made) = accumulation.accumulate(
+        microbatch_grads, state.params, inputs, accumulate_steps)
+  if made is not None:
+    targets = made
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   rate = ema_rate(state.step) if callable(ema_rate) else ema_rate
@@ -126,6 +159,7 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
   return new_state, _as_float32(metrics)
 
 
+@_under_model_precision
 def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] = None,
               encoder_params=None, *, model, objective, objective_config, use_ema: bool = True,
               encoder=None) -> Metrics:
@@ -170,7 +204,7 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
 
 def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rate, *,
                     donate: bool = True, in_shardings=None, out_shardings=None, encoder=None,
-                    encoder_params=None):
+                    encoder_params=None, accumulate_steps: int = 1):
   """`train_step` with everything but (state, batch) bound, jitted once.
 
   Args:
@@ -181,13 +215,14 @@ def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rat
     out_shardings: optional `jax.jit` out_shardings for (state, metrics).
     encoder: a `latents.LatentEncoder` (latent space), else None.
     encoder_params: its VAE's parameters, passed to every call (a jit argument, not a constant).
+    accumulate_steps: microbatches per update (`optim.accumulate_steps`).
 
   Returns:
     `fn(state, batch) -> (state, metrics)`.
   """
   fn = functools.partial(train_step, model=model, objective=objective, tx=tx,
                          lr_schedule=lr_schedule, objective_config=objective_config,
-                         ema_rate=ema_rate, encoder=encoder)
+                         ema_rate=ema_rate, encoder=encoder, accumulate_steps=accumulate_steps)
   kwargs = {}
   if in_shardings is not None:
     if encoder is not None:
