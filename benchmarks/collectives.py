@@ -176,11 +176,59 @@ def group_size(attributes: str):
   return None
 
 
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s*\(.*\{\s*$")
+_CALLEE = re.compile(r"\b(?P<how>calls|body|condition|to_apply|true_computation|"
+                     r"false_computation)=%?(?P<name>[\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{(?P<names>[^}]*)\}")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(?P<n>\d+)"\}')
+
+
+def executions(hlo_text: str):
+  """{computation: how many times one run of the module runs it}: 1 for the entry, the trip
+  count for a while loop's body (from XLA's `known_trip_count`; 1 where unknown), times the
+  count of the computation that calls it, summed over call sites. A collective in the body of
+  a `lax.scan` (scanned layers, accumulated microbatches) runs that many times per step."""
+  edges, current, entry = [], None, None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and not line.startswith(" "):
+      current = header.group("name")
+      if line.startswith("ENTRY"):
+        entry = current
+      continue
+    if current is None:
+      continue
+    line = _COMMENT.sub("", line)
+    trip = _TRIP_COUNT.search(line)
+    for m in _CALLEE.finditer(line):
+      factor = int(trip.group("n")) if (m.group("how") == "body" and trip) else 1
+      edges.append((current, m.group("name"), factor))
+    for m in _BRANCHES.finditer(line):
+      for name in m.group("names").split(","):
+        edges.append((current, name.strip().lstrip("%"), 1))
+  callers = collections.defaultdict(list)
+  for caller, callee, factor in edges:
+    callers[callee].append((caller, factor))
+  memo = {}
+
+  def count(name, seen=()):
+    if name not in memo:
+      if name == entry or name not in callers or name in seen:
+        memo[name] = 1
+      else:
+        memo[name] = sum(f * count(c, seen + (name,)) for c, f in callers[name])
+    return memo[name]
+
+  return {name: count(name) for name in set(callers) | ({entry} if entry else set())}
+
+
 def parse_collectives(hlo_text: str):
   """Every collective of an HLO module's text.
 
   Returns:
-    A list of dicts {kind, name, operand_bytes, result_bytes, group_size}, one per collective:
+    A list of dicts {kind, name, operand_bytes, result_bytes, group_size, runs}, one per
+    collective instruction, `runs` the times one step runs it (`executions`; the counts and
+    bytes of `summarize` are per step):
     `-start` forms count as their kind with the operands they send (their tuple result holds
     operand and destination buffers, so their `result_bytes` is derived from the operands and
     the group size); `-done` forms are skipped; an `async-start` wrapping a collective counts
@@ -189,7 +237,13 @@ def parse_collectives(hlo_text: str):
   """
   shapes = {}
   found = []
+  runs = executions(hlo_text)
+  current = None
   for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and not line.startswith(" "):
+      current = header.group("name")
+      continue
     m = _INSTRUCTION.match(_COMMENT.sub("", line))
     if not m:
       continue
@@ -212,7 +266,8 @@ def parse_collectives(hlo_text: str):
     else:
       result_bytes = shape_bytes(shape)
     found.append({"kind": kind, "name": name, "operand_bytes": int(operand_bytes),
-                  "result_bytes": int(result_bytes), "group_size": groups})
+                  "result_bytes": int(result_bytes), "group_size": groups,
+                  "runs": runs.get(current, 1)})
   return found
 
 
@@ -222,9 +277,10 @@ def summarize(collectives):
   sizes = collections.OrderedDict((k, 0) for k in KINDS)
   results = collections.OrderedDict((k, 0) for k in KINDS)
   for c in collectives:
-    counts[c["kind"]] += 1
-    sizes[c["kind"]] += c["operand_bytes"]
-    results[c["kind"]] += c["result_bytes"]
+    runs = c.get("runs", 1)
+    counts[c["kind"]] += runs
+    sizes[c["kind"]] += c["operand_bytes"] * runs
+    results[c["kind"]] += c["result_bytes"] * runs
   return {"counts": dict(counts), "bytes": dict(sizes), "result_bytes": dict(results),
           "total_count": sum(counts.values()), "total_bytes": sum(sizes.values())}
 
@@ -261,7 +317,7 @@ def mesh_sizes(sharding: str, devices: int, hybrid_fsdp: int):
 
 
 def make_config(size: str, objective: str, sharding: str, devices: int, per_device_batch: int,
-                hybrid_fsdp: int):
+                hybrid_fsdp: int, accumulate_steps: int = 1, scan_layers: bool = False):
   """(config, image_shape) of one measurement."""
   sys.path.insert(0, ROOT)
   c = importlib.import_module(f"configs.{SIZES[size]}").get_config()
@@ -277,6 +333,8 @@ def make_config(size: str, objective: str, sharding: str, devices: int, per_devi
   c.sharding = sharding
   data, fsdp = mesh_sizes(sharding, devices, hybrid_fsdp)
   c.mesh.update(data=data, fsdp=fsdp)
+  c.optim.accumulate_steps = accumulate_steps
+  c.model.scan_layers = scan_layers
   c.lock()
   return c, image_shape
 
@@ -292,7 +350,7 @@ def measure(size: str, objective: str, sharding: str, args) -> dict:
   devices = jax.devices()
   n = len(devices)
   c, image_shape = make_config(size, objective, sharding, n, args.per_device_batch,
-                               args.hybrid_fsdp)
+                               args.hybrid_fsdp, args.accumulate_steps, args.scan_layers)
   start = time.time()
   exp = experiment.build_experiment(c, image_shape=image_shape)
   mesh = experiment.make_mesh(c, devices)
@@ -306,7 +364,8 @@ def measure(size: str, objective: str, sharding: str, args) -> dict:
   step_fn = train_step_lib.make_train_step(
       exp.model, exp.objective, exp.tx, exp.lr_schedule, c.objective, c.optim.ema_rate,
       in_shardings=(shardings, batch_sharding),
-      out_shardings=(shardings, sharding_lib.replicated(mesh)))
+      out_shardings=(shardings, sharding_lib.replicated(mesh)),
+      accumulate_steps=c.optim.accumulate_steps)
   compiled = step_fn.lower(abstract, batch).compile()
   compile_s = time.time() - start
 
@@ -340,6 +399,7 @@ def measure(size: str, objective: str, sharding: str, args) -> dict:
   return {
       "size": size, "devices": n, "sharding": sharding, "objective": objective,
       "mesh": {"data": data, "fsdp": fsdp}, "global_batch": c.batch_size,
+      "accumulate_steps": c.optim.accumulate_steps, "scan_layers": c.model.scan_layers,
       "image_shape": list(image_shape), "compute_dtype": c.model.dtype,
       "param_count": sum(int(np.prod(l.shape)) for l in leaves),
       "param_bytes": param_bytes, "sharded_param_bytes": sharded_bytes,
@@ -411,6 +471,9 @@ def main(argv=None):
   p.add_argument("--per_device_batch", type=int, default=8)
   p.add_argument("--hybrid_fsdp", type=int, default=0,
                  help="fsdp axis size of the hybrid mesh (0: min(8, devices / 2))")
+  p.add_argument("--accumulate_steps", type=int, default=1,
+                 help="optim.accumulate_steps (microbatches per update)")
+  p.add_argument("--scan_layers", action="store_true", help="model.scan_layers")
   p.add_argument("--out", default=None, help="also append the JSON lines to this file")
   p.add_argument("--table", default=None,
                  help="print a markdown table of these JSON lines files (comma list) and exit")
@@ -430,7 +493,9 @@ def main(argv=None):
 
   passed = [f"--sizes={args.sizes}", f"--shardings={args.shardings}",
             f"--objectives={args.objectives}", f"--per_device_batch={args.per_device_batch}",
-            f"--hybrid_fsdp={args.hybrid_fsdp}"]
+            f"--hybrid_fsdp={args.hybrid_fsdp}", f"--accumulate_steps={args.accumulate_steps}"]
+  if args.scan_layers:
+    passed.append("--scan_layers")
   for count in (int(d) for d in args.devices.split(",")):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +

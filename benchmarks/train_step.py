@@ -236,6 +236,13 @@ def bench_one(size, objective_name, dtype, args, peaks):
           out["original"]["median_s"] - out["fwd_bwd"]["median_s"], 4)
   out["attention_impl"] = {"ours": args.attention_impl, "original": "einsum",
                            "fwd_bwd": args.attention_impl}
+  analysis = ours_compiled.memory_analysis()
+  stats = jax.devices()[0].memory_stats() or {}  # None on CPU.
+  out["memory"] = {
+      "ours_temp_bytes": None if analysis is None else int(analysis.temp_size_in_bytes),
+      "ours_argument_bytes": None if analysis is None else int(analysis.argument_size_in_bytes),
+      # The allocator's peak over this process so far (every size measured before included).
+      "device_peak_bytes_so_far": stats.get("peak_bytes_in_use")}
   return out
 
 

@@ -18,7 +18,7 @@ from shortcut_jax import storage
 from shortcut_jax import text_encoders
 from shortcut_jax.core.schema import base_config  # noqa: F401  (configs/ start from it)
 from shortcut_jax.data.catalog import LATENTS, SPECS
-from shortcut_jax.models.dit import validate_dit_args
+from shortcut_jax.models.dit import REMAT_POLICIES, validate_dit_args
 from shortcut_jax.parallel.sharding import MODES as SHARDINGS
 from shortcut_jax.train.train_state import SCHEDULES, WEIGHT_DECAY_MASKS
 
@@ -49,7 +49,7 @@ def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.latents = "online"
     c.vae.update(random_init=True, dtype="float32")  # Tiny random VAE (factor 2), no files.
   c.model.update(patch_size=min(c.model.patch_size, 4), hidden_size=32, depth=1, num_heads=2,
-                 dtype="float32", remat=False)
+                 dtype="float32", remat="none")
   c.objective.denoise_timesteps = 8
   c.objective.bootstrap_every = 4
   c.optim.warmup_steps = min(c.optim.warmup_steps, 2)
@@ -147,6 +147,9 @@ def _check_run_and_model(c, check) -> None:
   check(m.dtype != "float16", "model.dtype='float16' would train without loss scaling (small "
         "gradients underflow float16's 5-bit exponent), which this library does not do: use "
         "'bfloat16' (the same memory with float32's range) or 'float32' (core/precision.py)")
+  check(m.remat in REMAT_POLICIES, f"model.remat must be one of {REMAT_POLICIES}, got {m.remat!r}")
+  check(isinstance(m.scan_layers, bool), f"model.scan_layers must be True or False, got "
+        f"{m.scan_layers!r}")
   check(m.matmul_precision in MATMUL_PRECISIONS,
         f"model.matmul_precision must be one of {MATMUL_PRECISIONS}, got {m.matmul_precision!r}")
   check(m.prediction in PREDICTIONS,
@@ -290,6 +293,9 @@ def _check_data(c, check) -> None:
           f"data.image_size ({d.image_size}) must be divisible by data.low_res_factor "
           f"({d.low_res_factor})")
   check(d.latents in LATENTS, f"data.latents must be one of {LATENTS}, got {d.latents!r}")
+  check(isinstance(d.parallel_reads, int) and not isinstance(d.parallel_reads, bool)
+        and d.parallel_reads >= 1,
+        f"data.parallel_reads must be a positive integer, got {d.parallel_reads!r}")
   check(not d.random_rot90 or d.latents != "precomputed",
         "data.random_rot90 turns pixels before encoding: it needs data.latents='none' or "
         "'online' (precomputed latents store flips only)")

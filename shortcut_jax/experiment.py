@@ -159,7 +159,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         "config the checkpoint was trained with)")
   raw = storage.read_json(path)
   config = config_lib.base_config()
-  config.update_from_flattened_dict(_flatten(raw))
+  flat = _flatten(raw)
+  if isinstance(flat.get("model.remat"), bool):  # Written when remat was a bool.
+    flat["model.remat"] = "full" if flat["model.remat"] else "none"
+  config.update_from_flattened_dict(flat)
   if guidance.FIELD not in raw:
     # Written before the field existed: the old meaning of eval-time scales (`guidance`).
     config[guidance.FIELD] = guidance.LEGACY

@@ -74,6 +74,43 @@ def test_hand_written_module():
   assert summary["total_bytes"] == sum(summary["bytes"].values())
 
 
+LOOPS = """\
+HloModule jit_loops
+
+%inner (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%p), index=1
+  %ar.in = f32[8]{0} all-reduce(%x), channel_id=2, replica_groups={{0,1}}, to_apply=%add
+  ROOT %t = (s32[], f32[8]{0}) tuple(%i, %ar.in)
+}
+
+%outer (q: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %q = (s32[], f32[8]{0}) parameter(0)
+  %y = f32[8]{0} get-tuple-element(%q), index=1
+  %ag.out = f32[16]{0} all-gather(%y), channel_id=3, replica_groups={{0,1}}, dimensions={0}
+  %w.in = (s32[], f32[8]{0}) while(%q), condition=%cond, body=%inner, backend_config={"known_trip_count":{"n":"2"}}
+  ROOT %u = (s32[], f32[8]{0}) tuple(%j, %y)
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+  %ar.top = f32[8]{0} all-reduce(%a), channel_id=1, replica_groups={{0,1}}, to_apply=%add
+  %w.out = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%outer, backend_config={"known_induction_variable":{"tuple_index":"0"},"known_trip_count":{"n":"3"}}
+  ROOT %r = f32[8]{0} copy(%a)
+}
+"""
+
+
+def test_collectives_in_loops_count_once_per_iteration():
+  """A collective in a while body (a scan over layers or microbatches) runs trip-count times
+  per step; in a nested loop, the product."""
+  found = {c["name"]: c for c in collectives.parse_collectives(LOOPS)}
+  assert {n: c["runs"] for n, c in found.items()} == {"ar.top": 1, "ag.out": 3, "ar.in": 6}
+  summary = collectives.summarize(list(found.values()))
+  assert summary["counts"]["all-reduce"] == 7 and summary["counts"]["all-gather"] == 3
+  assert summary["bytes"]["all-reduce"] == 7 * 32 and summary["bytes"]["all-gather"] == 3 * 32
+
+
 def test_shape_bytes():
   assert collectives.shape_bytes("f32[8,128]{1,0}") == 4096
   assert collectives.shape_bytes("(bf16[4]{0}, s32[], pred[3])") == 8 + 4 + 3
@@ -100,14 +137,19 @@ from jax.sharding import PartitionSpec as P
 import collectives
 assert jax.device_count() == 4, jax.device_count()
 mesh = jax.make_mesh((4,), ("x",))
-def f(a, b):
-  return jax.lax.psum(a, "x"), jax.lax.all_gather(b, "x", tiled=True)
-g = jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(P("x"), P("x")), out_specs=(P(), P()),
-                            check_vma=False))
+def f(a, b, c):
+  looped, _ = jax.lax.scan(lambda s, x: (s + jax.lax.psum(jnp.tanh(x), "x"), None),
+                           jnp.zeros((2,)), c)
+  return jax.lax.psum(a, "x"), jax.lax.all_gather(b, "x", tiled=True), looped
+g = jax.jit(jax.shard_map(f, mesh=mesh, in_specs=(P("x"), P("x"), P(None, "x")),
+                            out_specs=(P(), P(), P()), check_vma=False))
 split = jax.sharding.NamedSharding(mesh, P("x"))
 text = g.lower(jax.ShapeDtypeStruct((64,), jnp.float32, sharding=split),
-               jax.ShapeDtypeStruct((32, 3), jnp.float32, sharding=split)).compile().as_text()
-print(json.dumps([{k: c[k] for k in ("kind", "operand_bytes", "result_bytes", "group_size")}
+               jax.ShapeDtypeStruct((32, 3), jnp.float32, sharding=split),
+               jax.ShapeDtypeStruct((5, 8), jnp.float32, sharding=jax.sharding.NamedSharding(
+                   mesh, P(None, "x")))).compile().as_text()
+print(json.dumps([{k: c[k] for k in ("kind", "operand_bytes", "result_bytes", "group_size",
+                                     "runs")}
                   for c in collectives.parse_collectives(text)]))
 """
 
@@ -119,6 +161,9 @@ def test_compiled_shard_map_program():
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   found = json.loads(out.stdout.strip().splitlines()[-1])
+  looped = [c for c in found if c["runs"] > 1]
+  assert [(c["kind"], c["runs"], c["operand_bytes"]) for c in looped] == [("all-reduce", 5, 8)]
+  found = [c for c in found if c["runs"] == 1]
   assert sorted(c["kind"] for c in found) == ["all-gather", "all-reduce"], found
   by_kind = {c["kind"]: c for c in found}
   # psum of the local f32[16]; all_gather of the local f32[8, 3] into f32[32, 3]. (float32: the

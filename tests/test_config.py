@@ -51,6 +51,7 @@ def test_unknown_key_is_an_error():
     (dict(model__matmul_precision="fastest"), "model.matmul_precision"),
     (dict(optim__accumulate_steps=3), "optim.accumulate_steps"),
     (dict(optim__accumulate_steps=0), "optim.accumulate_steps"),
+    (dict(data__parallel_reads=0), "data.parallel_reads"),
     (dict(model__attention_impl="flash"), "model.attention_impl"),
     (dict(sharding="zero3"), "sharding"),
     (dict(mesh__fsdp=0), "mesh.fsdp"),

@@ -256,6 +256,30 @@ def test_pipeline_batches_are_the_stored_moments(encoded):
   assert info["random_flip"] is False  # Digits do not flip in training.
 
 
+def test_parallel_reads_keep_the_stored_order(encoded):
+  """7 shards of the train split: files read 3 or 8 at once still give the stored order, in an
+  evaluation pass and in a resumed training stream (the shuffle sees the same records)."""
+  c, out, meta = encoded
+  assert meta["splits"]["train"]["num_shards"] == 7
+  stored = _stored(out, "train")
+  streams = {}
+  for reads in (1, 3, 8):
+    data = c.data.copy_and_resolve_references()
+    data.parallel_reads = reads
+    config = pipeline.stored_order_read_config(
+        tfds.builder_from_directory(out), "train", data)
+    assert config.interleave_cycle_length == reads
+    kw = dict(split="train", global_batch_size=100, seed=0, process_index=0, process_count=1)
+    batches = list(pipeline.make_dataset(data, train=False, **kw))
+    got = np.concatenate([b["latent_mean"] for b in batches])
+    assert np.array_equal(got, stored["latent_mean"]), reads
+    it = pipeline.make_dataset(data, train=True, start_step=5, **kw)
+    streams[reads] = [next(it)["latent_mean"] for _ in range(3)]
+  for reads in (3, 8):
+    for a, b in zip(streams[1], streams[reads]):
+      assert np.array_equal(a, b), reads
+
+
 def _train(c, data_config, start_step, n, batch=64):
   it = pipeline.make_dataset(data_config, split="train", global_batch_size=batch, seed=c.seed,
                              start_step=start_step, process_index=0, process_count=1)

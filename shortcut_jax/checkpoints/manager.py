@@ -47,6 +47,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from shortcut_jax.core import layer_stack
 from shortcut_jax.parallel import distributed
 from shortcut_jax import storage
 from shortcut_jax.checkpoints import integrity
@@ -382,13 +383,33 @@ class CheckpointManager:
 
   def _read(self, abstract_state, step):
     self._check_compatible(step, abstract_state)
-    target, missing = self._restore_target(step, abstract_state)
+    stored = self._in_stored_layout(step, abstract_state)
+    target, missing = self._restore_target(step, stored)
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     state = out["state"]
     if missing:
-      state = abstract_state.replace(**state, **missing)
+      state = stored.replace(**state, **missing)
+    if stored is not abstract_state:  # The other layer layout: converted, placed as asked.
+      shardings = jax.tree.map(lambda a: getattr(a, "sharding", None), abstract_state)
+      convert = lambda s: layer_stack.convert(s, layer_stack.is_scanned(abstract_state))
+      if all(s is not None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
+        state = jax.jit(convert, out_shardings=shardings)(state)
+      else:
+        state = convert(state)
+      logging.info("checkpoint step %d converted to this run's layer layout (model.scan_layers)",
+                   step)
     return state, dict(out["meta"])
+
+  def _in_stored_layout(self, step, abstract_state):
+    """`abstract_state` in the layer layout the checkpoint was written in (unrolled
+    `DiTBlock_<i>` or scanned `DiTBlock_scan`, `core.layer_stack`): itself when they agree."""
+    saved = self._manager.item_metadata(step)["state"]
+    stored, wanted = (layer_stack.is_scanned(getattr(saved, "tree", saved)),
+                      layer_stack.is_scanned(abstract_state))
+    if saved is None or stored is None or wanted is None or stored == wanted:
+      return abstract_state
+    return layer_stack.convert(abstract_state, stored)
 
   def _restore_target(self, step, abstract_state):
     """What to ask Orbax for: `abstract_state` itself, or — for a checkpoint written before a
@@ -416,7 +437,8 @@ class CheckpointManager:
     saved = self._manager.item_metadata(step)["state"]
     if saved is None:
       return
-    problems = shape_mismatches(abstract_state, getattr(saved, "tree", saved))
+    problems = shape_mismatches(self._in_stored_layout(step, abstract_state),
+                                getattr(saved, "tree", saved))
     if problems:
       raise CheckpointMismatchError(
           f"checkpoint step {step} in {self.directory} does not match the config "

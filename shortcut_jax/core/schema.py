@@ -48,7 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="bfloat16", matmul_precision="default",
       attention_impl="xla",  # 'xla' | 'cudnn' | 'auto' | 'einsum' (the original's arithmetic).
       attention_scale="original",  # 'original' (1/head_dim) | 'sqrt' (1/sqrt(head_dim)).
-      remat=False,
+      # Rematerialise the blocks in the backward pass: 'none' | 'full' | 'dots' (keep matmul
+      # outputs). scan_layers: the blocks as one nn.scan over stacked parameters (one block to
+      # compile; `core.layer_stack` converts checkpoints of the other layout when they load).
+      remat="none", scan_layers=False,
       # How a conditioning image (super-resolution input) enters the DiT, when the data has
       # one: 'concat' (extra input channels) | 'tokens' (second patch embedding, fused tokens).
       cond_image_mode="concat",
@@ -126,6 +129,9 @@ def base_config() -> ml_collections.ConfigDict:
       # Training augmentation on top of the dataset's flips: each training image is also turned
       # by a random multiple of 90 degrees (square images; pixel or online-latent pipelines).
       random_rot90=False,
+      # Files of a split read at once (`data.pipeline.stored_order_read_config`): they are read
+      # ahead concurrently, and the examples still come in the stored order (exact resumption).
+      parallel_reads=8,
       # Latent space (the paper's ImageNet / CelebA-HQ runs): 'none' (pixels), 'online' (the
       # frozen VAE of `vae` encodes each batch inside the train step: the original's way) or
       # 'precomputed' (posterior moments

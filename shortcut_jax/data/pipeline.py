@@ -331,10 +331,7 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
   if num_examples == 0:
     raise ValueError(f"process {process_index} of {process_count} gets no example of "
                      f"{spec.name!r} split {split!r}")
-  # Files one after the other (TFDS's default interleaves 16 files in blocks of 16 records), so
-  # the order is the stored one: example i of a split is the same in a pixel dataset and its
-  # encoded latents, whatever their sharding.
-  read_config = tfds.ReadConfig(interleave_cycle_length=1)
+  read_config = stored_order_read_config(builder, split, data_config)
   if precomputed:
     records = builder.as_dataset(split=sub_split, shuffle_files=False, read_config=read_config)
     preprocess = _latent_preprocess_fn(meta, data_config, spec, seed=seed, train=train)
@@ -373,6 +370,26 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
     ds = ds.batch(batch, drop_remainder=False)
   ds = ds.with_options(options).prefetch(tf.data.AUTOTUNE)
   return iter(tfds.as_numpy(ds))
+
+
+def stored_order_read_config(builder, split: str, data_config) -> tfds.ReadConfig:
+  """How a split's files are read: in the stored order, `data.parallel_reads` files at once.
+
+  The order must be the stored one: example i of a split is the same in a pixel dataset and its
+  encoded latents, whatever their sharding, and a resumed run skips to the same example.
+  (TFDS's default interleaves 16 files in blocks of 16 records.) With n parallel reads, n files
+  are open and read ahead concurrently (what hides the latency of a bucket), but each block is
+  a whole file (`interleave_block_length` = the longest file), so the interleave emits file 1,
+  then file 2, ...: the stored order, read faster.
+  """
+  reads = int(config_value(data_config, "parallel_reads", section="data"))
+  if reads <= 1:
+    return tfds.ReadConfig(interleave_cycle_length=1)
+  lengths = list(builder.info.splits[split.split("[")[0]].shard_lengths or [])
+  if len(lengths) <= 1:
+    return tfds.ReadConfig(interleave_cycle_length=1)
+  return tfds.ReadConfig(interleave_cycle_length=reads, interleave_block_length=max(lengths),
+                         num_parallel_calls_for_interleave_files=reads)
 
 
 def _pad(ds, builder, split, batch, process_count, num_examples):

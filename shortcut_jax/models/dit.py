@@ -13,7 +13,11 @@ Deliberate additions, all off by default except where noted:
     the original's arithmetic (float32 probabilities) and reproduces it bit for bit.
   * `attention_scale='sqrt'` for new models (1/sqrt(head_dim)); the original scales by
     1/head_dim (`'original'`, the default, needed by its checkpoints).
-  * `remat=True` rematerialises every block in the backward pass (less memory, ~30% more FLOPs).
+  * `remat` rematerialises every block in the backward pass: 'full' (the original's `True`;
+    less memory, ~30% more FLOPs) or 'dots' (keeps the Dense layers' matmul outputs).
+  * `scan_layers=True` runs the blocks as one `nn.scan` over a stacked `DiTBlock_scan` tree (one
+    block to compile instead of depth); `core.layer_stack.convert` maps the original's
+    `DiTBlock_<i>` tree onto it and back, so its checkpoints still load.
   * non-square inputs (the original asserts square images).
   * image conditioning (`cond_image_mode`, off by default, so unconditioned models keep the
     original parameter tree exactly): `'concat'` stacks the conditioning image (e.g. the
@@ -33,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shortcut_jax.core import conditioning as cond_lib
+from shortcut_jax.core import layer_stack
 from shortcut_jax.models.velocity_model import VelocityModel
 from shortcut_jax.models.dit_embeddings import (Dtype, xavier_uniform_torch_style,
                                                 sincos_2d_position_embedding, TimestepEmbedder,
@@ -49,6 +54,7 @@ DIT_PRESETS = {
 
 ATTENTION_IMPLS = ("xla", "cudnn", "auto", "einsum")
 ATTENTION_SCALES = ("original", "sqrt")
+REMAT_POLICIES = ("none", "full", "dots")
 COND_IMAGE_MODES = ("concat", "tokens")
 # How a vector condition (`embedding`, e.g. a CLIP text embedding) enters: projected and added
 # to the conditioning vector c where the label embedding goes, or as extra tokens.
@@ -101,6 +107,9 @@ class DiTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, c, train: bool = False):
+    return self.block(x, c, train)
+
+  def block(self, x, c, train):
     mod = _dense(6 * self.hidden_size, self.dtype, "Dense_0")(nn.silu(c))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
 
@@ -126,6 +135,28 @@ class DiTBlock(nn.Module):
     h = MlpBlock(int(self.hidden_size * self.mlp_ratio), self.dtype, self.dropout, name="MlpBlock_0")(
         h, train)
     return x + gate_mlp[:, None] * h
+
+
+class DiTBlockStep(DiTBlock):
+  """A `DiTBlock` as one step of `nn.scan` (`DiT(scan_layers=True)`): (x, c) -> (x, None), the
+  tokens carried, the conditioning broadcast, `train` fixed for the whole stack."""
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x, c):
+    return self.block(x, c, self.train), None
+
+
+def remat_policy(remat):
+  """`model.remat` ('none' | 'full' | 'dots'; the original's bool: True = 'full') ->
+  (rematerialise?, jax.checkpoint policy). 'dots' keeps the outputs of the Dense layers' matmuls
+  (no batch dimensions) and recomputes the rest (attention, norms, activations)."""
+  remat = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {remat!r}")
+  if remat == "dots":
+    return True, jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  return remat == "full", None
 
 
 class FinalLayer(nn.Module):
@@ -167,7 +198,8 @@ class DiT(nn.Module):
   dtype: Dtype = jnp.bfloat16
   attention_impl: str = "xla"
   attention_scale: str = "original"
-  remat: bool = False
+  remat: Any = "none"  # 'none' | 'full' | 'dots' (or the original's bool).
+  scan_layers: bool = False
   cond_image_mode: Optional[str] = None
   embedding_mode: Optional[str] = None
   embedding_null: str = "zero"
@@ -212,10 +244,7 @@ class DiT(nn.Module):
       else:  # 'tokens': extra tokens the image tokens attend to, dropped before the output.
         x = jnp.concatenate([x, e.astype(x.dtype)], axis=1)
 
-    block_cls = nn.remat(DiTBlock, static_argnums=(3,)) if self.remat else DiTBlock
-    for i in range(self.depth):
-      x = block_cls(self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.dropout,
-                    self.attention_impl, self.attention_scale, name=f"DiTBlock_{i}")(x, c, train)
+    x = self._blocks(x, c, train)
     x = x[:, :num_tokens]
     x = FinalLayer(p, self.out_channels, self.hidden_size, self.dtype, name="FinalLayer_0")(x, c)
     x = x.reshape(batch, grid_h, grid_w, p, p, self.out_channels)
@@ -225,6 +254,24 @@ class DiT(nn.Module):
     # parameter tree maps one to one onto its checkpoints. XLA removes the dead computation.
     t_bucket = jnp.clip(jnp.floor(t * 256).astype(jnp.int32), 0, 255)
     nn.Embed(256, 1, embedding_init=nn.initializers.zeros, name="Embed_0")(t_bucket)
+    return x
+
+  def _blocks(self, x, c, train):
+    """The depth blocks: unrolled (`DiTBlock_<i>`, the original's tree) or one `nn.scan` over a
+    stacked `DiTBlock_scan` (`core.layer_stack` converts between the two)."""
+    rematerialise, policy = remat_policy(self.remat)
+    args = (self.hidden_size, self.num_heads, self.mlp_ratio, self.dtype, self.dropout,
+            self.attention_impl, self.attention_scale)
+    if self.scan_layers:
+      step = nn.remat(DiTBlockStep, policy=policy) if rematerialise else DiTBlockStep
+      stack = nn.scan(step, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=nn.broadcast, length=self.depth)
+      x, _ = stack(*args, train=train, name="DiTBlock" + layer_stack.SCAN_SUFFIX)(x, c)
+      return x
+    block_cls = nn.remat(DiTBlock, policy=policy, static_argnums=(3,)) if rematerialise \
+        else DiTBlock
+    for i in range(self.depth):
+      x = block_cls(*args, name=f"DiTBlock_{i}")(x, c, train)
     return x
 
   def _embedding(self, embedding):

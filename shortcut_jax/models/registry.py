@@ -37,6 +37,7 @@ def _dit_module(config, objective, out_channels: int, has_image: bool,
       class_dropout_prob=config.objective.class_dropout_prob, num_classes=config.data.num_classes,
       ignore_dt=not objective.uses_level, dropout=m.dropout, dtype=jnp.dtype(m.dtype),
       attention_impl=m.attention_impl, attention_scale=m.attention_scale, remat=m.remat,
+      scan_layers=m.scan_layers,
       cond_image_mode=m.cond_image_mode if has_image else None,
       embedding_mode=m.embedding_mode if has_embedding else None,
       embedding_null=m.embedding_null)

@@ -20,6 +20,9 @@ elements stay replicated whatever the rules say (sharding them saves nothing and
 collective each). A rule that demands sharding a parameter none of whose (named) dimensions
 divides the axis size is an error naming the parameter, never a silent replication.
 
+A scanned layer stack (`model.scan_layers`, `core.layer_stack`) is placed as its layers are,
+one axis on; its leading layer axis is never split.
+
 The EMA weights and the optimizer state (Adam's mu and nu) get their parameter's placement:
 optimizer leaves are matched to parameters by the end of their tree path and their shape.
 Scalars (step, Adam's count) and the PRNG key are replicated.
@@ -35,6 +38,7 @@ from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from shortcut_jax import errors
+from shortcut_jax.core import layer_stack
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
@@ -242,12 +246,17 @@ def param_partition_specs(params_shapes, mode: str, mesh: Union[Mesh, int],
   def spec(path, leaf):
     if mode == "dp":
       return PartitionSpec()
-    name = path_name(path)
-    shape = tuple(leaf.shape)
+    name, stacked = layer_stack.split_layer_axis(path_name(path))
+    shape = tuple(leaf.shape)[1:] if stacked else tuple(leaf.shape)
+    layer_spec = None
     for pattern, placement in compiled:
       if pattern.fullmatch(name):
-        return _spec_for(name, shape, placement, axis_size, min_size, strict=True)
-    return _spec_for(name, shape, DEFAULT_PLACEMENT, axis_size, min_size, strict=False)
+        layer_spec = _spec_for(name, shape, placement, axis_size, min_size, strict=True)
+        break
+    if layer_spec is None:
+      layer_spec = _spec_for(name, shape, DEFAULT_PLACEMENT, axis_size, min_size, strict=False)
+    # A scanned stack's layer axis is never split: each scan step reads one layer whole.
+    return PartitionSpec(None, *layer_spec) if stacked else layer_spec
 
   return jax.tree_util.tree_map_with_path(spec, params_shapes)
 

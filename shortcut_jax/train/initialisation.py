@@ -19,6 +19,7 @@ from shortcut_jax import objectives
 from shortcut_jax.parallel import sharding as sharding_lib
 from shortcut_jax.checkpoints import manager
 from shortcut_jax.checkpoints.manager import CheckpointManager, shape_mismatches
+from shortcut_jax.core import layer_stack
 from shortcut_jax.core.config_value import config_value
 from shortcut_jax.experiment import (Experiment, holds_training_run, load_config, make_mesh,
                                      restore_experiment, sharded_abstract_state)
@@ -92,6 +93,7 @@ def start_from_run(exp: Experiment, init_fn, abstract, shardings, mesh):
       source, config.init, source_uses_level=source_exp.objective.uses_level,
       uses_level=exp.objective.uses_level, hidden_size=source_config.model.hidden_size,
       dtype=jax.numpy.dtype(source_config.model.dtype))
+  weights = layer_stack.convert(weights, config.model.scan_layers)  # Either layer layout.
   problems = shape_mismatches(abstract.params, weights)
   if problems:
     raise finetune.InitError(f"init.workdir: the parameters of {workdir} (step {source_step}) "
@@ -145,6 +147,9 @@ def load_teacher(config, student_objective, abstract_params, mesh):
   except FileNotFoundError as e:
     raise TeacherError(f"no teacher checkpoint in {workdir}: {e}; "
                        + teacher_lib.train_teacher_hint(workdir)) from None
+  scanned = config.model.scan_layers  # The teacher may have the other layer layout.
+  state = state.replace(params=layer_stack.convert(state.params, scanned),
+                        ema_params=layer_stack.convert(state.ema_params, scanned))
   problems = shape_mismatches(abstract_params, state.params)
   if problems:
     raise TeacherError(f"the teacher in {workdir} (step {teacher_step}) has other parameters "
