@@ -365,7 +365,7 @@ def measure(size: str, objective: str, sharding: str, args) -> dict:
       exp.model, exp.objective, exp.tx, exp.lr_schedule, c.objective, c.optim.ema_rate,
       in_shardings=(shardings, batch_sharding),
       out_shardings=(shardings, sharding_lib.replicated(mesh)),
-      accumulate_steps=c.optim.accumulate_steps)
+      accumulate_steps=c.optim.accumulate_steps, reduce_once=c.sharding == "dp")
   compiled = step_fn.lower(abstract, batch).compile()
   compile_s = time.time() - start
 

@@ -19,6 +19,14 @@ What equals one big batch (`train_step`):
   update is the mean of the k microbatch gradients (tested against that computation).
 Logged per-row losses and groups are put back in batch order; scalar loss terms and objective
 metrics are the mean of their k microbatch values.
+
+Reducing once (`groups` > 1, data parallel): summed in the scan, every microbatch's gradient
+would be reduced over the devices before it is added (the sum has the parameters' replicated
+layout). Instead each microbatch is cut into `groups` blocks of rows, one per device, whose
+gradients are computed side by side (`vmap`) and kept apart in a [groups, ...] sum split over
+the devices; the one reduction over devices comes after the loop. Under FSDP the parameters are
+split and every device needs the whole gradient of its shard, so each microbatch is reduced
+as it comes (ZeRO-3's schedule).
 """
 
 from typing import Any, Callable, Tuple
@@ -49,15 +57,49 @@ def merge(tree):
   return jax.tree.map(one, tree)
 
 
+def _constrain(tree, sharding):
+  if sharding is None:
+    return tree
+  return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding), tree)
+
+
+def _per_group(grad_fn, groups: int, group_sharding):
+  """`grad_fn` over `groups` blocks of a microbatch's rows at once: ([groups, ...] gradients,
+  aux with rows back in order); block g of microbatch j draws with index j * groups + g."""
+  def fn(params, microbatch, j):
+    blocks = _constrain(jax.tree.map(
+        lambda a: a.reshape((groups, a.shape[0] // groups) + a.shape[1:]), microbatch),
+        group_sharding)
+    grads, aux = jax.vmap(grad_fn, in_axes=(None, 0, 0))(params, blocks,
+                                                         j * groups + jnp.arange(groups))
+    aux = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]) if a.ndim >= 2
+                       else jnp.mean(a, axis=0), aux)
+    return _constrain(grads, group_sharding), aux
+  return fn
+
+
 def accumulate(grad_fn: Callable[[Any, Any, Array], Tuple[Any, Any]], params, inputs,
-               k: int) -> Tuple[Any, Any]:
-  """The mean gradient of `grad_fn(params, microbatch, j) -> (grads, aux)` over the k
-  microbatches of `inputs`, and the auxiliary outputs merged back (`merge`)."""
+               k: int, groups: int = 1, group_sharding=None) -> Tuple[Any, Any]:
+  """The mean gradient of `grad_fn(params, microbatch, index) -> (grads, aux)` over the k
+  microbatches of `inputs`, and the auxiliary outputs merged back (`merge`).
+
+  `index` numbers the calls (it seeds their draws): j for microbatch j, or with `groups` > 1
+  (module docstring) j * groups + g for block g. `group_sharding`: how a [groups, ...] array is
+  split over the devices (the batch sharding), or None (no constraint: one device, tests).
+  """
+  if groups > 1:
+    grad_fn = _per_group(grad_fn, groups, group_sharding)
+    zeros = _constrain(jax.tree.map(lambda p: jnp.zeros((groups,) + p.shape, p.dtype), params),
+                       group_sharding)
+  else:
+    zeros = jax.tree.map(jnp.zeros_like, params)
+
   def body(total, xs):
     microbatch, j = xs
     grads, aux = grad_fn(params, microbatch, j)
     return jax.tree.map(jnp.add, total, grads), aux
 
-  zeros = jax.tree.map(jnp.zeros_like, params)
   total, aux = jax.lax.scan(body, zeros, (split(inputs, k), jnp.arange(k)))
+  if groups > 1:
+    total = jax.tree.map(lambda g: jnp.sum(g, axis=0) / groups, total)
   return jax.tree.map(lambda g: g / k, total), merge(aux)

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from shortcut_jax.core import precision
@@ -35,6 +36,11 @@ Metrics = Dict[str, Array]
 _EVAL_SALT = 0x5EED
 # Salt of the latent posterior sample (latent-space runs), so pixel runs keep their exact draws.
 _LATENT_SALT = 0x1A7E
+
+
+def _axes(entry) -> tuple:
+  """The mesh axes of one PartitionSpec entry (a name, a tuple of names or None)."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def _objective_state(state: TrainState):
@@ -75,7 +81,7 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
                objective, tx: optax.GradientTransformation,
                lr_schedule: Callable[[Array], Array], objective_config,
                ema_rate: Union[float, Callable[[Array], Array]], encoder=None,
-               accumulate_steps: int = 1) -> Tuple[TrainState, Metrics]:
+               accumulate_steps: int = 1, reduce_once=None) -> Tuple[TrainState, Metrics]:
   """One AdamW update of the online weights, the EMA update, then the objective's state update.
 
   Args:
@@ -91,6 +97,10 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
     ema_rate: EMA rate tau in `ema = tau ema + (1 - tau) params`, or a function of the step.
     encoder: a `latents.LatentEncoder` for latent-space runs, else None.
     accumulate_steps: microbatches per update (`optim.accumulate_steps`; 1 = none).
+    reduce_once: with accumulation and replicated parameters (dp), the batch sharding: each
+      device then sums its own rows' gradients over the microbatches and they are reduced over
+      the devices once (`train.accumulation`; objectives whose targets come first). None: every
+      microbatch's gradient is reduced as it comes.
 
   Returns:
     (new state, flat dict of float32 scalar metrics named `train/...`).
@@ -128,12 +138,16 @@ def train_step(state: TrainState, batch: Dict[str, Array], encoder_params=None, 
     (_, (per_sample, loss_terms, made)), grads = grad_fn(state.params, inputs, targets_key,
                                                          dropout_key)
   else:
-    def microbatch_grads(params, microbatch, j):
-      (_, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(targets_key, j),
-                                jax.random.fold_in(dropout_key, j))
+    def microbatch_grads(params, microbatch, index):
+      (_, aux), grads = grad_fn(params, microbatch, jax.random.fold_in(targets_key, index),
+                                jax.random.fold_in(dropout_key, index))
       return grads, aux
+    groups, sharding = 1, None
+    if reduce_once is not None and objective.loss is None:
+      sharding = reduce_once
+      groups = int(np.prod([sharding.mesh.shape[a] for a in _axes(sharding.spec[0])]))
     grads, (per_sample, loss_terms, made) = accumulation.accumulate(
-        microbatch_grads, state.params, inputs, accumulate_steps)
+        microbatch_grads, state.params, inputs, accumulate_steps, groups, sharding)
   if made is not None:
     targets = made
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -204,7 +218,8 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
 
 def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rate, *,
                     donate: bool = True, in_shardings=None, out_shardings=None, encoder=None,
-                    encoder_params=None, accumulate_steps: int = 1):
+                    encoder_params=None, accumulate_steps: int = 1,
+                    reduce_once: bool = False):
   """`train_step` with everything but (state, batch) bound, jitted once.
 
   Args:
@@ -216,13 +231,16 @@ def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rat
     encoder: a `latents.LatentEncoder` (latent space), else None.
     encoder_params: its VAE's parameters, passed to every call (a jit argument, not a constant).
     accumulate_steps: microbatches per update (`optim.accumulate_steps`).
+    reduce_once: parameters replicated (dp): reduce accumulated gradients over the devices once
+      per update (`train_step`); needs `in_shardings`.
 
   Returns:
     `fn(state, batch) -> (state, metrics)`.
   """
   fn = functools.partial(train_step, model=model, objective=objective, tx=tx,
                          lr_schedule=lr_schedule, objective_config=objective_config,
-                         ema_rate=ema_rate, encoder=encoder, accumulate_steps=accumulate_steps)
+                         ema_rate=ema_rate, encoder=encoder, accumulate_steps=accumulate_steps,
+                         reduce_once=in_shardings[1] if (reduce_once and in_shardings) else None)
   kwargs = {}
   if in_shardings is not None:
     if encoder is not None:

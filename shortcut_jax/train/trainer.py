@@ -258,7 +258,7 @@ def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_
       exp.model, exp.objective, exp.tx, exp.lr_schedule, config.objective, config.optim.ema_rate,
       in_shardings=(state_shardings, batch_sharding),
       out_shardings=(state_shardings, sharding_lib.replicated(mesh)), encoder=encoder,
-      accumulate_steps=config.optim.accumulate_steps,
+      accumulate_steps=config.optim.accumulate_steps, reduce_once=config.sharding == "dp",
       encoder_params=None if encoder is None else jax.device_put(
           encoder.vae.params, sharding_lib.replicated(mesh)))
   evaluators = evaluators_lib.build_evaluators(exp, workdir)
