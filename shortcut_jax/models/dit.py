@@ -39,6 +39,7 @@ import numpy as np
 from shortcut_jax.core import conditioning as cond_lib
 from shortcut_jax.core import layer_stack
 from shortcut_jax.models.velocity_model import VelocityModel
+from shortcut_jax.parallel.sharding import BATCH_AXES
 from shortcut_jax.models.dit_embeddings import (Dtype, xavier_uniform_torch_style,
                                                 sincos_2d_position_embedding, TimestepEmbedder,
                                                 LabelEmbedder, PatchEmbed)  # noqa: F401
@@ -144,7 +145,20 @@ class DiTBlockStep(DiTBlock):
 
   @nn.compact
   def __call__(self, x, c):
-    return self.block(x, c, self.train), None
+    return _keep_batch_split(self.block(_keep_batch_split(x), c, self.train)), None
+
+
+def _keep_batch_split(x):
+  """`x` with its rows split over the mesh's batch axes, when the step is traced on a mesh
+  (`train_step.make_train_step` sets it). Inside a scan XLA otherwise may give up the batch
+  split and run the blocks' matmuls split over features, all-reducing whole-batch
+  activations (docs/benchmarks.md, scanned layers on a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh is None or mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return x
+  if x.shape[0] % int(np.prod([mesh.shape[a] for a in BATCH_AXES])):
+    return x
+  return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(BATCH_AXES))
 
 
 def remat_policy(remat):

@@ -70,8 +70,11 @@ def _per_group(grad_fn, groups: int, group_sharding):
     blocks = _constrain(jax.tree.map(
         lambda a: a.reshape((groups, a.shape[0] // groups) + a.shape[1:]), microbatch),
         group_sharding)
-    grads, aux = jax.vmap(grad_fn, in_axes=(None, 0, 0))(params, blocks,
-                                                         j * groups + jnp.arange(groups))
+    # Traced off the mesh: the blocks axis carries the split over the devices, so a model that
+    # keeps its rows split on the mesh's batch axes (scanned DiT layers) must not split them too.
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+      grads, aux = jax.vmap(grad_fn, in_axes=(None, 0, 0))(params, blocks,
+                                                           j * groups + jnp.arange(groups))
     aux = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]) if a.ndim >= 2
                        else jnp.mean(a, axis=0), aux)
     return _constrain(grads, group_sharding), aux

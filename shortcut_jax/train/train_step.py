@@ -216,6 +216,14 @@ def eval_step(state: TrainState, batch: Dict[str, Array], rng: Optional[Array] =
   return _as_float32(metrics)
 
 
+def _traced_on(mesh, fn):
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
 def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rate, *,
                     donate: bool = True, in_shardings=None, out_shardings=None, encoder=None,
                     encoder_params=None, accumulate_steps: int = 1,
@@ -250,6 +258,8 @@ def make_train_step(model, objective, tx, lr_schedule, objective_config, ema_rat
     kwargs["in_shardings"] = in_shardings
   if out_shardings is not None:
     kwargs["out_shardings"] = out_shardings
+  if in_shardings is not None:  # Traced on the mesh: the model may keep the batch split.
+    fn = _traced_on(in_shardings[1].mesh, fn)
   jitted = jax.jit(fn, donate_argnums=(0,) if donate else (), **kwargs)
   if encoder is None:
     return jitted
