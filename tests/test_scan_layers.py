@@ -6,6 +6,8 @@ either layout restore into the other (parameters, EMA and Adam's moments); the s
 place a stacked layer as its layers, never splitting the layer axis.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,14 +29,19 @@ KW = dict(patch_size=2, hidden_size=32, depth=3, num_heads=2, mlp_ratio=2.0, out
           class_dropout_prob=0.1, num_classes=10, dtype=jnp.float32)
 
 
-def _noisy_params():
-  """Unrolled DiT weights with noise on every leaf (the zero-initialised output layers would
-  otherwise make every output 0)."""
+@functools.lru_cache(maxsize=None)
+def _noisy_numpy():
   params = dit_lib.init_params(dit_lib.DiT(**KW), jax.random.PRNGKey(0), SHAPE)
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-  return jax.tree.unflatten(tree, [l + 0.05 * jax.random.normal(k, l.shape)
+  return jax.tree.unflatten(tree, [np.asarray(l + 0.05 * jax.random.normal(k, l.shape))
                                    for l, k in zip(leaves, keys)])
+
+
+def _noisy_params():
+  """Unrolled DiT weights with noise on every leaf (the zero-initialised output layers would
+  otherwise make every output 0)."""
+  return jax.tree.map(jnp.asarray, _noisy_numpy())
 
 
 def _inputs():
@@ -68,15 +75,15 @@ def test_scanned_dit_computes_the_unrolled_one(remat):
   scanned = dit_lib.DiT(**KW, scan_layers=True, remat=remat)
   sparams = layer_stack.convert(params, True)
 
-  def loss(module, p):
-    return jnp.sum(jnp.square(module.apply({"params": p}, x, t, dt, y, train=True)))
+  def out_and_grad(module, p):
+    loss = lambda q: jnp.sum(jnp.square(module.apply({"params": q}, x, t, dt, y, train=True)))
+    return module.apply({"params": p}, x, t, dt, y), jax.grad(loss)(p)
 
-  out_u = unrolled.apply({"params": params}, x, t, dt, y)
-  out_s = scanned.apply({"params": sparams}, x, t, dt, y)
+  out_u, grads_u = jax.jit(functools.partial(out_and_grad, unrolled))(params)
+  out_s, grads_s = jax.jit(functools.partial(out_and_grad, scanned))(sparams)
   assert float(jnp.max(jnp.abs(out_u))) > 0.1
   np.testing.assert_allclose(out_s, out_u, rtol=1e-5, atol=1e-5)
-  grads_u = jax.grad(lambda p: loss(unrolled, p))(params)
-  grads_s = layer_stack.convert(jax.grad(lambda p: loss(scanned, p))(sparams), False)
+  grads_s = layer_stack.convert(grads_s, False)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                grads_s, grads_u)
 
