@@ -17,92 +17,64 @@ import jax.numpy as jnp
 import numpy as np
 
 SCAN_SUFFIX = "_scan"
-_NUMBERED = re.compile(r"(.+)_(\d+)$")
+LAYER = "DiTBlock"  # The stacked layers' name: `DiTBlock_<i>` unrolled, `DiTBlock_scan` scanned.
+_NUMBERED = re.compile(rf"{LAYER}_(\d+)$")
+_STACKED = LAYER + SCAN_SUFFIX
 
 
-def _stacks(tree: Mapping, names: Optional[Tuple[str, ...]]) -> dict:
-  """{name: [the numbered subtrees in order]} of a dict's `<name>_<i>` keys (dicts numbered
-  from 0 without gaps; one is enough for a name in `names`, two for any other)."""
-  groups = {}
-  for key, value in tree.items():
-    m = _NUMBERED.match(str(key))
-    if m and isinstance(value, Mapping):
-      groups.setdefault(m.group(1), {})[int(m.group(2))] = key
-  return {name: [tree[keys[i]] for i in range(len(keys))] for name, keys in groups.items()
-          if (names is None or name in names) and len(keys) > (0 if names else 1)
-          and sorted(keys) == list(range(len(keys)))}
+def _with_layer_axis(sharding, add: bool):
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    return sharding
+  spec = (None, *sharding.spec) if add else sharding.spec[1:]
+  return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
 
 
-def _leaf_stack(*leaves):
+def _stack(*leaves):
   first = leaves[0]
   if isinstance(first, jax.ShapeDtypeStruct):
     return jax.ShapeDtypeStruct((len(leaves),) + first.shape, first.dtype,
-                                sharding=_with_layer_axis(first.sharding))
+                                sharding=_with_layer_axis(first.sharding, add=True))
   return jnp.stack(leaves)
 
 
-def _leaf_unstack(leaf, n):
+def _take(leaf, i: int):
   if isinstance(leaf, jax.ShapeDtypeStruct):
-    one = jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype,
-                               sharding=_without_layer_axis(leaf.sharding))
-    return [one] * n
-  return [leaf[i] for i in range(n)]
+    return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype,
+                                sharding=_with_layer_axis(leaf.sharding, add=False))
+  return leaf[i]
 
 
-def _with_layer_axis(sharding):
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
-  return sharding
-
-
-def _without_layer_axis(sharding):
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*sharding.spec[1:]))
-  return sharding
-
-
-def _convert_dict(tree: Mapping, scanned: bool, names: Optional[Tuple[str, ...]]):
-  out = {}
+def _holds_layers(node, scanned: bool) -> bool:
+  """Whether `node` is a dict with layers to convert into the `scanned` layout."""
+  if not isinstance(node, Mapping):
+    return False
   if scanned:
-    stacks = _stacks(tree, names)
-    for key, value in tree.items():
-      m = _NUMBERED.match(str(key))
-      if not (m and m.group(1) in stacks):
-        out[key] = convert(value, scanned, names)
-    for name, layers in stacks.items():
-      layers = [convert(layer, scanned, names) for layer in layers]
-      out[name + SCAN_SUFFIX] = jax.tree.map(_leaf_stack, *layers)
+    return any(_NUMBERED.match(str(k)) for k in node)
+  return _STACKED in node
+
+
+def _converted(node: Mapping, scanned: bool) -> dict:
+  if scanned:
+    layers = sorted((int(_NUMBERED.match(str(k)).group(1)), v) for k, v in node.items()
+                    if _NUMBERED.match(str(k)))
+    if [i for i, _ in layers] != list(range(len(layers))):
+      raise ValueError(f"layers {[i for i, _ in layers]} are not numbered 0, 1, ...")
+    out = {k: v for k, v in node.items() if not _NUMBERED.match(str(k))}
+    out[_STACKED] = jax.tree.map(_stack, *[v for _, v in layers])
     return out
-  for key, value in tree.items():
-    key_s = str(key)
-    if key_s.endswith(SCAN_SUFFIX) and isinstance(value, Mapping):
-      name = key_s[:-len(SCAN_SUFFIX)]
-      n = layer_count(value)
-      per_leaf = jax.tree.map(lambda a: _leaf_unstack(a, n), value)
-      for i in range(n):
-        out[f"{name}_{i}"] = convert(jax.tree.map(lambda parts: parts[i], per_leaf,
-                                                  is_leaf=lambda x: isinstance(x, list)),
-                                     scanned, names)
-    else:
-      out[key] = convert(value, scanned, names)
+  out = {k: v for k, v in node.items() if k != _STACKED}
+  stacked = node[_STACKED]
+  for i in range(layer_count(stacked)):
+    out[f"{LAYER}_{i}"] = jax.tree.map(lambda a, i=i: _take(a, i), stacked)
   return out
 
 
-def convert(tree: Any, scanned: bool, names: Optional[Tuple[str, ...]] = ("DiTBlock",)) -> Any:
-  """`tree` with every stack of layers named in `names` (None: any numbered siblings) in the
-  scanned (True) or unrolled (False) layout; everything else unchanged. Works inside any pytree
-  (a TrainState, optax states) and on arrays or `jax.ShapeDtypeStruct`s."""
-  if isinstance(tree, Mapping):
-    return _convert_dict(tree, scanned, names)
-  if isinstance(tree, (list, tuple)) and not hasattr(tree, "_fields"):
-    return type(tree)(convert(v, scanned, names) for v in tree)
-  if hasattr(tree, "_fields"):  # NamedTuple (optax states).
-    return type(tree)(*(convert(v, scanned, names) for v in tree))
-  if hasattr(tree, "__dataclass_fields__") and hasattr(tree, "replace"):  # flax struct.
-    return tree.replace(**{f: convert(getattr(tree, f), scanned, names)
-                           for f in tree.__dataclass_fields__
-                           if tree.__dataclass_fields__[f].metadata.get("pytree_node", True)})
-  return tree
+def convert(tree: Any, scanned: bool) -> Any:
+  """`tree` with its DiT block stack in the scanned (True) or unrolled (False) layout,
+  everything else unchanged: any pytree (a TrainState, optax states, a parameter dict) of
+  arrays or `jax.ShapeDtypeStruct`s. Idempotent."""
+  return jax.tree.map(lambda node: _converted(node, scanned) if _holds_layers(node, scanned)
+                      else node, tree, is_leaf=lambda node: _holds_layers(node, scanned))
 
 
 def layer_count(stacked: Mapping) -> int:
@@ -119,7 +91,7 @@ def is_scanned(tree: Any) -> Optional[bool]:
   names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
   if any(f"{SCAN_SUFFIX}'" in n for n in names):
     return True
-  if any("'DiTBlock_0'" in n for n in names):
+  if any(f"'{LAYER}_0'" in n for n in names):
     return False
   return None
 

@@ -383,10 +383,8 @@ def stored_order_read_config(builder, split: str, data_config) -> tfds.ReadConfi
   then file 2, ...: the stored order, read faster.
   """
   reads = int(config_value(data_config, "parallel_reads", section="data"))
-  if reads <= 1:
-    return tfds.ReadConfig(interleave_cycle_length=1)
   lengths = list(builder.info.splits[split.split("[")[0]].shard_lengths or [])
-  if len(lengths) <= 1:
+  if reads <= 1 or len(lengths) <= 1:
     return tfds.ReadConfig(interleave_cycle_length=1)
   return tfds.ReadConfig(interleave_cycle_length=reads, interleave_block_length=max(lengths),
                          num_parallel_calls_for_interleave_files=reads)

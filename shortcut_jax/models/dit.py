@@ -165,7 +165,8 @@ def remat_policy(remat):
   """`model.remat` ('none' | 'full' | 'dots'; the original's bool: True = 'full') ->
   (rematerialise?, jax.checkpoint policy). 'dots' keeps the outputs of the Dense layers' matmuls
   (no batch dimensions) and recomputes the rest (attention, norms, activations)."""
-  remat = {True: "full", False: "none"}.get(remat, remat) if isinstance(remat, bool) else remat
+  if isinstance(remat, bool):
+    remat = "full" if remat else "none"
   if remat not in REMAT_POLICIES:
     raise ValueError(f"model.remat must be one of {REMAT_POLICIES}, got {remat!r}")
   if remat == "dots":
