@@ -60,6 +60,9 @@ flags.DEFINE_list("extra_metrics", None, "fid: ADM's metrics of the same samples
                   "evals.fid.extra_metrics); see docs/evaluation.md.")
 flags.DEFINE_integer("batch_size", 256, "Images per sampler call.")
 flags.DEFINE_integer("checkpoint_step", None, "Which checkpoint (default: the latest).")
+flags.DEFINE_list("guidance_interval", None, "t_min,t_max: the guidance interval a model with a "
+                  "guidance-interval input (model.guidance_interval) is told; the scale is "
+                  "--cfg_scale. Default: the config's evals.samples.guidance_interval.")
 config_flags.DEFINE_config_file("config", None, "fid_stats: the config whose dataset to read "
                                  "(default: the --workdir's config.json).", lock_config=True)
 flags.DEFINE_string("out", None, "fid_stats: the .npz to write.")
@@ -108,7 +111,8 @@ def main(argv):
                  input_is_lr=FLAGS.input_is_lr, overwrite=FLAGS.overwrite,
                  lpips_weights=FLAGS.lpips_weights, workdirs=FLAGS.workdirs,
                  prompts=FLAGS.prompts, embeddings=FLAGS.embeddings, protocol=FLAGS.protocol,
-                 extra_metrics=FLAGS.extra_metrics)
+                 extra_metrics=FLAGS.extra_metrics,
+                 guidance_interval=FLAGS.guidance_interval)
 
 
 if __name__ == "__main__":

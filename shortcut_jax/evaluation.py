@@ -80,7 +80,8 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
         input_is_lr: bool = False, overwrite: bool = False,
         lpips_weights: Optional[str] = None, workdirs: Optional[List[str]] = None,
         prompts: Optional[str] = None, embeddings: Optional[str] = None,
-        protocol: Optional[str] = None, extra_metrics: Optional[List[str]] = None):
+        protocol: Optional[str] = None, extra_metrics: Optional[List[str]] = None,
+        guidance_interval: Optional[List[float]] = None):
   """Runs one evaluation mode; returns its results (also written into the workdir).
 
   None for `steps`, `num_samples`, `cfg_scale` or `use_ema` means not given: `fid` then takes
@@ -97,6 +98,8 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   first, then upscalers; one entry of `steps` each) and `output_dir` by `cascade`; `prompts`
   (a text file, one prompt a line) or `embeddings` (.npy [N, D], or an .npz with 'embedding')
   by `sample` only, for a model trained with embeddings: image i gets prompt i % N.
+  `guidance_interval` (t_min, t_max) replaces the config's `evals.samples.guidance_interval`
+  for a model with a guidance-interval input (`model.guidance_interval`).
   """
   if mode not in MODES:
     raise errors.ArgumentError(f"unknown mode {mode!r}; known: {MODES}")
@@ -132,6 +135,16 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   if not workdir:
     raise errors.ArgumentError(f"--mode={mode} needs --workdir")
   workdir_config = experiment.load_config(workdir)
+  if guidance_interval is not None:
+    interval = tuple(float(v) for v in guidance_interval)
+    if not workdir_config.model.get("guidance_interval"):
+      raise errors.ArgumentError("--guidance_interval: the model has no guidance-interval input "
+                                 "(model.guidance_interval)")
+    if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
+      raise errors.ArgumentError(f"--guidance_interval must be t_min,t_max with 0 <= t_min < "
+                                 f"t_max <= 1, got {interval}")
+    with workdir_config.unlocked():
+      workdir_config.evals.samples.guidance_interval = interval
   if mode == "fid":
     settings = fid_settings(workdir_config, steps=steps, num_samples=num_samples,
                             cfg_scale=cfg_scale, use_ema=use_ema, protocol=protocol)

@@ -83,3 +83,31 @@ def velocity_oracle(m, s, *, num_classes=0, label_shift=0.0):
     return flow_velocity(x, t, mean, s, jnp)
 
   return VelocityModel(apply_fn=apply_fn, num_classes=num_classes)
+
+
+# Small per-pixel Gaussian data [2, 2, 1] for the one-step objectives' tests (MeanFlow family).
+M_SMALL = np.asarray([[[0.5], [-0.3]], [[0.1], [0.8]]], np.float32)
+S_SMALL = np.asarray([[[0.4], [1.3]], [[0.9], [0.2]]], np.float32)
+
+
+def average_velocity_oracle(m, s, *, num_classes=0, label_shift=0.0, guidance=False):
+  """A `VelocityModel` returning the exact average velocity over d = 2^-level (the shortcut),
+  label-shifted when it takes labels; with `guidance` it also takes guidance rows (and ignores
+  them)."""
+  from shortcut_jax.core import conditioning as cond_lib  # pylint: disable=g-import-not-at-top
+  m, s = np.asarray(m, np.float32), np.asarray(s, np.float32)
+
+  def apply_fn(params, x, t, level, cond, train, rngs):
+    del params, train, rngs
+    mean = m if "label" not in cond else label_mean(m, cond["label"], num_classes, label_shift, jnp)
+    return shortcut_velocity(x, t, jnp.power(2.0, -jnp.asarray(level, jnp.float32)), mean, s, jnp)
+
+  kinds = (cond_lib.LabelKind(num_classes),) + ((cond_lib.GuidanceKind(),) if guidance else ())
+  return VelocityModel(apply_fn=apply_fn, conditioning=cond_lib.Conditioning(kinds))
+
+
+def path_velocity(targets, images):
+  """The linear path's velocity x1 - a x0 of each row of `targets` (x0 recovered from x_t)."""
+  tb = np.asarray(targets.t).reshape((-1,) + (1,) * (np.ndim(images) - 1))
+  x0 = (np.asarray(targets.x) - tb * np.asarray(images)) / (1 - A * tb)
+  return np.asarray(images) - A * x0

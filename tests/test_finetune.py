@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import digits_configs
+from shortcut_jax.core import guidance
 from shortcut_jax.train import finetune
 from shortcut_jax import experiment
 from shortcut_jax.train import trainer
@@ -53,9 +54,14 @@ def _start(config, workdir):
   return exp, state, step
 
 
+# The fine-tuned model adds a guidance input (and trains it with intrinsic guidance and a twin
+# EMA teacher, improved shortcut models): it too starts as nothing, at every guidance scale.
+ISM = dict(model__guidance_input=True, objective__guidance_max=2.0, objective__target_ema_rate=0.9)
+
+
 def test_fine_tuned_shortcut_model_starts_as_its_naive_source(source, tmp_path):
   source_dir, data_dir = source
-  config = _config(source_dir, data_dir, init__weights="online")
+  config = _config(source_dir, data_dir, init__weights="online", **ISM)
   exp, state, step = _start(config, str(tmp_path / "tuned"))
   src_exp, src, _ = experiment.restore_experiment(source_dir)
   assert step == 0 and int(state.step) == 0
@@ -65,8 +71,11 @@ def test_fine_tuned_shortcut_model_starts_as_its_naive_source(source, tmp_path):
   jax.tree.map(np.testing.assert_array_equal, state.params, state.ema_params)
   np.testing.assert_array_equal(state.params["DiTBlock_0"]["Dense_0"]["kernel"],
                                 src.params["DiTBlock_0"]["Dense_0"]["kernel"])
-  out = state.params[finetune.STEP_SIZE_EMBEDDER]["Dense_1"]
-  assert float(jnp.abs(out["kernel"]).max()) == 0  # The new input's output layer starts at 0.
+  for name in (finetune.STEP_SIZE_EMBEDDER, "GuidanceEmbedder_0"):
+    out = state.params[name]["Dense_1"]
+    assert float(jnp.abs(out["kernel"]).max()) == 0  # A new input's output layer starts at 0.
+  # The twin-EMA teacher starts as the new weights, not as a fresh initialisation.
+  jax.tree.map(np.testing.assert_array_equal, state.objective_state["target_ema"], state.params)
 
   rng = np.random.default_rng(0)
   n = 6
@@ -76,14 +85,16 @@ def test_fine_tuned_shortcut_model_starts_as_its_naive_source(source, tmp_path):
   want = src_exp.model(src.params, x, t, jnp.zeros(n, jnp.int32), cond)
   scale = float(jnp.abs(want).max())
   finest = int(np.log2(config.objective.denoise_timesteps))
-  for level in (finest, 0, 1):
-    got = exp.model(state.params, x, t, jnp.full((n,), level, jnp.int32), cond)
+  for level, w in ((finest, None), (0, None), (1, 2.5), (finest, 2.5)):
+    got = guidance.guided_velocity(exp.model, state.params, x, t,
+                                   jnp.full((n,), level, jnp.int32), cond, w)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
   # What the step-size input's start buys: the source's weights as they are, in a network that
   # takes the step size, predict something else at the finest level; a fresh model too.
-  unchanged = exp.model(src.params, x, t, jnp.full((n,), finest, jnp.int32), cond)
+  unchanged = exp.model(dict(src.params, GuidanceEmbedder_0=state.params["GuidanceEmbedder_0"]),
+                        x, t, jnp.full((n,), finest, jnp.int32), cond)
   assert float(jnp.abs(unchanged - want).max()) > 1e-3 * scale
-  fresh = _start(_config(None, data_dir), str(tmp_path / "fresh"))[1]
+  fresh = _start(_config(None, data_dir, **ISM), str(tmp_path / "fresh"))[1]
   other = exp.model(fresh.params, x, t, jnp.full((n,), finest, jnp.int32), cond)
   assert float(jnp.abs(other - want).max()) > 0.1 * scale
 

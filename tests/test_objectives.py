@@ -411,3 +411,72 @@ def test_default_draws_use_independent_keys():
     flow_x0 = (flow_images - np.asarray(tg.target, np.float64)[flow]) / A
     same = np.allclose(boot_x0[:4], flow_x0[:4], atol=1e-4)
     assert same == faithful
+
+
+# ------------------------------------------- improved shortcut models: twin EMA, wavelet loss
+
+
+def test_twin_ema_teacher_is_the_objective_state_and_follows_its_rate():
+  objective = objectives.get_objective("shortcut")
+  config = make_config(target_ema_rate=0.9)
+  params = {"c": jnp.float32(1.0)}
+  state = objective.init_state(params, config)
+  assert float(state["target_ema"]["c"]) == 1.0
+  for new in (3.0, 5.0):  # 0.9 * 1 + 0.1 * 3 = 1.2; 0.9 * 1.2 + 0.1 * 5 = 1.58
+    state = objective.update_state(state, step=0, params={"c": jnp.float32(new)},
+                                   ema_params=params, config=config)
+  np.testing.assert_allclose(float(state["target_ema"]["c"]), 1.58, rtol=1e-6)
+  assert objective.init_state(params, make_config()) == {}  # off: no state, no extra copy
+
+  def apply_fn(p, x, t, level, cond, train, rngs):
+    return jnp.zeros_like(x) + p["c"]
+
+  model = VelocityModel(apply_fn=apply_fn, num_classes=NUM_CLASSES)
+  run = jax.jit(functools.partial(objective.targets_fn, model, config=config))
+  tg = run({"c": jnp.float32(1.0)}, {"c": jnp.float32(2.0)}, make_batch(64),
+           jax.random.PRNGKey(0), state=state)
+  boot = np.asarray(tg.groups["bootstrap"]) > 0
+  np.testing.assert_allclose(np.asarray(tg.target)[boot], 1.58, rtol=1e-6)  # not 2 (slow EMA)
+
+
+def _numpy_haar_loss(diff, levels):
+  """The wavelet loss from its definition, by explicit 2x2 blocks in float64."""
+  diff = np.asarray(diff, np.float64)
+  losses = []
+  for sample in diff:
+    bands, x = [], sample
+    for _ in range(levels):
+      if x.shape[0] % 2 or x.shape[1] % 2:
+        break
+      h, w = x.shape[0] // 2, x.shape[1] // 2
+      ll, lh, hl, hh = (np.zeros((h, w, x.shape[2])) for _ in range(4))
+      for i in range(h):
+        for j in range(w):
+          a, b, c, d = x[2 * i, 2 * j], x[2 * i, 2 * j + 1], x[2 * i + 1, 2 * j], x[2 * i + 1, 2 * j + 1]
+          ll[i, j], lh[i, j] = (a + b + c + d) / 2, (a - b + c - d) / 2
+          hl[i, j], hh[i, j] = (a + b - c - d) / 2, (a - b - c + d) / 2
+      bands += [lh, hl, hh]
+      x = ll
+    bands.append(x)
+    losses.append(np.mean([np.mean(b ** 2) for b in bands]))
+  return np.array(losses)
+
+
+@pytest.mark.parametrize("shape, levels", [((8, 8, 2), 5), ((12, 8, 1), 3), ((6, 4, 3), 0)])
+def test_wavelet_loss_against_its_definition(shape, levels):
+  from shortcut_jax.core import wavelets
+  rng = np.random.default_rng(0)
+  pred, target = (rng.normal(size=(3, *shape)).astype(np.float32) for _ in range(2))
+  got = wavelets.wavelet_loss(jnp.asarray(pred), jnp.asarray(target), levels)
+  np.testing.assert_allclose(np.asarray(got), _numpy_haar_loss(pred - target, levels), rtol=1e-5)
+  # Orthonormal: the bands keep the error's sum of squares.
+  bands = wavelets.haar_bands(jnp.asarray(pred - target), levels)
+  np.testing.assert_allclose(sum(float(jnp.sum(b ** 2)) for b in bands),
+                             float(np.sum((pred - target) ** 2)), rtol=1e-5)
+  if levels == 0:  # no levels: the MSE
+    np.testing.assert_allclose(np.asarray(got), np.mean((pred - target) ** 2, axis=(1, 2, 3)),
+                               rtol=1e-6)
+  tg = objectives.base.TrainingTargets(x=None, t=None, level=None, cond={}, target=target,
+                                       groups={}, metrics={})
+  loss, _ = shortcut_lib.shortcut_loss(jnp.asarray(pred), tg, make_config(wavelet_levels=levels))
+  np.testing.assert_allclose(np.asarray(loss), np.asarray(got), rtol=1e-6)

@@ -85,7 +85,9 @@ class _StopAfter:
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
-  c = smoke_config(max_steps=6, checkpoint__every_steps=2)
+  # With the iSM switches on: the twin-EMA teacher is objective state that must resume too.
+  c = smoke_config(max_steps=6, checkpoint__every_steps=2, objective__target_ema_rate=0.5,
+                   objective__wavelet_levels=5)
   trainer.train_and_evaluate(c, str(tmp_path / "straight"))
 
   def crash(batch):
@@ -102,6 +104,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
   assert s1 == s2 == 6
   jax.tree.map(np.testing.assert_array_equal, p1, p2)
   jax.tree.map(np.testing.assert_array_equal, e1, e2)
+  (_, a, _), (_, b, _) = (experiment.restore_experiment(str(tmp_path / n))
+                          for n in ("straight", "resumed"))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.objective_state),
+               jax.device_get(b.objective_state))
+  twin = jax.device_get(a.objective_state["target_ema"])  # between the online and slow EMA
+  for other in (p1, e1):
+    assert not np.allclose(twin["FinalLayer_0"]["Dense_1"]["kernel"],
+                           other["FinalLayer_0"]["Dense_1"]["kernel"])
   # ... and training really moved the weights (the comparison can fail).
   fresh = jax.device_get(jax.jit(experiment.build_experiment(c).init_state)(jax.random.PRNGKey(c.seed)).params)
   assert not np.allclose(fresh["DiTBlock_0"]["Dense_1"]["kernel"], p1["DiTBlock_0"]["Dense_1"]["kernel"])

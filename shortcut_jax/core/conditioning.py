@@ -112,6 +112,41 @@ class EmbeddingKind(ZeroNullKind):
     return jnp.zeros((batch_size, self.dim), jnp.float32)
 
 
+# A guidance row (w, t_min, t_max) of a network that takes guidance as input: w the guidance
+# scale in this library's meaning (`core.guidance`: 1 = conditional, no guidance), [t_min, t_max]
+# the interval of times it applies to. Missing: (1, 0, 1).
+GUIDANCE = "guidance"
+NO_GUIDANCE = (1.0, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceKind:
+  """The guidance a network takes as an input (`model.guidance_input`): [B, 3] rows (w, t_min,
+  t_max) (`NO_GUIDANCE` when missing). Not a condition CFG nulls or drops: a network that
+  takes it is guided by it, in one call (`core.guidance.guided_velocity`)."""
+  key: str = GUIDANCE
+  drop_prob_field: Optional[str] = None
+  guided: bool = False
+  null_when_unguided: bool = False
+  required: bool = False
+
+  def missing(self, batch_size: int) -> Array:
+    return guidance_rows(NO_GUIDANCE[0], batch_size)
+
+  def null(self, value: Array) -> Array:
+    return value
+
+  def is_null(self, value: Array) -> Array:
+    return jnp.zeros(value.shape[:1], bool)
+
+
+def guidance_rows(w, batch_size: int, interval=NO_GUIDANCE[1:]) -> Array:
+  """[B, 3] guidance inputs: scale w (a float or [B]) on the interval (t_min, t_max)."""
+  w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (batch_size,))
+  lo, hi = (jnp.full((batch_size,), v, jnp.float32) for v in interval)
+  return jnp.stack([w, lo, hi], axis=1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Conditioning:
   """The ordered condition kinds of one network (see the module docstring)."""
@@ -189,7 +224,7 @@ class Conditioning:
     cond = dict(cond)
     ratios = {}
     for i, k in enumerate(self.kinds):
-      if k.key not in cond:
+      if k.key not in cond or k.drop_prob_field is None:
         continue
       value = cond[k.key]
       p = float(config_value(config, k.drop_prob_field))
@@ -228,11 +263,14 @@ def from_config(config, *, cond_image: bool, num_classes: Optional[int] = None,
                 embedding_dim: int = 0) -> Conditioning:
   """The kinds of an experiment: labels always (the original's DiT has a label table), plus the
   image condition when the data has one (`data.low_res_factor > 0`) and a vector embedding when
-  it has one (`data.embedding_dim > 0`)."""
+  it has one (`data.embedding_dim > 0`), and the guidance input of a network that takes one
+  (`model.guidance_input`)."""
   kinds = [LabelKind(config.data.num_classes if num_classes is None else num_classes)]
   if cond_image:
     kinds.append(ImageKind(guided=float(config.objective.image_dropout_prob) > 0))
   if embedding_dim:
     kinds.append(EmbeddingKind(int(embedding_dim),
                                guided=float(config.objective.embedding_dropout_prob) > 0))
+  if config_value(config.model, "guidance_input", section="model"):
+    kinds.append(GuidanceKind())
   return Conditioning(tuple(kinds))

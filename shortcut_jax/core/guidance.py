@@ -54,7 +54,7 @@ from typing import List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
-from shortcut_jax.core.conditioning import concat_rows, take_rows
+from shortcut_jax.core.conditioning import GUIDANCE, concat_rows, guidance_rows, take_rows
 
 CONVENTIONS = ("original", "legacy")
 ORIGINAL, LEGACY = CONVENTIONS
@@ -65,12 +65,60 @@ EVAL_STEPS = (1, 4, 128)
 EVAL_NUM_SAMPLES = 1000
 
 
+def takes_guidance(model) -> bool:
+  """Whether the network takes guidance as an input (`model.guidance_input`)."""
+  return model.conditioning.kind(GUIDANCE) is not None
+
+
+def with_guidance(model, cond, w, n: int):
+  """`cond` with guidance scale w ([n] or a float; the interval a `guidance` row of `cond`
+  already has, else [0, 1]) for a network that takes guidance as input; `cond` as is for one
+  that does not."""
+  if not takes_guidance(model):
+    return dict(cond)
+  rows = cond.get(GUIDANCE)
+  rows = guidance_rows(1.0, n) if rows is None else rows
+  w = jnp.broadcast_to(jnp.asarray(w, jnp.float32), (n,))
+  return dict(cond, **{GUIDANCE: rows.at[:, 0].set(w)})
+
+
+def conditional_and_unconditional(model, params, x, t, level, cond, *,
+                                  guided_rows: Optional[int] = None, interleave: bool = False):
+  """(v_c [n], v_u [k]) of one network call on the n rows plus unconditional copies
+  (`model.null_cond`) of the first k = `guided_rows` (default n); `interleave` puts each row's
+  two inputs side by side (rows 2i, 2i+1 of the call; every row), so that a batch split over
+  devices keeps both on the device that holds the row. A network that takes guidance as input
+  gets the guidance rows of `cond` (none: w = 1) for v_c and w = 1 for v_u."""
+  n = x.shape[0]
+  k = n if guided_rows is None else int(guided_rows)
+  cond = dict(cond)
+  null = model.null_cond(cond)
+  if takes_guidance(model):  # the unconditional velocity is unguided (w = 1)
+    null = with_guidance(model, null, 1.0, n)
+  if interleave:
+    if k != n:
+      raise ValueError(f"interleave guides every row; got guided_rows={k} of {n}")
+    pair = lambda a, b: jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+    out = model(params, pair(x, x), pair(t, t), pair(level, level), jax.tree.map(pair, cond, null),
+                train=False)
+    out = out.reshape((n, 2) + out.shape[1:])
+    return out[:, 0], out[:, 1]
+  rows = slice(0, k)
+  out = model(params, jnp.concatenate([x, x[rows]], axis=0), jnp.concatenate([t, t[rows]], axis=0),
+              jnp.concatenate([level, level[rows]], axis=0),
+              concat_rows(cond, take_rows(null, rows)), train=False)
+  return out[:n], out[n:]
+
+
 def guided_velocity(model, params, x, t, level, cond, w, *, guided_rows: Optional[int] = None,
                     mask=None, interleave: bool = False):
   """The network's velocity guided by w, `v_u + w (v_c - v_u)`, with v_c and v_u from one
   network call on the batch plus unconditional copies of its guided rows (`model.null_cond`).
   The only place the library writes the guided call: the samplers, the shortcut and HOMO
   teachers, progressive distillation and live reflow all call it.
+
+  A network that takes guidance as an input (`model.guidance_input`) is instead called once on
+  the n rows with w as its input (1 where a row is not guided), as it was trained to be.
 
   Args:
     model: a `VelocityModel` (`model(params, x, t, level, cond, train=False)`, `null_cond`).
@@ -92,24 +140,15 @@ def guided_velocity(model, params, x, t, level, cond, w, *, guided_rows: Optiona
   k = n if guided_rows is None else int(guided_rows)
   if w is None or k == 0:
     return model(params, x, t, level, cond, train=False)
-  cond = dict(cond)
-  null = model.null_cond(cond)
+  if takes_guidance(model):
+    guided = jnp.arange(n) < k
+    if mask is not None:
+      guided = guided & jnp.concatenate([mask, jnp.zeros((n - k,), bool)])
+    return model(params, x, t, level, with_guidance(model, cond, jnp.where(guided, w, 1.0), n),
+                 train=False)
   expand = (-1,) + (1,) * (x.ndim - 1)
-  if interleave:
-    if k != n:
-      raise ValueError(f"interleave guides every row; got guided_rows={k} of {n}")
-    pair = lambda a, b: jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
-    out = model(params, pair(x, x), pair(t, t), pair(level, level), jax.tree.map(pair, cond, null),
-                train=False)
-    out = out.reshape((n, 2) + out.shape[1:])
-    v_cond, v_uncond = out[:, 0], out[:, 1]
-  else:
-    rows = slice(0, k)
-    out = model(params, jnp.concatenate([x, x[rows]], axis=0),
-                jnp.concatenate([t, t[rows]], axis=0),
-                jnp.concatenate([level, level[rows]], axis=0),
-                concat_rows(cond, take_rows(null, rows)), train=False)
-    v_cond, v_uncond = out[:n], out[n:]
+  v_cond, v_uncond = conditional_and_unconditional(model, params, x, t, level, cond,
+                                                   guided_rows=k, interleave=interleave)
   v_guided = v_uncond + w * (v_cond[:k] - v_uncond)
   if mask is not None:
     v_guided = jnp.where(mask.reshape(expand), v_guided, v_cond[:k])

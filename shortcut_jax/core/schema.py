@@ -65,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
       # and added to c, where the label embedding goes) | 'tokens' (extra tokens); its null:
       # 'zero' (the zero vector) | 'learned' (a learned vector replaces null rows).
       embedding_mode="add", embedding_null="zero",
+      # Guidance as a network input (improved shortcut models, iMF): the DiT embeds a guidance
+      # scale w (`core.guidance`'s meaning: 1 = conditional) like t and the step size, and with
+      # `guidance_interval` the interval [t_min, t_max] it applies to; such a model samples a
+      # guided image with one network call per step. Off: the original's network.
+      guidance_input=False, guidance_interval=False,
   ))
   c.objective = ml_collections.ConfigDict(dict(
       name="shortcut", denoise_timesteps=128, bootstrap_every=8, bootstrap_ema=True,
@@ -88,11 +93,35 @@ def base_config() -> ml_collections.ConfigDict:
       # the batch with r = t, adaptive loss weight 1 / (mse + c)^p.
       meanflow_time_mu=-0.4, meanflow_time_sigma=1.0, meanflow_equal_share=0.75,
       meanflow_adaptive_p=1.0, meanflow_adaptive_c=1e-3,
+      # iMF (objective 'imf', `objectives.imf`; MeanFlow's fields above apply too): the guidance
+      # scale of each row has density ∝ w^-beta on [1, 1 + imf_guidance_max] (the paper's 7, 1).
+      imf_guidance_max=7.0, imf_guidance_beta=1.0,
+      # α-Flow (objective 'alphaflow', `objectives.alphaflow`; MeanFlow's fields apply too): the
+      # curriculum α(k) from 1 to 0 between steps `start` and `end` (`alphaflow_end`, below: it
+      # follows max_steps unless set; a sigmoid of steepness gamma, snapped at eta), the
+      # target's clip, and its guidance ṽ = omega v + kappa u(c) + (1 - omega - kappa) u(null)
+      # where t is in [cfg_t_min, cfg_t_max] (omega 1, kappa 0: none).
+      alphaflow_start=0, alphaflow_gamma=25.0,
+      alphaflow_eta=5e-3, alphaflow_clamp=4.0, alphaflow_cfg_omega=1.0, alphaflow_cfg_kappa=0.0,
+      alphaflow_cfg_t_min=0.0, alphaflow_cfg_t_max=1.0,
       # HOMO (objective 'homo'): loss weights of the velocity, acceleration and self-consistency
       # terms (1.0 / 0.5 / 0.1, not tuned here), whether the self-consistency rows also
       # train the acceleration, and whether u1's velocity enters u2 without its gradient.
       homo_lambda_v=1.0, homo_lambda_a=0.5, homo_lambda_sc=0.1, homo_sc_acceleration=True,
       homo_velocity_stop_grad=False,
+      # Improved shortcut models (iSM; objective 'shortcut'), each off by default. Twin EMA:
+      # the bootstrap teacher is an EMA of the online weights at this rate (the paper: 0.95),
+      # kept in the objective state, apart from the sampling EMA (`optim.ema_rate`); 0: off,
+      # the teacher is the one `bootstrap_ema` picks. Wavelet loss: the error through this many
+      # Haar levels (the paper: 5; fewer where the size does not allow), each sub-band weighted
+      # equally (`core.wavelets`); 0: the per-sample MSE.
+      target_ema_rate=0.0, wavelet_levels=0,
+      # Intrinsic guidance (iSM; needs model.guidance_input): each row's guidance omega is drawn
+      # from {0, grid, 2 grid, ..., guidance_max} (the paper: 0.25 up to 3.5; 0: off) and given
+      # to the network as w = 1 + omega; flow rows regress v + omega sg(v_c - v_u) (the
+      # teacher's conditional and unconditional velocities), self-consistency rows pass w to
+      # the teacher; no guidance in the target where t < guidance_t_min (the paper: 0.3).
+      guidance_max=0.0, guidance_grid=0.25, guidance_t_min=0.0,
   ))
   # The original's baselines (objectives.progressive, .consistency): the frozen teacher of
   # 'progressive' and 'consistency-distillation' is the training workdir (or one
@@ -108,6 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = ml_collections.ConfigDict(dict(
       workdir=ml_collections.FieldReference(None, field_type=str), step=-1, weights="ema"))
   c.objective.schedule_steps = c.get_ref("max_steps") + 0
+  c.objective.alphaflow_end = c.get_ref("max_steps") + 0
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.999, weight_decay=0.1, warmup_steps=0, schedule="constant",
       ema_rate=0.999,
@@ -162,8 +192,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   c.sharding = "dp"
   c.evals = ml_collections.ConfigDict(dict(
+      # `guidance_interval`: the (t_min, t_max) a model with a guidance-interval input
+      # (`model.guidance_interval`) is told when sampling, here and in eval.py (whose
+      # --guidance_interval overrides it); the guidance scale is `cfg_scale`.
       samples=dict(every=-1, steps=(1, 2, 4, 8, 16, 32, 64, 128), num_images=64, cfg_scale=1.5,
-                   use_ema=True),
+                   use_ema=True, guidance_interval=(0.0, 1.0)),
       loss_per_t=dict(every=-1, num_batches=2, num_bins=16),
       validation=dict(every=-1, num_batches=4),
       # FID against `stats_path` (an .npz with mu/sigma, e.g. from `eval.py --mode=fid_stats`)

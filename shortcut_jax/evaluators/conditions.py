@@ -14,6 +14,7 @@ import numpy as np
 
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import text_encoders
+from shortcut_jax.core import conditioning as cond_lib
 
 
 def is_conditional(config) -> bool:
@@ -108,6 +109,9 @@ def sample_cond(exp, num_images: int, split: str = "test",
     if embedding is None:
       embedding = examples["embedding"]
     cond["embedding"] = np.asarray(embedding, np.float32)[:num_images]
+  if cond_lib.GUIDANCE in keys:  # w = 1 here; the sampler sets the scale it guides with.
+    cond[cond_lib.GUIDANCE] = np.asarray(cond_lib.guidance_rows(
+        1.0, num_images, tuple(exp.config.evals.samples.get("guidance_interval", (0.0, 1.0)))))
   return cond
 
 

@@ -19,6 +19,10 @@ Deliberate additions, all off by default except where noted:
     block to compile instead of depth); `core.layer_stack.convert` maps the original's
     `DiTBlock_<i>` tree onto it and back, so its checkpoints still load.
   * non-square inputs (the original asserts square images).
+  * `guidance_input` (off by default): a guidance scale w, and with `guidance_interval` the
+    interval [t_min, t_max] it applies to, embedded like t and the step size and added to the
+    conditioning vector (improved shortcut models, iMF): such a network is guided by its input,
+    one call per step (`core.guidance.guided_velocity`).
   * image conditioning (`cond_image_mode`, off by default, so unconditioned models keep the
     original parameter tree exactly): `'concat'` stacks the conditioning image (e.g. the
     upsampled low-resolution input) onto x_t as extra input channels (SR3, fm-boosting);
@@ -218,9 +222,12 @@ class DiT(nn.Module):
   cond_image_mode: Optional[str] = None
   embedding_mode: Optional[str] = None
   embedding_null: str = "zero"
+  guidance_input: bool = False
+  guidance_interval: bool = False
 
   @nn.compact
-  def __call__(self, x, t, dt, y, train: bool = False, cond_image=None, embedding=None):
+  def __call__(self, x, t, dt, y, train: bool = False, cond_image=None, embedding=None,
+               guidance=None):
     batch, height, width, _ = x.shape
     if (cond_image is None) != (self.cond_image_mode is None):
       raise ValueError(f"DiT(cond_image_mode={self.cond_image_mode!r}) called "
@@ -251,6 +258,10 @@ class DiT(nn.Module):
     dte = TimestepEmbedder(self.hidden_size, self.dtype, name="TimestepEmbedder_1")(dt)
     ye = LabelEmbedder(self.num_classes, self.hidden_size, self.dtype, name="LabelEmbedder_0")(y)
     c = te + ye + dte  # float32: the timestep embedders' last layers compute in float32.
+    if guidance is not None and not self.guidance_input:
+      raise ValueError("DiT(guidance_input=False) called with a guidance input")
+    if self.guidance_input:
+      c = c + self._guidance(guidance, batch)
     num_tokens = x.shape[1]
     if embedding is not None:
       e = self._embedding(embedding)
@@ -288,6 +299,22 @@ class DiT(nn.Module):
     for i in range(self.depth):
       x = block_cls(*args, name=f"DiTBlock_{i}")(x, c, train)
     return x
+
+  def _guidance(self, guidance, batch):
+    """The embedding of the guidance rows (w, t_min, t_max) [B, 3] (missing: w = 1 on [0, 1]):
+    w through `GuidanceEmbedder_0`, and with `guidance_interval` t_min and t_max through
+    `GuidanceEmbedder_1` and `_2`, summed (added to c like the time embeddings)."""
+    if guidance is None:
+      guidance = cond_lib.guidance_rows(cond_lib.NO_GUIDANCE[0], batch)
+    g = jnp.asarray(guidance, jnp.float32)
+    if g.shape != (batch, 3):
+      raise ValueError(f"guidance input of shape {g.shape}; expected [{batch}, 3] rows "
+                       "(w, t_min, t_max)")
+    out = 0.0
+    for i in range(3 if self.guidance_interval else 1):
+      out = out + TimestepEmbedder(self.hidden_size, self.dtype,
+                                   name=f"GuidanceEmbedder_{i}")(g[:, i])
+    return out
 
   def _embedding(self, embedding):
     """[B, D] or [B, L, D] vectors -> [B, L, hidden]: null rows (all zero) replaced by a learned
@@ -348,7 +375,8 @@ def velocity_model(module: DiT, conditioning=None) -> VelocityModel:
   Args:
     module: the DiT.
     conditioning: its condition kinds (default: labels, plus `cond_image` when the module has a
-      `cond_image_mode`). A missing label means the null label.
+      `cond_image_mode`, and the guidance input when it has one). A missing label means the
+      null label.
   """
   if conditioning is None:
     if module.embedding_mode is not None:
@@ -357,12 +385,15 @@ def velocity_model(module: DiT, conditioning=None) -> VelocityModel:
     kinds = [cond_lib.LabelKind(module.num_classes)]
     if module.cond_image_mode is not None:
       kinds.append(cond_lib.ImageKind())
+    if module.guidance_input:
+      kinds.append(cond_lib.GuidanceKind())
     conditioning = cond_lib.Conditioning(tuple(kinds))
 
   def apply_fn(params, x, t, level, cond, train, rngs):
     cond = conditioning.fill_missing(cond, x.shape[0])
     out = module.apply({"params": params}, x, t, level, cond["label"], train=train, rngs=rngs,
-                       cond_image=cond.get("cond_image"), embedding=cond.get("embedding"))
+                       cond_image=cond.get("cond_image"), embedding=cond.get("embedding"),
+                       guidance=cond.get(cond_lib.GUIDANCE))
     return out.astype(jnp.float32)
   return VelocityModel(apply_fn=apply_fn, conditioning=conditioning)
 

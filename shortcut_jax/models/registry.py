@@ -40,7 +40,8 @@ def _dit_module(config, objective, out_channels: int, has_image: bool,
       scan_layers=m.scan_layers,
       cond_image_mode=m.cond_image_mode if has_image else None,
       embedding_mode=m.embedding_mode if has_embedding else None,
-      embedding_null=m.embedding_null)
+      embedding_null=m.embedding_null, guidance_input=bool(m.guidance_input),
+      guidance_interval=bool(m.guidance_interval))
 
 
 def _init_fn(module, batch_spec: BatchSpec):

@@ -6,7 +6,9 @@ from shortcut_jax.objectives.base import (Objective, TrainingTargets, as_objecti
                                           register_objective)
 from shortcut_jax.core.paths import Path, get_path
 # Importing the modules registers their objectives.
+from shortcut_jax.objectives import alphaflow  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import homo  # noqa: F401  pylint: disable=unused-import
+from shortcut_jax.objectives import imf  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import consistency  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import livereflow  # noqa: F401  pylint: disable=unused-import
 from shortcut_jax.objectives import meanflow  # noqa: F401  pylint: disable=unused-import

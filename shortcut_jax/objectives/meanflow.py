@@ -149,7 +149,9 @@ def _draws(model, batch, rng, config):
           drop_metrics)
 
 
-def _targets(x, t, d, st, cond, target, u, drop_metrics) -> TrainingTargets:
+def make_targets(x, t, d, st, cond, target, u, drop_metrics) -> TrainingTargets:
+  """The TrainingTargets of MeanFlow-style rows (groups `average`, `instant`; the target under
+  stop-gradient)."""
   instant = (d == 0).astype(jnp.float32)
   return TrainingTargets(
       x=x, t=t, level=interval_level(d, st.finest), cond=cond,
@@ -174,7 +176,7 @@ def meanflow_loss(model, params, ema_params, batch, rng, config, *, step=None, s
   network = lambda xx, tt, dd: model(params, xx, tt, interval_level(dd, st.finest), cond,
                                      train=True, rngs=rngs)
   target, u = mean_flow_target(network, x, t, d, v)
-  targets = _targets(x, t, d, st, cond, target, u, drop_metrics)
+  targets = make_targets(x, t, d, st, cond, target, u, drop_metrics)
   per_sample, terms = adaptive_loss(u, targets, config)
   return per_sample, terms, targets
 
@@ -205,4 +207,4 @@ def meanflow_targets(model, params, ema_params, batch, rng, config, *, step=None
   network = lambda xx, tt, dd: model(frozen, xx, tt, interval_level(dd, st.finest), cond,
                                      train=False)
   target, u = mean_flow_target(network, x, t, d, v)
-  return _targets(x, t, d, st, cond, target, u, drop_metrics)
+  return make_targets(x, t, d, st, cond, target, u, drop_metrics)

@@ -63,6 +63,25 @@ The default (`faithful=False`) fixes these:
 
 Both layouts share the bootstrap part (`bootstrap_part`) and the flow part's path
 (`objective.path`, linear by default: the original's).
+
+Two ingredients of improved shortcut models (iSM, Nguyen et al., NeurIPS 2025), each a switch,
+off by default:
+  * twin EMA (`target_ema_rate`, the paper's 0.95): the teacher of the bootstrap targets is a
+    fast EMA of the online weights, kept in the objective state (`twin_ema_state`,
+    `update_twin_ema`: checkpointed and resumed with the rest of the state, sharded like the
+    parameters), while the slow EMA (`optim.ema_rate`) is the one sampled;
+  * the multi-level wavelet loss (`wavelet_levels`, the paper's 5; `core.wavelets`) in place of
+    the per-sample MSE, on every row;
+  * intrinsic guidance (`guidance_max`, the paper's 3.5; needs `model.guidance_input`): every
+    row gets a guidance omega from the grid {0, 0.25, ...} as the network's input w = 1 + omega
+    (this library's meaning of w: v_u + w (v_c - v_u)); the flow rows regress
+    v + omega sg(v_c - v_u) (`intrinsic_guidance_target`; v_c, v_u: the teacher at w = 1, no
+    guidance where t < `guidance_t_min`, the paper's 0.3), the self-consistency rows pass their
+    w to the teacher's half steps (guided self-consistency); `bootstrap_cfg` is off. The
+    model then samples a guided image with one call per step (`--cfg_scale=w`). Choices where
+    the paper's text is not public (ONESTEP_METHODS.md): v_c and v_u come from the teacher's
+    weights (the bootstrap teacher), omega is drawn for every row (flow rows with omega = 0
+    are plain flow matching), and the interval acts in the target only (w stays the input).
 """
 
 import dataclasses
@@ -72,10 +91,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from shortcut_jax.core import guidance
-from shortcut_jax.core.conditioning import cond_from_batch, take_rows
+from shortcut_jax.core import guidance, wavelets
+from shortcut_jax.core.conditioning import GUIDANCE, cond_from_batch, take_rows
 from shortcut_jax.objectives import teacher as teacher_lib
-from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
+from shortcut_jax.objectives.base import TrainingTargets, mse_loss, register_objective, rms
 from shortcut_jax.objectives.flow_path import (Source, batch_for_targets, config_value,
                                                finest_level, sample_source, source_from_config)
 from shortcut_jax.core.paths import Path, path_from_config
@@ -148,6 +167,9 @@ class ShortcutSettings:
   path: Path
   rule: JumpRule = FIRST_ORDER
   source: Source = Source()
+  guidance_max: float = 0.0  # Intrinsic guidance (iSM), off at 0.
+  guidance_grid: float = 0.25
+  guidance_t_min: float = 0.0
 
   @classmethod
   def from_config(cls, config, rule: JumpRule = FIRST_ORDER) -> "ShortcutSettings":
@@ -157,7 +179,10 @@ class ShortcutSettings:
                dt_bias=int(config_value(config, "bootstrap_dt_bias")),
                use_cfg=bool(config_value(config, "bootstrap_cfg")),
                cfg_scale=float(config_value(config, "cfg_scale")),
-               path=path_from_config(config), rule=rule, source=source_from_config(config))
+               path=path_from_config(config), rule=rule, source=source_from_config(config),
+               guidance_max=float(config_value(config, "guidance_max")),
+               guidance_grid=float(config_value(config, "guidance_grid")),
+               guidance_t_min=float(config_value(config, "guidance_t_min")))
 
 
 def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_cfg: int,
@@ -286,6 +311,10 @@ def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> 
   boot_of = lambda tree: jax.tree.map(lambda a: _boot_of(a, every), tree)
   flow_of = lambda tree: jax.tree.map(lambda a: _flow_of(a, every), tree)
   cond = dict(model.unguided_cond(cond_from_batch(batch), config))
+  if st.guidance_max:  # every row's own guidance, the network's input (`intrinsic_scales`)
+    cond = guidance.with_guidance(
+        model, cond, intrinsic_scales(jax.random.fold_in(rng, 1), images.shape[0], st),
+        images.shape[0])
   (label_key, boot_time_key, boot_noise_key, flow_time_key, flow_noise_key,
    level_key) = jax.random.split(rng, 6)
   boot_level, num_cfg, cfg_mask = default_levels(b_boot, st, level_key)
@@ -302,11 +331,65 @@ def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> 
   cond_flow, drop_metrics = model.drop_cond(flow_of(cond), label_key, config)
   flow = _flow_draws(st.path, flow_of(images), flow_time_key, flow_noise_key,
                      st.denoise_timesteps, st, flow_of(cond))
+  if st.guidance_max:
+    flow = intrinsic_guidance_target(model, teacher, flow, cond_flow, st)
   return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest,
                   merge=lambda boot_rows, flow_rows: _interleave(boot_rows, flow_rows, every))
 
 
-@register_objective("shortcut", uses_level=True, takes_source=True, splits_batch=True)
+def intrinsic_scales(key, n: int, st: ShortcutSettings) -> Array:
+  """Each row's guidance as the network's input, w = 1 + omega, omega uniform on the grid
+  {0, grid, ..., guidance_max} (iSM: 0.25 up to 3.5)."""
+  count = int(np.floor(st.guidance_max / st.guidance_grid + 1e-6)) + 1
+  return 1.0 + st.guidance_grid * jax.random.randint(key, (n,), 0, count).astype(jnp.float32)
+
+
+def intrinsic_guidance_target(model, teacher, flow, cond, st: ShortcutSettings):
+  """The flow rows' targets with intrinsic guidance (iSM's guidance term at d = 0):
+  v + omega sg(v_c - v_u), omega = w - 1 of the row's guidance input, v_c and v_u the teacher's
+  conditional and unconditional velocities at the finest level without guidance (w = 1; one
+  call, each row beside its unconditional twin); omega = 0 where t < `guidance_t_min`. A row
+  whose label was dropped has v_c = v_u: plain flow matching."""
+  x, t, v = flow
+  n = x.shape[0]
+  omega = cond[GUIDANCE][:, 0] - 1.0
+  level = jnp.full((n,), st.finest, jnp.int32)
+  v_c, v_u = guidance.conditional_and_unconditional(
+      model, teacher, x, t, level, guidance.with_guidance(model, cond, 1.0, n), interleave=True)
+  coef = jnp.where(t >= st.guidance_t_min, omega, 0.0).reshape((-1,) + (1,) * (x.ndim - 1))
+  return x, t, v + coef * jax.lax.stop_gradient(v_c - v_u)
+
+
+TARGET_EMA = "target_ema"
+
+
+def twin_ema_state(params, config) -> dict:
+  """The objective state: with twin EMA (`target_ema_rate` > 0) the teacher's own EMA of the
+  online weights, starting as them; else none."""
+  return {TARGET_EMA: params} if config_value(config, "target_ema_rate") else {}
+
+
+def update_twin_ema(state, *, step, params, ema_params, config) -> dict:
+  """After each update: target_ema <- rate * target_ema + (1 - rate) * params."""
+  del step, ema_params
+  if TARGET_EMA not in state:
+    return state
+  rate = config_value(config, "target_ema_rate")
+  return dict(state, **{TARGET_EMA: jax.tree.map(
+      lambda e, p: (rate * e + (1 - rate) * p).astype(e.dtype), state[TARGET_EMA], params)})
+
+
+def shortcut_loss(pred, targets: TrainingTargets, config):
+  """The per-sample MSE, or with `wavelet_levels` > 0 the multi-level wavelet loss."""
+  levels = config_value(config, "wavelet_levels")
+  if not levels:
+    return mse_loss(pred, targets)
+  return wavelets.wavelet_loss(pred, targets.target, levels), {}
+
+
+@register_objective("shortcut", uses_level=True, takes_source=True, splits_batch=True,
+                    loss_fn=shortcut_loss, init_state=twin_ema_state,
+                    update_state=update_twin_ema)
 def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None,
                      state=None) -> TrainingTargets:
   """Shortcut-model targets: self-consistency part first, flow-matching part after.
@@ -315,20 +398,24 @@ def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None
     model: the `VelocityModel` (called as the teacher for the bootstrap part).
     params: online weights (teacher when `bootstrap_ema` is off).
     ema_params: EMA weights (teacher when `bootstrap_ema` is on).
+    state: the objective state; with twin EMA its `target_ema` is the teacher, whatever
+      `bootstrap_ema` says.
     batch: dict with `image` float32 NHWC and optional conditioning keys.
     rng: PRNG key for this batch.
     config: objective config: `denoise_timesteps`, `bootstrap_every`, `bootstrap_ema`,
       `bootstrap_dt_bias`, `bootstrap_cfg`, `cfg_scale`, `faithful`, `faithful_scope`, `path`
       and each condition kind's dropout probability (`class_dropout_prob`,
       `image_dropout_prob`).
-    step, state: unused (stateless).
+    step: unused.
 
   Returns:
     TrainingTargets with groups `bootstrap` (B // bootstrap_every rows: every
     `bootstrap_every`-th row by default, the first ones with `faithful`) and `flow`.
   """
-  del step, state
+  del step
   settings = ShortcutSettings.from_config(config)
   teacher = ema_params if config_value(config, "bootstrap_ema") else params
+  if state and TARGET_EMA in state:
+    teacher = state[TARGET_EMA]
   layout = faithful_layout if config_value(config, "faithful") else default_layout
   return layout(model, teacher, batch, rng, config, settings)

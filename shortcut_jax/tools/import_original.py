@@ -37,7 +37,7 @@ from shortcut_jax import experiment
 from shortcut_jax.train import trainer
 from shortcut_jax.checkpoints.legacy import load_original_checkpoint
 from shortcut_jax.checkpoints.manager import (CheckpointManager, CheckpointMismatchError,
-                                               shape_mismatches)
+                                               checkpoint_dir, shape_mismatches)
 
 
 def _check_params(expected, got, what):
@@ -76,6 +76,30 @@ def sample_shape(config, channels: int):
         f"{shape[-1]}-channel latents (data.latents={latents_lib.mode(config)!r}; a pixel-space "
         "checkpoint needs --config.data.latents=none)")
   return shape
+
+
+def check_empty(workdir: str) -> None:
+  """Raises FileExistsError if `workdir` already holds checkpoints (an import never overwrites)."""
+  if not storage.isdir(checkpoint_dir(workdir)):
+    return
+  ckpt = CheckpointManager(workdir, read_only=True)
+  try:
+    if ckpt.latest_step() is not None:
+      raise FileExistsError(f"{workdir} already holds checkpoints; import into an empty workdir")
+  finally:
+    ckpt.close()
+
+
+def write_workdir(workdir: str, config, state, step: int, meta: dict) -> None:
+  """An imported run: `state` as `workdir/checkpoints/<step>` and `config` as its config.json."""
+  check_empty(workdir)
+  storage.makedirs(workdir)
+  ckpt = CheckpointManager(workdir, async_save=False)
+  try:
+    ckpt.save(step, state, meta, force=True)
+  finally:
+    ckpt.close()
+  trainer.save_config(config, workdir)
 
 
 def original_protocol_config(config):
@@ -132,15 +156,9 @@ def import_original(checkpoint: str, config, workdir: str) -> int:
   state = fresh.replace(params=legacy["params"], ema_params=legacy["params_ema"],
                         opt_state=opt_state, step=np.asarray(legacy["step"], np.asarray(fresh.step).dtype))
   state = jax.tree.map(lambda ref, x: jax.numpy.asarray(x, ref.dtype), fresh, state)
-  storage.makedirs(workdir)
-  ckpt = CheckpointManager(workdir, async_save=False)
-  if ckpt.latest_step() is not None:
-    ckpt.close()
-    raise FileExistsError(f"{workdir} already holds checkpoints; import into an empty workdir")
-  ckpt.save(legacy["step"], state, {"data_position": legacy["step"], "image_shape": list(shape),
-                                    "imported_from": storage.absolute(checkpoint)}, force=True)
-  ckpt.close()
-  trainer.save_config(original_protocol_config(config), workdir)
+  write_workdir(workdir, original_protocol_config(config), state, legacy["step"], {
+      "data_position": legacy["step"], "image_shape": list(shape),
+      "imported_from": storage.absolute(checkpoint)})
   logging.info("imported %s (step %d, samples of shape %s) into %s", checkpoint, legacy["step"],
                shape, workdir)
   return legacy["step"]

@@ -22,6 +22,9 @@ new objective adds, and what each part starts as:
   weights, so the gradient reaches the new kernel from the first step.
 * A source whose network took the step size keeps it as it is, into a network that takes it or
   ignores it (then at level 0, as the source's own `ignore_dt` runs do).
+* A guidance input (`model.guidance_input`, `GuidanceEmbedder_<i>`) the source lacks starts
+  as this run's fresh initialisation with an output layer of zeros (`added_inputs`): it adds
+  nothing until trained, so the new network starts as the source.
 * Any other parameter the source lacks, or holds with another shape, is an error naming it
   (`checkpoints.manager.shape_mismatches`).
 """
@@ -35,10 +38,11 @@ from shortcut_jax import errors
 
 WEIGHTS = ("ema", "online")
 STEP_SIZE_EMBEDDER = "TimestepEmbedder_1"
+ADDED_INPUTS = "GuidanceEmbedder_"
 
 # Fields that must agree between another run's config (a source, a teacher) and this run's.
 MODEL_FIELDS = ("name", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
-                "prediction", "cond_image_mode", "embedding_mode")
+                "attention_scale", "prediction", "cond_image_mode", "embedding_mode")
 DATA_FIELDS = ("image_size", "num_classes", "low_res_factor", "latents", "embedding_dim")
 
 
@@ -92,4 +96,15 @@ def source_weights(state, init_config, *, source_uses_level: bool, uses_level: b
   weights = state.ema_params if init_config.weights == "ema" else state.params
   if uses_level and not source_uses_level and STEP_SIZE_EMBEDDER in weights:
     weights = step_size_input(weights, hidden_size, dtype)
+  return weights
+
+
+def added_inputs(weights, fresh_params) -> dict:
+  """`weights` with the input embedders it lacks (`ADDED_INPUTS`) taken from `fresh_params`,
+  their output layer (`Dense_1`) set to zeros (module docstring)."""
+  weights = dict(weights)
+  for name, embedder in fresh_params.items():
+    if name.startswith(ADDED_INPUTS) and name not in weights:
+      out = embedder["Dense_1"]
+      weights[name] = dict(embedder, Dense_1={k: jnp.zeros_like(v) for k, v in out.items()})
   return weights
