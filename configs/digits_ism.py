@@ -8,7 +8,8 @@ Command:
 Ingredients (the paper's values): twin EMA (bootstrap teacher an EMA at 0.95 of the online
 weights; the sampled EMA stays at the default's 0.99), the multi-level wavelet loss (5 levels
 asked, 4 fit 16x16), intrinsic guidance (omega on a 0.25 grid up to 3.5 as the network's
-input, no guidance in the target where t < 0.3). Not built: sOT (batch-level OT coupling).
+input, no guidance in the target where t < 0.3), sOT over 8 batches (the paper's 32 costs
+this CPU 49 ms a step against 5.5 for 8: docs/benchmarks.md).
 `--cfg_scale=w` samples at omega = w - 1 with one network call per step.
 Hardware: 2 CPU cores; a step costs more than the default's (the guidance term's no-grad call
 on twice the flow rows). Results: docs/results.md.
@@ -22,5 +23,5 @@ def get_config(arg=None):
   c.unlock()
   c.model.guidance_input = True
   c.objective.update(target_ema_rate=0.95, wavelet_levels=5, guidance_max=3.5,
-                     guidance_grid=0.25, guidance_t_min=0.3, bootstrap_cfg=False)
+                     guidance_grid=0.25, guidance_t_min=0.3, bootstrap_cfg=False, ot_pool=8)
   return config_lib.finalize(c, arg)

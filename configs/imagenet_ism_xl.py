@@ -6,8 +6,10 @@ Not run at this scale here (no accelerator; the tests exercise only its `:smoke`
 paper reports FID-50k 5.27 at 1 step, 2.05 at 4 and 1.88 at 128 (SiT-XL/2, 800k iterations);
 its code is not public, so its settings come from the paper's text as summarised in
 docs/objectives.md: twin EMA (teacher 0.95, sampled 0.9999), 5-level wavelet loss, intrinsic
-guidance on a 0.25 grid up to 3.5 with no guidance below t = 0.3. Not built here: sOT (its
-batch-level OT coupling over 32 batches). The batch size is not stated: 256, the original's.
+guidance on a 0.25 grid up to 3.5 with no guidance below t = 0.3. sOT over 32 batches matches
+noise to latents on the host, so it needs precomputed latents (`encode_dataset`): add
+`--config.data.latents=precomputed --config.data.latents_dir=DIR --config.objective.ot_pool=32`
+(its host cost: benchmarks/ot_coupling.py). The batch size is not stated: 256, the original's.
 The network is `imagenet_dit_xl.py`'s with 1/sqrt(head_dim) attention (SiT's) and the guidance
 input. Sampling: `eval.py --cfg_scale=w` is omega = w - 1, one network call per step.
 """

@@ -206,6 +206,16 @@ def _check_objective(c, objective, check) -> None:
     check(m.guidance_input and m.guidance_interval, "objective 'imf' gives the network its "
           "guidance scale and interval as inputs: set model.guidance_input=True and "
           "model.guidance_interval=True")
+  check(isinstance(o.ot_pool, int) and o.ot_pool >= 0,
+        f"objective.ot_pool (sOT) must be an integer >= 0 (0: off), got {o.ot_pool!r}")
+  if o.ot_pool:
+    check(objective is None or objective.name in ("shortcut", "naive"),
+          f"objective.ot_pool (sOT) is an option of objectives 'shortcut' and 'naive', not of "
+          f"{getattr(objective, 'name', None)!r}")
+    check(o.source == "gaussian" and not o.faithful and c.data.latents != "online",
+          "objective.ot_pool (sOT) matches Gaussian noise to pixels or precomputed latents: it "
+          "needs objective.source='gaussian', objective.faithful=False and data.latents "
+          "'none' or 'precomputed'")
   check(m.guidance_input or not m.guidance_interval,
         "model.guidance_interval is part of the guidance input: set model.guidance_input=True")
   if objective is not None and objective.name != "shortcut":

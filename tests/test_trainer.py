@@ -85,15 +85,18 @@ class _StopAfter:
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
-  # With the iSM switches on: the twin-EMA teacher is objective state that must resume too.
+  # With the iSM switches on: the twin-EMA teacher is objective state that must resume too, and
+  # the sOT noise of groups of 3 batches (steps 1-3, 4-6) is resumed mid-group (at step 2).
   c = smoke_config(max_steps=6, checkpoint__every_steps=2, objective__target_ema_rate=0.5,
-                   objective__wavelet_levels=5)
+                   objective__wavelet_levels=5, objective__ot_pool=3)
   trainer.train_and_evaluate(c, str(tmp_path / "straight"))
 
   def crash(batch):
     raise KeyboardInterrupt("simulated kill")
   with monkeypatch.context() as m:
-    _StopAfter(m, 3, crash)  # dies while producing the 4th batch: steps 1-3 ran, 2 is saved
+    # Dies while the input makes its 5th batch (the second group's 2nd, read before step 4):
+    # steps 1-3 ran, 2 is saved.
+    _StopAfter(m, 4, crash)
     with pytest.raises(KeyboardInterrupt):
       trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
   assert CheckpointManager(str(tmp_path / "resumed"), read_only=True).latest_step() == 2

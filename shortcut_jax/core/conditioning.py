@@ -239,10 +239,14 @@ class Conditioning:
     return cond, ratios
 
 
+# A batch's matched source noise (the OT coupling of `data.ot_coupling`): not a condition.
+NOISE = "noise"
+
+
 def cond_from_batch(batch: Mapping[str, Array]) -> Dict[str, Array]:
-  """The conditioning part of a batch: every key but the sample (`image`) and the pipeline's
-  padding `mask`."""
-  return {k: v for k, v in batch.items() if k not in ("image", "mask")}
+  """The conditioning part of a batch: every key but the sample (`image`), the pipeline's
+  padding `mask` and OT-coupled source noise (`noise`)."""
+  return {k: v for k, v in batch.items() if k not in ("image", "mask", NOISE)}
 
 
 def take_rows(cond: Cond, rows) -> Dict[str, Array]:

@@ -122,6 +122,10 @@ def base_config() -> ml_collections.ConfigDict:
       # teacher's conditional and unconditional velocities), self-consistency rows pass w to
       # the teacher; no guidance in the target where t < guidance_t_min (the paper: 0.3).
       guidance_max=0.0, guidance_grid=0.25, guidance_t_min=0.0,
+      # sOT (iSM; objectives 'shortcut' and 'naive', Gaussian source, `data.ot_coupling`): pool
+      # this many batches, match their noise to their images by one optimal assignment (the
+      # paper: 32); 0: independent noise.
+      ot_pool=0,
   ))
   # The original's baselines (objectives.progressive, .consistency): the frozen teacher of
   # 'progressive' and 'consistency-distillation' is the training workdir (or one

@@ -117,11 +117,15 @@ def source_from_config(config, objective_source: str = "gaussian") -> Source:
 
 
 def sample_source(rng: Array, shape: Tuple[int, ...], source="gaussian",
-                  cond: Optional[Mapping[str, Array]] = None) -> Array:
-  """Draws x0: `source` is a `Source` or a source name (see `Source`). Every objective and
-  generation draw their source through this one function."""
+                  cond: Optional[Mapping[str, Array]] = None,
+                  noise: Optional[Array] = None) -> Array:
+  """Draws x0: `source` is a `Source` or a source name (see `Source`); with `noise` (the
+  batch's OT-coupled noise of these rows, `data.ot_coupling`) from that noise instead of a
+  draw. Every objective and generation draw their source through this one function."""
   if isinstance(source, str):
     source = Source(source)
+  if noise is not None:
+    return source.from_noise(jnp.asarray(noise, jnp.float32), shape, cond)
   return source.draw(rng, shape, cond)
 
 

@@ -8,6 +8,7 @@ velocity at x_t (`paths`; on the default linear path v = x1 - (1 - 1e-5) x0), wi
 import jax
 import jax.numpy as jnp
 
+from shortcut_jax.core.conditioning import NOISE
 from shortcut_jax.objectives.base import TrainingTargets, register_objective
 from shortcut_jax.objectives.flow_path import (batch_for_targets, config_value, finest_level,
                                                sample_source, source_from_config)
@@ -50,7 +51,8 @@ def naive_targets(model, params, ema_params, batch, rng, config, *, step=None,
   t = jax.random.randint(time_key, (b,), 0, m).astype(jnp.float32) / m
   # The source sees the condition before dropout: a coupling starts from the LR image even
   # where CFG dropout hides it from the network.
-  x0 = sample_source(noise_key, images.shape, source_from_config(config), batch)
+  x0 = sample_source(noise_key, images.shape, source_from_config(config), batch,
+                     noise=batch.get(NOISE))
   x1 = images
   return TrainingTargets(
       x=path.interpolate(x0, x1, t),

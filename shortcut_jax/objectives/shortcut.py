@@ -72,6 +72,8 @@ off by default:
     parameters), while the slow EMA (`optim.ema_rate`) is the one sampled;
   * the multi-level wavelet loss (`wavelet_levels`, the paper's 5; `core.wavelets`) in place of
     the per-sample MSE, on every row;
+  * sOT (`ot_pool`, the paper's 32; `data.ot_coupling`): the rows start from noise matched to
+    their images by one optimal assignment over `ot_pool` batches, made in the input pipeline;
   * intrinsic guidance (`guidance_max`, the paper's 3.5; needs `model.guidance_input`): every
     row gets a guidance omega from the grid {0, 0.25, ...} as the network's input w = 1 + omega
     (this library's meaning of w: v_u + w (v_c - v_u)); the flow rows regress
@@ -92,7 +94,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from shortcut_jax.core import guidance, wavelets
-from shortcut_jax.core.conditioning import GUIDANCE, cond_from_batch, take_rows
+from shortcut_jax.core.conditioning import GUIDANCE, NOISE, cond_from_batch, take_rows
 from shortcut_jax.objectives import teacher as teacher_lib
 from shortcut_jax.objectives.base import TrainingTargets, mse_loss, register_objective, rms
 from shortcut_jax.objectives.flow_path import (Source, batch_for_targets, config_value,
@@ -187,8 +189,9 @@ class ShortcutSettings:
 
 def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_cfg: int,
                    cfg_mask: Optional[Array], cfg_scale: float, path: Path,
-                   rule: JumpRule = FIRST_ORDER, source: Source = Source()):
-  """The bootstrap rows: t on the grid of each row's level, x_t on the path, teacher targets.
+                   rule: JumpRule = FIRST_ORDER, source: Source = Source(), noise=None):
+  """The bootstrap rows: t on the grid of each row's level, x_t on the path, teacher targets;
+  x0 from the rows' OT-coupled `noise` when the batch has it.
 
   Returns:
     (x_t, t, target, v1, v2).
@@ -197,7 +200,7 @@ def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_
   grid = jnp.asarray(2, jnp.int32) ** level
   t = (jax.random.randint(time_key, (n,), 0, grid).astype(jnp.float32)
        / jnp.power(2.0, level.astype(jnp.float32)))
-  x0 = sample_source(noise_key, x1.shape, source, cond)
+  x0 = sample_source(noise_key, x1.shape, source, cond, noise=noise)
   x_t = path.interpolate(x0, x1, t)
   if n:
     target, v1, v2 = rule.bootstrap_targets(model, teacher, x_t, t, level, cond,
@@ -208,12 +211,14 @@ def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_
   return x_t, t, target, v1, v2
 
 
-def _flow_draws(path: Path, x1, time_key, noise_key, m: int, st: ShortcutSettings, cond):
+def _flow_draws(path: Path, x1, time_key, noise_key, m: int, st: ShortcutSettings, cond,
+                noise=None):
   """(x_t, t, target) of flow-matching rows, t uniform on the grid {0, 1/M, ..., (M-1)/M};
-  `cond` (the rows' conditions before dropout) feeds a coupling source."""
+  `cond` (the rows' conditions before dropout) feeds a coupling source, `noise` (OT-coupled)
+  replaces the draw."""
   rule = st.rule
   t = jax.random.randint(time_key, (x1.shape[0],), 0, m).astype(jnp.float32) / m
-  x0 = sample_source(noise_key, x1.shape, st.source, cond)
+  x0 = sample_source(noise_key, x1.shape, st.source, cond, noise=noise)
   return path.interpolate(x0, x1, t), t, rule.flow_target(path, x0, x1, t)
 
 
@@ -325,12 +330,15 @@ def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> 
     # its unconditional twin: a row count the devices divide (see `teacher_output`).
     num_cfg, cfg_mask = b_boot, boot_level == st.finest - 1
   cond_boot = boot_of(cond)
+  noise = batch.get(NOISE)  # OT-coupled source noise (`data.ot_coupling`), if any
   boot = bootstrap_part(model, teacher, boot_of(images), cond_boot, boot_level, boot_time_key,
                         boot_noise_key, num_cfg=num_cfg, cfg_mask=cfg_mask,
-                        cfg_scale=st.cfg_scale, path=st.path, rule=st.rule, source=st.source)
+                        cfg_scale=st.cfg_scale, path=st.path, rule=st.rule, source=st.source,
+                        noise=None if noise is None else boot_of(noise))
   cond_flow, drop_metrics = model.drop_cond(flow_of(cond), label_key, config)
   flow = _flow_draws(st.path, flow_of(images), flow_time_key, flow_noise_key,
-                     st.denoise_timesteps, st, flow_of(cond))
+                     st.denoise_timesteps, st, flow_of(cond),
+                     noise=None if noise is None else flow_of(noise))
   if st.guidance_max:
     flow = intrinsic_guidance_target(model, teacher, flow, cond_flow, st)
   return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest,

@@ -26,7 +26,7 @@ from shortcut_jax import remote_staging
 from shortcut_jax import storage
 from shortcut_jax.train import train_step as train_step_lib
 from shortcut_jax.checkpoints.manager import CheckpointManager
-from shortcut_jax.data import pipeline
+from shortcut_jax.data import ot_coupling, pipeline
 
 
 # A remote workdir's logs, metrics and TensorBoard events reach it at least this often (and at
@@ -247,11 +247,17 @@ def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_
   profiler, the update, the metrics, the checkpoint cadence, the remote sync and the evaluators.
   Returns the last fetched metrics."""
   from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
+  pool = config.objective.get("ot_pool", 0)
   train_iter = pipeline.make_dataset(config.data, split="train",
-                                     global_batch_size=config.batch_size,
-                                     seed=config.seed, train=True, start_step=start_step,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+                                     global_batch_size=config.batch_size, seed=config.seed,
+                                     train=True, process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     start_step=ot_coupling.group_start(start_step, pool)
+                                     if pool else start_step)
+  if pool:  # sOT: the noise matched to the images over `pool` batches (data.ot_coupling)
+    train_iter = ot_coupling.coupled_batches(train_iter, pool=pool, seed=config.seed,
+                                             start_step=start_step,
+                                             process_index=jax.process_index())
   batch_sharding = sharding_lib.batch_sharding(mesh)
   encoder = exp.encoder  # Latent space: loads the VAE now, a clear error before compiling.
   step_fn = train_step_lib.make_train_step(

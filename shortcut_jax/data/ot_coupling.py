@@ -1,0 +1,61 @@
+"""Batch-level optimal-transport coupling of noise and images (sOT, "scaling optimal transport"
+of improved shortcut models): the noise each training image starts from is not drawn
+independently but matched to it.
+
+`coupled_batches` pools `pool` consecutive batches of this process (K = 32 in the paper), draws
+their standard normal noise on the host, solves one assignment that minimises the total squared
+distance between each image and its noise (`assign`: scipy's `linear_sum_assignment`, the exact
+Hungarian solution, O(n^3) in the n = pool x batch rows), and hands each batch its matched noise
+under the batch key `noise`; the objectives (`naive`, `shortcut`) start their flows there
+instead of drawing. The noise of group g (steps gK ... gK + K - 1) comes from a generator seeded
+by (seed, g, process), so a run resumed at any step gets the same noise as one that never
+stopped: it restarts the input at the group's first step and drops the batches before the
+resumed one (`group_start`).
+
+Precomputed latents are matched by their posterior means (the train step samples the latent
+around it); online latents are not supported (the latent is made inside the train step).
+"""
+
+from typing import Dict, Iterator
+
+import numpy as np
+
+from shortcut_jax.core.conditioning import NOISE
+
+
+def assign(images: np.ndarray, noise: np.ndarray) -> np.ndarray:
+  """The permutation p minimising sum_i |images[i] - noise[p[i]]|^2 (rows flattened)."""
+  from scipy.optimize import linear_sum_assignment  # pylint: disable=g-import-not-at-top
+  x = images.reshape(images.shape[0], -1).astype(np.float64)
+  e = noise.reshape(noise.shape[0], -1).astype(np.float64)
+  cost = (x * x).sum(1)[:, None] + (e * e).sum(1)[None, :] - 2.0 * x @ e.T
+  rows, cols = linear_sum_assignment(cost)
+  out = np.empty_like(cols)
+  out[rows] = cols
+  return out
+
+
+def group_start(step: int, pool: int) -> int:
+  """The first step of the group that holds `step` (where the input restarts on a resume)."""
+  return step - step % pool
+
+
+def coupled_batches(batches: Iterator[Dict[str, np.ndarray]], *, pool: int, seed: int,
+                    start_step: int, process_index: int = 0) -> Iterator[Dict[str, np.ndarray]]:
+  """`batches` (which start at `group_start(start_step, pool)`) with OT-matched `noise`, from
+  step `start_step` on (module docstring)."""
+  group, skip = divmod(start_step, pool)
+  while True:
+    taken = [next(batches) for _ in range(pool)]
+    key = "image" if "image" in taken[0] else "latent_mean"
+    x = np.concatenate([b[key] for b in taken])
+    rng = np.random.default_rng([seed, group, process_index, 0x5071])
+    noise = rng.standard_normal(x.shape).astype(np.float32)
+    noise = noise[assign(x, noise)]
+    rows = taken[0][key].shape[0]
+    for j, batch in enumerate(taken):
+      if skip:
+        skip -= 1
+        continue
+      yield dict(batch, **{NOISE: noise[j * rows:(j + 1) * rows]})
+    group += 1

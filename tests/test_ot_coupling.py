@@ -1,0 +1,87 @@
+"""sOT (`data.ot_coupling`): the assignment is the optimal one (against brute force on a small
+pool), the matched noise is closer to the images, a stream resumed mid-group gives the same
+noise as one that never stopped, the objectives start from the batch's noise, and the options
+that cannot work are config errors."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from digits_configs import digits_config
+from shortcut_jax import config as config_lib
+from shortcut_jax import objectives
+from shortcut_jax.data import ot_coupling
+from shortcut_jax.models.velocity_model import VelocityModel
+
+
+def test_assignment_is_optimal_against_brute_force():
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    x, e = rng.normal(size=(6, 3, 2)), rng.normal(size=(6, 3, 2))
+    cost = lambda p: sum(np.sum((x[i] - e[p[i]]) ** 2) for i in range(6))
+    best = min(itertools.permutations(range(6)), key=cost)
+    perm = ot_coupling.assign(x, e)
+    assert sorted(perm) == list(range(6))
+    assert cost(perm) == pytest.approx(cost(best), rel=1e-12)
+
+
+def _stream(start):
+  """A deterministic batch stream from step `start` (the pipeline's resumption contract)."""
+  step = start
+  while True:
+    rng = np.random.default_rng(step)
+    yield {"image": rng.normal(size=(4, 2, 2, 1)).astype(np.float32), "label": np.full(4, step)}
+    step += 1
+
+
+def _coupled(start, pool=4, steps=9):
+  it = ot_coupling.coupled_batches(_stream(ot_coupling.group_start(start, pool)), pool=pool,
+                                   seed=3, start_step=start)
+  return [next(it) for _ in range(steps)]
+
+
+def test_a_resumed_stream_gets_the_same_noise():
+  straight = _coupled(0, steps=12)
+  for start in (3, 4, 6):
+    resumed = _coupled(start)
+    for a, b in zip(straight[start:], resumed):
+      np.testing.assert_array_equal(a["label"], b["label"])
+      np.testing.assert_array_equal(a["noise"], b["noise"])
+  # Matched: closer than the same noise unmatched, and a permutation of the group's draw.
+  group = straight[:4]
+  x = np.concatenate([b["image"] for b in group])
+  e = np.concatenate([b["noise"] for b in group])
+  draw = np.random.default_rng([3, 0, 0, 0x5071]).standard_normal(x.shape).astype(np.float32)
+  np.testing.assert_array_equal(np.sort(e.ravel()), np.sort(draw.ravel()))
+  assert np.sum((x - e) ** 2) < np.sum((x - draw) ** 2)
+
+
+@pytest.mark.parametrize("name", ["naive", "shortcut"])
+def test_objectives_start_from_the_batch_noise(name):
+  rng = np.random.default_rng(1)
+  batch = {"image": jnp.asarray(rng.normal(size=(16, 2, 2, 1)), jnp.float32),
+           "label": jnp.zeros(16, jnp.int32),
+           "noise": jnp.asarray(rng.normal(size=(16, 2, 2, 1)), jnp.float32)}
+  model = VelocityModel(apply_fn=lambda p, x, t, level, cond, train, rngs: jnp.zeros_like(x),
+                        num_classes=10)
+  config = ml_collections.ConfigDict(dict(denoise_timesteps=8, bootstrap_every=4, cfg_scale=1.5,
+                                          class_dropout_prob=0.1))
+  tg = objectives.get_objective(name).targets(model, {}, {}, batch, jax.random.PRNGKey(0), config)
+  a = 1 - 1e-5
+  t = np.asarray(tg.t).reshape(-1, 1, 1, 1)
+  want = (1 - a * t) * np.asarray(batch["noise"]) + t * np.asarray(batch["image"])
+  np.testing.assert_allclose(np.asarray(tg.x), want, rtol=1e-5, atol=1e-6)  # rows in place
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(objective__ot_pool=-1), "objective.ot_pool"),
+    (dict(objective__ot_pool=4, objective__name="meanflow"), "option of objectives 'shortcut'"),
+    (dict(objective__ot_pool=4, objective__faithful=True), "objective.faithful=False"),
+])
+def test_ot_options_that_cannot_work_are_config_errors(changes, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(digits_config(**changes))
