@@ -216,6 +216,11 @@ def _check_objective(c, objective, check) -> None:
           "objective.ot_pool (sOT) matches Gaussian noise to pixels or precomputed latents: it "
           "needs objective.source='gaussian', objective.faithful=False and data.latents "
           "'none' or 'precomputed'")
+  if objective is not None and m.guidance_input:
+    trains = objective.name == "imf" or (objective.name == "shortcut" and o.guidance_max)
+    check(trains, f"model.guidance_input: objective {objective.name!r} does not train the "
+          "guidance input (only 'imf', and 'shortcut' with objective.guidance_max > 0, do), so "
+          "guided sampling would feed it scales it never saw")
   check(m.guidance_input or not m.guidance_interval,
         "model.guidance_interval is part of the guidance input: set model.guidance_input=True")
   if objective is not None and objective.name != "shortcut":

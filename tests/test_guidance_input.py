@@ -130,6 +130,7 @@ def test_intrinsic_guidance_targets():
     (dict(objective__guidance_max=3.5, model__guidance_input=True, objective__bootstrap_cfg=True),
      "replaces bootstrap_cfg"),
     (dict(model__guidance_interval=True), "model.guidance_interval is part of the guidance input"),
+    (dict(model__guidance_input=True), "does not train the guidance input"),
     (dict(objective__guidance_max=-1.0), "objective.guidance_max must be >= 0"),
     (dict(objective__guidance_t_min=1.5), "objective.guidance_t_min"),
     (dict(objective__guidance_grid=0.0), "objective.guidance_grid"),
