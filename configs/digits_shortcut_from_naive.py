@@ -10,7 +10,9 @@ model first predicts what the naive one does, at every step size. Then trains th
 objective for 1,500 steps, half of `digits_shortcut.py`'s budget, with a fresh optimizer.
 Hardware: 2 CPU cores, 3.75 minutes after the naive run's 7.2. Result (docs/results.md, one
 seed): 1-step FD-digits 18.1 against 11.9 for the from-scratch default (3,000 steps); from
-4 steps on within 1.2x of it, and the flow model's class accuracy at every budget.
+4 steps on within 1.2x of it, and the flow model's class accuracy at every budget. Continued to
+3,000 steps (`--config.max_steps=3000`) the 1-step score stays near 17, while from 4 steps on
+the fine-tuned model matches or beats the from-scratch one.
 """
 
 from shortcut_jax import config as config_lib
