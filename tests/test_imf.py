@@ -110,15 +110,15 @@ def test_imf_needs_the_guidance_inputs():
 def test_smoke_run_trains_and_samples_with_the_guidance_input(tmp_path, tmp_path_factory):
   from shortcut_jax import evaluation
   from shortcut_jax.train import trainer
-  import run_checks
   data_dir = os.environ.get("SHORTCUT_JAX_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
-  c = digits_configs.quick_run_config("digits_imf", data_dir, 3)
+  c = digits_configs.quick_run_config("digits_imf", data_dir, 2)
   metrics = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   for key in ("train/loss", "train/mse", "train/guidance_mean", "train/guided_share"):
     assert np.isfinite(metrics[key])
-  run_checks.assert_samples(tmp_path / "run", (16, 16, 1), steps=(1,), cfg_scale=3.0)
   with pytest.raises(Exception, match="guidance_interval"):
     evaluation.run("sample", str(tmp_path / "run"), steps=[1], num_samples=2,
                    guidance_interval=[0.7, 0.2])
-  evaluation.run("sample", str(tmp_path / "run"), steps=[1], num_samples=2,
-                 guidance_interval=[0.35, 0.6])
+  written = evaluation.run("sample", str(tmp_path / "run"), steps=[1], num_samples=3,
+                           cfg_scale=3.0, guidance_interval=[0.35, 0.6])
+  with np.load(written[1]) as f:
+    assert f["images"].shape == (3, 16, 16, 1) and f["images"].std() > 0
