@@ -10,12 +10,14 @@ under the batch key `noise`; the objectives (`naive`, `shortcut`) start their fl
 instead of drawing. The noise of group g (steps gK ... gK + K - 1) comes from a generator seeded
 by (seed, g, process), so a run resumed at any step gets the same noise as one that never
 stopped: it restarts the input at the group's first step and drops the batches before the
-resumed one (`group_start`).
+resumed one (`group_start`). The matching runs in a background thread, one group ahead.
 
 Precomputed latents are matched by their posterior means (the train step samples the latent
 around it); online latents are not supported (the latent is made inside the train step).
 """
 
+import queue
+import threading
 from typing import Dict, Iterator
 
 import numpy as np
@@ -43,7 +45,28 @@ def group_start(step: int, pool: int) -> int:
 def coupled_batches(batches: Iterator[Dict[str, np.ndarray]], *, pool: int, seed: int,
                     start_step: int, process_index: int = 0) -> Iterator[Dict[str, np.ndarray]]:
   """`batches` (which start at `group_start(start_step, pool)`) with OT-matched `noise`, from
-  step `start_step` on (module docstring)."""
+  step `start_step` on (module docstring). The next group is read and matched by a background
+  thread while the training loop consumes this one, so the assignment does not hold up the
+  steps; an error there is raised here, after the batches made before it."""
+  out = queue.Queue(maxsize=pool)
+
+  def produce():
+    try:
+      for batch in _coupled(batches, pool, seed, start_step, process_index):
+        out.put((batch, None))
+    except BaseException as e:  # pylint: disable=broad-except  (re-raised by the consumer)
+      out.put((None, e))
+
+  threading.Thread(target=produce, name="ot_coupling", daemon=True).start()
+  while True:
+    batch, error = out.get()
+    if error is not None:
+      raise error
+    yield batch
+
+
+def _coupled(batches, pool, seed, start_step, process_index):
+  """The matching itself, group by group (`coupled_batches`)."""
   group, skip = divmod(start_step, pool)
   while True:
     taken = [next(batches) for _ in range(pool)]
