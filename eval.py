@@ -13,6 +13,7 @@ Every path (workdirs, --out, --fid_stats, --inception, --lpips_weights, --input_
   python eval.py --workdir=W --mode=super_resolve --input_dir=IN --output_dir=OUT --steps=1 \
       [--input_is_lr] [--overwrite] [--nouse_ema] [--seed=0]
   python eval.py --workdir=W --mode=sr_metrics --steps=1,2,4,8 [--num_samples=N]
+  python eval.py --workdir=W --mode=sr_metrics --steps=1,8 --input_dir=Set14/HR  # benchmark
 
 Guidance scales have the original's meaning (`shortcut_jax.core.guidance`): 0 unconditional, 1
 conditional (no unconditional pass), above 1 guided. --mode=fid takes what is not given from the
@@ -69,7 +70,9 @@ flags.DEFINE_string("out", None, "fid_stats: the .npz to write.")
 flags.DEFINE_string("split", "train", "fid_stats: the dataset split to read (TFDS split syntax).")
 flags.DEFINE_string("fid_stats", None, "fid: reference statistics .npz (mu/sigma, or ADM arr_0) "
                     "(default: the workdir config's evals.fid.stats_path).")
-flags.DEFINE_string("input_dir", None, "super_resolve: folder of PNG/JPEG images (any size).")
+flags.DEFINE_string("input_dir", None, "super_resolve: folder of PNG/JPEG images (any size); "
+                    "sr_metrics: score on this folder of whole HR images (a benchmark such as "
+                    "Set14) instead of the held-out crops.")
 flags.DEFINE_string("output_dir", None, "super_resolve: where the PNG results go (same stems); "
                     "cascade: where samples.npz, the grids and cascade.json go.")
 flags.DEFINE_bool("input_is_lr", False, "super_resolve: the inputs are the low-resolution images "

@@ -17,6 +17,7 @@ from shortcut_jax.core.precision import MATMUL_PRECISIONS
 from shortcut_jax import storage
 from shortcut_jax import text_encoders
 from shortcut_jax.core.schema import base_config  # noqa: F401  (configs/ start from it)
+from shortcut_jax.data import catalog
 from shortcut_jax.data.catalog import LATENTS, SPECS
 from shortcut_jax.models.dit import REMAT_POLICIES, validate_dit_args
 from shortcut_jax.parallel.sharding import MODES as SHARDINGS
@@ -336,6 +337,8 @@ def _check_data(c, check) -> None:
         f"unconditional model), got {d.num_classes!r}")
   if d.name == "image_folder":
     check(bool(d.folder), "data.folder must be set when data.name='image_folder'")
+  if d.name in SPECS and SPECS[d.name].variable_size:
+    check(bool(d.low_res_factor), catalog.VARIABLE_SIZE_NEEDS_FACTOR.format(name=d.name))
   check(d.low_res_factor in LOW_RES_FACTORS,
         f"data.low_res_factor must be one of {LOW_RES_FACTORS}, got {d.low_res_factor!r}")
   if d.low_res_factor and isinstance(d.image_size, int):

@@ -40,6 +40,9 @@ _LOG_LIBRARIES = flags.DEFINE_bool(
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 _PROGRAMS = {os.path.join(os.path.dirname(_PACKAGE), name) for name in ("train.py", "eval.py")}
 _FILE_ONLY = "shortcut_jax_file_only"
+# Other libraries' warnings about what this library does on purpose (log file only): TFDS warns
+# on every builder config made at run time (image_folder, photos_large).
+_EXPECTED_LIBRARY_WARNINGS = ("Using custom data configuration",)
 
 
 def is_ours(record: std_logging.LogRecord) -> bool:
@@ -57,6 +60,8 @@ class ConsoleFilter(std_logging.Filter):
 
   def filter(self, record):
     if getattr(record, _FILE_ONLY, False):
+      return False
+    if str(record.msg).startswith(_EXPECTED_LIBRARY_WARNINGS):
       return False
     return record.levelno >= std_logging.WARNING or self.libraries or is_ours(record)
 

@@ -92,8 +92,9 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   0 is conditional).
 
   `fid_stats` needs `config` (or a workdir to read it from) and `out`; `config`, `out`, `split`,
-  `fid_stats` and `inception_path` are used by the two FID modes only; `input_dir`,
-  `output_dir`, `input_is_lr` and `overwrite` by `super_resolve` only; `lpips_weights` (else
+  `fid_stats` and `inception_path` are used by the two FID modes only; `input_dir`
+  by `super_resolve` and `sr_metrics` (a benchmark folder of HR images instead of the held-out
+  crops), `output_dir`, `input_is_lr` and `overwrite` by `super_resolve` only; `lpips_weights` (else
   `$SHORTCUT_JAX_LPIPS`; neither: LPIPS is skipped) by `sr_metrics` only; `workdirs` (generator
   first, then upscalers; one entry of `steps` each) and `output_dir` by `cascade`; `prompts`
   (a text file, one prompt a line) or `embeddings` (.npy [N, D], or an .npz with 'embedding')
@@ -185,6 +186,16 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
         seed=seed, overwrite=overwrite, cfg_scale=cfg_scale)
     print(json.dumps(result, indent=2))
     return result
+  if mode == "sr_metrics" and input_dir:
+    # A benchmark folder of whole HR images (Set5, Set14, DIV2K validation HR, ...).
+    from shortcut_jax.evaluators import super_resolution
+    results = super_resolution.benchmark_metrics(exp, params, input_dir, steps=steps, seed=seed,
+                                                 cfg_scale=cfg_scale)
+    results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
+    name = storage.basename(input_dir.rstrip("/")) or "folder"
+    super_resolution.write_json(storage.join(workdir, f"sr_metrics_{name}.json"), results)
+    print(json.dumps({k: v for k, v in results.items() if k != "per_image"}, indent=2))
+    return results
   if mode == "sr_metrics":
     from shortcut_jax.evaluators import super_resolution
     results = super_resolution.sr_metrics(exp, params, steps=steps, num_images=num_samples,

@@ -51,6 +51,7 @@ def test_unknown_key_is_an_error():
     (dict(objective__class_dropout_prob=1.5), "objective.class_dropout_prob"),
     (dict(data__name="mnist"), "data.name"),
     (dict(data__name="image_folder"), "data.folder"),
+    (dict(data__name="div2k"), "data.low_res_factor"),
     (dict(model__dtype="float64"), "model.dtype"),
     (dict(model__dtype="float16"), "loss scaling"),
     (dict(model__matmul_precision="fastest"), "model.matmul_precision"),

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import digits_configs
+from shortcut_jax import console
 from shortcut_jax.parallel import cpu_devices
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fast_compile")]
@@ -181,3 +182,12 @@ def test_log_file_name_per_process_and_header(tmp_path):
                                    "a record for the file", "==== train.py started (process 2",
                                    "a second run")]
   assert order == sorted(order), text
+
+
+def test_expected_library_warnings_go_to_the_log_file_only():
+  import logging as std_logging
+  make = lambda msg: std_logging.LogRecord("tfds", std_logging.WARNING, "/x/dataset_builder.py",
+                                           1, msg, None, None)
+  keep = console.ConsoleFilter()
+  assert not keep.filter(make("Using custom data configuration: PhotosLargeConfig(...)"))
+  assert keep.filter(make("Some other warning"))

@@ -78,7 +78,7 @@ def test_batch_metrics_per_image_and_mean():
   ref = np.stack([p[0] for p in pairs]) / 127.5 - 1
   img = np.stack([p[1] for p in pairs]) / 127.5 - 1
   per_image = sr_quality.sr_metrics_per_image(ref, img, crop_border=2)
-  assert set(per_image) == {"psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"}
+  assert set(per_image) >= {"psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"}
   for i in range(2):
     r = np.round((ref[i] + 1) * 127.5)[2:-2, 2:-2]
     x = np.round((img[i] + 1) * 127.5)[2:-2, 2:-2]

@@ -85,3 +85,28 @@ def test_super_resolution_modes_need_an_image_conditioned_model():
   exp = experiment.build_experiment(digits_config("smoke"), image_shape=(16, 16, 1))
   with pytest.raises(ValueError, match="not a super-resolution model"):
     super_resolution.check_super_resolution_model(exp)
+
+
+def test_sr_metrics_on_a_benchmark_folder(trained, tmp_path):
+  hr_dir = tmp_path / "Set2"
+  hr_dir.mkdir()
+  rng = np.random.default_rng(1)
+  big = rng.integers(0, 255, (42, 37, 3), np.uint8)  # Cropped to 40x36 (a multiple of 4).
+  Image.fromarray(big).save(hr_dir / "a.png")
+  Image.fromarray(rng.integers(0, 255, (12, 12, 3), np.uint8)).save(hr_dir / "tiny.png")
+  results = _run(trained, "sr_metrics", steps=[1], input_dir=str(hr_dir))
+  assert results["num_images"] == 1 and "tiny.png" in results["skipped"]
+  assert results["crop_border"] == 4
+  # Bicubic, scored as SR papers do (mod crop, 4-pixel border shaved), recomputed here.
+  hr = low_res.mod_crop(big.astype(np.float32) / 127.5 - 1, 4)
+  expected = sr_quality.sr_metrics(hr[None], low_res.cond_image(hr, 4)[None], crop_border=4)
+  for k, v in expected.items():
+    assert results["bicubic"][k] == pytest.approx(v, rel=1e-5)
+  # The model's entry scores its whole-image output, the one super_resolve writes.
+  out = str(tmp_path / "out")
+  _run(trained, "super_resolve", input_dir=str(hr_dir), output_dir=out)
+  written = np.asarray(Image.open(f"{out}/a.png"), np.float32) / 127.5 - 1
+  scored = sr_quality.sr_metrics(hr[None], written[None], crop_border=4)
+  assert results["steps"]["1"]["psnr_rgb"] == pytest.approx(scored["psnr_rgb"], rel=1e-4)
+  with open(os.path.join(trained, "sr_metrics_Set2.json")) as f:
+    assert json.load(f)["per_image"]["a.png"]["bicubic"] == results["per_image"]["a.png"]["bicubic"]

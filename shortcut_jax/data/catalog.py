@@ -21,9 +21,11 @@ from absl import logging
 from shortcut_jax.data import errors
 from shortcut_jax.data import image_folder
 from shortcut_jax.data.builders import base
+from shortcut_jax.data.builders import div2k
 from shortcut_jax.data.builders import digits
 from shortcut_jax.data.builders import manual
 from shortcut_jax.data.builders import photos
+from shortcut_jax.data.builders import photos_large
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,9 @@ class DatasetSpec:
     num_classes: label classes (None: read from the folder for `image_folder`).
     random_flip: whether training batches get random horizontal flips.
     manual: whether the user must download the files and run the prepare command first.
+    image_key: the feature holding the (HR) image.
+    held_out_split: the stored split the library calls 'test'.
+    variable_size: images of any size (super-resolution only: HR crops are cut from them).
   """
   name: str
   native_size: Optional[int]
@@ -44,19 +49,32 @@ class DatasetSpec:
   num_classes: Optional[int]
   random_flip: bool
   manual: bool
+  image_key: str = "image"
+  held_out_split: str = "test"
+  variable_size: bool = False
 
 
 SPECS = {
     "digits": DatasetSpec("digits", digits.IMAGE_SIZE, 1, digits.NUM_CLASSES, False, False),
     # Crops of real photographs, for super-resolution (`data.low_res_factor`) without downloads.
     "photos": DatasetSpec("photos", photos.CROP_SIZE, 3, 1, True, False),
+    # Crops of 37 photographs from Debian wallpaper packages (or of `data.folder`): built on
+    # first use once the packages are installed (`prepare --dataset photos_large` installs them).
+    "photos_large": DatasetSpec("photos_large", photos_large.CROP_SIZE, 3, 1, True, False),
     # The original trains CelebA-HQ and LSUN unconditionally and without flips; ImageNet with
     # flips, as ADM/DiT do.
     "celebahq256": DatasetSpec("celebahq256", manual.IMAGE_SIZE, 3, 1, False, True),
     "imagenet256": DatasetSpec("imagenet256", manual.IMAGE_SIZE, 3, 1000, True, True),
     "lsun_church": DatasetSpec("lsun_church", manual.IMAGE_SIZE, 3, 1, False, True),
     "image_folder": DatasetSpec("image_folder", None, 3, None, False, False),
+    # TFDS's DIV2K: 2K photographs of any size, for super-resolution; its 'lr' is not used.
+    "div2k": DatasetSpec("div2k", None, 3, 1, True, False, image_key="hr",
+                         held_out_split="validation", variable_size=True),
 }
+
+VARIABLE_SIZE_NEEDS_FACTOR = ("data.name={name!r} holds images of any size: it is for "
+                              "super-resolution (data.low_res_factor > 0), whose HR crops are "
+                              "cut from them")
 
 # `data.latents`: pixels, VAE-encoded inside the train step, or read from an encoded dataset.
 LATENTS = ("none", "online", "precomputed")
@@ -112,6 +130,8 @@ def validate_data_config(data_config) -> DatasetSpec:
   elif factor and isinstance(size, int) and size % factor:
     problems.append(f"data.image_size ({size}) must be divisible by data.low_res_factor "
                     f"({factor})")
+  if spec.variable_size and not factor:
+    problems.append(VARIABLE_SIZE_NEEDS_FACTOR.format(name=name))
   if name == "image_folder" and not data_config.get("folder", None):
     problems.append("data.folder must be set when data.name='image_folder'")
   latents = data_config.get("latents", "none")
@@ -139,20 +159,32 @@ def get_builder(data_config, *, prepare: bool = True):
 
   Args:
     data_config: the `config.data` section.
-    prepare: build `digits` / `photos` / `image_folder` when missing (False: return it
-      unprepared).
+    prepare: build `digits` / `photos` / `photos_large` / `image_folder` when missing (False:
+      return it unprepared). `photos_large` is built from the installed wallpaper packages or
+      from `data.folder`.
 
   Returns:
     A `tfds.core.DatasetBuilder`.
 
   Raises:
     ValueError: invalid config values.
-    DataNotPreparedError: a manual-download dataset has not been prepared.
+    DataNotPreparedError: a manual-download dataset has not been prepared, or the photographs
+      of `photos_large` are not installed.
   """
   spec = validate_data_config(data_config)
   data_dir = data_dir_of(data_config)
   if spec.name in _EMBEDDED_BUILDERS:
     builder = base.make_builder(_EMBEDDED_BUILDERS[spec.name], data_dir)
+  elif spec.name == "photos_large":
+    folder = data_config.get("folder", None)
+    builder = photos_large.make_builder(folder, data_dir)
+    if prepare and not builder.is_prepared():
+      photos_large.require_photos(folder)
+  elif spec.name == "div2k":
+    builder = div2k.builder(data_dir)
+    if not builder.is_prepared():
+      raise errors.DataNotPreparedError(div2k.not_prepared_message(data_dir))
+    return builder
   elif spec.name == "image_folder":
     builder = image_folder.make_builder(data_config.folder, data_config.image_size, data_dir,
                                         embeddings=data_config.get("embeddings", None))

@@ -83,7 +83,7 @@ def _read_embeddings(path: str, size: int, mtime_ns: int) -> Dict[str, "np.ndarr
   return {os.path.normpath(p): e for p, e in zip(paths, emb)}
 
 
-def _split_dirs(folder: str) -> Dict[str, str]:
+def split_dirs(folder: str) -> Dict[str, str]:
   """`{'train': sub, 'test': sub}` when the folder has explicit split sub-folders, else {}."""
   found = {}
   for split, names in _SPLIT_FOLDERS.items():
@@ -217,8 +217,8 @@ def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None,
   if not images.list_images(folder):
     raise FileNotFoundError(f"data.folder: {folder} holds no image files "
                             f"({', '.join(images.IMAGE_EXTENSIONS)})")
-  split_dirs = _split_dirs(folder)
-  roots = [storage.join(folder, sub) for sub in split_dirs.values()] or [folder]
+  dirs = split_dirs(folder)
+  roots = [storage.join(folder, sub) for sub in dirs.values()] or [folder]
   class_names = _class_names(roots)
   slug = "".join(ch if ch.isalnum() else "_" for ch in storage.basename(folder))[:40] or "root"
   fingerprint = _fingerprint(folder, image_size)
@@ -234,6 +234,6 @@ def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None,
       name=f"{slug}_{image_size}px_{fingerprint}",
       description=f"{folder} at {image_size}x{image_size}",
       folder=folder, image_size=image_size, class_names=class_names,
-      split_dirs=tuple(sorted(split_dirs.items())), embeddings=embeddings or "",
+      split_dirs=tuple(sorted(dirs.items())), embeddings=embeddings or "",
       embedding_dim=dim)
   return base.make_builder(ImageFolder, data_dir, config=config)

@@ -129,11 +129,26 @@ def dataset_info(data_config) -> Dict:
   except errors.DataNotPreparedError:
     return info
   info["prepared"] = True
-  info["num_examples"] = {k: v.num_examples for k, v in builder.info.splits.items()}
-  info["channels"] = builder.info.features["image"].shape[-1]
-  info["num_classes"] = builder.info.features["label"].num_classes
+  info["num_examples"] = {library_split_name(spec, k): v.num_examples
+                          for k, v in builder.info.splits.items()}
+  info["channels"] = builder.info.features[spec.image_key].shape[-1]
+  features = builder.info.features
+  info["num_classes"] = features["label"].num_classes if "label" in features.keys() else 1
   check_embedding(builder, data_config)
   return info
+
+
+def library_split_name(spec, stored: str) -> str:
+  """The library's name of a stored split: the dataset's held-out split is 'test'."""
+  return "test" if stored == spec.held_out_split else stored
+
+
+def stored_split(spec, split: str) -> str:
+  """The stored split a library split expression reads ('test[:10]' -> 'validation[:10]')."""
+  base, _, rest = split.partition("[")
+  if base == "test" and spec.held_out_split != "test":
+    return spec.held_out_split + ("[" + rest if rest else "")
+  return split
 
 
 def check_embedding(builder, data_config) -> None:
@@ -161,12 +176,23 @@ def _process_layout(process_index, process_count):
   return process_index, process_count
 
 
-def _crop(image, example_seed, *, stored: int, size: int, train: bool):
-  """`size`×`size` crop of a stored square image: random in training, central in evaluation."""
-  if train:
-    offset = tf.random.stateless_uniform(
-        [2], seed=tf.random.experimental.stateless_fold_in(example_seed, _CROP_SEED_SALT),
-        minval=0, maxval=stored - size + 1, dtype=tf.int64)
+def _crop(image, example_seed, *, stored: Optional[int], size: int, train: bool):
+  """`size`×`size` crop of a stored image: random in training, central in evaluation. `stored`
+  is the side of a square dataset's images, None for images of any size (at least `size`)."""
+  seed = tf.random.experimental.stateless_fold_in(example_seed, _CROP_SEED_SALT)
+  if stored is None:
+    room = tf.shape(image, out_type=tf.int64)[:2] - size
+    with tf.control_dependencies([tf.debugging.assert_non_negative(
+        room, message=f"an image is smaller than the {size}x{size} crop")]):
+      room = tf.identity(room)
+    if train:
+      unit = tf.random.stateless_uniform([2], seed=seed, dtype=tf.float64)
+      offset = tf.minimum(tf.cast(unit * tf.cast(room + 1, tf.float64), tf.int64), room)
+    else:
+      offset = room // 2
+  elif train:
+    offset = tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=stored - size + 1,
+                                         dtype=tf.int64)
   else:
     offset = tf.fill([2], tf.constant((stored - size) // 2, tf.int64))
   crop = tf.slice(image, tf.concat([offset, tf.zeros([1], tf.int64)], 0),
@@ -180,7 +206,7 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
   With `data.low_res_factor` > 0 the image is cropped instead of resized and 'cond_image' is
   added (module docstring).
   """
-  image_feature = builder.info.features["image"]
+  image_feature = builder.info.features[spec.image_key]
   stored = image_feature.shape[0]
   size = data_config.image_size
   factor = low_res_factor_of(data_config)
@@ -194,7 +220,7 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
     word_noise = float(config_value(data_config, "embedding_noise", section="data") or 0.0)
 
   def fn(position, example):
-    image = image_feature.decode_example(example["image"])
+    image = image_feature.decode_example(example[spec.image_key])
     example_seed = tf.stack([tf.constant(seed, tf.int64), position])
     if flip:
       image = tf.image.stateless_random_flip_left_right(image, seed=example_seed)
@@ -209,7 +235,7 @@ def _preprocess_fn(builder, data_config, spec, *, seed: int, train: bool):
     if size != stored and not factor:
       image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
     image = image / 127.5 - 1.0
-    label = tf.cast(example["label"], tf.int32)
+    label = tf.cast(example["label"], tf.int32) if "label" in example else tf.constant(0)
     if unconditional:
       # num_classes=1: label 0 is the only class and 1 the null label of the model.
       label = tf.zeros_like(label)
@@ -322,9 +348,10 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
   else:
     builder = catalog.get_builder(data_config)
     check_embedding(builder, data_config)
-  known = list(builder.info.splits.keys())
+  known = [library_split_name(spec, k) for k in builder.info.splits.keys()]
   if split.split("[")[0] not in known:
     raise ValueError(f"split {split!r} not in dataset {spec.name!r} (splits: {known})")
+  split = stored_split(spec, split)
   sub_split = tfds.split_for_jax_process(split, process_index=process_index,
                                          process_count=process_count)
   num_examples = builder.info.splits[sub_split].num_examples
@@ -336,10 +363,12 @@ def make_dataset(data_config, *, split: str, global_batch_size: int, seed: int,
     records = builder.as_dataset(split=sub_split, shuffle_files=False, read_config=read_config)
     preprocess = _latent_preprocess_fn(meta, data_config, spec, seed=seed, train=train)
   else:
-    # Images stay encoded until after shuffle and skip: both then move bytes, not pixels.
+    # Images stay encoded until after shuffle and skip: both then move bytes, not pixels (and
+    # images the library does not read, e.g. DIV2K's 'lr', are never decoded).
     records = builder.as_dataset(
         split=sub_split, shuffle_files=False, read_config=read_config,
-        decoders={"image": tfds.decode.SkipDecoding()},
+        decoders={key: tfds.decode.SkipDecoding() for key, feature in
+                  builder.info.features.items() if isinstance(feature, tfds.features.Image)},
     )
     preprocess = _preprocess_fn(builder, data_config, spec, seed=seed, train=train)
 

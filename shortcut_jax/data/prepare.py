@@ -6,6 +6,9 @@
     python -m shortcut_jax.data.prepare --dataset lsun_church --manual_dir /data/lsun_church
     python -m shortcut_jax.data.prepare --dataset digits            # Offline, seconds.
     python -m shortcut_jax.data.prepare --dataset image_folder --folder /data/pets --image_size 64
+    python -m shortcut_jax.data.prepare --dataset photos_large      # apt-get installs the photos.
+    python -m shortcut_jax.data.prepare --dataset div2k [--manual_dir /data/div2k_unzipped]
+    python -m shortcut_jax.data.prepare --dataset photos_large --photos_dir ~/my_photos
 
 `--manual_dir` is the folder holding the downloaded files in the layout the dataset's builder
 describes (`shortcut_jax/data/builders/manual.py`; a wrong layout is reported with the
@@ -27,18 +30,24 @@ import ml_collections
 from shortcut_jax import console
 from shortcut_jax.data import catalog
 from shortcut_jax.data import errors
+from shortcut_jax.data.builders import div2k
 from shortcut_jax.data.builders import manual
+from shortcut_jax.data.builders import photos_large
 
 _DATASET = flags.DEFINE_enum("dataset", None, sorted(catalog.SPECS), "Dataset to prepare.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Folder with the downloaded files "
-                                  "(celebahq256, imagenet256, lsun_church).")
+                                  "(celebahq256, imagenet256, lsun_church; div2k offline).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
 _FOLDER = flags.DEFINE_string("folder", None, "Image folder (image_folder only).")
+_PHOTOS_DIR = flags.DEFINE_string(
+    "photos_dir", None, "photos_large only: build it from this folder of photographs instead of "
+    "the Debian wallpaper packages (train with --config.data.folder=DIR).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Image size (image_folder only).")
 
 
 def prepare(dataset: str, *, manual_dir: Optional[str] = None, data_dir: Optional[str] = None,
-            folder: Optional[str] = None, image_size: Optional[int] = None):
+            folder: Optional[str] = None, image_size: Optional[int] = None,
+            photos_dir: Optional[str] = None):
   """Builds `dataset` into `data_dir` (no-op when already built).
 
   Args:
@@ -47,6 +56,8 @@ def prepare(dataset: str, *, manual_dir: Optional[str] = None, data_dir: Optiona
     data_dir: TFDS data directory (None: TFDS default).
     folder: image folder (image_folder only).
     image_size: stored image size (image_folder only).
+    photos_dir: photos_large only: the user's photographs instead of the packaged ones (which
+      are installed with apt-get when missing).
 
   Returns:
     The prepared TFDS builder.
@@ -61,6 +72,14 @@ def prepare(dataset: str, *, manual_dir: Optional[str] = None, data_dir: Optiona
       raise ValueError(f"--manual_dir is required for {dataset}:\n"
                        f"{manual.BUILDERS[dataset].MANUAL_DOWNLOAD_INSTRUCTIONS}")
     return manual.prepare(dataset, manual_dir, data_dir)
+  if dataset == "div2k":  # TFDS's builder: downloads, or reads the unzipped archives.
+    return div2k.prepare(data_dir, manual_dir)
+  if dataset == "photos_large":
+    if not photos_dir and photos_large.missing_packaged():
+      photos_large.install_packages()
+    folder = photos_dir
+  elif photos_dir:
+    raise ValueError("--photos_dir is for --dataset photos_large only")
   if dataset == "image_folder" and not (folder and image_size):
     raise ValueError("--folder and --image_size are required for image_folder")
   data_config = ml_collections.ConfigDict(dict(
@@ -74,7 +93,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     builder = prepare(_DATASET.value, manual_dir=_MANUAL_DIR.value, data_dir=_DATA_DIR.value,
-                      folder=_FOLDER.value, image_size=_IMAGE_SIZE.value)
+                      folder=_FOLDER.value, image_size=_IMAGE_SIZE.value,
+                      photos_dir=_PHOTOS_DIR.value)
   except (errors.DataNotPreparedError, ValueError, FileNotFoundError) as e:
     # The message says what to fix; a traceback would only bury it.
     sys.exit(f"error: {e}")

@@ -10,7 +10,8 @@ Conventions (those of the SR literature, so the numbers compare with published t
     positions where the window fits inside the image, then over channels. This matches
     `skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False)`, which the tests compare against;
-  * `crop_border` pixels can be shaved off every side first (SR papers shave the scale factor).
+  * `crop_border` pixels can be shaved off every side first (SR papers shave the scale factor);
+  * beside them HaarPSI (`evaluators.haarpsi`), a perceptual index that needs no weights.
 `psnr` and `ssim` score one image pair; `sr_metrics_per_image` scores a batch (one value per
 image and metric) and `sr_metrics` averages it. `bicubic_baseline` gives the bicubic upscaling
 of the LR input, the baseline every SR model must beat.
@@ -21,6 +22,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from shortcut_jax.data import low_res
+from shortcut_jax.evaluators import haarpsi
 
 # ITU-R BT.601 studio-swing luma from RGB in [0, 255] (offset, then weights per 255).
 _Y_OFFSET = 16.0
@@ -146,7 +148,9 @@ def sr_metrics_per_image(reference: np.ndarray, images: np.ndarray, *, crop_bord
     quantize: round to 8-bit values first (module docstring).
 
   Returns:
-    `{'psnr_rgb', 'ssim_rgb', 'psnr_y', 'ssim_y'}`, each float64 [b]. For grey images
+    `{'psnr_rgb', 'ssim_rgb', 'psnr_y', 'ssim_y', 'haarpsi'}`, each float64 [b] (HaarPSI:
+    the perceptual index of `evaluators.haarpsi`, on the colour image; higher is better;
+    needs sides of at least 16 pixels, else absent). For grey images
     (C = 1) the Y metrics are those of the single channel.
   """
   reference, images = _pair(reference, images)
@@ -166,6 +170,8 @@ def sr_metrics_per_image(reference: np.ndarray, images: np.ndarray, *, crop_bord
     out["ssim_rgb"][i] = ssim(reference[i], images[i], 255.0, channel_axis=-1)
     out["psnr_y"][i] = psnr(ref_y[i], img_y[i], 255.0)
     out["ssim_y"][i] = ssim(ref_y[i], img_y[i], 255.0, channel_axis=None)
+  if min(reference.shape[1:3]) >= haarpsi.MIN_SIZE:
+    out["haarpsi"] = haarpsi.haarpsi(reference, images)
   return out
 
 

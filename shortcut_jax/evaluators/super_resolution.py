@@ -156,6 +156,17 @@ def super_resolve_image(exp, params, cond_image: np.ndarray, *, num_steps: int, 
   return np.clip(out[:height, :width], -1.0, 1.0)
 
 
+def image_names(folder: str) -> List[str]:
+  """The PNG / JPEG files directly in `folder`, sorted (FileNotFoundError when there are none)."""
+  if not storage.isdir(folder):
+    raise FileNotFoundError(f"--input_dir {folder!r} is not a folder")
+  names = sorted(f for f in storage.listdir(folder)
+                 if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
+  if not names:
+    raise FileNotFoundError(f"no PNG or JPEG images in {folder!r}")
+  return names
+
+
 def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_steps: int,
                          input_is_lr: bool = False, seed: int = 0, batch_size: int = 16,
                          overwrite: bool = False, cfg_scale: Optional[float] = None,
@@ -172,12 +183,7 @@ def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_st
     dict(written=[paths], skipped={file: reason}, existing=[paths not overwritten]).
   """
   factor = check_super_resolution_model(exp)
-  if not storage.isdir(input_dir):
-    raise FileNotFoundError(f"--input_dir {input_dir!r} is not a folder")
-  names = sorted(f for f in storage.listdir(input_dir)
-                 if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES)
-  if not names:
-    raise FileNotFoundError(f"no PNG or JPEG images in {input_dir!r}")
+  names = image_names(input_dir)
   storage.makedirs(output_dir)
   channels = exp.image_shape[-1]
   result = {"written": [], "skipped": {}, "existing": []}
@@ -192,20 +198,19 @@ def super_resolve_folder(exp, params, input_dir: str, output_dir: str, *, num_st
       result["skipped"][name] = f"unreadable: {e}"
       continue
     if input_is_lr:
-      lr = image
+      cond = low_res.upsample(image, factor)
     else:
       hr = low_res.mod_crop(image, factor)
       if min(hr.shape[:2]) < factor:
         result["skipped"][name] = f"smaller than the factor {factor}"
         continue
-      lr = low_res.make_low_res(hr, factor)
-    cond = low_res.upsample(lr, factor)
+      cond = low_res.cond_image(hr, factor)
     sr = super_resolve_image(exp, params, cond, num_steps=num_steps, seed=seed,
                              batch_size=batch_size, cfg_scale=cfg_scale, label=label)
     image_files.save_png(out_path, image_files.to_uint8(sr))
     result["written"].append(out_path)
-    logging.info("%s: %dx%d -> %dx%d, %s", name, lr.shape[1], lr.shape[0], sr.shape[1],
-                 sr.shape[0], out_path)
+    logging.info("%s: %dx%d -> %dx%d, %s", name, sr.shape[1] // factor, sr.shape[0] // factor,
+                 sr.shape[1], sr.shape[0], out_path)
   for name, reason in result["skipped"].items():
     logging.warning("skipped %s: %s", name, reason)
   if result["existing"]:
@@ -287,6 +292,54 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
     results["steps"][str(n)] = score_images(hr, np.clip(images, -1.0, 1.0), scorer)
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   return results
+
+
+def benchmark_metrics(exp, params, hr_dir: str, *, steps: Sequence[int], seed: int = 0,
+                      batch_size: int = 16, cfg_scale: Optional[float] = None,
+                      crop_border: Optional[int] = None) -> Dict:
+  """PSNR / SSIM (RGB and Y) on a folder of whole HR images, the SR benchmarks' layout (Set5,
+  Set14, BSD100, Urban100, DIV2K's validation HR folder).
+
+  Protocol: each image is cropped to a multiple of the factor ("mod crop"), degraded to LR with
+  the training pipeline's antialiased bicubic (so the model sees the degradation it learned;
+  published tables use MATLAB's imresize instead, which differs slightly), and super-resolved
+  whole (`super_resolve_image`, tiled). Metrics are computed on 8-bit values after shaving
+  `crop_border` pixels off every side (default: the factor, as EDSR and BasicSR do), per image,
+  then averaged over the images; Y is BT.601 studio-swing luma (`sr_quality`). Bicubic is the
+  model's own condition, scored the same way.
+
+  Returns:
+    dict(folder, num_images, factor, crop_border, bicubic={metric: mean}, steps={N: {metric:
+    mean}}, per_image={name: {'bicubic': {...}, 'N': {...}}}).
+  """
+  factor = check_super_resolution_model(exp)
+  crop_border = factor if crop_border is None else int(crop_border)
+  channels = exp.image_shape[-1]
+  per_image, skipped = {}, {}
+  for name in image_names(hr_dir):
+    hr = low_res.mod_crop(read_image(storage.join(hr_dir, name), channels), factor)
+    if min(hr.shape[:2]) <= 2 * crop_border + 10:  # SSIM's 11x11 window must fit.
+      skipped[name] = f"too small ({hr.shape[1]}x{hr.shape[0]})"
+      continue
+    cond = low_res.cond_image(hr, factor)
+    score = lambda x: {k: float(v[0]) for k, v in sr_quality.sr_metrics_per_image(
+        hr[None], np.asarray(x)[None], crop_border=crop_border).items()}
+    per_image[name] = {"bicubic": score(cond)}
+    for n in steps:
+      sr = super_resolve_image(exp, params, cond, num_steps=n, seed=seed, batch_size=batch_size,
+                               cfg_scale=cfg_scale)
+      per_image[name][str(n)] = score(sr)
+    logging.info("%s: %s", name, per_image[name])
+  for name, reason in skipped.items():
+    logging.warning("skipped %s: %s", name, reason)
+  if not per_image:
+    raise ValueError(f"no image of {hr_dir!r} is large enough to score")
+  mean = lambda key: {m: float(np.mean([r[key][m] for r in per_image.values()]))
+                      for m in next(iter(per_image.values()))[key]}
+  return {"folder": hr_dir, "num_images": len(per_image), "factor": factor,
+          "crop_border": crop_border, "bicubic": mean("bicubic"),
+          "steps": {str(n): mean(str(n)) for n in steps}, "per_image": per_image,
+          "skipped": skipped}
 
 
 def comparison_strip(exp, params, *, steps: List[int], num_images: int = 4, seed: int = 0,

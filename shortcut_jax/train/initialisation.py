@@ -94,12 +94,13 @@ def start_from_run(exp: Experiment, init_fn, abstract, shardings, mesh):
       uses_level=exp.objective.uses_level, hidden_size=source_config.model.hidden_size,
       dtype=jax.numpy.dtype(source_config.model.dtype))
   weights = layer_stack.convert(weights, config.model.scan_layers)  # Either layer layout.
-  state = init_fn()
-  weights = finetune.added_inputs(weights, state.params)
-  problems = shape_mismatches(abstract.params, weights)
+  # Checked on the shapes, before the initialisation compiles.
+  problems = shape_mismatches(abstract.params, finetune.added_inputs(weights, abstract.params))
   if problems:
     raise finetune.InitError(f"init.workdir: the parameters of {workdir} (step {source_step}) "
                              f"do not fit this run's:\n  " + "\n  ".join(problems[:20]))
+  state = init_fn()
+  weights = finetune.added_inputs(weights, state.params)
   params = sharding_lib.placed_copy(weights, shardings.params)
   # The objective's state starts fresh from the new weights (e.g. a twin-EMA teacher).
   objective_state = jax.jit(lambda p: exp.objective.init_state(p, config.objective),
