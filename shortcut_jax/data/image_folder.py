@@ -36,7 +36,6 @@ from shortcut_jax.data.builders import base
 
 # Every HELD_OUT_EVERY-th image of each class (sorted by path) goes to the 'test' split.
 HELD_OUT_EVERY = 10
-_SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val", "validation")}
 
 
 @dataclasses.dataclass(eq=False)
@@ -81,17 +80,6 @@ def _read_embeddings(path: str, size: int, mtime_ns: int) -> Dict[str, "np.ndarr
     raise ValueError(f"data.embeddings: {path}: 'embedding' has shape {emb.shape}, expected "
                      f"[{len(paths)}, D]")
   return {os.path.normpath(p): e for p, e in zip(paths, emb)}
-
-
-def split_dirs(folder: str) -> Dict[str, str]:
-  """`{'train': sub, 'test': sub}` when the folder has explicit split sub-folders, else {}."""
-  found = {}
-  for split, names in _SPLIT_FOLDERS.items():
-    for name in names:
-      if storage.isdir(storage.join(folder, name)):
-        found[split] = name
-        break
-  return found if "train" in found else {}
 
 
 def _class_names(roots: Sequence[str]) -> Tuple[str, ...]:
@@ -217,7 +205,7 @@ def make_builder(folder: str, image_size: int, data_dir: Optional[str] = None,
   if not images.list_images(folder):
     raise FileNotFoundError(f"data.folder: {folder} holds no image files "
                             f"({', '.join(images.IMAGE_EXTENSIONS)})")
-  dirs = split_dirs(folder)
+  dirs = images.split_dirs(folder)
   roots = [storage.join(folder, sub) for sub in dirs.values()] or [folder]
   class_names = _class_names(roots)
   slug = "".join(ch if ch.isalnum() else "_" for ch in storage.basename(folder))[:40] or "root"

@@ -9,7 +9,7 @@ Folders and files are listed and read through `shortcut_jax.storage`, so they ma
 (gs://...): a folder is one listing request, an image one download.
 """
 
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -23,6 +23,21 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 def is_image_file(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+# Sub-folders that hold a dataset's splits (`split_dirs`).
+SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val", "validation")}
+
+
+def split_dirs(folder: str) -> Dict[str, str]:
+  """`{'train': sub, 'test': sub}` when the folder has explicit split sub-folders, else {}."""
+  found = {}
+  for split, names in SPLIT_FOLDERS.items():
+    for name in names:
+      if storage.isdir(storage.join(folder, name)):
+        found[split] = name
+        break
+  return found if "train" in found else {}
 
 
 def list_images(folder: str, recursive: bool = True) -> List[str]:

@@ -39,7 +39,6 @@ import tensorflow_datasets as tfds
 
 from shortcut_jax import storage
 from shortcut_jax.data import errors
-from shortcut_jax.data import image_folder
 from shortcut_jax.data import images
 from shortcut_jax.data.builders import base
 from shortcut_jax.data.builders import photos
@@ -177,7 +176,7 @@ def _missing_message(reason: str) -> str:
 
 def _folder_items(folder: str) -> Tuple[Tuple[str, str, str, str, str], ...]:
   """The photographs of a user folder with their split (train/ and test/, else every 6th)."""
-  split_dirs = image_folder.split_dirs(folder)
+  split_dirs = images.split_dirs(folder)
   found = []
   if split_dirs:
     for split, sub in sorted(split_dirs.items()):
