@@ -60,6 +60,20 @@ def test_a_resumed_stream_gets_the_same_noise():
   assert np.sum((x - e) ** 2) < np.sum((x - draw) ** 2)
 
 
+def test_the_matching_thread_ends_with_its_consumer():
+  import threading
+  import time
+  it = ot_coupling.coupled_batches(_stream(0), pool=2, seed=0, start_step=0)
+  next(it)
+  time.sleep(0.3)  # The thread has filled the queue and waits on it.
+  assert any(t.name == "ot_coupling" and t.is_alive() for t in threading.enumerate())
+  it.close()
+  deadline = time.time() + 5
+  while any(t.name == "ot_coupling" for t in threading.enumerate()) and time.time() < deadline:
+    time.sleep(0.05)
+  assert not any(t.name == "ot_coupling" for t in threading.enumerate())
+
+
 @pytest.mark.parametrize("name", ["naive", "shortcut"])
 def test_objectives_start_from_the_batch_noise(name):
   rng = np.random.default_rng(1)

@@ -49,20 +49,35 @@ def coupled_batches(batches: Iterator[Dict[str, np.ndarray]], *, pool: int, seed
   thread while the training loop consumes this one, so the assignment does not hold up the
   steps; an error there is raised here, after the batches made before it."""
   out = queue.Queue(maxsize=pool)
+  stop = threading.Event()  # Set when the consumer is done (closed or collected).
+
+  def put(item) -> bool:
+    while not stop.is_set():
+      try:
+        out.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
 
   def produce():
     try:
       for batch in _coupled(batches, pool, seed, start_step, process_index):
-        out.put((batch, None))
+        if not put((batch, None)):
+          return
     except BaseException as e:  # pylint: disable=broad-except  (re-raised by the consumer)
-      out.put((None, e))
+      put((None, e))
 
-  threading.Thread(target=produce, name="ot_coupling", daemon=True).start()
-  while True:
-    batch, error = out.get()
-    if error is not None:
-      raise error
-    yield batch
+  thread = threading.Thread(target=produce, name="ot_coupling", daemon=True)
+  thread.start()
+  try:
+    while True:
+      batch, error = out.get()
+      if error is not None:
+        raise error
+      yield batch
+  finally:  # The thread ends instead of waiting forever on a full queue.
+    stop.set()
 
 
 def _coupled(batches, pool, seed, start_step, process_index):
