@@ -87,6 +87,21 @@ def test_comparison_strip_and_generation_use_the_held_out_labels(monkeypatch):
   np.testing.assert_allclose(images[:, 0, 0, 0], np.asarray(LABELS) / 10, atol=1e-6)
 
 
+
+def test_comparison_strip_shows_the_crops_bicubic_gets_most_wrong(monkeypatch):
+  exp = stub_exp(to_label_value)
+  examples = _examples(LABELS)
+  # Bicubic errors per crop: crops 1 and 3 the largest (the others exact).
+  examples["cond_image"] = examples["image"].copy()
+  examples["cond_image"][1] += 0.5
+  examples["cond_image"][3] += 0.2
+  monkeypatch.setattr(conditions, "held_out_examples", lambda config, n, split="test": {
+      k: v[:n] for k, v in examples.items()})
+  strip = sr.comparison_strip(exp, {}, steps=[1], num_images=2)
+  for row, i in enumerate((1, 3)):  # In the split's order.
+    hr_cell = strip[1 + row * 9:1 + row * 9 + 8, 1 + 3 * 9:1 + 3 * 9 + 8]
+    np.testing.assert_array_equal(hr_cell, image_files.to_uint8(examples["image"][i]))
+
 def test_super_resolve_uses_one_label_for_every_tile():
   exp = stub_exp(to_label_value)
   lr_up = np.random.default_rng(1).uniform(-1, 1, (13, 21, 1)).astype(np.float32)

@@ -343,10 +343,17 @@ def benchmark_metrics(exp, params, hr_dir: str, *, steps: Sequence[int], seed: i
 
 
 def comparison_strip(exp, params, *, steps: List[int], num_images: int = 4, seed: int = 0,
-                     split: str = "test") -> np.ndarray:
-  """A uint8 picture with one row per held-out crop: LR | bicubic | N-step samples | HR."""
+                     split: str = "test", candidates: int = 256) -> np.ndarray:
+  """A uint8 picture with one row per held-out crop: LR | bicubic | N-step samples | HR.
+
+  The rows are the `num_images` crops, among the first `candidates` of the split, that bicubic
+  upsampling gets most wrong (largest mean squared error): the crops with detail to restore,
+  not flat sky. They are shown in the split's order."""
   factor = check_super_resolution_model(exp)
-  held_out = conditions.held_out_examples(exp.config, num_images, split)
+  pool = conditions.held_out_examples(exp.config, max(num_images, candidates), split)
+  error = np.mean((pool["image"] - pool["cond_image"]) ** 2, axis=(1, 2, 3))
+  rows = np.sort(np.argsort(-error, kind="stable")[:num_images])
+  held_out = {k: v[rows] for k, v in pool.items()}
   hr = held_out["image"]
   lr = low_res.make_low_res(hr, factor)
   nearest = np.repeat(np.repeat(lr, factor, axis=1), factor, axis=2)
