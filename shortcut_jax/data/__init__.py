@@ -6,7 +6,9 @@ Modules:
   catalog       the datasets `data.name` selects, config validation, `get_builder`.
   builders/     TFDS builders: `digits` (embedded, built offline from scikit-learn), `photos`
                 (embedded: crops of the photographs scikit-image / scikit-learn ship, split by
-                photograph; the super-resolution default) and the manual-download datasets
+                photograph), `photos_large` (37 photographs from Debian wallpaper packages, or a
+                folder of the user's; the super-resolution default), `div2k` (TFDS's DIV2K,
+                online or from the unzipped archives) and the manual-download datasets
                 `celebahq256`, `imagenet256`, `lsun_church`.
   low_res       the super-resolution input: antialiased downsampling and bicubic upsampling
                 (TensorFlow for the pipeline, jax/numpy for evaluation; the same maths).
