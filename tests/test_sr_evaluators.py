@@ -181,3 +181,12 @@ def test_latent_tiles_are_encoded_sampled_as_one_canvas_and_decoded():
   big = sr.super_resolve_image(exp, {}, np.resize(lr_up, (13, 11, 3)), num_steps=2, seed=1,
                                batch_size=2)
   assert big.shape == (13, 11, 3) and np.all(np.isfinite(big)) and np.std(big) > 0.01
+
+
+def test_gain_by_detail_groups_crops_by_bicubic_psnr():
+  psnr = {"bicubic": np.array([40.0, 20.0, 30.0, 50.0]), "1": np.array([39.0, 21.0, 30.5, 49.0])}
+  groups = sr.gain_by_detail(psnr, parts=2)
+  # Most detailed first: crops 1 and 2 (bicubic 20, 30), then 0 and 3 (40, 50).
+  assert [g["crops"] for g in groups] == [2, 2]
+  assert groups[0]["bicubic_psnr_rgb"] == 25.0 and groups[1]["bicubic_psnr_rgb"] == 45.0
+  assert groups[0]["gain"]["1"] == pytest.approx(0.75) and groups[1]["gain"]["1"] == -1.0

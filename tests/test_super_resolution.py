@@ -48,6 +48,12 @@ def test_sr_metrics_reports_model_and_bicubic(trained):
     assert results["bicubic"][k] == pytest.approx(v, rel=1e-4)
   for k in ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y"):
     assert np.isfinite(results["steps"]["1"][k])
+  # The groups by detail cover every crop, and their gains average to the mean PSNR gain.
+  groups = results["gain_by_detail"]
+  assert sum(g["crops"] for g in groups) == 6
+  mean_gain = sum(g["crops"] * g["gain"]["1"] for g in groups) / 6
+  assert mean_gain == pytest.approx(results["steps"]["1"]["psnr_rgb"]
+                                    - results["bicubic"]["psnr_rgb"], abs=1e-6)
 
 
 def _write_inputs(folder):

@@ -264,8 +264,8 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
 
   Returns:
     dict(num_images, factor, bicubic={metric: value}, steps={N: {metric: value}},
-    lpips={weights, ...} or {skipped: how to enable it}); the metrics include `lpips` when
-    it was computed.
+    lpips={weights, ...} or {skipped: how to enable it}, gain_by_detail=[...] (where the model
+    beats bicubic, `gain_by_detail`)); the metrics include `lpips` when it was computed.
 
   Raises:
     FileNotFoundError / ValueError: LPIPS weights were given but are missing or wrong, or the
@@ -286,12 +286,41 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
   results = {"num_images": int(num_images), "factor": factor, "split": split,
              "bicubic": score_images(hr, held_out["cond_image"], scorer), "steps": {},
              "lpips": lpips_note}
+  per_image = {"bicubic": psnr_per_image(hr, held_out["cond_image"])}
   for n in steps:
     images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=cfg_scale,
                              seed=seed, batch_size=batch_size, cond=cond)
     results["steps"][str(n)] = score_images(hr, np.clip(images, -1.0, 1.0), scorer)
+    per_image[str(n)] = psnr_per_image(hr, np.clip(images, -1.0, 1.0))
     logging.info("%d steps: %s", n, results["steps"][str(n)])
+  results["gain_by_detail"] = gain_by_detail(per_image)
   return results
+
+
+def psnr_per_image(hr: np.ndarray, images: np.ndarray) -> np.ndarray:
+  """RGB PSNR (dB) of every 8-bit-rounded image against its HR reference, [b]."""
+  ref, img = sr_quality.to_pixels(hr), sr_quality.to_pixels(images)
+  return np.array([sr_quality.psnr(r, x, 255.0) for r, x in zip(ref, img)])
+
+
+def gain_by_detail(psnr: Dict[str, np.ndarray], parts: int = 5) -> List[Dict]:
+  """Where a model beats bicubic: the crops in `parts` equal groups by bicubic PSNR, the most
+  detailed (lowest) first; per group its mean bicubic PSNR and each budget's mean PSNR gain.
+
+  Args:
+    psnr: {'bicubic': [b], '<steps>': [b], ...} per-image RGB PSNR.
+    parts: number of groups.
+  """
+  order = np.argsort(psnr["bicubic"], kind="stable")
+  groups = []
+  for rows in np.array_split(order, parts):
+    if not len(rows):
+      continue
+    base = psnr["bicubic"][rows]
+    groups.append({"crops": int(len(rows)), "bicubic_psnr_rgb": float(np.mean(base)),
+                   "gain": {n: float(np.mean(v[rows] - base)) for n, v in psnr.items()
+                            if n != "bicubic"}})
+  return groups
 
 
 def benchmark_metrics(exp, params, hr_dir: str, *, steps: Sequence[int], seed: int = 0,
