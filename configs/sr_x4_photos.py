@@ -1,4 +1,7 @@
-"""The super-resolution embedded default: one-step 4x super-resolution of real photographs.
+"""One-step 4x super-resolution of the photographs that ship with scikit-image and scikit-learn.
+
+The fully offline SR config (nothing to install); `sr_x4_photos_large.py`, on 37 photographs
+from Debian packages, is the SR default.
 
 Command:
   python train.py --config=configs/sr_x4_photos.py --workdir=workdirs/sr_x4_photos
