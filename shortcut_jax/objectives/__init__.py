@@ -2,8 +2,8 @@
 interpolation paths they train on (`paths`)."""
 
 from shortcut_jax.objectives.base import (Objective, TrainingTargets, as_objective, euler_step,
-                                          get_objective, mse_loss, objective_names,
-                                          register_objective)
+                                          field_checks, get_objective, mse_loss, objective_names,
+                                          register_field_checks, register_objective)
 from shortcut_jax.core.paths import Path, get_path
 # Importing the modules registers their objectives.
 from shortcut_jax.objectives import alphaflow  # noqa: F401  pylint: disable=unused-import

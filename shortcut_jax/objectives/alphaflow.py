@@ -35,7 +35,8 @@ from shortcut_jax.core import guidance
 from shortcut_jax.core.conditioning import cond_from_batch
 from shortcut_jax.core.paths import broadcast_time
 from shortcut_jax.objectives import meanflow
-from shortcut_jax.objectives.base import TrainingTargets, per_sample_mse, register_objective
+from shortcut_jax.objectives.base import (TrainingTargets, per_sample_mse, register_field_checks,
+                                          register_objective)
 from shortcut_jax.objectives.flow_path import config_value, sample_source, source_from_config
 
 Array = Any
@@ -140,6 +141,19 @@ def alphaflow_loss_fn(pred, targets: TrainingTargets, config):
   return meanflow.adaptive_loss(pred, targets, dict(meanflow_adaptive_p=1.0,
                                                     meanflow_adaptive_c=config_value(
                                                         config, "meanflow_adaptive_c")))
+
+
+@register_field_checks
+def check_fields(o, check) -> None:
+  """Ranges of α-Flow's own fields."""
+  check(isinstance(o.alphaflow_start, int) and isinstance(o.alphaflow_end, int)
+        and 0 <= o.alphaflow_start < o.alphaflow_end,
+        f"objective.alphaflow_start ({o.alphaflow_start!r}) and alphaflow_end "
+        f"({o.alphaflow_end!r}) must be steps with 0 <= start < end")
+  check(o.alphaflow_gamma > 0 and 0 <= o.alphaflow_eta < 0.5 and o.alphaflow_clamp > 0,
+        "objective.alphaflow_gamma and alphaflow_clamp must be > 0, alphaflow_eta in [0, 0.5)")
+  check(0.0 <= o.alphaflow_cfg_t_min < o.alphaflow_cfg_t_max <= 1.0,
+        "objective.alphaflow_cfg_t_min, alphaflow_cfg_t_max: need 0 <= t_min < t_max <= 1")
 
 
 @register_objective("alphaflow", uses_level=True, loss_fn=alphaflow_loss_fn, loss=alphaflow_loss,

@@ -95,6 +95,11 @@ def empty_state(params, config=None) -> dict:
   return {}
 
 
+def no_config_checks(config, check) -> None:
+  """The default `Objective.check_config`: nothing beyond the fields' own checks."""
+  del config, check
+
+
 def keep_state(state, **unused):
   """`update_state` of an objective whose state does not change."""
   del unused
@@ -168,6 +173,9 @@ class Objective:
   linear_path_only: bool = False
   needs_curved_path: bool = False
   loss: Optional[Callable[..., Tuple[Array, Dict[str, Array], "TrainingTargets"]]] = None
+  # `check_config(config, check)`: what this objective needs of the rest of the config when it
+  # is the one trained (`check(ok, message)` collects a problem; `config.validate`).
+  check_config: Callable[[Any, Callable[[bool, str], None]], None] = no_config_checks
 
   def velocity_of(self, output: Array) -> Array:
     """The velocity part of a network output (all of it for single-output objectives)."""
@@ -193,6 +201,20 @@ class Objective:
 
 
 _REGISTRY: Dict[str, Objective] = {}
+_FIELD_CHECKS: list = []
+
+
+def register_field_checks(fn):
+  """Decorator registering `fn(objective_config, check)`, the range checks of a module's own
+  `objective.*` fields. `config.validate` runs every module's, whichever objective is trained
+  (a bad value is an error even where it is not used)."""
+  _FIELD_CHECKS.append(fn)
+  return fn
+
+
+def field_checks():
+  """The registered field checks (`register_field_checks`), in registration order."""
+  return tuple(_FIELD_CHECKS)
 
 
 def register_objective(name: str, *, uses_level: bool, source: str = "gaussian",

@@ -39,7 +39,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from shortcut_jax.objectives.base import per_sample_mse, register_objective
+from shortcut_jax.objectives.base import per_sample_mse, register_field_checks, register_objective
 from shortcut_jax.objectives.flow_path import config_value
 from shortcut_jax.core.paths import Path
 from shortcut_jax.objectives import teacher as teacher_lib
@@ -111,6 +111,13 @@ def homo_loss(pred: Array, targets, config):
              "mse_sc_velocity": mean_over(mse_v, is_sc),
              "mse_sc_acceleration": mean_over(mse_a, is_sc)}
   return per_sample, metrics
+
+
+@register_field_checks
+def check_fields(o, check) -> None:
+  """Ranges of HOMO's loss weights."""
+  for name in ("homo_lambda_v", "homo_lambda_a", "homo_lambda_sc"):
+    check(o[name] >= 0, f"objective.{name} must be >= 0, got {o[name]!r}")
 
 
 @register_objective("homo", uses_level=True, outputs=OUTPUTS, loss_fn=homo_loss,

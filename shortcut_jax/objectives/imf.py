@@ -41,7 +41,7 @@ from shortcut_jax.core import guidance
 from shortcut_jax.core.conditioning import GUIDANCE, cond_from_batch, guidance_rows
 from shortcut_jax.core.paths import broadcast_time
 from shortcut_jax.objectives import meanflow
-from shortcut_jax.objectives.base import TrainingTargets, register_objective
+from shortcut_jax.objectives.base import TrainingTargets, register_field_checks, register_objective
 from shortcut_jax.objectives.flow_path import config_value, sample_source, source_from_config
 
 Array = Any
@@ -134,8 +134,23 @@ def imf_loss(model, params, ema_params, batch, rng, config, *, step=None, state=
   return per_sample, terms, targets
 
 
+@register_field_checks
+def check_fields(o, check) -> None:
+  """Ranges of iMF's own fields."""
+  check(o.imf_guidance_max > 0, f"objective.imf_guidance_max must be > 0, got {o.imf_guidance_max!r}")
+  check(o.imf_guidance_beta >= 0, f"objective.imf_guidance_beta must be >= 0, got {o.imf_guidance_beta!r}")
+
+
+def check_config(c, check) -> None:
+  """iMF's network takes the guidance scale and interval as inputs."""
+  check(c.model.guidance_input and c.model.guidance_interval, "objective 'imf' gives the network "
+        "its guidance scale and interval as inputs: set model.guidance_input=True and "
+        "model.guidance_interval=True")
+
+
 @register_objective("imf", uses_level=True, loss_fn=meanflow.adaptive_loss, loss=imf_loss,
-                    sampler_step=meanflow.mean_flow_step, needs_jvp=True, takes_source=True)
+                    sampler_step=meanflow.mean_flow_step, needs_jvp=True, takes_source=True,
+                    check_config=check_config)
 def imf_targets(model, params, ema_params, batch, rng, config, *, step=None,
                 state=None) -> TrainingTargets:
   """iMF targets for a whole batch with the online weights, no dropout (validation, loss per t).

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 
 from shortcut_jax.core.conditioning import cond_from_batch
 from shortcut_jax.objectives.base import (TrainingTargets, euler_step, per_sample_mse,
-                                          register_objective)
+                                          register_field_checks, register_objective)
 from shortcut_jax.objectives.flow_path import (config_value, finest_level, sample_source,
                                                source_from_config)
 from shortcut_jax.core.paths import Path, broadcast_time, path_from_config
@@ -179,6 +179,17 @@ def meanflow_loss(model, params, ema_params, batch, rng, config, *, step=None, s
   targets = make_targets(x, t, d, st, cond, target, u, drop_metrics)
   per_sample, terms = adaptive_loss(u, targets, config)
   return per_sample, terms, targets
+
+
+@register_field_checks
+def check_fields(o, check) -> None:
+  """Ranges of MeanFlow's fields (its time sampling and adaptive weight, shared by iMF and
+  α-Flow)."""
+  check(o.meanflow_time_sigma > 0, f"objective.meanflow_time_sigma must be > 0, got {o.meanflow_time_sigma!r}")
+  check(0.0 <= o.meanflow_equal_share <= 1.0,
+        f"objective.meanflow_equal_share must be in [0, 1], got {o.meanflow_equal_share!r}")
+  check(o.meanflow_adaptive_p >= 0, f"objective.meanflow_adaptive_p must be >= 0, got {o.meanflow_adaptive_p!r}")
+  check(o.meanflow_adaptive_c > 0, f"objective.meanflow_adaptive_c must be > 0, got {o.meanflow_adaptive_c!r}")
 
 
 @register_objective("meanflow", uses_level=True, loss_fn=adaptive_loss, loss=meanflow_loss,

@@ -96,7 +96,8 @@ import numpy as np
 from shortcut_jax.core import guidance, wavelets
 from shortcut_jax.core.conditioning import GUIDANCE, NOISE, cond_from_batch, take_rows
 from shortcut_jax.objectives import teacher as teacher_lib
-from shortcut_jax.objectives.base import TrainingTargets, mse_loss, register_objective, rms
+from shortcut_jax.objectives.base import (TrainingTargets, mse_loss, register_field_checks,
+                                          register_objective, rms)
 from shortcut_jax.objectives.flow_path import (Source, batch_for_targets, config_value,
                                                finest_level, sample_source, source_from_config)
 from shortcut_jax.core.paths import Path, path_from_config
@@ -395,9 +396,41 @@ def shortcut_loss(pred, targets: TrainingTargets, config):
   return wavelets.wavelet_loss(pred, targets.target, levels), {}
 
 
+# The improved-shortcut-model switches (`objective.*`), off at 0.
+ISM_FIELDS = ("target_ema_rate", "wavelet_levels", "guidance_max")
+
+
+@register_field_checks
+def check_fields(o, check) -> None:
+  """Ranges of the shortcut objective's own fields; the iSM switches belong to it alone."""
+  check(0.0 <= o.target_ema_rate < 1.0,
+        f"objective.target_ema_rate (twin EMA) must be in (0, 1), or 0 for off; got "
+        f"{o.target_ema_rate!r}")
+  check(isinstance(o.wavelet_levels, int) and o.wavelet_levels >= 0,
+        f"objective.wavelet_levels must be an integer >= 0, got {o.wavelet_levels!r}")
+  check(o.guidance_max >= 0, f"objective.guidance_max must be >= 0 (0: off), got {o.guidance_max!r}")
+  check(o.guidance_grid > 0, f"objective.guidance_grid must be > 0, got {o.guidance_grid!r}")
+  check(0.0 <= o.guidance_t_min <= 1.0,
+        f"objective.guidance_t_min must be in [0, 1], got {o.guidance_t_min!r}")
+  if o.name != "shortcut":
+    for field in ISM_FIELDS:
+      check(not o[field], f"objective.{field} is an option of objective 'shortcut' "
+            f"(improved shortcut models), not of {o.name!r}")
+
+
+def check_config(c, check) -> None:
+  """Intrinsic guidance needs the guidance input and the default batch layout."""
+  if c.objective.guidance_max:
+    check(c.model.guidance_input, "objective.guidance_max (intrinsic guidance) gives the network "
+          "its guidance as an input: set model.guidance_input=True")
+    check(not c.objective.bootstrap_cfg and not c.objective.faithful, "objective.guidance_max "
+          "(intrinsic guidance) replaces bootstrap_cfg and needs the default layout: set "
+          "objective.bootstrap_cfg=False and objective.faithful=False")
+
+
 @register_objective("shortcut", uses_level=True, takes_source=True, splits_batch=True,
                     loss_fn=shortcut_loss, init_state=twin_ema_state,
-                    update_state=update_twin_ema)
+                    update_state=update_twin_ema, check_config=check_config)
 def shortcut_targets(model, params, ema_params, batch, rng, config, *, step=None,
                      state=None) -> TrainingTargets:
   """Shortcut-model targets: self-consistency part first, flow-matching part after.
