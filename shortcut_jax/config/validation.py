@@ -1,9 +1,7 @@
-"""Configs: the `:smoke` shrink, sibling configs, and validation; the schema (every field and
-its only default) is `shortcut_jax.core.schema.base_config`, re-exported here.
-
-Experiment files in `configs/` start from `base_config()` and change what they need. Every value
-is checked by `validate(config)` before anything is compiled; errors name the field
-(`objective.bootstrap_every`, ...) so a typo on the command line is caught in a second.
+"""`validate(config)`: every value checked before anything is compiled, one error listing every
+problem, each naming its field. Each part of the config has its check below; the objectives'
+own fields are checked in their modules (`objectives.field_checks`, `Objective.check_config`),
+the datasets' in `data.catalog`.
 """
 
 from typing import Optional
@@ -14,9 +12,7 @@ from absl import logging
 from shortcut_jax import errors as errors_lib
 from shortcut_jax.core import guidance
 from shortcut_jax.core.precision import MATMUL_PRECISIONS
-from shortcut_jax import storage
 from shortcut_jax import text_encoders
-from shortcut_jax.core.schema import base_config  # noqa: F401  (configs/ start from it)
 from shortcut_jax.data import catalog
 from shortcut_jax.data.catalog import LATENTS, SPECS
 from shortcut_jax.models.dit import REMAT_POLICIES, validate_dit_args
@@ -26,74 +22,12 @@ from shortcut_jax.train.train_state import SCHEDULES, WEIGHT_DECAY_MASKS
 # Every enum is defined once, next to the code that uses it; the validator reads them there.
 DTYPES = ("float32", "bfloat16", "float16")  # model.dtype, vae.dtype.
 DATASETS = tuple(SPECS)
-MANUAL_DATASETS = tuple(name for name, spec in SPECS.items() if spec.manual)  # Downloaded by hand.
 LOW_RES_FACTORS = (0, 2, 4, 8)
 ACCELERATIONS = ("network", "head")
 PREDICTIONS = ("velocity", "data")
 EVAL_ERRORS = ("continue", "stop")
 # ADM's metrics beside FID (`evals.fid.extra_metrics`; computed by `evaluators.adm_metrics`).
 EXTRA_FID_METRICS = ("is", "sfid", "precision_recall")
-
-
-def apply_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Shrinks any config so a few steps run in seconds on a CPU (`--config=file.py:smoke`)."""
-  c.batch_size = 16
-  c.max_steps = 4
-  c.log_every = 2
-  c.eval_every = 4
-  if c.data.name in MANUAL_DATASETS:
-    # A stand-in of the same kind that ships offline: RGB photographs, unconditional.
-    c.data.update(name="photos", num_classes=1)
-    c.objective.update(cfg_scale=0.0, class_dropout_prob=1.0, bootstrap_cfg=False)
-  c.data.image_size = min(c.data.image_size, 32)
-  if c.data.latents != "none":
-    c.data.latents = "online"
-    c.vae.update(random_init=True, dtype="float32")  # Tiny random VAE (factor 2), no files.
-  c.model.update(patch_size=min(c.model.patch_size, 4), hidden_size=32, depth=1, num_heads=2,
-                 dtype="float32", remat="none")
-  c.objective.denoise_timesteps = 8
-  c.objective.bootstrap_every = 4
-  c.optim.warmup_steps = min(c.optim.warmup_steps, 2)
-  c.checkpoint.every_steps = 2
-  c.checkpoint.max_to_keep = 2
-  from shortcut_jax import objectives  # Imported here: the registry imports model code.
-  try:
-    most = objectives.get_objective(c.objective.name).max_sample_steps
-  except ValueError:
-    most = None  # Reported by `validate`.
-  within = lambda steps: tuple(n for n in steps if most is None or n <= most)
-  c.evals.samples.update(steps=within((1, 2, 8)), num_images=4)
-  c.evals.loss_per_t.update(num_batches=1, num_bins=4)
-  c.evals.validation.num_batches = 1
-  c.evals.fid.update(steps=within((1, 8)), num_samples=32, batch_size=16)
-  return c
-
-
-def finalize(c: ml_collections.ConfigDict, arg: Optional[str]) -> ml_collections.ConfigDict:
-  """Applies the `get_config(arg)` argument ('smoke' or None) and locks the config."""
-  if arg not in (None, "", "smoke"):
-    raise errors_lib.ConfigError(f"unknown config argument {arg!r}: use ':smoke' or nothing")
-  if arg == "smoke":
-    apply_smoke(c)
-  c.lock()
-  return c
-
-
-def load_sibling_config(this_file: str, name: str):
-  """`get_config` of another file in the same configs folder, loaded by path so that a config
-  deriving from another works however it is loaded (config_flags, import, tests); the folder
-  may be remote (gs://...: the file is read through `shortcut_jax.storage`)."""
-  import os
-  import types
-  this_file = os.fspath(this_file)
-  folder = (this_file.rsplit("/", 1)[0] if storage.is_remote(this_file)
-            else os.path.dirname(os.path.abspath(this_file)))
-  path = storage.join(folder, f"{name}.py")
-  module = types.ModuleType(f"shortcut_jax_config_{name}")
-  module.__file__ = path
-  code = compile(storage.read_bytes(path), path, "exec")
-  exec(code, module.__dict__)  # pylint: disable=exec-used
-  return module.get_config
 
 
 def _is_power_of_two(n) -> bool:
