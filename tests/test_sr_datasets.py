@@ -106,7 +106,7 @@ def test_photos_large_errors_say_what_to_do(tmp_path, monkeypatch):
   few = tmp_path / "few"
   for i in range(2):
     _write(str(few / f"{i}.png"), _photo(i, 260, 260))
-  with pytest.raises(ValueError, match="no test photograph"):
+  with pytest.raises(errors.DataNotPreparedError, match="no test photograph"):
     photos_large.make_builder(str(few), str(tmp_path))
   # Packaged photographs absent (a machine without the Debian packages).
   missing = [photos_large.Photo(p.name, str(tmp_path / "absent.jpg"), p.package, p.author,

@@ -258,19 +258,20 @@ def make_builder(folder: Optional[str], data_dir: Optional[str]) -> PhotosLarge:
   """The (maybe unprepared) builder of the packaged photographs (`folder` None) or of a folder.
 
   Raises:
-    FileNotFoundError: `folder` is not a directory or holds no images.
-    ValueError: a folder whose split is empty (no held-out or no training photograph).
+    DataNotPreparedError (a FileNotFoundError): `folder` is not a directory, holds no images, or
+      gives an empty split (no held-out or no training photograph).
   """
   if folder:
     folder = storage.absolute(os.path.expanduser(folder))
     if not storage.isdir(folder):
-      raise FileNotFoundError(f"data.folder (--photos_dir): {folder} is not a directory")
+      raise errors.DataNotPreparedError(
+          f"data.folder (--photos_dir): {folder} is not a directory")
     items = _folder_items(folder)
     if not items:
-      raise FileNotFoundError(f"data.folder (--photos_dir): {folder} holds no image files")
+      raise errors.DataNotPreparedError(f"data.folder (--photos_dir): {folder} holds no image files")
     splits = {item[-1] for item in items}
     if splits != {"train", "test"}:
-      raise ValueError(f"data.folder (--photos_dir): {folder} gives no "
+      raise errors.DataNotPreparedError(f"data.folder (--photos_dir): {folder} gives no "
                        f"{'test' if 'train' in splits else 'train'} photograph (it needs at "
                        f"least {HELD_OUT_EVERY} photographs, or train/ and test/ sub-folders)")
     digest = hashlib.sha256(repr(items).encode())
