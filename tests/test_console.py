@@ -138,13 +138,12 @@ def test_guarded_main_reports_user_errors_and_keeps_bugs(capsys):
   finally:
     flags.FLAGS["traceback"].value = False
   # Every user-facing error class of the library is a UserError and keeps its usual base.
-  from shortcut_jax import config
   from shortcut_jax.parallel import distributed
   from shortcut_jax.parallel import sharding
   from shortcut_jax.checkpoints import manager
   from shortcut_jax.data import errors as data_errors
   from shortcut_jax.objectives import teacher
-  for cls, base in [(config.errors_lib.ConfigError, ValueError), (storage.StorageError, ValueError),
+  for cls, base in [(errors.ConfigError, ValueError), (storage.StorageError, ValueError),
                     (distributed.LaunchError, RuntimeError), (sharding.ShardingError, ValueError),
                     (manager.CheckpointMismatchError, ValueError),
                     (data_errors.DataNotPreparedError, FileNotFoundError),

@@ -189,7 +189,8 @@ def test_config_checks_and_linear_path_warning(monkeypatch):
   with pytest.raises(ValueError, match="bootstrap_every"):
     config_lib.validate(digits_configs.digits_config(objective__name="homo", batch_size=60))
   warned = []
-  monkeypatch.setattr(config_lib.logging, "warning",
+  from shortcut_jax.config import validation as config_validation
+  monkeypatch.setattr(config_validation.logging, "warning",
                       lambda msg, *a: warned.append(msg % a if a else msg))
   for path in ("smoothstep", "linear"):
     warned.clear()
