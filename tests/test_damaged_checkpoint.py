@@ -182,7 +182,9 @@ def test_failing_evaluator_is_logged_and_training_goes_on(tmp_path, data_dir, mo
   c = _config(data_dir, evals__validation__every=2)
   with caplog.at_level(logging.ERROR):
     trainer.train_and_evaluate(c, str(tmp_path))
-  errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+  # asyncio's "Future exception was never retrieved" about an earlier test's damaged read can
+  # be collected during this one: only the library's own records count here.
+  errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name != "asyncio"]
   assert [r.getMessage().split(" (")[0] for r in errors] == [
       f"evaluator ValidationLossEvaluator failed at step {s}" for s in (2, 4, 6)]
   assert all(r.exc_info and "simulated evaluator failure" in str(r.exc_info[1]) for r in errors)
