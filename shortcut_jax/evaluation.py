@@ -102,21 +102,8 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   `guidance_interval` (t_min, t_max) replaces the config's `evals.samples.guidance_interval`
   for a model with a guidance-interval input (`model.guidance_interval`).
   """
-  if mode not in MODES:
-    raise errors.ArgumentError(f"unknown mode {mode!r}; known: {MODES}")
-  if (prompts or embeddings) and mode != "sample":
-    raise errors.ArgumentError("--prompts and --embeddings are for --mode=sample")
-  if prompts and embeddings:
-    raise errors.ArgumentError("give --prompts or --embeddings, not both")
-  if prompts and not storage.isfile(prompts):
-    raise errors.MissingFileError(f"--prompts: {prompts} does not exist")
-  if mode != "fid" and protocol:
-    raise errors.ArgumentError("--protocol is for --mode=fid")
-  if mode != "fid" and extra_metrics:
-    raise errors.ArgumentError("--extra_metrics is for --mode=fid")
-  if extra_metrics:  # A bad name stops the run before anything is restored.
-    from shortcut_jax.evaluators import adm_metrics  # pylint: disable=g-import-not-at-top
-    adm_metrics.check_metrics(extra_metrics)
+  _check_mode_arguments(mode, prompts=prompts, embeddings=embeddings, protocol=protocol,
+                        extra_metrics=extra_metrics)
   if mode == "cascade":
     return cascade(workdirs, steps=list(guidance_lib.EVAL_STEPS) if steps is None else steps,
                    num_samples=(guidance_lib.EVAL_NUM_SAMPLES if num_samples is None
@@ -137,15 +124,7 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
     raise errors.ArgumentError(f"--mode={mode} needs --workdir")
   workdir_config = experiment.load_config(workdir)
   if guidance_interval is not None:
-    interval = tuple(float(v) for v in guidance_interval)
-    if not workdir_config.model.get("guidance_interval"):
-      raise errors.ArgumentError("--guidance_interval: the model has no guidance-interval input "
-                                 "(model.guidance_interval)")
-    if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
-      raise errors.ArgumentError(f"--guidance_interval must be t_min,t_max with 0 <= t_min < "
-                                 f"t_max <= 1, got {interval}")
-    with workdir_config.unlocked():
-      workdir_config.evals.samples.guidance_interval = interval
+    _set_guidance_interval(workdir_config, guidance_interval)
   if mode == "fid":
     settings = fid_settings(workdir_config, steps=steps, num_samples=num_samples,
                             cfg_scale=cfg_scale, use_ema=use_ema, protocol=protocol)
@@ -174,13 +153,60 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
                              inception_path=inception_path, protocol=settings["protocol"],
                              extra_metrics=extra_metrics,
                              use_ema=use_ema)
+  if mode in ("super_resolve", "sr_metrics"):
+    return super_resolution_mode(
+        mode, exp, params, workdir, ckpt_step, steps=steps, num_samples=num_samples,
+        cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, input_dir=input_dir,
+        output_dir=output_dir, input_is_lr=input_is_lr, overwrite=overwrite,
+        lpips_weights=lpips_weights)
+  return digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
+                        ckpt_step)
+
+
+def _check_mode_arguments(mode: str, *, prompts, embeddings, protocol, extra_metrics) -> None:
+  """Refuses a mode or a flag of another mode before anything is restored."""
+  if mode not in MODES:
+    raise errors.ArgumentError(f"unknown mode {mode!r}; known: {MODES}")
+  if (prompts or embeddings) and mode != "sample":
+    raise errors.ArgumentError("--prompts and --embeddings are for --mode=sample")
+  if prompts and embeddings:
+    raise errors.ArgumentError("give --prompts or --embeddings, not both")
+  if prompts and not storage.isfile(prompts):
+    raise errors.MissingFileError(f"--prompts: {prompts} does not exist")
+  if mode != "fid" and protocol:
+    raise errors.ArgumentError("--protocol is for --mode=fid")
+  if mode != "fid" and extra_metrics:
+    raise errors.ArgumentError("--extra_metrics is for --mode=fid")
+  if extra_metrics:  # A bad name stops the run before anything is restored.
+    from shortcut_jax.evaluators import adm_metrics  # pylint: disable=g-import-not-at-top
+    adm_metrics.check_metrics(extra_metrics)
+
+
+def _set_guidance_interval(config, guidance_interval) -> None:
+  """`--guidance_interval` into the workdir config's `evals.samples`, checked."""
+  interval = tuple(float(v) for v in guidance_interval)
+  if not config.model.get("guidance_interval"):
+    raise errors.ArgumentError("--guidance_interval: the model has no guidance-interval input "
+                               "(model.guidance_interval)")
+  if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
+    raise errors.ArgumentError(f"--guidance_interval must be t_min,t_max with 0 <= t_min < "
+                               f"t_max <= 1, got {interval}")
+  with config.unlocked():
+    config.evals.samples.guidance_interval = interval
+
+
+def super_resolution_mode(mode: str, exp, params, workdir: str, ckpt_step: int, *, steps,
+                          num_samples, cfg_scale, seed, batch_size, input_dir, output_dir,
+                          input_is_lr, overwrite, lpips_weights) -> Dict:
+  """`super_resolve` (a folder of images) and `sr_metrics` (the held-out crops, or a benchmark
+  folder of HR images with `input_dir`); see `run`."""
+  from shortcut_jax.evaluators import super_resolution  # pylint: disable=g-import-not-at-top
   if mode == "super_resolve":
     if not input_dir or not output_dir:
       raise errors.ArgumentError("--mode=super_resolve needs --input_dir and --output_dir")
     if len(steps) != 1:
       raise errors.ArgumentError(
           f"--mode=super_resolve takes one step budget, got --steps={steps}")
-    from shortcut_jax.evaluators import super_resolution
     result = super_resolution.super_resolve_folder(
         exp, params, input_dir, output_dir, num_steps=steps[0], input_is_lr=input_is_lr,
         seed=seed, overwrite=overwrite, cfg_scale=cfg_scale)
@@ -188,7 +214,6 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
     return result
   if mode == "sr_metrics" and input_dir:
     # A benchmark folder of whole HR images (Set5, Set14, DIV2K validation HR, ...).
-    from shortcut_jax.evaluators import super_resolution
     results = super_resolution.benchmark_metrics(exp, params, input_dir, steps=steps, seed=seed,
                                                  cfg_scale=cfg_scale)
     results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
@@ -196,23 +221,19 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
     super_resolution.write_json(storage.join(workdir, f"sr_metrics_{name}.json"), results)
     print(json.dumps({k: v for k, v in results.items() if k != "per_image"}, indent=2))
     return results
-  if mode == "sr_metrics":
-    from shortcut_jax.evaluators import super_resolution
-    results = super_resolution.sr_metrics(exp, params, steps=steps, num_images=num_samples,
-                                          seed=seed, batch_size=batch_size, cfg_scale=cfg_scale,
-                                          lpips_weights=lpips_weights)
-    results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
-    super_resolution.write_json(storage.join(workdir, "sr_metrics.json"), results)
-    # A picture to look at: LR | bicubic | fewest-step and most-step samples | HR.
-    strip = super_resolution.comparison_strip(exp, params, steps=sorted({min(steps), max(steps)}),
-                                              seed=seed)
-    if jax.process_index() == 0:
-      image_files.save_png(storage.join(workdir, "sr_strip.png"), strip,
-                   max(1, 128 // exp.config.data.image_size))
-    print(json.dumps(results, indent=2))
-    return results
-  return digits_metrics(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
-                        ckpt_step)
+  results = super_resolution.sr_metrics(exp, params, steps=steps, num_images=num_samples,
+                                        seed=seed, batch_size=batch_size, cfg_scale=cfg_scale,
+                                        lpips_weights=lpips_weights)
+  results.update(checkpoint_step=ckpt_step, objective=exp.objective.name)
+  super_resolution.write_json(storage.join(workdir, "sr_metrics.json"), results)
+  # A picture to look at: LR | bicubic | fewest-step and most-step samples | HR.
+  strip = super_resolution.comparison_strip(exp, params, steps=sorted({min(steps), max(steps)}),
+                                            seed=seed)
+  if jax.process_index() == 0:
+    image_files.save_png(storage.join(workdir, "sr_strip.png"), strip,
+                         max(1, 128 // exp.config.data.image_size))
+  print(json.dumps(results, indent=2))
+  return results
 
 
 def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Optional[str]):

@@ -210,6 +210,18 @@ def test_regression_objective_and_its_one_step_sampler():
   np.testing.assert_allclose(np.asarray(x1), np.asarray(cond["cond_image"]), rtol=1e-6)
   with pytest.raises(ValueError, match="at most 1"):
     objective.check_steps([1, 4])
+  # The residual form (`source='cond_image'`): it starts from the upsampled LR input and regresses
+  # the rest of the way to HR, so start + target is the image; the run's source says so too.
+  out = objective.targets_fn(model, {}, {}, dict(cond, image=images), jax.random.PRNGKey(0),
+                             {"denoise_timesteps": 8, "cfg_scale": 0.0, "source": "cond_image",
+                              "source_noise_step": 0})
+  np.testing.assert_array_equal(np.asarray(out.x), np.asarray(cond["cond_image"]))
+  np.testing.assert_allclose(np.asarray(out.x + out.target), np.asarray(images), atol=1e-4)
+  from shortcut_jax.objectives import flow_path
+  assert flow_path.source_from_config({"source": "cond_image", "source_noise_step": 0},
+                                      objective.source).name == "cond_image"
+  assert flow_path.source_from_config({"source": "gaussian", "source_noise_step": 0},
+                                      objective.source).name == "zeros"
 
 
 def test_latent_encoder_encodes_sample_and_condition_image():

@@ -100,7 +100,9 @@ def test_config_checks():
   with pytest.raises(ValueError, match="low_res_factor"):
     config_lib.validate(_sr_config(data__low_res_factor=0))
   with pytest.raises(ValueError, match="own source"):
-    config_lib.validate(_sr_config(objective__name="regression"))
+    config_lib.validate(_sr_config(objective__name="livereflow"))
+  config_lib.validate(_sr_config(objective__name="regression",  # The residual regressor.
+                                 evals__samples__steps=(1,)))
   with pytest.raises(ValueError, match="source_noise_step"):
     config_lib.validate(_sr_config(objective__source="gaussian", objective__source_noise_step=400))
   with pytest.raises(ValueError, match="objective.source"):

@@ -249,13 +249,14 @@ def test_score_images_adds_lpips_of_the_8_bit_images(scorer):
   from shortcut_jax.evaluators import super_resolution, sr_quality
   hr = images(5, 4, 32, 32)
   sr = np.clip(hr + 0.1 * np.random.default_rng(6).normal(size=hr.shape), -1, 1)
-  without = super_resolution.score_images(hr, sr)
+  without, psnr = super_resolution.score_images(hr, sr)
   assert "lpips" not in without and without == sr_quality.sr_metrics(hr, sr)
-  metrics = super_resolution.score_images(hr, sr, scorer)
+  np.testing.assert_array_equal(psnr, sr_quality.sr_metrics_per_image(hr, sr)["psnr_rgb"])
+  metrics, _ = super_resolution.score_images(hr, sr, scorer)
   as_png = lambda x: np.round((np.asarray(x, np.float64) + 1) * 127.5) / 127.5 - 1
   assert metrics["lpips"] == pytest.approx(scorer.mean(as_png(hr), as_png(sr)), rel=1e-6)
   assert metrics["lpips"] > 0
-  assert super_resolution.score_images(hr, hr, scorer)["lpips"] == 0.0
+  assert super_resolution.score_images(hr, hr, scorer)[0]["lpips"] == 0.0
 
 
 def test_lpips_scorer_note(tmp_path, monkeypatch):

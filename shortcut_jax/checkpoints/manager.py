@@ -41,16 +41,16 @@ save a step at or below one it still lists), and every process waits for it. `re
 
 import hashlib
 import json
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from shortcut_jax.core import layer_stack
-from shortcut_jax.parallel import distributed
 from shortcut_jax import storage
+from shortcut_jax.checkpoints import agreement
 from shortcut_jax.checkpoints import integrity
+from shortcut_jax.checkpoints import matching
 # What fits a checkpoint, and the errors of one that does not, are `matching`'s; callers of the
 # manager find them here too.
 from shortcut_jax.checkpoints.matching import (  # noqa: F401
@@ -58,34 +58,8 @@ from shortcut_jax.checkpoints.matching import (  # noqa: F401
     shape_mismatches)
 
 
-_EXCHANGE_BYTES = 8192  # Fixed size of one process's record in a verdict exchange.
-_MESSAGE_CHARS = 1000  # At most 6 JSON bytes a character: the record fits.
-
-
 def checkpoint_dir(workdir: str) -> str:
   return storage.join(storage.absolute(workdir), "checkpoints")
-
-
-def _exchange(record: Dict[str, Any]) -> List[Dict[str, Any]]:
-  """Every process's outcome `record`, in process order (`distributed.exchange_json`; its
-  message shortened to fit)."""
-  record = dict(record)
-  if "message" in record:
-    record["message"] = str(record["message"])[:_MESSAGE_CHARS]
-  return distributed.exchange_json(record, _EXCHANGE_BYTES)
-
-
-def _run(fn: Callable[[], Any]) -> Tuple[Optional[Any], Dict[str, Any]]:
-  """(fn(), this process's outcome record) — exceptions become the record, never raised here,
-  so that every process reaches the exchange that follows."""
-  me = jax.process_index()
-  try:
-    return fn(), {"verdict": "ok", "process": me}
-  except CheckpointMismatchError as e:
-    return None, {"verdict": "mismatch", "process": me, "message": str(e)}
-  except Exception as e:  # pylint: disable=broad-except  # Anything: I/O, OOM, TensorStore, ...
-    logging.exception("checkpoint operation failed on process %d", me)
-    return None, {"verdict": "failed", "process": me, "message": integrity.first_line(e)}
 
 
 class CheckpointManager:
@@ -212,7 +186,7 @@ class CheckpointManager:
       CheckpointReadError: a process could not verify it (not damage).
       CheckpointMismatchError: the step does not fit `abstract_state`.
     """
-    reports = _exchange(self._local_check(step, abstract_state))
+    reports = agreement.exchange(self._local_check(step, abstract_state))
     failed = [r for r in reports if r["verdict"] == "failed"]
     if failed:
       raise CheckpointReadError(self._failure(step, "verified", failed))
@@ -255,11 +229,11 @@ class CheckpointManager:
 
   def _agreed_steps(self) -> List[int]:
     """The steps, checked to be the same on every process (one collective)."""
-    steps, record = _run(self.all_steps)
+    steps, record = agreement.run(self.all_steps)
     if steps is not None:
       record.update(digest=hashlib.sha1(json.dumps(steps).encode()).hexdigest(), n=len(steps),
                     newest=steps[-1] if steps else None)
-    reports = _exchange(record)
+    reports = agreement.exchange(record)
     failed = [r for r in reports if r["verdict"] != "ok"]
     if failed:
       raise CheckpointReadError(
@@ -303,8 +277,8 @@ class CheckpointManager:
 
   def _restore_agreed(self, abstract_state, step, unverified=False):
     """Restores `step` on every process; if it fails anywhere, raises everywhere."""
-    out, record = _run(lambda: self._read(abstract_state, step))
-    reports = _exchange(record)
+    out, record = agreement.run(lambda: self._read(abstract_state, step))
+    reports = agreement.exchange(record)
     failed = [r for r in reports if r["verdict"] == "failed"]
     if failed:
       raise CheckpointReadError(self._failure(step, "restored", failed, unverified))
@@ -330,8 +304,8 @@ class CheckpointManager:
         storage.move_tree(source, target)
         logging.warning("damaged checkpoint step %d moved to %s (kept): %s", step, target, problem)
 
-    _, record = _run(move)
-    reports = _exchange(record)
+    _, record = agreement.run(move)
+    reports = agreement.exchange(record)
     failed = [r for r in reports if r["verdict"] != "ok"]
     if failed:
       raise CheckpointReadError(
@@ -352,9 +326,9 @@ class CheckpointManager:
     verdict, problem = self._check(step)
     if verdict == "damaged":
       raise self._damaged(step, problem) from None
-    out, record = _run(lambda: self._manager.restore(
+    out, record = agreement.run(lambda: self._manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())))
-    failed = [r for r in _exchange(record) if r["verdict"] != "ok"]
+    failed = [r for r in agreement.exchange(record) if r["verdict"] != "ok"]
     if failed:
       raise CheckpointReadError(self._failure(step, "read", failed, verdict == "unverified"))
     return dict(out["meta"])
@@ -383,47 +357,24 @@ class CheckpointManager:
 
   def _read(self, abstract_state, step):
     self._check_compatible(step, abstract_state)
-    stored = self._in_stored_layout(step, abstract_state)
-    target, missing = self._restore_target(step, stored)
+    saved = self._saved_tree(step)
+    stored = matching.in_stored_layout(saved, abstract_state)
+    target, missing = matching.restore_target(saved, stored)
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     state = out["state"]
     if missing:
       state = stored.replace(**state, **missing)
     if stored is not abstract_state:  # The other layer layout: converted, placed as asked.
-      shardings = jax.tree.map(lambda a: getattr(a, "sharding", None), abstract_state)
-      convert = lambda s: layer_stack.convert(s, layer_stack.is_scanned(abstract_state))
-      if all(s is not None for s in jax.tree.leaves(shardings, is_leaf=lambda x: x is None)):
-        state = jax.jit(convert, out_shardings=shardings)(state)
-      else:
-        state = convert(state)
+      state = matching.to_layout_of(state, abstract_state)
       logging.info("checkpoint step %d converted to this run's layer layout (model.scan_layers)",
                    step)
     return state, dict(out["meta"])
 
-  def _in_stored_layout(self, step, abstract_state):
-    """`abstract_state` in the layer layout the checkpoint was written in (unrolled
-    `DiTBlock_<i>` or scanned `DiTBlock_scan`, `core.layer_stack`): itself when they agree."""
+  def _saved_tree(self, step):
+    """The saved state's tree of array metadata (None where Orbax has none)."""
     saved = self._manager.item_metadata(step)["state"]
-    stored, wanted = (layer_stack.is_scanned(getattr(saved, "tree", saved)),
-                      layer_stack.is_scanned(abstract_state))
-    if saved is None or stored is None or wanted is None or stored == wanted:
-      return abstract_state
-    return layer_stack.convert(abstract_state, stored)
-
-  def _restore_target(self, step, abstract_state):
-    """What to ask Orbax for: `abstract_state` itself, or — for a checkpoint written before a
-    state field without arrays existed (e.g. an empty `objective_state`) — its state dict
-    without those fields, which are then filled from `abstract_state` (returned as `missing`)."""
-    saved = self._manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved)
-    if not isinstance(saved, dict) or not hasattr(abstract_state, "__dataclass_fields__"):
-      return abstract_state, {}
-    target = {f: getattr(abstract_state, f) for f in abstract_state.__dataclass_fields__}
-    missing = {k: v for k, v in target.items() if k not in saved and not jax.tree.leaves(v)}
-    if not missing:
-      return abstract_state, {}
-    return {k: v for k, v in target.items() if k not in missing}, missing
+    return getattr(saved, "tree", saved)
 
   def _resolve(self, step):
     steps = self._agreed_steps()
@@ -434,11 +385,10 @@ class CheckpointManager:
     return step
 
   def _check_compatible(self, step, abstract_state):
-    saved = self._manager.item_metadata(step)["state"]
+    saved = self._saved_tree(step)
     if saved is None:
       return
-    problems = shape_mismatches(self._in_stored_layout(step, abstract_state),
-                                getattr(saved, "tree", saved))
+    problems = shape_mismatches(matching.in_stored_layout(saved, abstract_state), saved)
     if problems:
       raise CheckpointMismatchError(
           f"checkpoint step {step} in {self.directory} does not match the config "

@@ -10,13 +10,18 @@ import ml_collections
 from absl import logging
 
 from shortcut_jax import errors as errors_lib
-from shortcut_jax.core import guidance
-from shortcut_jax.core.precision import MATMUL_PRECISIONS
+from shortcut_jax import objectives
 from shortcut_jax import text_encoders
+from shortcut_jax.core import guidance
+from shortcut_jax.core.paths import PATHS
+from shortcut_jax.core.precision import MATMUL_PRECISIONS
 from shortcut_jax.data import catalog
 from shortcut_jax.data.catalog import LATENTS, SPECS
-from shortcut_jax.models.dit import REMAT_POLICIES, validate_dit_args
+from shortcut_jax.models.dit import (EMBEDDING_MODES, EMBEDDING_NULLS, REMAT_POLICIES,
+                                     validate_dit_args)
+from shortcut_jax.models.registry import MODELS
 from shortcut_jax.parallel.sharding import MODES as SHARDINGS
+from shortcut_jax.train import finetune
 from shortcut_jax.train.train_state import SCHEDULES, WEIGHT_DECAY_MASKS
 
 # Every enum is defined once, next to the code that uses it; the validator reads them there.
@@ -37,7 +42,6 @@ def _is_power_of_two(n) -> bool:
 def validate(c: ml_collections.ConfigDict, *, device_count: Optional[int] = None) -> None:
   """Checks every value; raises one ConfigError listing all problems, each naming its field.
   Each part of the config has its own check below; they run in this order and collect."""
-  from shortcut_jax import objectives  # Imported here: the registry imports model code.
   errors = []
 
   def check(ok, msg):
@@ -76,7 +80,6 @@ def _check_run_and_model(c, check) -> None:
                       cond_image_mode=m.cond_image_mode)
   except ValueError as e:
     check(False, str(e))
-  from shortcut_jax.models.registry import MODELS  # Imported here, like the objectives.
   check(m.name in MODELS, f"model.name must be one of {sorted(MODELS)}, got {m.name!r}")
   check(m.dtype in DTYPES, f"model.dtype must be one of {DTYPES}, got {m.dtype!r}")
   check(m.dtype != "float16", "model.dtype='float16' would train without loss scaling (small "
@@ -130,12 +133,10 @@ def _check_objective(c, objective, check) -> None:
   check(m.guidance_input or not m.guidance_interval,
         "model.guidance_interval is part of the guidance input: set model.guidance_input=True")
   # Each objective module's own fields, then what the trained objective needs of the config.
-  from shortcut_jax import objectives  # The registry imports model code.
   for field_check in objectives.field_checks():
     field_check(o, check)
   if objective is not None:
     objective.check_config(c, check)
-  from shortcut_jax.core.paths import PATHS
   check(o.path in PATHS, f"objective.path must be one of {sorted(PATHS)}, got {o.path!r}")
   check(o.source in ("gaussian", "cond_image"),
         f"objective.source must be 'gaussian' or 'cond_image', got {o.source!r}")
@@ -154,7 +155,6 @@ def _check_objective(c, objective, check) -> None:
     logging.warning("objective %r on the linear path: its acceleration target d²x/dt² is zero, "
                     "so that output learns nothing; set objective.path='smoothstep' or "
                     "'cosine'", objective.name)
-  from shortcut_jax.models.dit import EMBEDDING_MODES, EMBEDDING_NULLS
   check(m.embedding_mode in EMBEDDING_MODES,
         f"model.embedding_mode must be one of {EMBEDDING_MODES}, got {m.embedding_mode!r}")
   check(m.embedding_null in EMBEDDING_NULLS,
@@ -215,7 +215,6 @@ def _check_optimizer_and_start(c, check) -> None:
                        and 1 <= prof[0] <= prof[1]),
         f"profile_steps must be () (off) or (N, M) with 1 <= N <= M, got {prof!r}")
   if "init" in c:
-    from shortcut_jax.train import finetune  # pylint: disable=g-import-not-at-top
     check(c.init.weights in finetune.WEIGHTS,
           f"init.weights must be one of {finetune.WEIGHTS}, got {c.init.weights!r}")
     check(isinstance(c.init.step, int) and c.init.step >= -1,

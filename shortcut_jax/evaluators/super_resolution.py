@@ -237,16 +237,19 @@ def lpips_scorer(weights: Optional[str], batch_size: int = 32
 
 
 def score_images(hr: np.ndarray, images: np.ndarray,
-                 scorer: Optional[lpips.LPIPSScorer] = None) -> Dict[str, float]:
-  """`sr_quality.sr_metrics` of `images` against `hr`, plus `lpips` (mean) with a scorer.
+                 scorer: Optional[lpips.LPIPSScorer] = None
+                 ) -> Tuple[Dict[str, float], np.ndarray]:
+  """(means, per-image RGB PSNR [b]): the means of `sr_quality.sr_metrics_per_image` of
+  `images` against `hr`, plus `lpips` (mean) with a scorer.
 
   LPIPS sees the same 8-bit-rounded images as PSNR / SSIM, mapped back to [-1, 1].
   """
-  metrics = sr_quality.sr_metrics(hr, images)
+  per_image = sr_quality.sr_metrics_per_image(hr, images)
+  metrics = {name: float(np.mean(values)) for name, values in per_image.items()}
   if scorer is not None:
     as_png = lambda x: sr_quality.to_pixels(x) / 127.5 - 1.0
     metrics["lpips"] = scorer.mean(as_png(hr), as_png(images))
-  return metrics
+  return metrics, per_image["psnr_rgb"]
 
 
 def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] = None,
@@ -283,24 +286,18 @@ def sr_metrics(exp, params, *, steps: Sequence[int], num_images: Optional[int] =
   if scorer is not None:
     lpips.check_size(*hr.shape[1:3])
   cond = conditions.sample_cond(exp, num_images, examples=held_out)
-  results = {"num_images": int(num_images), "factor": factor, "split": split,
-             "bicubic": score_images(hr, held_out["cond_image"], scorer), "steps": {},
+  results = {"num_images": int(num_images), "factor": factor, "split": split, "steps": {},
              "lpips": lpips_note}
-  per_image = {"bicubic": psnr_per_image(hr, held_out["cond_image"])}
+  results["bicubic"], bicubic_psnr = score_images(hr, held_out["cond_image"], scorer)
+  per_image = {"bicubic": bicubic_psnr}
   for n in steps:
     images, _ = gen.generate(exp, params, num_images=num_images, num_steps=n, cfg_scale=cfg_scale,
                              seed=seed, batch_size=batch_size, cond=cond)
-    results["steps"][str(n)] = score_images(hr, np.clip(images, -1.0, 1.0), scorer)
-    per_image[str(n)] = psnr_per_image(hr, np.clip(images, -1.0, 1.0))
+    results["steps"][str(n)], per_image[str(n)] = score_images(
+        hr, np.clip(images, -1.0, 1.0), scorer)
     logging.info("%d steps: %s", n, results["steps"][str(n)])
   results["gain_by_detail"] = gain_by_detail(per_image)
   return results
-
-
-def psnr_per_image(hr: np.ndarray, images: np.ndarray) -> np.ndarray:
-  """RGB PSNR (dB) of every 8-bit-rounded image against its HR reference, [b]."""
-  ref, img = sr_quality.to_pixels(hr), sr_quality.to_pixels(images)
-  return np.array([sr_quality.psnr(r, x, 255.0) for r, x in zip(ref, img)])
 
 
 def gain_by_detail(psnr: Dict[str, np.ndarray], parts: int = 5) -> List[Dict]:

@@ -107,13 +107,15 @@ class Source:
 
 
 def source_from_config(config, objective_source: str = "gaussian") -> Source:
-  """The source of a run: an objective with its own fixed start (`Objective.source`, e.g. the
-  regressor's zeros) keeps it; otherwise `config.source` / `config.source_noise_step` of the
-  objective config (default Gaussian noise)."""
-  if objective_source != "gaussian":
+  """The source of a run: `config.source` / `config.source_noise_step` of the objective config
+  (default Gaussian noise), except that an objective with its own fixed start
+  (`Objective.source`, e.g. the regressor's zeros) keeps it where the config leaves the default.
+  (The regressor also takes a coupling, `source='cond_image'`: it then learns the residual over
+  the upsampled LR input.)"""
+  configured = str(config_value(config, "source"))
+  if objective_source != "gaussian" and configured == "gaussian":
     return Source(objective_source)
-  return Source(str(config_value(config, "source")),
-                int(config_value(config, "source_noise_step")))
+  return Source(configured, int(config_value(config, "source_noise_step")))
 
 
 def sample_source(rng: Array, shape: Tuple[int, ...], source="gaussian",

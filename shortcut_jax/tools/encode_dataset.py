@@ -53,6 +53,7 @@ from shortcut_jax.data import catalog
 from shortcut_jax.data import latent_dataset as ld
 from shortcut_jax.data import latent_writer
 from shortcut_jax.data import pipeline
+from shortcut_jax.data import preprocess
 from shortcut_jax.core.config_value import config_value
 
 DEFAULT_SHARD_SIZE = 4096
@@ -88,7 +89,7 @@ def _identity(data_config, builder, vae, *, flips, dtype, shard_size, extra_feat
   latent_shape = vae.latent_shape((size, size, vae.config.in_channels))
   source = dict(name=data_config.name, image_size=size, num_classes=data_config.num_classes,
                 folder=config_value(data_config, "folder", section="data"), builder=builder.info.full_name)
-  factor = pipeline.low_res_factor_of(data_config)
+  factor = preprocess.low_res_factor_of(data_config)
   if factor:  # A latent pair dataset (absent otherwise: earlier folders stay readable).
     source["low_res_factor"] = factor
   return dict(

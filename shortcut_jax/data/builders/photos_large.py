@@ -155,7 +155,7 @@ def install_packages() -> None:
   if done.returncode:
     if "Unable to locate package" in done.stderr:
       # A fresh container has no package lists yet.
-      update = [c for c in command[:command.index(apt) + 1]] + ["update"]
+      update = command[:command.index(apt) + 1] + ["update"]
       subprocess.run(update, capture_output=True, text=True, check=False)
       done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
