@@ -104,7 +104,8 @@ def test_stacked_layers_are_placed_as_their_layers():
   unrolled = sharding_lib.param_partition_specs(shapes, "fsdp", 4, min_size=257)
   scanned = sharding_lib.param_partition_specs(
       jax.eval_shape(lambda: layer_stack.convert(params, True)), "fsdp", 4, min_size=257)
-  for path in (("MlpBlock_0", "Dense_0", "kernel"), ("Dense_2", "kernel"), ("Dense_0", "bias")):
+  for path in (("MlpBlock_0", "Dense_0", "kernel"), ("Dense_2", "kernel"), ("Dense_0", "bias"),
+               ("Dense_0", "kernel")):  # The last: adaLN, on its input dimension.
     layer = unrolled["DiTBlock_1"]
     stacked = scanned["DiTBlock_scan"]
     for key in path:

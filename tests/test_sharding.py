@@ -116,7 +116,8 @@ def _flat(tree):
 def _dit_b_expected():
   """DiT-B/2 on 32x32x4 latents, 1000 classes, fsdp axis of 8: written from the rules' intent.
 
-  Dense kernels [in, out] go on their larger dimension (the first when equal); the embedding
+  Dense kernels [in, out] go on their larger dimension (the first when equal), except the adaLN
+  modulation kernels (each block's and the final layer's `Dense_0`): their input; the embedding
   table on its hidden dimension (1001 rows do not divide by 8); biases, the 16-wide output
   layer, the 2x2x4 patch conv and the 256x1 time table are below 2**14 elements: replicated.
   """
@@ -126,7 +127,7 @@ def _dit_b_expected():
       "LabelEmbedder_0/Embed_0/embedding": ((1001, 768), cols),
       "PatchEmbed_0/Conv_0/kernel": ((2, 2, 4, 768), P()),
       "PatchEmbed_0/Conv_0/bias": ((768,), P()),
-      "FinalLayer_0/Dense_0/kernel": ((768, 1536), cols),
+      "FinalLayer_0/Dense_0/kernel": ((768, 1536), first),
       "FinalLayer_0/Dense_0/bias": ((1536,), P()),
       "FinalLayer_0/Dense_1/kernel": ((768, 16), P()),
       "FinalLayer_0/Dense_1/bias": ((16,), P()),
@@ -138,7 +139,7 @@ def _dit_b_expected():
     table[f"TimestepEmbedder_{i}/Dense_1/bias"] = ((768,), P())
   for b in range(12):
     block = {
-        "Dense_0/kernel": ((768, 4608), cols),  # adaLN modulation: 6 x hidden outputs.
+        "Dense_0/kernel": ((768, 4608), first),  # adaLN modulation: 6 x hidden outputs.
         "Dense_0/bias": ((4608,), P()),
         "MlpBlock_0/Dense_0/kernel": ((768, 3072), cols),
         "MlpBlock_0/Dense_0/bias": ((3072,), P()),

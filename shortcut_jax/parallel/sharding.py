@@ -64,6 +64,13 @@ DEFAULT_RULES: Tuple[Tuple[str, Placement], ...] = (
     (r"(.*/)?Embed_\d+/embedding", 1),
     # Patch embedding [k, k, in, out]: the output channels (= hidden size).
     (r"(.*/)?Conv_\d+/kernel", 3),
+    # adaLN modulation kernels [hidden, k × hidden] (scanned: [layers, hidden, k × hidden]): the
+    # input dimension. Their input is one [B, hidden] vector per example; sharded over the output
+    # features, XLA computes the modulation feature-sharded and re-lays it out over the batch with
+    # an all-to-all per block (and per jvp tangent). Over the input it gathers the kernel like any
+    # other: no all-to-all in the step, and fewer bytes (docs/benchmarks.md, "adaLN kernels").
+    (r"(.*/)?(DiTBlock_\d+|FinalLayer_0)/Dense_0/kernel", 0),
+    (r"(.*/)?DiTBlock_scan/Dense_0/kernel", 1),
     # Every Dense kernel [in, out] (adaLN, q/k/v/out projections, MLP, timestep MLPs, final
     # layer): its larger dimension that divides the axis.
     (r"(.*/)?Dense_\d+/kernel", AUTO),
