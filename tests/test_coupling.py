@@ -88,6 +88,36 @@ def test_objectives_start_from_the_low_resolution_image(name):
   assert np.max(np.abs(_x0_of(tg_noise, images) - np.asarray(cond_image))) > 0.5
 
 
+def test_top_level_share_trains_the_one_step_level_on_the_flow_target():
+  from shortcut_jax.models.velocity_model import VelocityModel
+  from shortcut_jax.core import conditioning as cond_lib
+  rng = np.random.default_rng(3)
+  images = jnp.asarray(rng.uniform(-1, 1, (64, 4, 4, 3)), jnp.float32)
+  cond_image = jnp.asarray(rng.uniform(-1, 1, (64, 4, 4, 3)), jnp.float32)
+  conditioning = cond_lib.Conditioning((cond_lib.LabelKind(1), cond_lib.ImageKind()))
+  zero = VelocityModel(apply_fn=lambda p, x, *a: jnp.zeros_like(x), conditioning=conditioning)
+  config = dict(denoise_timesteps=8, cfg_scale=0.0, class_dropout_prob=0.0,
+                image_dropout_prob=0.0, source="cond_image")
+  obj = objectives.get_objective("shortcut")
+  batch = {"image": images, "cond_image": cond_image}
+  key = jax.random.PRNGKey(0)
+  plain = obj.targets(zero, {}, {}, batch, key, config)
+  tg = obj.targets(zero, {}, {}, batch, key, {**config, "top_level_share": 0.5})
+  level, boot = np.asarray(tg.level), np.asarray(tg.groups["bootstrap"]) > 0
+  anchored = (level == 0) & ~boot
+  # About half of the 56 flow rows; each at its LR image, t = 0, with target x1 - x0.
+  assert 14 <= anchored.sum() <= 42
+  np.testing.assert_array_equal(np.asarray(tg.x)[anchored], np.asarray(cond_image)[anchored])
+  np.testing.assert_array_equal(np.asarray(tg.t)[anchored], 0.0)
+  v = np.asarray(images) - (1 - 1e-5) * np.asarray(cond_image)
+  np.testing.assert_allclose(np.asarray(tg.target)[anchored], v[anchored], rtol=1e-5, atol=1e-5)
+  # Every other row is what the objective makes without the option.
+  rest = ~anchored
+  for a, b in ((tg.x, plain.x), (tg.t, plain.t), (tg.target, plain.target),
+               (tg.level, plain.level)):
+    np.testing.assert_array_equal(np.asarray(a)[rest], np.asarray(b)[rest])
+
+
 def _sr_config(**changes):
   import digits_configs
   c = importlib.import_module("configs.photos_coupling_x2").get_config("smoke")
@@ -107,6 +137,12 @@ def test_config_checks():
     config_lib.validate(_sr_config(objective__source="gaussian", objective__source_noise_step=400))
   with pytest.raises(ValueError, match="objective.source"):
     config_lib.validate(_sr_config(objective__source="lr"))
+  config_lib.validate(_sr_config(objective__top_level_share=0.25))
+  with pytest.raises(ValueError, match="top_level_share must be in"):
+    config_lib.validate(_sr_config(objective__top_level_share=1.0))
+  with pytest.raises(ValueError, match="starts from one point"):
+    config_lib.validate(_sr_config(objective__top_level_share=0.25,
+                                   objective__source_noise_step=100))
 
 
 def test_a_fresh_coupling_model_returns_its_input():

@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
       # this many batches, match their noise to their images by one optimal assignment (the
       # paper: 32); 0: independent noise.
       ot_pool=0,
+      # A coupling flow from one point (source 'cond_image', no source noise): this share of
+      # the shortcut objective's flow rows trains the one-step level at t = 0 on the flow
+      # target, which is exact there (`objectives.top_level_anchor`); 0: off.
+      top_level_share=0.0,
   ))
   # The original's baselines (objectives.progressive, .consistency): the frozen teacher of
   # 'progressive' and 'consistency-distillation' is the training workdir (or one

@@ -96,6 +96,7 @@ import numpy as np
 from shortcut_jax.core import guidance
 from shortcut_jax.core.conditioning import NOISE, cond_from_batch, take_rows
 from shortcut_jax.objectives import teacher as teacher_lib
+from shortcut_jax.objectives import top_level_anchor
 from shortcut_jax.objectives.base import TrainingTargets, register_objective, rms
 from shortcut_jax.objectives.improved_shortcut import (  # noqa: F401  (TARGET_EMA re-exported)
     TARGET_EMA, check_config, intrinsic_guidance_target, intrinsic_scales, shortcut_loss,
@@ -175,6 +176,7 @@ class ShortcutSettings:
   guidance_max: float = 0.0  # Intrinsic guidance (iSM), off at 0.
   guidance_grid: float = 0.25
   guidance_t_min: float = 0.0
+  top_level_share: float = 0.0  # `top_level_anchor`, off at 0.
 
   @classmethod
   def from_config(cls, config, rule: JumpRule = FIRST_ORDER) -> "ShortcutSettings":
@@ -187,7 +189,8 @@ class ShortcutSettings:
                path=path_from_config(config), rule=rule, source=source_from_config(config),
                guidance_max=float(config_value(config, "guidance_max")),
                guidance_grid=float(config_value(config, "guidance_grid")),
-               guidance_t_min=float(config_value(config, "guidance_t_min")))
+               guidance_t_min=float(config_value(config, "guidance_t_min")),
+               top_level_share=float(config_value(config, "top_level_share")))
 
 
 def bootstrap_part(model, teacher, x1, cond, level, time_key, noise_key, *, num_cfg: int,
@@ -259,13 +262,15 @@ def _concat(boot, flow):
 
 
 def _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics: Dict[str, Array],
-             finest: int, merge=_concat) -> TrainingTargets:
+             finest: int, merge=_concat, flow_level=None) -> TrainingTargets:
   """Bootstrap and flow rows merged by `merge(boot, flow)` (default: bootstrap rows first), with
-  the groups and metrics of the objective."""
+  the groups and metrics of the objective; the flow rows at `flow_level` (default: finest)."""
   boot_x, boot_t, boot_target, v1, v2 = boot
   flow_x, flow_t, flow_v = flow
   b_boot, b_flow = boot_x.shape[0], flow_x.shape[0]
-  level = merge(boot_level, jnp.full((b_flow,), finest, jnp.int32))
+  if flow_level is None:
+    flow_level = jnp.full((b_flow,), finest, jnp.int32)
+  level = merge(boot_level, flow_level)
   is_boot = merge(jnp.ones((b_boot,), bool), jnp.zeros((b_flow,), bool))
   return TrainingTargets(
       x=merge(boot_x, flow_x),
@@ -342,10 +347,16 @@ def default_layout(model, teacher, batch, rng, config, st: ShortcutSettings) -> 
   flow = _flow_draws(st.path, flow_of(images), flow_time_key, flow_noise_key,
                      st.denoise_timesteps, st, flow_of(cond),
                      noise=None if noise is None else flow_of(noise))
+  flow_level = None
+  if st.top_level_share:  # Some flow rows train the one-step level (`top_level_anchor`).
+    flow, flow_level = top_level_anchor.anchor_rows(
+        flow, flow_of(images), flow_of(cond), jax.random.fold_in(rng, 2),
+        share=st.top_level_share, finest=st.finest, path=st.path, rule=st.rule, source=st.source)
   if st.guidance_max:
     flow = intrinsic_guidance_target(model, teacher, flow, cond_flow, st)
   return _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics, st.finest,
-                  merge=lambda boot_rows, flow_rows: _interleave(boot_rows, flow_rows, every))
+                  merge=lambda boot_rows, flow_rows: _interleave(boot_rows, flow_rows, every),
+                  flow_level=flow_level)
 
 
 @register_objective("shortcut", uses_level=True, takes_source=True, splits_batch=True,
