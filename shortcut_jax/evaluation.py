@@ -144,7 +144,7 @@ def run(mode: str, workdir: Optional[str], *, steps: Optional[List[int]] = None,
   exp.objective.check_steps(steps)
   logging.info("restored step %d from %s", ckpt_step, workdir)
   if mode == "sample":
-    prompted = prompted_cond(exp, num_samples, prompts, embeddings)
+    prompted = conditions.prompted_cond(exp, num_samples, prompts, embeddings)
     return sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
                   prompted)
   if mode == "fid":
@@ -236,31 +236,11 @@ def super_resolution_mode(mode: str, exp, params, workdir: str, ckpt_step: int, 
   return results
 
 
-def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Optional[str]):
-  """(cond, prompt_index, prompts) for `--prompts` / `--embeddings`, or None without either:
-  the model's usual conditions with image i's embedding replaced by prompt i % N's."""
-  if not prompts and not embeddings:
-    return None
-  from shortcut_jax import text_encoders  # pylint: disable=g-import-not-at-top
-  if "embedding" not in exp.model.conditioning.keys:
-    raise errors.ArgumentError(
-        "--prompts / --embeddings: this model was trained without embeddings "
-        "(data.embedding_dim=0)")
-  if prompts:
-    texts = text_encoders.read_prompts(prompts)  # Local or remote files (`storage`).
-    vectors = text_encoders.encode_prompts(exp.config.data, texts)
-  else:
-    vectors = text_encoders.load_embeddings_file(embeddings, int(exp.config.data.embedding_dim))
-    texts = [f"embedding {i}" for i in range(len(vectors))]
-  index = np.arange(num_samples) % len(vectors)
-  return conditions.sample_cond(exp, num_samples, embedding=vectors[index]), index, texts
-
-
 def sample(exp, params, workdir, steps, num_samples, cfg_scale, seed, batch_size,
            prompted=None) -> Dict[int, str]:
   """Writes W/samples/samples_<N>.npz (images uint8 NHWC, labels) and grid_<N>.png per N.
 
-  `prompted` (`prompted_cond`): the images follow those prompts; the .npz then also holds
+  `prompted` (`conditions.prompted_cond`): the images follow those prompts; the .npz then also holds
   `prompt_index` and `prompts`, and the grid has a column per prompt (up to 20). Sharded over
   every device of every process (each process generates its share of the fixed per-image
   seeds); process 0 gathers the images and writes the files.

@@ -315,7 +315,7 @@ def test_word_vector_demo_trains_scores_classes_and_follows_prompts(tmp_path):
   np.testing.assert_array_equal(a["images"][0], b["images"][0])  # Same prompt, same noise.
   # Image i is conditioned on prompt i % 2's word vector (the model's output depends on the
   # vector: test_dit_output_follows_the_embedding); the label stays the null class.
-  cond, _, _ = evaluation.prompted_cond(exp, 4, str(tmp_path / "a.txt"), None)
+  cond, _, _ = conditions.prompted_cond(exp, 4, str(tmp_path / "a.txt"), None)
   np.testing.assert_array_equal(cond["embedding"], te.digit_word_vectors(32)[[3, 7, 3, 7]])
   assert (cond["label"] == c.data.num_classes).all()
   np.save(tmp_path / "v.npy", te.digit_word_vectors(32)[[3, 7]])

@@ -12,6 +12,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
+from shortcut_jax import errors
 from shortcut_jax import latents as latents_lib
 from shortcut_jax import text_encoders
 from shortcut_jax.core import conditioning as cond_lib
@@ -133,3 +134,22 @@ def is_guidable(exp) -> bool:
   if is_conditional(exp.config):
     return True
   return any(k.guided for k in exp.model.conditioning.kinds if k.key != "label")
+
+
+def prompted_cond(exp, num_samples: int, prompts: Optional[str], embeddings: Optional[str]):
+  """(cond, prompt_index, prompts) for `--prompts` / `--embeddings`, or None without either:
+  the model's usual conditions with image i's embedding replaced by prompt i % N's."""
+  if not prompts and not embeddings:
+    return None
+  if "embedding" not in exp.model.conditioning.keys:
+    raise errors.ArgumentError(
+        "--prompts / --embeddings: this model was trained without embeddings "
+        "(data.embedding_dim=0)")
+  if prompts:
+    texts = text_encoders.read_prompts(prompts)  # Local or remote files (`storage`).
+    vectors = text_encoders.encode_prompts(exp.config.data, texts)
+  else:
+    vectors = text_encoders.load_embeddings_file(embeddings, int(exp.config.data.embedding_dim))
+    texts = [f"embedding {i}" for i in range(len(vectors))]
+  index = np.arange(num_samples) % len(vectors)
+  return sample_cond(exp, num_samples, embedding=vectors[index]), index, texts
