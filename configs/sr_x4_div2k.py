@@ -10,8 +10,9 @@ Command (prepare once: online, or `--manual_dir DIR` with the unzipped archives,
 Data: HR = random 64x64 crops of the 2K images (flipped); LR = their 16x16 antialiased bicubic
 downsample (DIV2K's own 'lr' images are not read: training and evaluation degrade alike); the
 held-out split is DIV2K's 'validation' (100 images, the central crop of each).
-Settings: the coupling shortcut model of `sr_x4_photos_large.py` with a larger DiT (hidden 384,
-depth 12, patch 4: 256 tokens) and batch 64; 200k steps.
+Settings: the coupling shortcut model of `sr_x4_photos_large.py` (its one-step level anchored,
+a cosine decay) with a larger DiT (hidden 384, depth 12, patch 4: 256 tokens) and batch 64;
+200k steps.
 Hardware: an accelerator. Not run on this project's CPU machine: no result is claimed.
 """
 
