@@ -25,7 +25,7 @@ FIELD = "top_level_share"
 @register_field_checks
 def check_fields(o, check) -> None:
   """`objective.top_level_share`: a share in [0, 1), only for a point source."""
-  share = o.get(FIELD, 0.0)
+  share = o[FIELD]
   check(isinstance(share, (int, float)) and 0.0 <= share < 1.0,
         f"objective.{FIELD} must be in [0, 1) (0: off), got {share!r}")
   if share:
