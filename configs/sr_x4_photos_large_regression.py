@@ -10,8 +10,8 @@ Command (Debian/Ubuntu; the prepare step installs the wallpaper packages with ap
   python -m shortcut_jax.data.prepare --dataset photos_large
   python train.py --config=configs/sr_x4_photos_large_regression.py --workdir=W
   python eval.py --workdir=W --mode=sr_metrics --steps=1
-Hardware: 2 CPU cores, about 20 minutes of training (4,000 steps; 22 min with another run
-sharing the cores).
+Hardware: 2 CPU cores; 4,000 steps took 21.5 minutes with another training run sharing the
+cores (not timed alone).
 Result (docs/results.md, "The larger photo set"): on the six held-out photographs 37.40 dB /
 SSIM 0.852 / HaarPSI 0.911 against bicubic's 36.48 / 0.830 / 0.882 (+0.92 dB, seed 0); it gains
 on every fifth of the crops, flat ones included. The same regressor started from zeros (the

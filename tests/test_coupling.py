@@ -140,6 +140,10 @@ def test_config_checks():
   config_lib.validate(_sr_config(objective__top_level_share=0.25))
   with pytest.raises(ValueError, match="top_level_share must be in"):
     config_lib.validate(_sr_config(objective__top_level_share=1.0))
+  with pytest.raises(ValueError, match="use one of them"):
+    config_lib.validate(_sr_config(objective__top_level_share=0.25,
+                                   objective__guidance_max=1.0, model__guidance_input=True,
+                                   objective__bootstrap_cfg=False))
   with pytest.raises(ValueError, match="starts from one point"):
     config_lib.validate(_sr_config(objective__top_level_share=0.25,
                                    objective__source_noise_step=100))

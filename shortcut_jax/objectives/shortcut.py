@@ -281,7 +281,7 @@ def _combine(boot, flow, boot_level, cond_boot, cond_flow, drop_metrics: Dict[st
       groups={"flow": (~is_boot).astype(jnp.float32), "bootstrap": is_boot.astype(jnp.float32)},
       metrics={
           **drop_metrics,
-          "bootstrap_ratio": jnp.mean(((level != finest) & is_boot).astype(jnp.float32)),
+          "bootstrap_ratio": jnp.mean(is_boot.astype(jnp.float32)),
           "v_magnitude_bootstrap": rms(boot_target),
           "v_magnitude_b1": rms(v1),
           "v_magnitude_b2": rms(v2),

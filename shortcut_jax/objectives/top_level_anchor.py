@@ -35,6 +35,8 @@ def check_fields(o, check) -> None:
           f"objective.{FIELD} anchors the one-step level of a flow that starts from one point: "
           "it needs objective.source='cond_image', objective.source_noise_step=0 and "
           "objective.faithful=False")
+    check(not o.guidance_max, f"objective.{FIELD} and objective.guidance_max (intrinsic guidance) "
+          "both rewrite the flow rows' targets: use one of them")
 
 
 def anchor_rows(flow, images, cond, key, *, share: float, finest: int, path, rule, source):
