@@ -9,7 +9,8 @@ docs/objectives.md: twin EMA (teacher 0.95, sampled 0.9999), 5-level wavelet los
 guidance on a 0.25 grid up to 3.5 with no guidance below t = 0.3. sOT over 32 batches matches
 noise to latents on the host, so it needs precomputed latents (`encode_dataset`): add
 `--config.data.latents=precomputed --config.data.latents_dir=DIR --config.objective.ot_pool=32`
-(its host cost: benchmarks/ot_coupling.py). The batch size is not stated: 256, the original's.
+(its host cost: benchmarks/ot_coupling.py; `--config.objective.ot_within_class=True` matches
+within each class, the digits' fix for the class the label-blind matching loses). The batch size is not stated: 256, the original's.
 The network is `imagenet_dit_xl.py`'s with 1/sqrt(head_dim) attention (SiT's) and the guidance
 input. Sampling: `eval.py --cfg_scale=w` is omega = w - 1, one network call per step.
 """

@@ -29,6 +29,41 @@ def test_assignment_is_optimal_against_brute_force():
     assert cost(perm) == pytest.approx(cost(best), rel=1e-12)
 
 
+def test_assignment_within_classes_is_optimal_against_brute_force():
+  # Each row's noise comes from its own class's rows, and no permutation that keeps the
+  # classes apart costs less.
+  rng = np.random.default_rng(1)
+  groups = np.array([2, 0, 2, 1, 0, 2, 0])
+  for _ in range(3):
+    x, e = rng.normal(size=(7, 2, 2)), rng.normal(size=(7, 2, 2))
+    cost = lambda p: sum(np.sum((x[i] - e[p[i]]) ** 2) for i in range(7))
+    keeps = [p for p in itertools.permutations(range(7))
+             if all(groups[p[i]] == groups[i] for i in range(7))]
+    best = min(keeps, key=cost)
+    perm = ot_coupling.assign(x, e, groups)
+    assert sorted(perm) == list(range(7))
+    np.testing.assert_array_equal(groups[perm], groups)
+    assert cost(perm) == pytest.approx(cost(best), rel=1e-12)
+    # The label-blind optimum is at least as cheap, and here mixes the classes.
+    assert cost(ot_coupling.assign(x, e)) <= cost(perm) + 1e-12
+  with pytest.raises(ValueError, match="3 labels for 7 rows"):
+    ot_coupling.assign(x, e, groups[:3])
+
+
+def test_the_stream_matches_within_each_class():
+  pool = 4
+  it = ot_coupling.coupled_batches(_stream(0), pool=pool, seed=3, start_step=0, by_class=True)
+  group = [next(it) for _ in range(pool)]
+  x = np.concatenate([b["image"] for b in group])
+  e = np.concatenate([b["noise"] for b in group])
+  labels = np.concatenate([b["label"] for b in group])
+  draw = np.random.default_rng([3, 0, 0, 0x5071]).standard_normal(x.shape).astype(np.float32)
+  for c in np.unique(labels):  # Each class's noise is its own rows' draw, reordered.
+    rows = labels == c
+    np.testing.assert_array_equal(np.sort(e[rows].ravel()), np.sort(draw[rows].ravel()))
+  assert np.sum((x - e) ** 2) < np.sum((x - draw) ** 2)
+
+
 def _stream(start):
   """A deterministic batch stream from step `start` (the pipeline's resumption contract)."""
   step = start
@@ -95,6 +130,9 @@ def test_objectives_start_from_the_batch_noise(name):
     (dict(objective__ot_pool=-1), "objective.ot_pool"),
     (dict(objective__ot_pool=4, objective__name="meanflow"), "option of objectives 'shortcut'"),
     (dict(objective__ot_pool=4, objective__faithful=True), "objective.faithful=False"),
+    (dict(objective__ot_within_class=True), "set objective.ot_pool > 0"),
+    (dict(objective__ot_pool=4, objective__ot_within_class=True, data__num_classes=1),
+     "needs class labels"),
 ])
 def test_ot_options_that_cannot_work_are_config_errors(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -117,6 +117,14 @@ def _check_objective(c, objective, check) -> None:
   check(o.cfg_scale >= 0, f"objective.cfg_scale must be >= 0, got {o.cfg_scale!r}")
   check(isinstance(o.ot_pool, int) and o.ot_pool >= 0,
         f"objective.ot_pool (sOT) must be an integer >= 0 (0: off), got {o.ot_pool!r}")
+  check(isinstance(o.ot_within_class, bool),
+        f"objective.ot_within_class must be True or False, got {o.ot_within_class!r}")
+  check(not o.ot_within_class or o.ot_pool,
+        "objective.ot_within_class matches noise within each class of the sOT pool: set "
+        "objective.ot_pool > 0")
+  check(not o.ot_within_class or c.data.num_classes > 1,
+        "objective.ot_within_class needs class labels (data.num_classes > 1), got "
+        f"data.num_classes={c.data.num_classes!r}")
   if o.ot_pool:
     check(objective is None or objective.name in ("shortcut", "naive"),
           f"objective.ot_pool (sOT) is an option of objectives 'shortcut' and 'naive', not of "

@@ -124,8 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
       guidance_max=0.0, guidance_grid=0.25, guidance_t_min=0.0,
       # sOT (iSM; objectives 'shortcut' and 'naive', Gaussian source, `data.ot_coupling`): pool
       # this many batches, match their noise to their images by one optimal assignment (the
-      # paper: 32); 0: independent noise.
-      ot_pool=0,
+      # paper: 32); 0: independent noise. `ot_within_class`: solve it within each class label
+      # (the paper's assignment is label-blind; on class-conditional digits that costs the
+      # class, docs/results.md).
+      ot_pool=0, ot_within_class=False,
       # A coupling flow from one point (source 'cond_image', no source noise): this share of
       # the shortcut objective's flow rows trains the one-step level at t = 0 on the flow
       # target, which is exact there (`objectives.top_level_anchor`); 0: off.

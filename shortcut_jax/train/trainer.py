@@ -257,7 +257,8 @@ def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_
   if pool:  # sOT: the noise matched to the images over `pool` batches (data.ot_coupling)
     train_iter = ot_coupling.coupled_batches(train_iter, pool=pool, seed=config.seed,
                                              start_step=start_step,
-                                             process_index=jax.process_index())
+                                             process_index=jax.process_index(),
+                                             by_class=config.objective.get("ot_within_class", False))
   batch_sharding = sharding_lib.batch_sharding(mesh)
   encoder = exp.encoder  # Latent space: loads the VAE now, a clear error before compiling.
   step_fn = train_step_lib.make_train_step(
