@@ -5,8 +5,8 @@
   `configs/imagenet_dit_b.py`, then decoded RGB samples, FID, and resumed training (stopped by
   the missing ImageNet with the prepare command; resumed on an image folder with the same 1000
   classes).
-* `:smoke` of the paper configs: train then `--mode=sample` writes RGB images; they build
-  with patch 2 on the latent.
+* `:smoke` of the paper configs (DiT-B and the one-step frontier's iSM, iMF and alpha-Flow):
+  train then `--mode=sample` writes RGB images; they build with patch 2 on the latent.
 * Without `:smoke`: missing VAE weights and missing ImageNet are clear errors before compiling.
 * The online-encoding train step equals encoding by hand then the pixel-free step.
 
@@ -286,12 +286,15 @@ def test_resume_from_imported_checkpoint(original, tmp_path, data_dir):
 
 # --- the paper configs' :smoke and their errors without it ---------------------------------
 
-def test_imagenet_smoke_trains_then_samples_rgb(tmp_path, data_dir):
-  config = paper_config("imagenet_dit_b", "smoke", data__data_dir=data_dir,
-                        checkpoint__async_save=False)
+@pytest.mark.parametrize("name,cfg_scale", [
+    ("imagenet_dit_b", None),
+    # The one-step frontier's paper configs: the guidance input (iSM, iMF) and alpha-Flow.
+    ("imagenet_ism_xl", 2.0), ("imagenet_imf_b", 2.0), ("imagenet_alphaflow_xl", None)])
+def test_imagenet_smoke_trains_then_samples_rgb(name, cfg_scale, tmp_path, data_dir):
+  config = paper_config(name, "smoke", data__data_dir=data_dir, checkpoint__async_save=False)
   trainer.train_and_evaluate(config, str(tmp_path))
-  written = evaluation.run("sample", str(tmp_path), steps=[1, 2], num_samples=4, cfg_scale=None,
-                           batch_size=4)
+  written = evaluation.run("sample", str(tmp_path), steps=[1, 2], num_samples=4,
+                           cfg_scale=cfg_scale, batch_size=4)
   for n in (1, 2):
     with np.load(written[n]) as f:
       images = f["images"]

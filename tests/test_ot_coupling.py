@@ -64,6 +64,13 @@ def test_the_stream_matches_within_each_class():
   assert np.sum((x - e) ** 2) < np.sum((x - draw) ** 2)
 
 
+def test_matching_within_classes_needs_labels():
+  unlabelled = ({"image": b["image"]} for b in _stream(0))
+  it = ot_coupling.coupled_batches(unlabelled, pool=2, seed=0, start_step=0, by_class=True)
+  with pytest.raises(ValueError, match="ot_within_class.*none"):
+    next(it)
+
+
 def _stream(start):
   """A deterministic batch stream from step `start` (the pipeline's resumption contract)."""
   step = start

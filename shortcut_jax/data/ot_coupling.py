@@ -113,6 +113,9 @@ def _coupled(batches, pool, seed, start_step, process_index, by_class):
     x = np.concatenate([b[key] for b in taken])
     rng = np.random.default_rng([seed, group, process_index, 0x5071])
     noise = rng.standard_normal(x.shape).astype(np.float32)
+    if by_class and "label" not in taken[0]:
+      raise ValueError("objective.ot_within_class matches noise within each class label, but "
+                       f"the batches have none (keys: {sorted(taken[0])})")
     labels = np.concatenate([b["label"] for b in taken]) if by_class else None
     noise = noise[assign(x, noise, labels)]
     rows = taken[0][key].shape[0]
