@@ -111,7 +111,8 @@ class LossPerTEvaluator(Evaluator):
       ax.plot(ts, losses, marker="o", markersize=3, label=label)
     ax.set_xlabel("t (0 = noise, 1 = data)")
     ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    if any(np.any(np.asarray(losses) > 0) for _, losses in curves.values()):
+      ax.set_yscale("log")  # A linear scale where every loss is zero (a warning otherwise).
     ax.set_title(f"loss per t, step {step}")
     ax.legend(fontsize=6)
     fig.tight_layout()
