@@ -247,7 +247,7 @@ def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_
   profiler, the update, the metrics, the checkpoint cadence, the remote sync and the evaluators.
   Returns the last fetched metrics."""
   from shortcut_jax.evaluators import registry as evaluators_lib  # Imports plotting code.
-  pool = config.objective.get("ot_pool", 0)
+  pool = config.objective.ot_pool
   train_iter = pipeline.make_dataset(config.data, split="train",
                                      global_batch_size=config.batch_size, seed=config.seed,
                                      train=True, process_index=jax.process_index(),
@@ -258,7 +258,7 @@ def _loop(config, workdir, exp, lock, mesh, state_shardings, ckpt, state, start_
     train_iter = ot_coupling.coupled_batches(train_iter, pool=pool, seed=config.seed,
                                              start_step=start_step,
                                              process_index=jax.process_index(),
-                                             by_class=config.objective.get("ot_within_class", False))
+                                             by_class=config.objective.ot_within_class)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   encoder = exp.encoder  # Latent space: loads the VAE now, a clear error before compiling.
   step_fn = train_step_lib.make_train_step(
